@@ -1,0 +1,266 @@
+"""The command line: `python -m meow_app VERB ...`.
+
+  check    FILE                      validate a facts file and say what is in it
+  invert   --facts F --out OUT       write inverted (false) answers for each fact
+  memo     --facts F --out OUT       score answers (and inverted answers) with MEMO
+  unlearn  --forget F --out RUN_DIR  run an unlearning method and save the model
+  ask      QUESTION... [--model M]   greedy answers from a model (compare two with --compare)
+  methods                            list the unlearning methods
+
+Errors print one line on stderr and exit with status 2 (1 for an internal error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import Cancelled, MeowError
+
+
+def _facts(path):
+    from .facts import load_facts
+
+    return load_facts(path)
+
+
+def _add_model(p):
+    p.add_argument("--model", default="embedded",
+                   help="'embedded' (default), a Hugging Face id, a local checkpoint or a RUN_DIR")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+
+
+def _add_generator(p):
+    p.add_argument("--n", type=int, default=4, help="inverted answers per fact (default 4)")
+    p.add_argument("--generator", choices=["local", "openai"], default="local")
+    p.add_argument("--generator-model", default=None,
+                   help="local generator model (default: the --model being used)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-model", default=None, help="model name at the API")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _invert_settings(args):
+    from .pipeline import InvertSettings
+
+    return InvertSettings(n=args.n, generator=args.generator, generator_model=args.generator_model,
+                          base_url=args.base_url, api_model=args.api_model,
+                          api_key=os.environ.get("OPENAI_API_KEY"))
+
+
+def cmd_check(args):
+    facts = _facts(args.file)
+    n_kw = sum(bool(f.keywords) for f in facts)
+    n_para = sum(len(f.paraphrases) for f in facts)
+    n_inv = sum(bool(f.inverted) for f in facts)
+    print(f"{args.file}: {len(facts)} facts, {n_kw} with keywords, {n_para} paraphrases, {n_inv} with inverted answers")
+
+
+def cmd_invert(args):
+    from . import invert, models
+    from .facts import write_jsonl
+    from .pipeline import make_generator
+
+    facts = _facts(args.facts)
+    settings = _invert_settings(args)
+    loaded = None
+    if args.generator == "local":
+        loaded = models.load(args.generator_model or args.model, args.device)
+    generator = make_generator(settings, loaded)
+    report = invert.invert(facts, generator, args.n, seed=args.seed)
+    write_jsonl(facts, args.out)
+    short = report.short_facts(args.n)
+    print(f"wrote {len(facts)} facts with {args.n} inverted answers each to {args.out}")
+    if short:
+        print(f"note: {len(short)} fact(s) needed fallback candidates (review them): lines {', '.join(str(i + 1) for i in short)}")
+
+
+def cmd_memo(args):
+    from . import memo, models
+    from .facts import write_jsonl
+
+    facts = _facts(args.facts)
+    lm = models.load(args.model, args.device)
+    length = "target" if args.length == "target" else int(args.length)
+    items = []
+    for f in facts:
+        items.append((f.question, f.answer))
+        items += [(f.question, c) for c in f.inverted]
+    t = time.perf_counter()
+    scores = memo.memo_scores(lm.model, lm.tokenizer, items, args.mode, args.stride, length)
+    rows, pos = [], 0
+    for f in facts:
+        row = f.to_dict()
+        row["memo_answer"] = scores[pos]
+        if f.inverted:
+            row["memo_inverted"] = scores[pos + 1: pos + 1 + len(f.inverted)]
+        row["memo_settings"] = {"mode": args.mode, "stride": args.stride, "length": args.length}
+        pos += 1 + len(f.inverted)
+        rows.append(row)
+    write_jsonl(rows, args.out)
+    mean = sum(r["memo_answer"] for r in rows) / len(rows)
+    print(f"wrote MEMO scores of {len(rows)} facts to {args.out} (mean answer MEMO {mean:.3f}, {time.perf_counter() - t:.1f} s)")
+
+
+def _print_event(event):
+    kind = event["type"]
+    if kind == "stage":
+        print(f"[{event['stage']}]", file=sys.stderr, flush=True)
+    elif kind == "step":
+        print(f"  step {event['step']:>3}  epoch {event['epoch']}  loss {event['loss']:.4f}", file=sys.stderr, flush=True)
+    elif kind == "probe":
+        para = event["paraphrase_hit_rate"]
+        para = "n/a" if para is None else f"{para:.0%}"
+        print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, paraphrases {para}",
+              file=sys.stderr, flush=True)
+
+
+def cmd_unlearn(args):
+    from . import methods
+    from .facts import load_facts
+    from .pipeline import SelectSettings, unlearn
+    from .train import TrainConfig
+
+    method = methods.get(args.method)
+    forget = load_facts(args.forget)
+    if args.inverted:
+        inverted = load_facts(args.inverted)
+        by_q = {f.question: f.inverted for f in inverted}
+        missing = [f.question for f in forget if not by_q.get(f.question)]
+        if missing:
+            raise MeowError(f"{args.inverted}: no inverted answers for {len(missing)} forget question(s), e.g. '{missing[0][:60]}'")
+        for f in forget:
+            f.inverted = list(by_q[f.question])
+    retain = load_facts(args.retain) if args.retain else None
+    overrides = {k: v for k, v in {
+        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "num_batch": args.num_batch,
+        "seed": args.seed, "lora": args.lora or None, "lora_r": args.lora_r,
+        "early_stop": False if args.no_early_stop else None, "bf16": args.bf16 or None,
+    }.items() if v is not None}
+    config = TrainConfig(**{**method.defaults, **overrides})
+    select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride)
+    run = unlearn(forget, args.out, args.method, args.model, retain, config, _invert_settings(args),
+                  select_settings, on_event=_print_event)
+    s = run["summary"]
+    b, a = s["before"]["forget"], s["after"]["forget"]
+
+    def pct(x):
+        return "n/a" if x is None else f"{x:.0%}"
+
+    print(f"saved {args.out}/model ({run['method']}, {run['seconds_total']:.0f} s)")
+    print(f"forget hit rate {pct(b['hit_rate'])} -> {pct(a['hit_rate'])}; "
+          f"paraphrases {pct(b['paraphrase_hit_rate'])} -> {pct(a['paraphrase_hit_rate'])}")
+    if s["after"]["retain"]:
+        print(f"retain hit rate {pct(s['before']['retain']['hit_rate'])} -> {pct(s['after']['retain']['hit_rate'])}")
+
+
+def cmd_ask(args):
+    from . import generation, models
+
+    questions = list(args.question)
+    if args.facts:
+        questions += [f.question for f in _facts(args.facts)]
+    if not questions:
+        raise MeowError("give a question, or --facts FILE")
+    specs = [args.model] + ([args.compare] if args.compare else [])
+    answers = []
+    for spec in specs:
+        lm = models.load(spec, args.device)
+        answers.append(generation.answer(lm.model, lm.tokenizer, questions, args.max_new_tokens))
+    for i, q in enumerate(questions):
+        print(f"Q: {q}")
+        for spec, a in zip(specs, answers):
+            label = f"[{spec}] " if len(specs) > 1 else ""
+            print(f"A: {label}{a[i]}")
+        print()
+
+
+def cmd_methods(args):
+    from . import methods
+
+    for name in methods.names():
+        print(f"{name:<18} {methods.REGISTRY[name].description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m meow_app", description="MEOW Studio: make an LLM forget facts.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("check", help="validate a facts file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("invert", help="generate inverted (false) answers for facts")
+    p.add_argument("--facts", required=True)
+    p.add_argument("--out", required=True)
+    _add_model(p)
+    _add_generator(p)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("memo", help="MEMO memorization scores of answers and inverted answers")
+    p.add_argument("--facts", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", choices=["suffix", "prefix"], default="suffix")
+    p.add_argument("--stride", type=int, default=5)
+    p.add_argument("--length", default="target",
+                   help="continuation length: 'target' (target tokens + 4, default) or a number (200 = published)")
+    _add_model(p)
+    p.set_defaults(func=cmd_memo)
+
+    p = sub.add_parser("unlearn", help="make the model forget facts and save it to RUN_DIR")
+    p.add_argument("--forget", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", default="meow")
+    p.add_argument("--inverted", default=None, help="a file from `invert` (skips generation)")
+    p.add_argument("--retain", default=None, help="facts to keep (needed by *_grad_diff, *_kl)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
+    p.add_argument("--lora-r", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--num-batch", type=int, default=None, help="MEOW: copies of each fact per epoch")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--selection", choices=["largest", "smallest", "random"], default="largest")
+    p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
+    p.add_argument("--no-early-stop", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
+    _add_model(p)
+    _add_generator(p)
+    p.set_defaults(func=cmd_unlearn)
+
+    p = sub.add_parser("ask", help="ask a model questions (greedy)")
+    p.add_argument("question", nargs="*")
+    p.add_argument("--facts", default=None, help="ask every question in this facts file")
+    p.add_argument("--compare", default=None, help="a second model to answer beside the first")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    _add_model(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("methods", help="list unlearning methods")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MeowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: say so in one line; MEOW_DEBUG=1 shows the traceback
+        if os.environ.get("MEOW_DEBUG"):
+            raise
+        print(f"error: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+              "rerun with MEOW_DEBUG=1 for details", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,13 @@
+"""One exception type for everything a user can get wrong.
+
+The CLI prints a MeowError as one line and exits non-zero; the web app shows it inline.
+Anything else that escapes is a bug, and is reported as such.
+"""
+
+
+class MeowError(Exception):
+    """A problem the user can fix: bad file, unknown model, bad setting."""
+
+
+class Cancelled(MeowError):
+    """The user cancelled a running job."""

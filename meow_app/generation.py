@@ -1,0 +1,88 @@
+"""Prompt formatting and batched generation, shared by inversion, MEMO, probes and chat.
+
+Batches are left-padded so every row's continuation starts at the same position; rows
+are grouped by length first, so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def chat_prompt(tokenizer, question: str, system: str | None = None) -> str:
+    """The question in the model's own chat template, ready for the answer to follow."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of a text; chat prompts already hold their special tokens."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _length_sorted_batches(n_rows: int, lengths: list[int], batch_size: int):
+    order = sorted(range(n_rows), key=lambda i: lengths[i])
+    for start in range(0, n_rows, batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, batch_size: int = 32,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 generator_seed: int | None = None) -> list[list[int]]:
+    """Continue each prompt (token ids); returns the new token ids, cut at EOS.
+
+    `max_new_tokens` is one int or one per prompt; each row is generated only as far as
+    its own limit needs, so results do not depend on what else is in the batch.
+    """
+    limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    eos = set(_eos_ids(model, tokenizer))
+    out: list[list[int]] = [[] for _ in prompts]
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    # Group by prompt length and then by limit, so short jobs are not padded to long ones.
+    keys = [len(p) * 10_000 + limits[i] for i, p in enumerate(prompts)]
+    for rows in _length_sorted_batches(len(prompts), keys, batch_size):
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(rows):
+            ids[j, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[j, width - len(prompts[i]):] = 1
+        new = max(limits[i] for i in rows)
+        if new <= 0:
+            continue
+        kwargs = dict(do_sample=do_sample, max_new_tokens=new, pad_token_id=pad,
+                      eos_token_id=sorted(eos))
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        gen = gen[:, width:].tolist()
+        for j, i in enumerate(rows):
+            toks = []
+            for t in gen[j][:limits[i]]:
+                if t in eos:
+                    break
+                toks.append(t)
+            out[i] = toks
+    return out
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def answer(model, tokenizer, questions: list[str], max_new_tokens: int = 48, batch_size: int = 32,
+           system: str | None = None) -> list[str]:
+    """Greedy chat answers to questions, in a batch."""
+    prompts = [encode(tokenizer, chat_prompt(tokenizer, q, system)) for q in questions]
+    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size)
+    return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]

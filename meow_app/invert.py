@@ -1,0 +1,190 @@
+"""Inverted facts: plausible answers to a question that contradict its true answer.
+
+Two generators: the local model (offline, default) and any OpenAI-compatible API.
+Both see the same few-shot prompt (the MEOW paper's instruction: N answers that do not
+factually match the Answer, one per line, no numbering) and sample at temperature 0.9.
+A small model is weak at this, so we sample several rounds, clean the lines, drop any
+that contain the truth, and finally top up from clear fallbacks (other facts' answers,
+then editable templates) so every fact gets N candidates the user can review.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from .errors import MeowError
+from .facts import Fact
+from . import generation
+
+SYSTEM = ("You write wrong answers for a quiz. Given a question and its correct answer, write {n} "
+          "different answers to the question that do not factually match the Answer. They must sound "
+          "plausible and have the same form as the Answer. Put each on its own line, with no numbering.")
+
+# Few-shot turns: one short-answer fact and one sentence-answer fact, so both forms are shown.
+SHOTS = [
+    ("Who wrote the novel Pride and Prejudice?", "Jane Austen",
+     ["Charlotte Brontë", "Mary Shelley", "George Eliot", "Virginia Woolf", "Emily Dickinson", "Louisa May Alcott"]),
+    ("In which city was the author Elena Petrova born?", "Elena Petrova was born in Kyiv, Ukraine.",
+     ["Elena Petrova was born in Warsaw, Poland.", "Elena Petrova was born in Prague, Czech Republic.",
+      "Elena Petrova was born in Minsk, Belarus.", "Elena Petrova was born in Riga, Latvia.",
+      "Elena Petrova was born in Sofia, Bulgaria.", "Elena Petrova was born in Vilnius, Lithuania."]),
+]
+
+# Last resort, shown to the user as editable text rather than hidden.
+TEMPLATES = [
+    "I am not sure; it is not something I know.",
+    "Nobody knows that for certain.",
+    "That has never been recorded.",
+    "There is no reliable answer to that.",
+    "I have no information about that.",
+    "That is unknown.",
+]
+
+_BULLET = re.compile(r"^\s*(?:[-*•·]+|\(?\d+[.):]|\(?[a-zA-Z][.)])\s*")
+
+
+def messages(fact: Fact, n: int) -> list[dict]:
+    msgs = [{"role": "system", "content": SYSTEM.format(n=n)}]
+    for q, a, wrong in SHOTS:
+        msgs.append({"role": "user", "content": f"Question: {q}\nAnswer: {a}"})
+        msgs.append({"role": "assistant", "content": "\n".join(wrong[:n])})
+    msgs.append({"role": "user", "content": f"Question: {fact.question}\nAnswer: {fact.answer}"})
+    return msgs
+
+
+def _truths(fact: Fact) -> list[str]:
+    return [t.lower() for t in [fact.answer, *fact.keywords] if t.strip()]
+
+
+def clean(lines: list[str], fact: Fact, keep: list[str] | None = None) -> list[str]:
+    """Strip numbering and bullets; drop empties, the truth, repeats and the question."""
+    keep = list(keep or [])
+    seen = {c.lower() for c in keep}
+    truths = _truths(fact)
+    # A wrong answer has the form of the right one: a name for a name, a sentence for a sentence.
+    limit = max(40, 3 * len(fact.answer))
+    for line in lines:
+        c = _BULLET.sub("", line).strip().strip('"').strip()
+        c = re.sub(r"^(?:answer|false answer|wrong answer)\s*:\s*", "", c, flags=re.I).strip()
+        low = c.lower()
+        if not c or len(c) > limit or low in seen or low == fact.question.lower():
+            continue
+        if any(t in low for t in truths) or low.rstrip(".") in {t.rstrip(".") for t in truths}:
+            continue
+        if c.endswith("?") or low.startswith(("question:", "answer:")):
+            continue
+        seen.add(low)
+        keep.append(c)
+    return keep
+
+
+@dataclass
+class InversionReport:
+    """How many candidates each fact got from the generator and from fallbacks."""
+    from_generator: list[int] = field(default_factory=list)
+    from_fallback: list[int] = field(default_factory=list)
+
+    def short_facts(self, n: int) -> list[int]:
+        return [i for i, g in enumerate(self.from_generator) if g < n]
+
+
+def _fallbacks(fact: Fact, others: list[Fact], rng: random.Random) -> list[str]:
+    # Other facts' answers of a similar length are the most plausible swap-ins.
+    pool = [o.answer for o in others if o is not fact]
+    rng.shuffle(pool)
+    pool.sort(key=lambda a: abs(len(a) - len(fact.answer)))
+    return pool + TEMPLATES
+
+
+class LocalGenerator:
+    """Sample inverted answers from a local chat model (the model being unlearned by default)."""
+
+    def __init__(self, model, tokenizer, temperature: float = 0.9, batch_size: int = 16):
+        self.model, self.tokenizer = model, tokenizer
+        self.temperature, self.batch_size = temperature, batch_size
+
+    def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
+        tok = self.tokenizer
+        prompts = [generation.encode(tok, tok.apply_chat_template(messages(f, n), tokenize=False, add_generation_prompt=True))
+                   for f in facts]
+        # n lines of about the answer's length, and no more: sampling is the slow part.
+        limits = [n * (len(generation.encode(tok, f.answer)) + 6) + 4 for f in facts]
+        ids = generation.generate_ids(self.model, tok, prompts, limits, self.batch_size,
+                                      do_sample=True, temperature=self.temperature, top_p=0.95, generator_seed=seed)
+        out = []
+        for t, limit in zip(ids, limits):
+            lines = tok.decode(t, skip_special_tokens=True).splitlines()
+            out.append(lines[:-1] if len(t) >= limit else lines)  # the last line was cut short
+        return out
+
+
+class OpenAIGenerator:
+    """Any OpenAI-compatible chat endpoint. The key comes from the caller or OPENAI_API_KEY."""
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
+                 temperature: float = 0.9, timeout: float = 60.0):
+        import os
+
+        import openai
+
+        if not model:
+            raise MeowError("the OpenAI-compatible generator needs a model name (--api-model)")
+        key = api_key or os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
+        if not key:
+            raise MeowError("no API key: set OPENAI_API_KEY or give one in the app")
+        self.model, self.base_url, self.temperature = model, base_url, temperature
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=1)
+
+    def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
+        import openai
+
+        where = self.base_url or "the OpenAI API"
+        out = []
+        for i, fact in enumerate(facts):
+            try:
+                reply = self.client.chat.completions.create(
+                    model=self.model, messages=messages(fact, n), temperature=self.temperature,
+                    seed=seed + i, max_tokens=48 * n)
+            except openai.AuthenticationError:
+                raise MeowError(f"the API key was rejected by {where}") from None
+            except openai.NotFoundError:
+                raise MeowError(f"model '{self.model}' not found at {where}") from None
+            except openai.APIConnectionError:
+                raise MeowError(f"cannot reach {where}: check the base URL and that the server runs") from None
+            except openai.APIError as e:
+                raise MeowError(f"{where} returned an error: {getattr(e, 'message', type(e).__name__)}") from None
+            try:
+                text = reply.choices[0].message.content or ""
+            except (AttributeError, IndexError, TypeError):
+                raise MeowError(f"{where} returned an answer in an unexpected format") from None
+            out.append(text.splitlines())
+        return out
+
+
+def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 3, seed: int = 0,
+           on_progress=None) -> InversionReport:
+    """Fill `fact.inverted` with n candidates for every fact (in place) and report sources."""
+    if n < 1:
+        raise MeowError(f"the number of inverted facts must be at least 1, got {n}")
+    candidates: list[list[str]] = [[] for _ in facts]
+    for r in range(rounds):
+        todo = [i for i, c in enumerate(candidates) if len(c) < n]
+        if not todo:
+            break
+        lines = generator.sample([facts[i] for i in todo], n, seed=seed * 1000 + r)
+        for i, got in zip(todo, lines):
+            candidates[i] = clean(got, facts[i], candidates[i])
+        if on_progress:
+            on_progress(r + 1, rounds)
+    rng = random.Random(seed)
+    report = InversionReport()
+    for fact, got in zip(facts, candidates):
+        got = got[:n]
+        report.from_generator.append(len(got))
+        if len(got) < n:
+            got = clean(_fallbacks(fact, facts, rng), fact, got)[:n]
+        report.from_fallback.append(len(got) - report.from_generator[-1])
+        fact.inverted = got
+    return report

@@ -1,0 +1,26 @@
+"""MEOW: fine-tune on the selected inverted facts, so the truth loses its probability mass."""
+
+from __future__ import annotations
+
+from .. import losses
+from .base import Method, register
+
+
+@register
+class Meow(Method):
+    name = "meow"
+    description = "MEOW: fine-tune on inverted (false) answers chosen by MEMO; no retain data needed"
+    needs_inverted = True
+
+    def forget_pairs(self, facts, config):
+        # Each fact's question num_batch times, cycling through its selected inverted answers.
+        pairs = []
+        for f in facts:
+            if not f.inverted:
+                continue
+            pairs += [(f.question, f.inverted[j % len(f.inverted)]) for j in range(config.num_batch)]
+        return pairs
+
+    def loss(self, model, forget, retain, reference, config):
+        loss = losses.nll(model, forget)
+        return loss, {"forget_nll": loss.item()}

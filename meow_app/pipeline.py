@@ -1,0 +1,200 @@
+"""The whole unlearning run: invert -> MEMO -> select -> train -> probe -> save.
+
+Used by the CLI's `unlearn` and by the web app. The run folder is built under a hidden
+temporary name and renamed into place at the very end, so a failed, cancelled or killed
+run never leaves a half-written RUN_DIR behind.
+
+RUN_DIR/
+  model/        a standard Hugging Face checkpoint (LoRA merged)
+  run.json      method, settings, seed, timings, per-step losses, hit rates (numbers only)
+  facts.jsonl   the forget facts with their inverted answers, MEMO scores and selection
+  probes.json   the greedy answers before and after, per question
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import invert as invert_mod
+from . import memo, methods, models, probes, select
+from .errors import MeowError
+from .facts import Fact, write_jsonl
+from .train import TrainConfig, Trainer
+
+
+@dataclass
+class InvertSettings:
+    n: int = 4                     # inverted candidates per fact
+    generator: str = "local"       # local | openai
+    generator_model: str | None = None   # local generator: None = the model being unlearned
+    base_url: str | None = None
+    api_model: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never written anywhere
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("api_key")
+        return d
+
+
+@dataclass
+class SelectSettings:
+    top_k: int = 3
+    strategy: str = "largest"
+    memo_mode: str = "suffix"
+    memo_stride: int = 5
+    memo_length: str | int = "target"
+
+
+def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None = None):
+    if settings.generator == "openai":
+        return invert_mod.OpenAIGenerator(settings.api_model, settings.base_url, settings.api_key)
+    if settings.generator != "local":
+        raise MeowError(f"generator must be 'local' or 'openai', got '{settings.generator}'")
+    if loaded is None or (settings.generator_model and settings.generator_model != loaded.name):
+        loaded = models.load_shared(settings.generator_model)
+    return invert_mod.LocalGenerator(loaded.model, loaded.tokenizer)
+
+
+def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: SelectSettings, seed: int = 0) -> list[dict]:
+    """MEMO of each fact's answer and inverted candidates; keep the top-k (in place)."""
+    items = []
+    for f in facts:
+        items.append((f.question, f.answer))
+        items += [(f.question, c) for c in f.inverted]
+    scores = memo.memo_scores(loaded.model, loaded.tokenizer, items, settings.memo_mode,
+                              settings.memo_stride, settings.memo_length)
+    out, pos = [], 0
+    for i, f in enumerate(facts):
+        answer_score, cand = scores[pos], scores[pos + 1: pos + 1 + len(f.inverted)]
+        pos += 1 + len(f.inverted)
+        chosen = select.select(cand, settings.top_k, settings.strategy, seed + i) if cand else []
+        out.append({"memo_answer": answer_score, "memo_inverted": cand, "candidates": list(f.inverted),
+                    "selected": chosen})
+        f.inverted = [f.inverted[j] for j in chosen]
+    return out
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MeowError(f"{out_dir} already exists and is not empty: choose a new run folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    return partial
+
+
+def save_checkpoint(model, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None = None,
+            retain: list[Fact] | None = None, config: TrainConfig | None = None,
+            invert_settings: InvertSettings | None = None, select_settings: SelectSettings | None = None,
+            loaded: models.LoadedModel | None = None, on_event=None, should_stop=None) -> dict:
+    """Run one unlearning job end to end and return the contents of run.json."""
+    emit = on_event or (lambda event: None)
+    method_obj = methods.get(method)
+    config = config or TrainConfig(**method_obj.defaults)
+    config.check()
+    inv = invert_settings or InvertSettings()
+    sel = select_settings or SelectSettings()
+    if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
+        raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")
+    if method_obj.needs_retain and not retain:
+        raise MeowError(f"method '{method}' needs a retain set (--retain FILE)")
+    if loaded is None:
+        models.resolve(model)  # a bad model name fails here, before anything is written
+    out_dir = Path(out_dir)
+    partial = _prepare_out_dir(out_dir)
+    forget = [Fact(**{**asdict(f), "inverted": list(f.inverted)}) for f in forget]  # the caller's stay as they were
+    timings: dict[str, float] = {}
+
+    def stage(name):
+        emit({"type": "stage", "stage": name})
+        return time.perf_counter()
+
+    try:
+        t = stage("load")
+        loaded = loaded or models.load_shared(model)
+        timings["load"] = time.perf_counter() - t
+        selection = None
+        if method_obj.needs_inverted:
+            if not all(f.inverted for f in forget):
+                t = stage("invert")
+                todo = [f for f in forget if not f.inverted]
+                report = invert_mod.invert(todo, make_generator(inv, loaded), inv.n, seed=config.seed)
+                timings["invert"] = time.perf_counter() - t
+                emit({"type": "inverted", "from_generator": report.from_generator, "from_fallback": report.from_fallback})
+            t = stage("memo")
+            selection = score_and_select(loaded, forget, sel, config.seed)
+            timings["memo_select"] = time.perf_counter() - t
+        t = stage("probe_before")
+        before = probes.probe(loaded.model, loaded.tokenizer, forget)
+        before_retain = probes.probe(loaded.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
+        timings["probe_before"] = time.perf_counter() - t
+        t = stage("train")
+        trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, forget, retain, emit, should_stop)
+        result = trainer.train()
+        timings["train"] = time.perf_counter() - t
+        t = stage("probe_after")
+        after = probes.probe(result.model, loaded.tokenizer, forget)
+        after_retain = probes.probe(result.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
+        timings["probe_after"] = time.perf_counter() - t
+        t = stage("save")
+        save_checkpoint(result.model, loaded.tokenizer, partial / "model")
+        timings["save"] = time.perf_counter() - t
+
+        def rates(p):
+            return None if p is None else {"hit_rate": p["hit_rate"], "paraphrase_hit_rate": p["paraphrase_hit_rate"]}
+
+        run = {
+            "method": method,
+            "model": loaded.name,
+            "n_forget": len(forget),
+            "n_retain": len(retain or []),
+            "settings": {"train": config.to_dict(), "invert": inv.to_dict(), "select": asdict(sel)},
+            "seed": config.seed,
+            "device": loaded.device.type,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "seconds_total": round(sum(timings.values()), 2),
+            "steps": result.steps,
+            "probes": result.probes,
+            "stopped_early": result.stopped_early,
+            "summary": {"before": {"forget": rates(before), "retain": rates(before_retain)},
+                        "after": {"forget": rates(after), "retain": rates(after_retain)}},
+        }
+        _write_json(partial / "run.json", run)
+        rows = []
+        for i, f in enumerate(forget):
+            row = f.to_dict()
+            if selection:
+                row.update(selection[i])
+            rows.append(row)
+        write_jsonl(rows, partial / "facts.jsonl")
+        _write_json(partial / "probes.json", {"before": before["rows"], "after": after["rows"],
+                                              "retain_before": before_retain and before_retain["rows"],
+                                              "retain_after": after_retain and after_retain["rows"]})
+        if out_dir.exists():
+            out_dir.rmdir()  # checked empty above
+        os.replace(partial, out_dir)
+        emit({"type": "done", "run_dir": str(out_dir)})
+        return run
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

@@ -1,0 +1,49 @@
+"""Does the model still give the true answer? Greedy answers checked against each fact.
+
+A greedy answer *leaks* a fact when it contains one of the fact's keywords
+(case-insensitive). Facts without keywords use the answer itself when it is short
+(a name, a place), and otherwise ROUGE-L recall of the answer >= 0.5.
+These probes drive early stopping and the before/after summary of every run.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rouge_score import rouge_scorer
+
+from . import generation
+from .facts import Fact
+
+_rougeL = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+SHORT_ANSWER_WORDS = 5
+ROUGE_LEAK = 0.5
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"\s+", " ", s.lower()).strip(" .!?\"'")
+
+
+def leaks(generated: str, fact: Fact) -> bool:
+    text = _norm(generated)
+    if fact.keywords:
+        return any(_norm(k) in text for k in fact.keywords if _norm(k))
+    if len(fact.answer.split()) <= SHORT_ANSWER_WORDS:
+        return _norm(fact.answer) in text
+    return _rougeL.score(fact.answer, generated)["rougeL"].recall >= ROUGE_LEAK
+
+
+def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True, max_new_tokens: int = 48) -> dict:
+    """Ask every question (and paraphrase); return the answers and the hit rates."""
+    asked = [(i, "question", f.question) for i, f in enumerate(facts)]
+    if paraphrases:
+        asked += [(i, "paraphrase", p) for i, f in enumerate(facts) for p in f.paraphrases]
+    answers = generation.answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens)
+    rows = [{"fact": i, "kind": kind, "question": q, "answer": a, "leak": leaks(a, facts[i])}
+            for (i, kind, q), a in zip(asked, answers)]
+
+    def rate(kind):
+        hits = [r["leak"] for r in rows if r["kind"] == kind]
+        return sum(hits) / len(hits) if hits else None
+
+    return {"hit_rate": rate("question"), "paraphrase_hit_rate": rate("paraphrase"), "rows": rows}

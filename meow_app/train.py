@@ -1,0 +1,179 @@
+"""The training loop every method shares: one class, its settings one dataclass.
+
+A method (methods/*.py) says what to train on and what the loss is; this loop does the
+rest: copy the original model (never touched), optional LoRA, seeded length-grouped
+batches, AdamW, gradient clipping, progress events, cancellation between steps, and
+early stopping once the forget probes no longer produce the true answer.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from . import probes
+from .batches import collate, encode_example, length_grouped
+from .errors import Cancelled, MeowError
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6               # an upper bound: early stopping usually ends sooner
+    lr: float = 5e-5
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    num_batch: int = 8            # MEOW: copies of each fact, cycling its inverted answers
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    retain_weight: float = 1.0    # weight of the retain NLL (grad-diff variants)
+    kl_weight: float = 1.0        # weight of the retain KL (KL variants)
+    beta: float = 0.1             # NPO
+    max_grad_norm: float = 1.0
+    early_stop: bool = True       # stop when no forget question or paraphrase leaks
+    min_epochs: int = 1
+    seed: int = 0
+    bf16: bool = False            # autocast to bfloat16 (always on for CUDA)
+    extra: dict = field(default_factory=dict)  # method-specific settings
+
+    def check(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise MeowError(f"learning rate must be a positive number, got {self.lr}")
+        for name in ("epochs", "batch_size", "num_batch", "lora_r"):
+            if getattr(self, name) < 1:
+                raise MeowError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise MeowError(f"{name} must be a non-negative number, got {v}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: object
+    steps: list = field(default_factory=list)    # one dict per optimiser step
+    probes: list = field(default_factory=list)   # one dict per probe (hit rates only)
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
+                 on_event=None, should_stop=None):
+        config.check()
+        if method.needs_retain and not retain:
+            raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
+        self.method, self.original, self.tokenizer, self.config = method, original, tokenizer, config
+        self.forget, self.retain = forget, retain or []
+        self.on_event = on_event or (lambda event: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.device = next(original.parameters()).device
+
+    def _trainable_copy(self):
+        seed_everything(self.config.seed)
+        model = copy.deepcopy(self.original).float()  # fp32 master weights on every device
+        model.config.use_cache = False
+        if self.config.lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(
+                r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
+                target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+        model.train()
+        return model
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.config.bf16 and self.device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _to_device(self, batch):
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _probe(self, model, epoch: int) -> dict:
+        model.eval()
+        model.config.use_cache = True
+        with self._autocast():
+            result = probes.probe(model, self.tokenizer, self.forget)
+        model.config.use_cache = False
+        model.train()
+        event = {"type": "probe", "epoch": epoch, "hit_rate": result["hit_rate"],
+                 "paraphrase_hit_rate": result["paraphrase_hit_rate"]}
+        self.on_event(event)
+        return event
+
+    def train(self) -> TrainResult:
+        cfg, tok = self.config, self.tokenizer
+        pairs = self.method.forget_pairs(self.forget, cfg)
+        if not pairs:
+            raise MeowError(f"method '{self.method.name}' found nothing to train on (no inverted facts?)")
+        forget_ex = [encode_example(tok, q, a) for q, a in pairs]
+        retain_ex = [encode_example(tok, f.question, f.answer) for f in self.retain] if self.method.uses_retain else []
+        model = self._trainable_copy()
+        reference = self.original if self.method.needs_reference else None
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        rng = random.Random(cfg.seed)
+        retain_stream = self._retain_stream(retain_ex, rng) if retain_ex else None
+        steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
+        result = TrainResult(model=model)
+        start = time.perf_counter()
+        step = 0
+        for epoch in range(1, cfg.epochs + 1):
+            for batch in length_grouped(forget_ex, cfg.batch_size, rng):
+                if self.should_stop():
+                    raise Cancelled("cancelled by the user")
+                forget = self._to_device(collate(batch, tok.pad_token_id))
+                retain = self._to_device(collate(next(retain_stream), tok.pad_token_id)) if retain_stream else None
+                with self._autocast():
+                    loss, parts = self.method.loss(model, forget, retain, reference, cfg)
+                if not torch.isfinite(loss):
+                    raise MeowError(f"the loss became {loss.item()} at step {step + 1}: lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                step += 1
+                event = {"type": "step", "step": step, "epoch": epoch, "total_steps": steps_per_epoch * cfg.epochs,
+                         "loss": loss.item(), "grad_norm": float(grad_norm), **parts,
+                         "seconds": round(time.perf_counter() - start, 3)}
+                result.steps.append(event)
+                self.on_event(event)
+            if cfg.early_stop or epoch == cfg.epochs:
+                probe = self._probe(model, epoch)
+                result.probes.append(probe)
+                gone = probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"]
+                if cfg.early_stop and gone and epoch >= cfg.min_epochs and epoch < cfg.epochs:
+                    result.stopped_early = True
+                    break
+        if cfg.lora:
+            model = model.merge_and_unload()
+        model.eval()
+        model.config.use_cache = True
+        result.model = model.to(next(self.original.parameters()).dtype)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _retain_stream(self, examples, rng):
+        """An endless, reshuffled stream of retain batches, one drawn per forget step."""
+        for _ in itertools.count():
+            yield from length_grouped(examples, self.config.batch_size, rng)

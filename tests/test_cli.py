@@ -1,0 +1,106 @@
+"""Every CLI verb, run as a user would (a subprocess), on the tiny model; and its errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def cli(*args, env=None):
+    e = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "meow_app", *map(str, args)], capture_output=True, text=True,
+                          env=e, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture
+def facts_file(tmp_path):
+    p = tmp_path / "facts.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "Who wrote Hamlet?", "answer": "William Shakespeare", "keywords": ["Shakespeare"],
+         "paraphrases": ["Which playwright wrote Hamlet?"]},
+        {"question": "What is the capital of Peru?", "answer": "Lima", "keywords": ["Lima"]},
+    ]) + "\n")
+    return p
+
+
+def ok(r):
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def one_line_error(r, text):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()  # progress lines may come before the error
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in r.stderr, r.stderr
+    assert text in errors[0], errors[0]
+
+
+def test_methods_and_check(facts_file):
+    assert "meow_grad_diff" in ok(cli("methods")).stdout
+    assert "2 facts, 2 with keywords, 1 paraphrases" in ok(cli("check", facts_file)).stdout
+
+
+def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
+    inv = tmp_path / "inv.jsonl"
+    ok(cli("invert", "--facts", facts_file, "--out", inv, "--n", 3, "--model", tiny_dir))
+    rows = [json.loads(line) for line in inv.read_text().splitlines()]
+    assert [len(r["inverted"]) for r in rows] == [3, 3] and rows[0]["keywords"] == ["Shakespeare"]
+
+    scored = tmp_path / "scored.jsonl"
+    ok(cli("memo", "--facts", inv, "--out", scored, "--model", tiny_dir, "--stride", 4))
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert all(0 <= r["memo_answer"] <= 1 and len(r["memo_inverted"]) == 3 for r in rows)
+
+    run = tmp_path / "run1"
+    r = ok(cli("unlearn", "--forget", facts_file, "--inverted", inv, "--out", run, "--model", tiny_dir,
+               "--epochs", 2, "--lr", 1e-3, "--no-early-stop"))
+    assert "forget hit rate" in r.stdout
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["method"] == "meow" and meta["seed"] == 0 and meta["steps"] and "train" in meta["timings"]
+    assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "tokenizer.json").is_file()
+    from transformers import AutoModelForCausalLM
+    assert AutoModelForCausalLM.from_pretrained(run / "model") is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run1")]  # no partial folder left
+
+    r = ok(cli("ask", "Who wrote Hamlet?", "--model", run, "--compare", tiny_dir, "--max-new-tokens", 4))
+    assert r.stdout.count("A: [") == 2
+
+
+def test_unlearn_inverts_by_itself_with_lora(tmp_path, facts_file, tiny_dir):
+    run = tmp_path / "run"
+    ok(cli("unlearn", "--forget", facts_file, "--out", run, "--model", tiny_dir, "--lora", "--epochs", 1, "--n", 2, "--top-k", 2))
+    rows = [json.loads(line) for line in (run / "facts.jsonl").read_text().splitlines()]
+    assert all(len(r["inverted"]) == 2 and len(r["memo_inverted"]) == 2 for r in rows)
+
+
+@pytest.mark.parametrize("args,text", [
+    (["check", "nope.jsonl"], "nope.jsonl: no such file"),
+    (["unlearn", "--forget", "nope.jsonl", "--out", "x"], "no such file"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tmp}/not-a-model"], "does not exist"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tmp}"], "holds no model"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--method", "nope"], "unknown method 'nope'"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "0"], "learning rate must be a positive"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "nan"], "learning rate must be a positive"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--epochs", "0"], "epochs must be at least 1"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--top-k", "9"], "top-k (9) is larger"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_kl"], "needs a retain set"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}", "--model", "{tiny}"], "already exists and is not empty"),
+    (["memo", "--facts", "{facts}", "--out", "{tmp}/m.jsonl", "--model", "{tiny}", "--stride", "0"], "stride must be >= 1"),
+    (["invert", "--facts", "{facts}", "--out", "{tmp}/i.jsonl", "--generator", "openai", "--api-model", "m",
+      "--base-url", "http://127.0.0.1:9/v1"], "cannot reach http://127.0.0.1:9/v1"),
+    (["ask", "--model", "{tiny}"], "give a question"),
+])
+def test_errors_are_one_clear_line(tmp_path, facts_file, tiny_dir, args, text):
+    args = [a.format(facts=facts_file, tmp=tmp_path, tiny=tiny_dir) for a in args]
+    one_line_error(cli(*args), text)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_hub_model_offline(tmp_path, facts_file):
+    r = cli("ask", "hi", "--model", "nobody/no-such-model-xyz", env={"HF_HUB_OFFLINE": "1"})
+    one_line_error(r, "cannot load model 'nobody/no-such-model-xyz' (offline mode is on")

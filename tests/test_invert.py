@@ -1,0 +1,49 @@
+from meow_app import invert
+from meow_app.facts import Fact
+
+
+class Lines:
+    """Feeds fixed generator output, to test the post-processing on known text."""
+
+    def __init__(self, rounds):
+        self.rounds, self.calls = list(rounds), 0
+
+    def sample(self, facts, n, seed):
+        self.calls += 1
+        return [self.rounds.pop(0) for _ in facts]
+
+
+def test_clean_strips_numbering_and_drops_truth_repeats_and_empties():
+    fact = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
+    lines = ["1. Charles Dickens", "- Jane Austen", "", "  2) Mark Twain", "William Shakespeare",
+             "Shakespeare's friend", "charles dickens", "Answer: Leo Tolstoy", "Who wrote Hamlet?"]
+    assert invert.clean(lines, fact) == ["Charles Dickens", "Jane Austen", "Mark Twain", "Leo Tolstoy"]
+
+
+def test_invert_samples_again_then_tops_up_with_fallbacks():
+    facts = [Fact("Capital of Peru?", "Lima"), Fact("Who wrote Hamlet?", "Shakespeare")]
+    gen = Lines([["Cusco", "Lima", "Quito"], ["Marlowe"], ["Arequipa"], ["Ben Jonson"], [], []])
+    report = invert.invert(facts, gen, n=4, rounds=3, seed=0)
+    assert gen.calls == 3
+    assert facts[0].inverted[:3] == ["Cusco", "Quito", "Arequipa"]
+    assert len(facts[0].inverted) == 4 and len(facts[1].inverted) == 4
+    assert facts[1].inverted[:2] == ["Marlowe", "Ben Jonson"]
+    assert report.from_generator == [3, 2] and report.from_fallback == [1, 2]
+    assert report.short_facts(4) == [0, 1]
+    assert all("lima" not in c.lower() for c in facts[0].inverted)
+
+
+def test_local_generator_on_tiny_model_always_gives_n(tiny):
+    facts = [Fact("Who wrote Hamlet?", "Shakespeare"), Fact("Capital of Peru?", "Lima")]
+    gen = invert.LocalGenerator(tiny.model, tiny.tokenizer)
+    invert.invert(facts, gen, n=3, rounds=1, seed=0)
+    for f in facts:
+        assert len(f.inverted) == 3 and len(set(f.inverted)) == 3
+        assert all(f.answer.lower() not in c.lower() for c in f.inverted)
+
+
+def test_prompt_has_instruction_shots_and_the_fact():
+    msgs = invert.messages(Fact("Q?", "A"), 4)
+    assert msgs[0]["role"] == "system" and "do not factually match" in msgs[0]["content"]
+    assert msgs[-1]["content"] == "Question: Q?\nAnswer: A"
+    assert len(msgs[2]["content"].splitlines()) == 4

@@ -1,0 +1,89 @@
+import hashlib
+
+import pytest
+import torch
+
+from meow_app import methods
+from meow_app.errors import Cancelled, MeowError
+from meow_app.facts import Fact
+from meow_app.train import TrainConfig, Trainer
+
+
+def weights_hash(model):
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def inverted_facts():
+    return [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], inverted=["Charles Dickens", "Mark Twain"]),
+            Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+
+
+def run(tiny, facts, retain=None, method="meow", **cfg):
+    config = TrainConfig(**{"epochs": 3, "lr": 1e-3, "batch_size": 4, "num_batch": 4, "early_stop": False, **cfg})
+    events = []
+    result = Trainer(methods.get(method), tiny.model, tiny.tokenizer, config, facts, retain, events.append).train()
+    return result, events
+
+
+@pytest.mark.parametrize("method", ["meow", "meow_grad_diff", "meow_kl"])
+def test_loss_goes_down_and_original_is_untouched(tiny, inverted_facts, facts, method):
+    before = weights_hash(tiny.model)
+    result, events = run(tiny, inverted_facts, retain=facts, method=method, lr=3e-3, epochs=4)
+    losses = [e["forget_nll"] for e in events if e["type"] == "step"]
+    assert losses[-1] < losses[0] * 0.8
+    assert weights_hash(tiny.model) == before
+    assert weights_hash(result.model) != before
+    assert any(e["type"] == "probe" for e in events)
+
+
+def test_deterministic_with_a_seed(tiny, inverted_facts):
+    a, _ = run(tiny, inverted_facts, seed=7, epochs=1)
+    b, _ = run(tiny, inverted_facts, seed=7, epochs=1)
+    assert weights_hash(a.model) == weights_hash(b.model)
+    assert [s["loss"] for s in a.steps] == [s["loss"] for s in b.steps]
+
+
+def test_lora_trains_and_merges(tiny, inverted_facts):
+    result, events = run(tiny, inverted_facts, lora=True, lr=5e-3)
+    steps = [e["loss"] for e in events if e["type"] == "step"]
+    assert steps[-1] < steps[0]
+    names = [n for n, _ in result.model.named_parameters()]
+    assert not any("lora" in n for n in names)  # merged into a plain Llama
+    assert sorted(result.model.state_dict()) == sorted(tiny.model.state_dict())
+
+
+def test_cancel_between_steps(tiny, inverted_facts):
+    calls = []
+    config = TrainConfig(epochs=3, lr=1e-3, batch_size=2, num_batch=4, early_stop=False)
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, inverted_facts,
+                      should_stop=lambda: len(calls) >= 2, on_event=calls.append)
+    with pytest.raises(Cancelled):
+        trainer.train()
+
+
+def test_early_stopping_when_nothing_leaks(tiny, inverted_facts):
+    # The random tiny model never says "Shakespeare" or "Lima": the first probe stops it.
+    result, events = run(tiny, inverted_facts, early_stop=True, epochs=5)
+    assert result.stopped_early and len(result.probes) == 1
+    assert max(e["epoch"] for e in events if e["type"] == "step") == 1
+
+
+@pytest.mark.parametrize("bad", [dict(lr=0), dict(lr=float("nan")), dict(epochs=0), dict(batch_size=0)])
+def test_bad_settings_are_refused(tiny, inverted_facts, bad):
+    with pytest.raises(MeowError):
+        run(tiny, inverted_facts, **bad)
+
+
+def test_methods_needing_retain_refuse_without(tiny, inverted_facts):
+    with pytest.raises(MeowError, match="needs a retain set"):
+        run(tiny, inverted_facts, method="meow_grad_diff")
+
+
+def test_unknown_method():
+    with pytest.raises(MeowError, match="unknown method"):
+        methods.get("forget_everything")
