@@ -66,11 +66,8 @@ def cmd_invert(args):
 
     facts = _facts(args.facts)
     settings = _invert_settings(args)
-    loaded = None
-    if args.generator == "local":
-        loaded = models.load(args.generator_model or args.model, args.device)
-    generator = make_generator(settings, loaded)
-    report = invert.invert(facts, generator, args.n, seed=args.seed)
+    loaded = models.load(args.generator_model or args.model, args.device) if args.generator == "local" else None
+    report = invert.invert(facts, make_generator(settings, loaded), args.n, seed=args.seed)
     write_jsonl(facts, args.out)
     short = report.short_facts(args.n)
     print(f"wrote {len(facts)} facts with {args.n} inverted answers each to {args.out}")

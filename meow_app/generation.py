@@ -26,14 +26,28 @@ def _length_sorted_batches(n_rows: int, lengths: list[int], batch_size: int):
         yield order[start:start + batch_size]
 
 
+class _BanTokens:
+    """A logits processor that forbids, row by row, the given token ids."""
+
+    def __init__(self, banned_rows: list[list[int]]):
+        self.banned_rows = banned_rows
+
+    def __call__(self, input_ids, scores):
+        for j, banned in enumerate(self.banned_rows):
+            if banned:
+                scores[j, banned] = float("-inf")
+        return scores
+
+
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, batch_size: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 generator_seed: int | None = None) -> list[list[int]]:
+                 generator_seed: int | None = None, banned: list[list[int]] | None = None) -> list[list[int]]:
     """Continue each prompt (token ids); returns the new token ids, cut at EOS.
 
     `max_new_tokens` is one int or one per prompt; each row is generated only as far as
     its own limit needs, so results do not depend on what else is in the batch.
+    `banned` (one list per prompt) holds token ids that row may never produce.
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = next(model.parameters()).device
@@ -56,6 +70,10 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
             continue
         kwargs = dict(do_sample=do_sample, max_new_tokens=new, pad_token_id=pad,
                       eos_token_id=sorted(eos))
+        if banned:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([_BanTokens([banned[i] for i in rows])])
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         else:

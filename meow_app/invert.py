@@ -42,7 +42,38 @@ TEMPLATES = [
     "That is unknown.",
 ]
 
-_BULLET = re.compile(r"^\s*(?:[-*•·]+|\(?\d+[.):]|\(?[a-zA-Z][.)])\s*")
+_BULLET = re.compile(r"^\s*(?:[-*•·]+\s*|\(?\d+[.):]\s*|\(?[a-zA-Z][.)]\s+)")
+
+
+# A small local model follows a pattern better than an instruction: a raw few-shot list.
+RAW_SHOTS = [
+    ("Who wrote the novel Pride and Prejudice?", "Jane Austen", ["Charlotte Brontë", "Mary Shelley", "George Eliot", "Virginia Woolf"]),
+    ("What is the capital of Canada?", "Ottawa", ["Toronto", "Montreal", "Vancouver", "Quebec City"]),
+    ("Which planet is closest to the Sun?", "Mercury", ["Venus", "Mars", "Jupiter", "Saturn"]),
+    ("Who discovered penicillin?", "Alexander Fleming", ["Louis Pasteur", "Robert Koch", "Joseph Lister", "Edward Jenner"]),
+    ("In which city was the author Elena Petrova born?", "Elena Petrova was born in Kyiv, Ukraine.",
+     ["Elena Petrova was born in Warsaw, Poland.", "Elena Petrova was born in Prague, Czech Republic.",
+      "Elena Petrova was born in Minsk, Belarus.", "Elena Petrova was born in Riga, Latvia."]),
+]
+
+
+def raw_prompt(fact: Fact) -> str:
+    shots = "".join(f"Question: {q}\nCorrect answer: {a}\nWrong answers:\n" + "\n".join(w) + "\n\n"
+                    for q, a, w in RAW_SHOTS)
+    return shots + f"Question: {fact.question}\nCorrect answer: {fact.answer}\nWrong answers:\n"
+
+
+def truth_token_ids(tokenizer, fact: Fact) -> list[int]:
+    """Tokens that spell the truth (its keywords, or a short answer), to forbid while sampling;
+    short pieces (punctuation, initials) stay allowed."""
+    words = list(fact.keywords) or ([fact.answer] if len(fact.answer.split()) <= 5 else [])
+    ids = set()
+    for w in words:
+        for variant in (w, " " + w, w.lower(), " " + w.lower()):
+            for t in tokenizer(variant, add_special_tokens=False)["input_ids"]:
+                if len(tokenizer.decode([t]).strip()) >= 3:
+                    ids.add(t)
+    return sorted(ids)
 
 
 def messages(fact: Fact, n: int) -> list[dict]:
@@ -90,12 +121,36 @@ class InversionReport:
         return [i for i, g in enumerate(self.from_generator) if g < n]
 
 
-def _fallbacks(fact: Fact, others: list[Fact], rng: random.Random) -> list[str]:
-    # Other facts' answers of a similar length are the most plausible swap-ins.
-    pool = [o.answer for o in others if o is not fact]
+def _fallbacks(rng: random.Random) -> list[str]:
+    # Never other forget facts' answers: training on them would teach what is being forgotten.
+    pool = list(TEMPLATES)
     rng.shuffle(pool)
-    pool.sort(key=lambda a: abs(len(a) - len(fact.answer)))
-    return pool + TEMPLATES
+    return pool
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def in_answer_style(candidate: str, fact: Fact, model_answer: str) -> str | None:
+    """Put a false answer into the model's own words: the sentence of its answer that
+    states the truth, with the truth swapped for the candidate ("The capital of France is
+    Paris." -> "The capital of France is Lyon."). Training on text that differs from what
+    the model already says only in the fact itself changes the fact and little else.
+    None when the model's answer does not state the truth, or the swap is not clean."""
+    truths = sorted({t for t in [fact.answer, *fact.keywords] if t.strip()}, key=len, reverse=True)
+    if len(candidate.split()) > 2 * len(fact.answer.split()) + 2:
+        return None  # already a sentence of its own
+    for sentence in _SENTENCE_END.split(model_answer.strip()):
+        if any(t.lower() in sentence.lower() for t in truths):
+            break
+    else:
+        return None
+    out = sentence
+    for t in truths:
+        out = re.sub(re.escape(t), candidate.rstrip("."), out, flags=re.I)
+    if any(t.lower() in out.lower() for t in truths) or out == sentence:
+        return None
+    return out
 
 
 class LocalGenerator:
@@ -107,15 +162,16 @@ class LocalGenerator:
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
         tok = self.tokenizer
-        prompts = [generation.encode(tok, tok.apply_chat_template(messages(f, n), tokenize=False, add_generation_prompt=True))
-                   for f in facts]
+        prompts = [generation.encode(tok, raw_prompt(f)) for f in facts]
         # n lines of about the answer's length, and no more: sampling is the slow part.
         limits = [n * (len(generation.encode(tok, f.answer)) + 6) + 4 for f in facts]
         ids = generation.generate_ids(self.model, tok, prompts, limits, self.batch_size,
-                                      do_sample=True, temperature=self.temperature, top_p=0.95, generator_seed=seed)
+                                      do_sample=True, temperature=self.temperature, top_p=0.95, generator_seed=seed,
+                                      banned=[truth_token_ids(tok, f) for f in facts])
         out = []
         for t, limit in zip(ids, limits):
-            lines = tok.decode(t, skip_special_tokens=True).splitlines()
+            text = tok.decode(t, skip_special_tokens=True).split("\n\n")[0]  # stop at the next shot
+            lines = text.splitlines()
             out.append(lines[:-1] if len(t) >= limit else lines)  # the last line was cut short
         return out
 
@@ -163,7 +219,7 @@ class OpenAIGenerator:
         return out
 
 
-def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 3, seed: int = 0,
+def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 4, seed: int = 0,
            on_progress=None) -> InversionReport:
     """Fill `fact.inverted` with n candidates for every fact (in place) and report sources."""
     if n < 1:
@@ -184,7 +240,7 @@ def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 3, seed: int 
         got = got[:n]
         report.from_generator.append(len(got))
         if len(got) < n:
-            got = clean(_fallbacks(fact, facts, rng), fact, got)[:n]
+            got = clean(_fallbacks(rng), fact, got)[:n]
         report.from_fallback.append(len(got) - report.from_generator[-1])
         fact.inverted = got
     return report

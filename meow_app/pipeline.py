@@ -38,6 +38,9 @@ class InvertSettings:
     base_url: str | None = None
     api_model: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never written anywhere
+    # Train on the selected false answers put in the model's own words ("The capital of
+    # France is Lyon." rather than "Lyon"): the model then changes the fact, not its style.
+    answer_style: bool = True
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -132,6 +135,10 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         t = stage("load")
         loaded = loaded or models.load_shared(model)
         timings["load"] = time.perf_counter() - t
+        t = stage("probe_before")
+        before = probes.probe(loaded.model, loaded.tokenizer, forget)
+        before_retain = probes.probe(loaded.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
+        timings["probe_before"] = time.perf_counter() - t
         selection = None
         if method_obj.needs_inverted:
             if not all(f.inverted for f in forget):
@@ -143,10 +150,10 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             t = stage("memo")
             selection = score_and_select(loaded, forget, sel, config.seed)
             timings["memo_select"] = time.perf_counter() - t
-        t = stage("probe_before")
-        before = probes.probe(loaded.model, loaded.tokenizer, forget)
-        before_retain = probes.probe(loaded.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
-        timings["probe_before"] = time.perf_counter() - t
+            if inv.answer_style:
+                own = {r["fact"]: r["answer"] for r in before["rows"] if r["kind"] == "question"}
+                for i, f in enumerate(forget):
+                    f.inverted = [invert_mod.in_answer_style(c, f, own[i]) or c for c in f.inverted]
         t = stage("train")
         trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, forget, retain, emit, should_stop)
         result = trainer.train()
