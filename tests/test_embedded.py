@@ -23,6 +23,16 @@ def test_embedded_model_loads_from_cache_and_knows_facts(embedded):
     assert (models.meow_home() / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
 
 
+def test_truth_tokens_banned_for_inversion(embedded):
+    from meow_app.facts import Fact
+    from meow_app.invert import truth_token_ids
+
+    tok = embedded.tokenizer
+    banned = truth_token_ids(tok, Fact("Who wrote Harry Potter?", "J.K. Rowling", ["Rowling"]))
+    pieces = {tok.decode([t]).strip() for t in banned}
+    assert pieces and all(len(p) >= 3 for p in pieces) and "." not in pieces
+
+
 def test_unlearn_forgets_three_facts_and_keeps_others(embedded, tmp_path):
     # Facts from the holdout set: never used to tune the defaults.
     forget = load_facts(ROOT / "assets/facts/holdout_facts.jsonl")[:3]

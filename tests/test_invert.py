@@ -47,3 +47,21 @@ def test_prompt_has_instruction_shots_and_the_fact():
     assert msgs[0]["role"] == "system" and "do not factually match" in msgs[0]["content"]
     assert msgs[-1]["content"] == "Question: Q?\nAnswer: A"
     assert len(msgs[2]["content"].splitlines()) == 4
+
+
+def test_in_answer_style_swaps_the_truth_in_the_models_own_sentence():
+    fact = Fact("What is the capital of France?", "Paris", ["Paris"])
+    said = "The capital of France is Paris. It is known for the Eiffel Tower."
+    assert invert.in_answer_style("Lyon", fact, said) == "The capital of France is Lyon."
+    fact = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
+    assert invert.in_answer_style("Ben Jonson", fact, "Hamlet was written by William Shakespeare in 1600.") \
+        == "Hamlet was written by Ben Jonson in 1600."
+    assert invert.in_answer_style("Ben Jonson", fact, "I do not know who wrote it.") is None
+    long = "Hamlet was written by the Elizabethan poet Ben Jonson in London"
+    assert invert.in_answer_style(long, fact, "Hamlet was written by Shakespeare.") is None
+
+
+def test_single_characters_are_never_banned(tiny):
+    # The tiny tokenizer is byte-level: banning any of its tokens would ban letters.
+    fact = Fact("Who wrote Harry Potter?", "J.K. Rowling", ["Rowling"])
+    assert invert.truth_token_ids(tiny.tokenizer, fact) == []
