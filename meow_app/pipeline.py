@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from . import invert as invert_mod
-from . import memo, methods, models, probes, select
+from . import generation, memo, methods, models, probes, select
 from .errors import MeowError
 from .facts import Fact, write_jsonl
 from .train import TrainConfig, Trainer
@@ -84,6 +84,22 @@ def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: Se
                     "selected": chosen})
         f.inverted = [f.inverted[j] for j in chosen]
     return out
+
+
+ANCHOR_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "anchor_prompts.txt"
+
+
+def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int) -> list[Fact]:
+    """General prompts with the original model's own answers (see TrainConfig.anchors),
+    leaving out any that mention a fact being forgotten."""
+    if count <= 0:
+        return []
+    from .facts import read_lines
+
+    prompts = read_lines(ANCHOR_PROMPTS)[:count]
+    answers = generation.answer(loaded.model, loaded.tokenizer, prompts)
+    return [Fact(q, a) for q, a in zip(prompts, answers)
+            if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
 
 
 def _write_json(path: Path, data) -> None:
@@ -155,7 +171,8 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
                 for i, f in enumerate(forget):
                     f.inverted = [invert_mod.in_answer_style(c, f, own[i]) or c for c in f.inverted]
         t = stage("train")
-        trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, forget, retain, emit, should_stop)
+        anchors = anchor_facts(loaded, forget, config.anchors)
+        trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, forget, retain, emit, should_stop, anchors)
         result = trainer.train()
         timings["train"] = time.perf_counter() - t
         t = stage("probe_after")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import probes
+from . import losses, probes
 from .batches import collate, encode_example, length_grouped
 from .errors import Cancelled, MeowError
 
@@ -35,9 +35,17 @@ class TrainConfig:
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
+    # Full fine-tuning leaves the (tied) embeddings / output layer and the norms frozen:
+    # moving them shifts every answer's token probabilities at once, not just the fact's.
+    train_embeddings: bool = False
     retain_weight: float = 1.0    # weight of the retain NLL (grad-diff variants)
     kl_weight: float = 1.0        # weight of the retain KL (KL variants)
     beta: float = 0.1             # NPO
+    # Anchors: the original model's own answers to general prompts (assets/anchor_prompts.txt),
+    # trained on beside the forget set so the rest of its behaviour stays put. No user
+    # data needed; 0 turns it off (the published MEOW recipe).
+    anchors: int = 0
+    anchor_weight: float = 1.0
     max_grad_norm: float = 1.0
     early_stop: bool = True       # stop when no forget question or paraphrase leaks
     min_epochs: int = 1
@@ -51,7 +59,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_batch", "lora_r"):
             if getattr(self, name) < 1:
                 raise MeowError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm"):
+        if self.anchors < 0:
+            raise MeowError(f"anchors must be 0 or more, got {self.anchors}")
+        for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise MeowError(f"{name} must be a non-negative number, got {v}")
@@ -76,12 +86,12 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
-                 on_event=None, should_stop=None):
+                 on_event=None, should_stop=None, anchors=None):
         config.check()
         if method.needs_retain and not retain:
             raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
         self.method, self.original, self.tokenizer, self.config = method, original, tokenizer, config
-        self.forget, self.retain = forget, retain or []
+        self.forget, self.retain, self.anchors = forget, retain or [], anchors or []
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -96,6 +106,10 @@ class Trainer:
             model = get_peft_model(model, LoraConfig(
                 r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
+        elif not self.config.train_embeddings:
+            for name, p in model.named_parameters():
+                if "embed_tokens" in name or "lm_head" in name or "norm" in name:
+                    p.requires_grad_(False)
         model.train()
         return model
 
@@ -133,7 +147,9 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = random.Random(cfg.seed)
-        retain_stream = self._retain_stream(retain_ex, rng) if retain_ex else None
+        retain_stream = self._stream(retain_ex, rng) if retain_ex else None
+        anchor_ex = [encode_example(tok, f.question, f.answer) for f in self.anchors]
+        anchor_stream = self._stream(anchor_ex, rng, max(1, cfg.batch_size // 2)) if anchor_ex else None
         steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
         result = TrainResult(model=model)
         start = time.perf_counter()
@@ -146,6 +162,10 @@ class Trainer:
                 retain = self._to_device(collate(next(retain_stream), tok.pad_token_id)) if retain_stream else None
                 with self._autocast():
                     loss, parts = self.method.loss(model, forget, retain, reference, cfg)
+                    if anchor_stream:
+                        anchor = losses.nll(model, self._to_device(collate(next(anchor_stream), tok.pad_token_id)))
+                        loss = loss + cfg.anchor_weight * anchor
+                        parts["anchor_nll"] = anchor.item()
                 if not torch.isfinite(loss):
                     raise MeowError(f"the loss became {loss.item()} at step {step + 1}: lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
@@ -173,7 +193,7 @@ class Trainer:
         result.seconds = time.perf_counter() - start
         return result
 
-    def _retain_stream(self, examples, rng):
-        """An endless, reshuffled stream of retain batches, one drawn per forget step."""
+    def _stream(self, examples, rng, batch_size=None):
+        """An endless, reshuffled stream of batches (retain, anchors), one drawn per forget step."""
         for _ in itertools.count():
-            yield from length_grouped(examples, self.config.batch_size, rng)
+            yield from length_grouped(examples, batch_size or self.config.batch_size, rng)
