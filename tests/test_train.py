@@ -33,7 +33,8 @@ def run(tiny, facts, retain=None, method="meow", **cfg):
 @pytest.mark.parametrize("method", ["meow", "meow_grad_diff", "meow_kl"])
 def test_loss_goes_down_and_original_is_untouched(tiny, inverted_facts, facts, method):
     before = weights_hash(tiny.model)
-    result, events = run(tiny, inverted_facts, retain=facts, method=method, lr=3e-3, epochs=4)
+    result, events = run(tiny, inverted_facts, retain=facts, method=method, lr=3e-3, epochs=4,
+                         train_embeddings=True)  # the random tiny model learns little without them
     losses = [e["forget_nll"] for e in events if e["type"] == "step"]
     assert losses[-1] < losses[0] * 0.8
     assert weights_hash(tiny.model) == before
@@ -87,3 +88,19 @@ def test_methods_needing_retain_refuse_without(tiny, inverted_facts):
 def test_unknown_method():
     with pytest.raises(MeowError, match="unknown method"):
         methods.get("forget_everything")
+
+
+def test_full_finetune_leaves_embeddings_and_norms_alone(tiny, inverted_facts):
+    result, _ = run(tiny, inverted_facts, epochs=1)
+    before, after = tiny.model.state_dict(), result.model.state_dict()
+    frozen = [k for k in before if "embed_tokens" in k or "norm" in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if "mlp" in k)
+
+
+def test_anchor_prompts_are_trained_beside_the_forget_set(tiny, inverted_facts, facts):
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=4, num_batch=2, early_stop=False, anchors=3)
+    events = []
+    Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, inverted_facts, None, events.append,
+            anchors=facts).train()
+    assert all("anchor_nll" in e for e in events if e["type"] == "step")
