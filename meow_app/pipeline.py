@@ -176,7 +176,10 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         result = trainer.train()
         timings["train"] = time.perf_counter() - t
         t = stage("probe_after")
-        after = probes.probe(result.model, loaded.tokenizer, forget)
+        # The loop probed the final model already (LoRA merging and the dtype cast do not
+        # change greedy answers in fp32); otherwise probe it now.
+        after = result.last_probe if result.last_probe and loaded.dtype == torch.float32 and not config.lora \
+            else probes.probe(result.model, loaded.tokenizer, forget)
         after_retain = probes.probe(result.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
         timings["probe_after"] = time.perf_counter() - t
         t = stage("save")

@@ -51,7 +51,6 @@ class TrainConfig:
     min_epochs: int = 1
     seed: int = 0
     bf16: bool = False            # autocast to bfloat16 (always on for CUDA)
-    extra: dict = field(default_factory=dict)  # method-specific settings
 
     def check(self) -> None:
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -75,6 +74,7 @@ class TrainResult:
     model: object
     steps: list = field(default_factory=list)    # one dict per optimiser step
     probes: list = field(default_factory=list)   # one dict per probe (hit rates only)
+    last_probe: dict | None = None               # the full last probe, of the returned model
     stopped_early: bool = False
     seconds: float = 0.0
 
@@ -133,7 +133,7 @@ class Trainer:
         event = {"type": "probe", "epoch": epoch, "hit_rate": result["hit_rate"],
                  "paraphrase_hit_rate": result["paraphrase_hit_rate"]}
         self.on_event(event)
-        return event
+        return event, result
 
     def train(self) -> TrainResult:
         cfg, tok = self.config, self.tokenizer
@@ -179,7 +179,7 @@ class Trainer:
                 result.steps.append(event)
                 self.on_event(event)
             if cfg.early_stop or epoch == cfg.epochs:
-                probe = self._probe(model, epoch)
+                probe, result.last_probe = self._probe(model, epoch)
                 result.probes.append(probe)
                 gone = probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"]
                 if cfg.early_stop and gone and epoch >= cfg.min_epochs and epoch < cfg.epochs:
