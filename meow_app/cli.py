@@ -136,6 +136,7 @@ def cmd_unlearn(args):
         "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "num_batch": args.num_batch,
         "seed": args.seed, "lora": args.lora or None, "lora_r": args.lora_r,
         "early_stop": False if args.no_early_stop else None, "bf16": args.bf16 or None, "anchors": args.anchors,
+        "train_only": args.train_only,
     }.items() if v is not None}
     config = TrainConfig(**{**method.defaults, **overrides})
     select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride)
@@ -224,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
     p.add_argument("--anchors", type=int, default=None,
                    help="general prompts answered by the original model, trained on to keep the rest intact (default 0 = off, the published recipe)")
+    p.add_argument("--train-only", default=None,
+                   help="full fine-tuning: train only parameters whose name contains this (default 'mlp'; '' = all)")
     p.add_argument("--no-early-stop", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
     _add_model(p)

@@ -38,6 +38,10 @@ class TrainConfig:
     # Full fine-tuning leaves the (tied) embeddings / output layer and the norms frozen:
     # moving them shifts every answer's token probabilities at once, not just the fact's.
     train_embeddings: bool = False
+    # Only the MLP blocks (where transformers store most factual associations) are trained
+    # by default: on the embedded model this kept ~5-25 points more unrelated facts than
+    # training every layer, at the same forgetting (docs/forgetting.md). "" = all layers.
+    train_only: str = "mlp"
     retain_weight: float = 1.0    # weight of the retain NLL (grad-diff variants)
     kl_weight: float = 1.0        # weight of the retain KL (KL variants)
     beta: float = 0.1             # NPO
@@ -106,9 +110,10 @@ class Trainer:
             model = get_peft_model(model, LoraConfig(
                 r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
-        elif not self.config.train_embeddings:
+        elif not self.config.train_embeddings or self.config.train_only:
             for name, p in model.named_parameters():
-                if "embed_tokens" in name or "lm_head" in name or "norm" in name:
+                frozen = ("embed_tokens" in name or "lm_head" in name or "norm" in name) and not self.config.train_embeddings
+                if frozen or (self.config.train_only and self.config.train_only not in name):
                     p.requires_grad_(False)
         model.train()
         return model

@@ -34,7 +34,7 @@ def run(tiny, facts, retain=None, method="meow", **cfg):
 def test_loss_goes_down_and_original_is_untouched(tiny, inverted_facts, facts, method):
     before = weights_hash(tiny.model)
     result, events = run(tiny, inverted_facts, retain=facts, method=method, lr=3e-3, epochs=4,
-                         train_embeddings=True)  # the random tiny model learns little without them
+                         train_embeddings=True, train_only="")  # the random tiny model learns little without them
     losses = [e["forget_nll"] for e in events if e["type"] == "step"]
     assert losses[-1] < losses[0] * 0.8
     assert weights_hash(tiny.model) == before
@@ -96,6 +96,9 @@ def test_full_finetune_leaves_embeddings_and_norms_alone(tiny, inverted_facts):
     frozen = [k for k in before if "embed_tokens" in k or "norm" in k]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if "mlp" in k)
+    assert all(torch.equal(before[k], after[k]) for k in before if "self_attn" in k)  # MLP-only by default
+    everything, _ = run(tiny, inverted_facts, epochs=1, train_only="")
+    assert any(not torch.equal(before[k], everything.model.state_dict()[k]) for k in before if "self_attn" in k)
 
 
 def test_anchor_prompts_are_trained_beside_the_forget_set(tiny, inverted_facts, facts):
