@@ -13,7 +13,6 @@ Errors print one line on stderr and exit with status 2 (1 for an internal error)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -81,21 +80,18 @@ def cmd_memo(args):
 
     facts = _facts(args.facts)
     lm = models.load(args.model, args.device)
+    if args.length != "target" and not (args.length.isdigit() and int(args.length) > 0):
+        raise MeowError(f"--length must be 'target' or a positive number of tokens, got '{args.length}'")
     length = "target" if args.length == "target" else int(args.length)
-    items = []
-    for f in facts:
-        items.append((f.question, f.answer))
-        items += [(f.question, c) for c in f.inverted]
     t = time.perf_counter()
-    scores = memo.memo_scores(lm.model, lm.tokenizer, items, args.mode, args.stride, length)
-    rows, pos = [], 0
-    for f in facts:
+    rows = []
+    for f, (answer_score, inverted_scores) in zip(facts, memo.score_facts(lm.model, lm.tokenizer, facts, args.mode,
+                                                                         args.stride, length)):
         row = f.to_dict()
-        row["memo_answer"] = scores[pos]
+        row["memo_answer"] = answer_score
         if f.inverted:
-            row["memo_inverted"] = scores[pos + 1: pos + 1 + len(f.inverted)]
+            row["memo_inverted"] = inverted_scores
         row["memo_settings"] = {"mode": args.mode, "stride": args.stride, "length": args.length}
-        pos += 1 + len(f.inverted)
         rows.append(row)
     write_jsonl(rows, args.out)
     mean = sum(r["memo_answer"] for r in rows) / len(rows)

@@ -20,6 +20,18 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def pad(rows: list[list[int]], pad_id: int, left: bool = False):
+    """Token-id rows into (ids, attention_mask) tensors, padded on the right or the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        sl = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[j, sl] = torch.tensor(r)
+        mask[j, sl] = 1
+    return ids, mask
+
+
 def _length_sorted_batches(n_rows: int, lengths: list[int], batch_size: int):
     order = sorted(range(n_rows), key=lambda i: lengths[i])
     for start in range(0, n_rows, batch_size):
@@ -51,24 +63,20 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    eos = set(_eos_ids(model, tokenizer))
+    pad_id = tokenizer.pad_token_id
+    eos = set(eos_ids(model, tokenizer))
     out: list[list[int]] = [[] for _ in prompts]
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     # Group by prompt length and then by limit, so short jobs are not padded to long ones.
     keys = [len(p) * 10_000 + limits[i] for i, p in enumerate(prompts)]
     for rows in _length_sorted_batches(len(prompts), keys, batch_size):
-        width = max(len(prompts[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids[j, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[j, width - len(prompts[i]):] = 1
+        ids, mask = pad([prompts[i] for i in rows], pad_id, left=True)
+        width = ids.shape[1]
         new = max(limits[i] for i in rows)
         if new <= 0:
             continue
-        kwargs = dict(do_sample=do_sample, max_new_tokens=new, pad_token_id=pad,
+        kwargs = dict(do_sample=do_sample, max_new_tokens=new, pad_token_id=pad_id,
                       eos_token_id=sorted(eos))
         if banned:
             from transformers import LogitsProcessorList
@@ -90,7 +98,7 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     return out
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
     if tokenizer.eos_token_id is not None:

@@ -22,16 +22,6 @@ SYSTEM = ("You write wrong answers for a quiz. Given a question and its correct 
           "different answers to the question that do not factually match the Answer. They must sound "
           "plausible and have the same form as the Answer. Put each on its own line, with no numbering.")
 
-# Few-shot turns: one short-answer fact and one sentence-answer fact, so both forms are shown.
-SHOTS = [
-    ("Who wrote the novel Pride and Prejudice?", "Jane Austen",
-     ["Charlotte Brontë", "Mary Shelley", "George Eliot", "Virginia Woolf", "Emily Dickinson", "Louisa May Alcott"]),
-    ("In which city was the author Elena Petrova born?", "Elena Petrova was born in Kyiv, Ukraine.",
-     ["Elena Petrova was born in Warsaw, Poland.", "Elena Petrova was born in Prague, Czech Republic.",
-      "Elena Petrova was born in Minsk, Belarus.", "Elena Petrova was born in Riga, Latvia.",
-      "Elena Petrova was born in Sofia, Bulgaria.", "Elena Petrova was born in Vilnius, Lithuania."]),
-]
-
 # Last resort, shown to the user as editable text rather than hidden.
 TEMPLATES = [
     "I am not sure; it is not something I know.",
@@ -45,8 +35,9 @@ TEMPLATES = [
 _BULLET = re.compile(r"^\s*(?:[-*•·]+\s*|\(?\d+[.):]\s*|\(?[a-zA-Z][.)]\s+)")
 
 
-# A small local model follows a pattern better than an instruction: a raw few-shot list.
-RAW_SHOTS = [
+# Few-shot examples, both short answers and a sentence answer, so both forms are shown.
+# The API model gets them as chat turns; a small local model follows them better as a raw list.
+SHOTS = [
     ("Who wrote the novel Pride and Prejudice?", "Jane Austen", ["Charlotte Brontë", "Mary Shelley", "George Eliot", "Virginia Woolf"]),
     ("What is the capital of Canada?", "Ottawa", ["Toronto", "Montreal", "Vancouver", "Quebec City"]),
     ("Which planet is closest to the Sun?", "Mercury", ["Venus", "Mars", "Jupiter", "Saturn"]),
@@ -59,7 +50,7 @@ RAW_SHOTS = [
 
 def raw_prompt(fact: Fact) -> str:
     shots = "".join(f"Question: {q}\nCorrect answer: {a}\nWrong answers:\n" + "\n".join(w) + "\n\n"
-                    for q, a, w in RAW_SHOTS)
+                    for q, a, w in SHOTS)
     return shots + f"Question: {fact.question}\nCorrect answer: {fact.answer}\nWrong answers:\n"
 
 

@@ -60,12 +60,26 @@ def memo_scores(model, tokenizer, items: list[tuple[str, str]], mode: str = "suf
     return [s / c if c else 0.0 for s, c in zip(sums, counts)]
 
 
+def score_facts(model, tokenizer, facts, mode: str = "suffix", stride: int = 5, length="target",
+                batch_size: int = 64) -> list[tuple[float, list[float]]]:
+    """(MEMO of the true answer, MEMO of each inverted answer) per fact, all in one batched pass."""
+    items = []
+    for f in facts:
+        items += [(f.question, f.answer)] + [(f.question, c) for c in f.inverted]
+    scores = memo_scores(model, tokenizer, items, mode, stride, length, batch_size)
+    out, pos = [], 0
+    for f in facts:
+        out.append((scores[pos], scores[pos + 1: pos + 1 + len(f.inverted)]))
+        pos += 1 + len(f.inverted)
+    return out
+
+
 @torch.no_grad()
 def memo_reference(model, tokenizer, question: str, text: str, mode: str = "suffix", stride: int = 5,
                    length="target") -> float:
     """The plain loop, one greedy generation per cut at batch size 1 (as the authors' code)."""
     device = next(model.parameters()).device
-    eos = generation._eos_ids(model, tokenizer)
+    eos = generation.eos_ids(model, tokenizer)
     scores = []
     for prompt, target in cuts(question, text, mode, stride):
         ids = torch.tensor([generation.encode(tokenizer, prompt)], device=device)
@@ -76,17 +90,6 @@ def memo_reference(model, tokenizer, question: str, text: str, mode: str = "suff
         new = new[:next((j for j, t in enumerate(new) if t in eos), len(new))]
         scores.append(rouge1_precision(tokenizer.decode(new, skip_special_tokens=True), target))
     return sum(scores) / len(scores) if scores else 0.0
-
-
-def _pad_batch(rows: list[list[int]], pad: int, left: bool = False):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for j, r in enumerate(rows):
-        sl = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[j, sl] = torch.tensor(r)
-        mask[j, sl] = 1
-    return ids, mask
 
 
 @torch.no_grad()
@@ -102,7 +105,7 @@ def memorization_accuracy(model, tokenizer, items: list[tuple[str, str]], batch_
             a = generation.encode(tokenizer, t)
             rows.append(p + a)
             spans.append((len(p), len(p) + len(a)))
-        ids, mask = _pad_batch(rows, tokenizer.pad_token_id)
+        ids, mask = generation.pad(rows, tokenizer.pad_token_id)
         pred = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.argmax(-1).cpu()
         for j, (s, e) in enumerate(spans):
             hits = (pred[j, s - 1:e - 1] == ids[j, s:e]).float()

@@ -69,16 +69,10 @@ def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None =
 
 def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: SelectSettings, seed: int = 0) -> list[dict]:
     """MEMO of each fact's answer and inverted candidates; keep the top-k (in place)."""
-    items = []
-    for f in facts:
-        items.append((f.question, f.answer))
-        items += [(f.question, c) for c in f.inverted]
-    scores = memo.memo_scores(loaded.model, loaded.tokenizer, items, settings.memo_mode,
+    scores = memo.score_facts(loaded.model, loaded.tokenizer, facts, settings.memo_mode,
                               settings.memo_stride, settings.memo_length)
-    out, pos = [], 0
-    for i, f in enumerate(facts):
-        answer_score, cand = scores[pos], scores[pos + 1: pos + 1 + len(f.inverted)]
-        pos += 1 + len(f.inverted)
+    out = []
+    for i, (f, (answer_score, cand)) in enumerate(zip(facts, scores)):
         chosen = select.select(cand, settings.top_k, settings.strategy, seed + i) if cand else []
         out.append({"memo_answer": answer_score, "memo_inverted": cand, "candidates": list(f.inverted),
                     "selected": chosen})

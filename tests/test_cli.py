@@ -91,6 +91,7 @@ def test_unlearn_inverts_by_itself_with_lora(tmp_path, facts_file, tiny_dir):
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_kl"], "needs a retain set"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}", "--model", "{tiny}"], "already exists and is not empty"),
     (["memo", "--facts", "{facts}", "--out", "{tmp}/m.jsonl", "--model", "{tiny}", "--stride", "0"], "stride must be >= 1"),
+    (["memo", "--facts", "{facts}", "--out", "{tmp}/m.jsonl", "--model", "{tiny}", "--length", "long"], "--length must be"),
     (["invert", "--facts", "{facts}", "--out", "{tmp}/i.jsonl", "--generator", "openai", "--api-model", "m",
       "--base-url", "http://127.0.0.1:9/v1"], "cannot reach http://127.0.0.1:9/v1"),
     (["ask", "--model", "{tiny}"], "give a question"),
