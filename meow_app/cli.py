@@ -111,6 +111,45 @@ def _print_event(event):
               file=sys.stderr, flush=True)
 
 
+# Training settings offered as options: every TrainConfig field that takes a value.
+# Left unset, each method's own default applies (`python -m meow_app methods -v`).
+TRAIN_HELP = {
+    "epochs": "passes over the forget set (an upper bound with early stopping)",
+    "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
+    "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",
+    "train_only": "full fine-tuning: train only parameters whose name contains this ('mlp' by default; '' = all)",
+    "retain_weight": "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)",
+    "kl_weight": "weight of the retain KL (kl, meow_kl)",
+    "beta": "NPO inverse temperature",
+    "rho": "Sophia clipping threshold",
+    "hessian_every": "Sophia: steps between curvature refreshes",
+    "fisher_backend": "Fisher curvature: diag or woodfisher (low rank + damping)",
+    "fisher_examples": "per-example gradients the Fisher is built from",
+    "fisher_layers": "woodfisher: only parameters whose name contains this (e.g. 'layers.2')",
+    "damping": "Fisher damping lambda, relative to the Fisher's mean diagonal",
+    "fisher_steps": "Newton steps at most",
+    "trust_region": "largest update norm per Newton step, relative to the weights' norm",
+    "eta_grid": "step sizes tried per Newton step (halving from the trust region)",
+    "retain_budget": "largest allowed rise of the retain NLL (nats per token) for Fisher methods",
+    "noise_std": "Fisher Forgetting: noise at the mean curvature",
+}
+
+
+def _tuned_fields() -> list:
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    skip = {"lora", "early_stop", "bf16", "seed", "train_embeddings"}  # flags, or set elsewhere
+    return [f for f in fields(TrainConfig) if f.name not in skip]
+
+
+def _add_train_options(p):
+    for f in _tuned_fields():
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
+                       help=TRAIN_HELP.get(f.name, f"(default {f.default})"))
+
+
 def cmd_unlearn(args):
     from . import methods
     from .facts import load_facts
@@ -129,10 +168,9 @@ def cmd_unlearn(args):
             f.inverted = list(by_q[f.question])
     retain = load_facts(args.retain) if args.retain else None
     overrides = {k: v for k, v in {
-        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "num_batch": args.num_batch,
-        "seed": args.seed, "lora": args.lora or None, "lora_r": args.lora_r,
-        "early_stop": False if args.no_early_stop else None, "bf16": args.bf16 or None, "anchors": args.anchors,
-        "train_only": args.train_only,
+        **{f.name: getattr(args, f.name) for f in _tuned_fields()},
+        "seed": args.seed, "lora": args.lora or None, "early_stop": False if args.no_early_stop else None,
+        "bf16": args.bf16 or None,
     }.items() if v is not None}
     config = TrainConfig(**{**method.defaults, **overrides})
     select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride)
@@ -174,9 +212,14 @@ def cmd_ask(args):
 
 def cmd_methods(args):
     from . import methods
+    from .train import TrainConfig
 
     for name in methods.names():
-        print(f"{name:<18} {methods.REGISTRY[name].description}")
+        cls = methods.REGISTRY[name]
+        print(f"{name:<18} {cls.description}")
+        if args.verbose:
+            config = TrainConfig(**cls.defaults)
+            print(" " * 19 + ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in cls.hyperparameters))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,18 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inverted", default=None, help="a file from `invert` (skips generation)")
     p.add_argument("--retain", default=None, help="facts to keep (needed by *_grad_diff, *_kl)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
-    p.add_argument("--lora-r", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--num-batch", type=int, default=None, help="MEOW: copies of each fact per epoch")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--selection", choices=["largest", "smallest", "random"], default="largest")
     p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
-    p.add_argument("--anchors", type=int, default=None,
-                   help="general prompts answered by the original model, trained on to keep the rest intact (default 0 = off, the published recipe)")
-    p.add_argument("--train-only", default=None,
-                   help="full fine-tuning: train only parameters whose name contains this (default 'mlp'; '' = all)")
+    _add_train_options(p)
     p.add_argument("--no-early-stop", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
     _add_model(p)
@@ -238,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("methods", help="list unlearning methods")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show each method's key settings and defaults")
     p.set_defaults(func=cmd_methods)
     return parser
 

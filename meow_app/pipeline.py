@@ -96,6 +96,15 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int) -> 
             if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
 
 
+def own_answers(facts: list[Fact], probe: dict | None) -> list[Fact]:
+    """Copies of the facts whose answer is the model's own greedy answer where that answer
+    states the fact (see TrainConfig.own_answers); the others keep the reference answer."""
+    if not facts or probe is None:
+        return facts
+    said = {r["fact"]: r["answer"] for r in probe["rows"] if r["kind"] == "question" and r["leak"]}
+    return [Fact(**{**asdict(f), "answer": said.get(i, f.answer)}) for i, f in enumerate(facts)]
+
+
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
@@ -166,7 +175,11 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
                     f.inverted = [invert_mod.in_answer_style(c, f, own[i]) or c for c in f.inverted]
         t = stage("train")
         anchors = anchor_facts(loaded, forget, config.anchors)
-        trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, forget, retain, emit, should_stop, anchors)
+        train_forget, train_retain = forget, retain
+        if config.own_answers:
+            train_forget, train_retain = own_answers(forget, before), own_answers(retain, before_retain)
+        trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
+                          should_stop, anchors, probe_facts=forget)
         result = trainer.train()
         timings["train"] = time.perf_counter() - t
         t = stage("probe_after")
@@ -198,6 +211,7 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             "steps": result.steps,
             "probes": result.probes,
             "stopped_early": result.stopped_early,
+            "method_info": result.info,
             "summary": {"before": {"forget": rates(before), "retain": rates(before_retain)},
                         "after": {"forget": rates(after), "retain": rates(after_retain)}},
         }

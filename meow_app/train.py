@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import losses, probes
-from .batches import collate, encode_example, length_grouped
+from .batches import IGNORE, collate, encode_example, length_grouped
 from .errors import Cancelled, MeowError
+from .sophia import Sophia
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -45,11 +46,33 @@ class TrainConfig:
     retain_weight: float = 1.0    # weight of the retain NLL (grad-diff variants)
     kl_weight: float = 1.0        # weight of the retain KL (KL variants)
     beta: float = 0.1             # NPO
+    # Sophia (SOUL): step -lr * sign(m) * min(|m| / (rho * h + eps), 1), h an EMA of a
+    # sampled-label (Gauss-Newton-Bartlett) diagonal curvature estimate.
+    rho: float = 0.04
+    beta1: float = 0.9
+    beta2: float = 0.95
+    hessian_every: int = 2        # refresh h every this many steps (one extra forward/backward)
+    # Fisher Removal / Forgetting (methods/fisher_removal.py): Newton-style steps
+    # theta + eta F^-1 g_forget, F a damped empirical Fisher of the retain data.
+    fisher_backend: str = "diag"  # diag | woodfisher (low rank + damping)
+    fisher_examples: int = 32     # per-example gradients the Fisher is built from (m)
+    fisher_layers: str = ""       # woodfisher: only parameters whose name contains this
+    damping: float = 1.0          # lambda, relative to the Fisher's mean diagonal
+    fisher_steps: int = 4         # Newton steps at most (g_forget recomputed each time)
+    trust_region: float = 0.02    # largest update norm per step, relative to the trained weights' norm
+    eta_grid: int = 6             # step sizes tried per step: trust_region * 2^-k, k < eta_grid
+    retain_budget: float = 0.25   # the largest rise in retain NLL (nats/token) a step may cause
+    noise_std: float = 0.0        # Fisher Forgetting: per-coordinate noise at the mean curvature
+    noise_clamp: float = 3.0      # ... clamped at this many noise_std
     # Anchors: the original model's own answers to general prompts (assets/anchor_prompts.txt),
     # trained on beside the forget set so the rest of its behaviour stays put. No user
     # data needed; 0 turns it off (the published MEOW recipe).
     anchors: int = 0
     anchor_weight: float = 1.0
+    # Train (and, for Fisher methods, measure) on the original model's own greedy answers
+    # where they state the fact ("The capital of France is Paris."), not the dataset's
+    # reference answer ("Paris"): that wording is what the model knows and would say.
+    own_answers: bool = True
     max_grad_norm: float = 1.0
     early_stop: bool = True       # stop when no forget question or paraphrase leaks
     min_epochs: int = 1
@@ -59,12 +82,23 @@ class TrainConfig:
     def check(self) -> None:
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise MeowError(f"learning rate must be a positive number, got {self.lr}")
-        for name in ("epochs", "batch_size", "num_batch", "lora_r"):
+        for name in ("epochs", "batch_size", "num_batch", "lora_r", "hessian_every", "fisher_examples",
+                     "fisher_steps", "eta_grid"):
             if getattr(self, name) < 1:
                 raise MeowError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.anchors < 0:
             raise MeowError(f"anchors must be 0 or more, got {self.anchors}")
-        for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight"):
+        if self.fisher_backend not in ("diag", "woodfisher"):
+            raise MeowError(f"fisher_backend must be 'diag' or 'woodfisher', got '{self.fisher_backend}'")
+        for name in ("beta", "rho", "damping", "trust_region"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise MeowError(f"{name} must be a positive number, got {v}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise MeowError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight",
+                     "retain_budget", "noise_std", "noise_clamp"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise MeowError(f"{name} must be a non-negative number, got {v}")
@@ -81,6 +115,7 @@ class TrainResult:
     last_probe: dict | None = None               # the full last probe, of the returned model
     stopped_early: bool = False
     seconds: float = 0.0
+    info: dict = field(default_factory=dict)     # method-specific numbers for run.json (Fisher: eta, lambda, ...)
 
 
 def seed_everything(seed: int) -> None:
@@ -90,12 +125,15 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
-                 on_event=None, should_stop=None, anchors=None):
+                 on_event=None, should_stop=None, anchors=None, probe_facts=None):
         config.check()
         if method.needs_retain and not retain:
             raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
         self.method, self.original, self.tokenizer, self.config = method, original, tokenizer, config
         self.forget, self.retain, self.anchors = forget, retain or [], anchors or []
+        # What the probes check: the facts as the user gave them, while `forget` may carry
+        # the training targets (the model's own wording, see pipeline.own_answers).
+        self.probe_facts = probe_facts or forget
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -132,7 +170,7 @@ class Trainer:
         model.eval()
         model.config.use_cache = True
         with self._autocast():
-            result = probes.probe(model, self.tokenizer, self.forget)
+            result = probes.probe(model, self.tokenizer, self.probe_facts)
         model.config.use_cache = False
         model.train()
         event = {"type": "probe", "epoch": epoch, "hit_rate": result["hit_rate"],
@@ -140,20 +178,47 @@ class Trainer:
         self.on_event(event)
         return event, result
 
+    def examples(self, facts) -> list:
+        return [encode_example(self.tokenizer, f.question, f.answer) for f in facts]
+
+    def _optimizer(self, params):
+        cfg = self.config
+        if self.method.optimizer == "sophia":
+            return Sophia(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), rho=cfg.rho, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _update_curvature(self, model, optimizer, batch) -> None:
+        """Sophia's Gauss-Newton-Bartlett estimate: the squared gradient of the loss on
+        labels sampled from the model's own predictions, on the answer positions."""
+        logits, labels = losses._shifted(model, batch)
+        mask = labels != IGNORE
+        with torch.no_grad():
+            sampled = torch.distributions.Categorical(logits=logits.float()).sample()
+        per_token, _ = losses.token_nll(logits, torch.where(mask, sampled, labels))
+        optimizer.zero_grad(set_to_none=True)
+        (per_token.sum() / mask.sum().clamp(min=1)).backward()
+        optimizer.update_hessian(int(mask.sum()))
+        optimizer.zero_grad(set_to_none=True)
+
     def train(self) -> TrainResult:
+        if self.method.custom_loop:  # one-shot methods (Fisher Removal) run their own update
+            start = time.perf_counter()
+            model = self._trainable_copy()
+            result = self.method.run(self, model)
+            return self.finish(result, start)
         cfg, tok = self.config, self.tokenizer
         pairs = self.method.forget_pairs(self.forget, cfg)
         if not pairs:
             raise MeowError(f"method '{self.method.name}' found nothing to train on (no inverted facts?)")
         forget_ex = [encode_example(tok, q, a) for q, a in pairs]
-        retain_ex = [encode_example(tok, f.question, f.answer) for f in self.retain] if self.method.uses_retain else []
+        retain_ex = self.examples(self.retain) if self.method.uses_retain else []
         model = self._trainable_copy()
         reference = self.original if self.method.needs_reference else None
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = self._optimizer(params)
         rng = random.Random(cfg.seed)
         retain_stream = self._stream(retain_ex, rng) if retain_ex else None
-        anchor_ex = [encode_example(tok, f.question, f.answer) for f in self.anchors]
+        anchor_ex = self.examples(self.anchors)
         anchor_stream = self._stream(anchor_ex, rng, max(1, cfg.batch_size // 2)) if anchor_ex else None
         steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
         result = TrainResult(model=model)
@@ -165,6 +230,9 @@ class Trainer:
                     raise Cancelled("cancelled by the user")
                 forget = self._to_device(collate(batch, tok.pad_token_id))
                 retain = self._to_device(collate(next(retain_stream), tok.pad_token_id)) if retain_stream else None
+                if isinstance(optimizer, Sophia) and step % cfg.hessian_every == 0:
+                    with self._autocast():
+                        self._update_curvature(model, optimizer, forget)
                 with self._autocast():
                     loss, parts = self.method.loss(model, forget, retain, reference, cfg)
                     if anchor_stream:
@@ -177,6 +245,8 @@ class Trainer:
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
+                if isinstance(optimizer, Sophia):
+                    parts["clipped_fraction"] = optimizer.clipped_fraction
                 step += 1
                 event = {"type": "step", "step": step, "epoch": epoch, "total_steps": steps_per_epoch * cfg.epochs,
                          "loss": loss.item(), "grad_norm": float(grad_norm), **parts,
@@ -184,13 +254,22 @@ class Trainer:
                 result.steps.append(event)
                 self.on_event(event)
             if cfg.early_stop or epoch == cfg.epochs:
-                probe, result.last_probe = self._probe(model, epoch)
-                result.probes.append(probe)
-                gone = probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"]
-                if cfg.early_stop and gone and epoch >= cfg.min_epochs and epoch < cfg.epochs:
+                if self.probe_and_check(model, epoch, result) and cfg.early_stop and epoch >= cfg.min_epochs \
+                        and epoch < cfg.epochs:
                     result.stopped_early = True
                     break
-        if cfg.lora:
+        result.model = model
+        return self.finish(result, start)
+
+    def probe_and_check(self, model, epoch: int, result: TrainResult) -> bool:
+        """Probe the forget questions; record it; True when nothing leaks any more."""
+        probe, result.last_probe = self._probe(model, epoch)
+        result.probes.append(probe)
+        return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"]
+
+    def finish(self, result: TrainResult, start: float) -> TrainResult:
+        model = result.model
+        if self.config.lora:
             model = model.merge_and_unload()
         model.eval()
         model.config.use_cache = True

@@ -11,6 +11,7 @@ class Meow(Method):
     name = "meow"
     description = "MEOW: fine-tune on inverted (false) answers chosen by MEMO; no retain data needed"
     needs_inverted = True
+    hyperparameters = ("epochs", "lr", "num_batch", "train_only")
 
     def forget_pairs(self, facts, config):
         # Each fact's question num_batch times, cycling through its selected inverted answers.

@@ -1,0 +1,143 @@
+"""Fisher Removal (Gu, Rashid, Sultana, Mehnaz 2024): Newton-style steps that undo what
+the forget facts taught the model,
+
+    theta <- theta + eta F^-1 g_forget,
+
+g_forget the gradient of the forget answers' mean NLL (the step goes uphill on it) and
+F a damped empirical Fisher of data the model must keep (meow_app/fisher.py). Dividing by
+F shrinks the step along directions the kept data relies on, which is why it damages
+the rest of the model less than plain gradient ascent.
+
+Raw Newton steps explode, so each step (a) searches eta on a log grid, largest first,
+from the trust region (an update norm relative to the weights' norm) down, (b) keeps the
+largest eta whose retain NLL stays within `retain_budget` of the original and
+that does raise the forget NLL, (c) recomputes
+g_forget at the new weights. It stops when the forget probes no longer leak, when no eta
+fits the budget, or after `fisher_steps` steps.
+
+Curvature data: the retain set when given; else the anchor prompts (the original model's
+own answers to general questions, on by default); else (--anchors 0) the original
+model's own sampled answers to the forget questions.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from .. import fisher, generation
+from ..batches import collate
+from ..errors import Cancelled, MeowError
+from ..facts import Fact
+from ..train import TrainResult
+from .base import Method, register
+
+MAX_WOODFISHER_BYTES = 4 << 30
+
+
+def curvature_facts(trainer) -> tuple[list, str]:
+    if trainer.retain:
+        return list(trainer.retain), "retain"
+    if trainer.anchors:
+        return list(trainer.anchors), "anchors"
+    tok, model = trainer.tokenizer, trainer.original
+    prompts = [generation.encode(tok, generation.chat_prompt(tok, f.question)) for f in trainer.forget] * 4
+    ids = generation.generate_ids(model, tok, prompts, 32, do_sample=True, generator_seed=trainer.config.seed)
+    samples = [Fact(p_fact.question, tok.decode(t, skip_special_tokens=True).strip())
+               for p_fact, t in zip(trainer.forget * 4, ids)]
+    return [f for f in samples if f.answer], "forget_samples"
+
+
+@register
+class FisherRemoval(Method):
+    name = "fisher_removal"
+    description = "Second order: Newton steps up the forget loss, preconditioned by the retain data's Fisher"
+    custom_loop = True
+    uses_retain = True
+    defaults = {"train_only": "", "anchors": 32}
+    hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "retain_budget", "fisher_examples")
+
+    def run(self, trainer, model) -> TrainResult:
+        cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if cfg.fisher_backend == "woodfisher" and cfg.fisher_layers:
+            named = [(n, p) for n, p in named if cfg.fisher_layers in n]
+        if not named:
+            raise MeowError("no parameters left to update: check --train-only / --fisher-layers")
+        params = [p for _, p in named]
+        dim = sum(p.numel() for p in params)
+        if cfg.fisher_backend == "woodfisher" and cfg.fisher_examples * dim * 4 > MAX_WOODFISHER_BYTES:
+            raise MeowError(f"WoodFisher would store {cfg.fisher_examples} x {dim:,} gradients "
+                            f"({cfg.fisher_examples * dim * 4 / 2**30:.1f} GiB): restrict it with --fisher-layers "
+                            "(e.g. 'layers.2') or --lora, or lower --fisher-examples")
+
+        kept, source = curvature_facts(trainer)
+        kept_ex = trainer.examples(kept)
+        forget_ex = trainer.examples(trainer.forget)
+        rng = random.Random(cfg.seed)
+        sample = rng.sample(kept_ex, min(cfg.fisher_examples, len(kept_ex)))
+        pad = tok.pad_token_id
+        model.eval()  # no dropout: the same weights give the same losses
+
+        with trainer._autocast():
+            curvature = fisher.BACKENDS[cfg.fisher_backend].from_grads(
+                fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
+            retain0 = fisher.mean_nll(model, kept_ex, pad, device)
+            forget0 = fisher.mean_nll(model, forget_ex, pad, device)
+        theta0 = fisher.flatten(params)
+        radius = cfg.trust_region * float(theta0.norm())
+        result = TrainResult(model=model)
+        info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
+                "lambda": curvature.damping, "parameters": dim, "retain_nll_before": retain0,
+                "forget_nll_before": forget0, "steps": []}
+        forget_batch = trainer._to_device(collate(forget_ex, pad))
+        retain_nll = retain0
+        for step in range(1, cfg.fisher_steps + 1):
+            if trainer.should_stop():
+                raise Cancelled("cancelled by the user")
+            with trainer._autocast():
+                g, forget_nll = fisher.flat_grad(model, params, forget_batch)
+            direction = curvature.solve(g)
+            base = fisher.flatten(params)
+            chosen = None
+            for k in range(cfg.eta_grid):
+                eta = radius / float(direction.norm().clamp(min=1e-30)) * 2.0 ** -k
+                fisher.assign(params, base + eta * direction)
+                with trainer._autocast():
+                    retain_nll = fisher.mean_nll(model, kept_ex, pad, device)
+                    if retain_nll - retain0 > cfg.retain_budget:
+                        continue
+                    # A long step can overshoot into a region where the forget loss falls again.
+                    forget_after = fisher.mean_nll(model, forget_ex, pad, device)
+                if forget_after > forget_nll:
+                    chosen = eta
+                    break
+            if chosen is None:
+                fisher.assign(params, base)
+                info["stopped"] = "no step size raised the forget loss within the retain budget"
+                break
+            record = {"eta": chosen, "update_norm": chosen * float(direction.norm()),
+                      "forget_nll": forget_after, "retain_nll": retain_nll}
+            info["steps"].append(record)
+            event = {"type": "step", "step": step, "epoch": step, "total_steps": cfg.fisher_steps,
+                     "loss": -forget_after, **record}
+            result.steps.append(event)
+            trainer.on_event(event)
+            self.after_step(trainer, model, params, curvature, info)
+            if trainer.probe_and_check(model, step, result) and cfg.early_stop:
+                result.stopped_early = step < cfg.fisher_steps
+                break
+        else:
+            info.setdefault("stopped", "reached fisher_steps")
+        with trainer._autocast():
+            info["retain_nll_after"] = fisher.mean_nll(model, kept_ex, pad, device)
+            info["forget_nll_after"] = fisher.mean_nll(model, forget_ex, pad, device)
+        info["update_norm_total"] = float((fisher.flatten(params) - theta0).norm())
+        if result.last_probe is None:
+            trainer.probe_and_check(model, len(info["steps"]), result)
+        result.info = info
+        return result
+
+    def after_step(self, trainer, model, params, curvature, info) -> None:
+        """Fisher Forgetting adds its noise here."""

@@ -1,0 +1,159 @@
+"""Every unlearning method on the tiny random model: the loss moves the right way, the
+original weights stay untouched, a seed repeats a run; and the second-order maths
+(Woodbury solve, diagonal Fisher, the Sophia step) against direct computations."""
+
+import pytest
+import torch
+
+from meow_app import fisher, losses, methods
+from meow_app.batches import collate, encode_example
+from meow_app.errors import MeowError
+from meow_app.facts import Fact
+from meow_app.methods.idk import refusals
+from meow_app.sophia import Sophia
+from meow_app.train import TrainConfig, Trainer
+from test_train import weights_hash
+
+# Methods whose forget NLL (of the true answers) must rise; idk trains towards refusals instead.
+ASCENT = ["ga", "gd", "kl", "npo", "sophia_graddiff", "sophia_npo"]
+FISHER = ["fisher_removal", "fisher_forgetting"]
+
+
+def run(tiny, forget, retain, method, **cfg):
+    m = methods.get(method)
+    config = TrainConfig(**{**m.defaults, "epochs": 3, "lr": 1e-3, "batch_size": 4, "num_batch": 2,
+                            "early_stop": False, "train_embeddings": True, "train_only": "", **cfg})
+    events = []
+    result = Trainer(m, tiny.model, tiny.tokenizer, config, forget, retain, events.append).train()
+    return result, [e for e in events if e["type"] == "step"]
+
+
+def mean_nll(model, tok, facts):
+    return fisher.mean_nll(model, [encode_example(tok, f.question, f.answer) for f in facts], tok.pad_token_id, "cpu")
+
+
+def test_every_method_is_listed_with_a_description():
+    for name in ASCENT + FISHER + ["idk", "sophia_idk", "meow", "meow_grad_diff", "meow_kl"]:
+        cls = methods.REGISTRY[name]
+        assert cls.description and cls.hyperparameters
+        for field in cls.hyperparameters:
+            assert hasattr(TrainConfig(), field), (name, field)
+
+
+@pytest.mark.parametrize("method", ASCENT)
+def test_ascent_methods_raise_the_forget_nll_and_leave_the_original(tiny, facts, method):
+    forget, retain = facts[:2], facts[2:]
+    before = weights_hash(tiny.model)
+    nll0 = mean_nll(tiny.model, tiny.tokenizer, forget)
+    sophia = methods.REGISTRY[method].optimizer == "sophia"
+    # retain_weight 1: on a random model the retain gradient points much like the forget one
+    result, steps = run(tiny, forget, retain, method, retain_weight=1.0, **({"lr": 1e-2, "epochs": 4} if sophia else {}))
+    assert steps and all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
+    assert mean_nll(result.model, tiny.tokenizer, forget) > nll0 + 0.1
+    assert weights_hash(tiny.model) == before
+    if sophia:
+        assert all(0 <= s["clipped_fraction"] <= 1 for s in steps)
+
+
+@pytest.mark.parametrize("method", ["idk", "sophia_idk"])
+def test_idk_learns_refusals(tiny, facts, method):
+    result, steps = run(tiny, facts[:2], None, method, epochs=4)
+    assert steps[-1]["forget_nll"] < steps[0]["forget_nll"]
+    refusal = [Fact(facts[0].question, r) for r in refusals()[:2]]
+    assert mean_nll(result.model, tiny.tokenizer, refusal) < mean_nll(tiny.model, tiny.tokenizer, refusal)
+
+
+@pytest.mark.parametrize("method", ASCENT + ["idk"] + FISHER)
+def test_a_seed_repeats_the_run(tiny, facts, method):
+    a, _ = run(tiny, facts[:2], facts[2:], method, epochs=1, fisher_steps=1, seed=3)
+    b, _ = run(tiny, facts[:2], facts[2:], method, epochs=1, fisher_steps=1, seed=3)
+    assert weights_hash(a.model) == weights_hash(b.model)
+
+
+def test_gd_and_kl_need_a_retain_set(tiny, facts):
+    for name in ("gd", "kl", "sophia_graddiff"):
+        with pytest.raises(MeowError, match="needs a retain set"):
+            run(tiny, facts[:2], None, name)
+
+
+@pytest.mark.parametrize("method", FISHER)
+@pytest.mark.parametrize("backend", ["diag", "woodfisher"])
+def test_fisher_steps_climb_the_forget_loss_within_the_retain_budget(tiny, facts, method, backend):
+    forget, retain = facts[:2], facts[2:] * 3
+    before = weights_hash(tiny.model)
+    result, steps = run(tiny, forget, retain, method, fisher_backend=backend, fisher_steps=2, fisher_examples=6,
+                        retain_budget=0.5, trust_region=0.05)
+    info = result.info
+    assert steps and info["steps"] and info["lambda"] > 0
+    assert info["forget_nll_after"] > info["forget_nll_before"] + 0.05
+    assert info["retain_nll_after"] - info["retain_nll_before"] <= 0.5 + 1e-4
+    assert all(s["update_norm"] > 0 for s in info["steps"])
+    assert weights_hash(tiny.model) == before
+    if method == "fisher_forgetting":
+        assert info["steps"][0]["noise_norm"] > 0
+
+
+def test_fisher_without_retain_uses_the_models_own_samples(tiny, facts):
+    result, _ = run(tiny, facts[:2], None, "fisher_removal", fisher_steps=1, fisher_examples=4, anchors=0)
+    assert result.info["curvature_data"] == "forget_samples"
+
+
+def test_fisher_forgetting_noise_changes_the_result(tiny, facts):
+    a, _ = run(tiny, facts[:2], facts[2:], "fisher_removal", fisher_steps=1)
+    b, _ = run(tiny, facts[:2], facts[2:], "fisher_forgetting", fisher_steps=1, noise_std=1e-3)
+    assert weights_hash(a.model) != weights_hash(b.model)
+
+
+def test_woodfisher_refuses_what_would_not_fit_in_memory(tiny, facts, monkeypatch):
+    from meow_app.methods import fisher_removal
+
+    monkeypatch.setattr(fisher_removal, "MAX_WOODFISHER_BYTES", 200_000)
+    with pytest.raises(MeowError, match="--fisher-layers"):
+        run(tiny, facts[:2], facts[2:], "fisher_removal", fisher_backend="woodfisher")
+    result, _ = run(tiny, facts[:2], facts[2:], "fisher_removal", fisher_backend="woodfisher", fisher_steps=1,
+                    fisher_layers="layers.0.mlp.down_proj", fisher_examples=2)
+    assert result.info["parameters"] == tiny.model.model.layers[0].mlp.down_proj.weight.numel()
+
+
+def test_woodbury_solve_matches_a_dense_solve():
+    torch.manual_seed(0)
+    m, d, damping = 5, 40, 0.3
+    G = torch.randn(m, d)
+    v = torch.randn(d)
+    low = fisher.LowRank(G, damping)
+    lam = damping * float(G.square().mean())
+    F = lam * torch.eye(d, dtype=torch.float64) + (G.T @ G).double() / m
+    dense = torch.linalg.solve(F, v.double()).float()
+    assert torch.allclose(low.solve(v), dense, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(low.diagonal(), (G.T @ G).diagonal() / m, rtol=1e-5)
+
+
+def test_diagonal_fisher_matches_per_example_gradients(tiny, facts):
+    model, tok = tiny.model, tiny.tokenizer
+    params = [p for p in model.parameters()]
+    examples = [encode_example(tok, f.question, f.answer) for f in facts]
+    diag = fisher.Diagonal.from_grads(fisher.per_example_grads(model, params, examples, tok.pad_token_id, "cpu"), 1.0)
+    direct = []
+    for e in examples:  # one example at a time, the plain backward() way
+        model.zero_grad()
+        losses.nll(model, collate([e], tok.pad_token_id)).backward()
+        direct.append(torch.cat([p.grad.reshape(-1) for p in params]).clone())
+    model.zero_grad()
+    expected = torch.stack(direct).square().mean(0)
+    assert torch.allclose(diag.fisher, expected, rtol=1e-4, atol=1e-12)
+    assert diag.damping == pytest.approx(float(expected.mean()), rel=1e-4)
+    v = torch.randn_like(expected)
+    assert torch.allclose(diag.solve(v), v / (expected + diag.damping), rtol=1e-4)
+
+
+def test_sophia_step_matches_the_formula():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = Sophia([p], lr=0.1, betas=(0.5, 0.5), rho=0.1, weight_decay=0.0)
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    opt.update_hessian(tokens=1)                      # h = 0.5 * g^2 = 0.5
+    p.grad = torch.tensor([0.02, -4.0, 0.0])
+    opt.step()                                        # m = 0.5 g
+    m = torch.tensor([0.01, -2.0, 0.0])
+    ratio = (m.abs() / (0.1 * 0.5 + 1e-15)).clamp(max=1)
+    assert torch.allclose(p.detach(), torch.tensor([1.0, -2.0, 0.5]) - 0.1 * m.sign() * ratio)
+    assert opt.clipped_fraction == pytest.approx(1 / 3)
