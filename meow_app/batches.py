@@ -22,8 +22,9 @@ class Example:
     labels: list[int]  # IGNORE on the prompt, the token ids on the answer (+ end of turn)
 
 
-def encode_example(tokenizer, question: str, answer: str) -> Example:
-    prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, question))
+def encode_example(tokenizer, question: str, answer: str, prefix: str = "") -> Example:
+    """`prefix`: the start of the answer, given as context (masked) rather than trained on."""
+    prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, question) + prefix)
     target = generation.encode(tokenizer, answer) + [tokenizer.eos_token_id]
     return Example(prompt + target, [IGNORE] * len(prompt) + target)
 

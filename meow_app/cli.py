@@ -132,6 +132,7 @@ TRAIN_HELP = {
     "eta_grid": "step sizes tried per Newton step (halving from the trust region)",
     "retain_budget": "largest allowed rise of the retain NLL (nats per token) for Fisher methods",
     "noise_std": "Fisher Forgetting: noise at the mean curvature",
+    "own_answers": "yes/no: train on the original model's own wording of each answer (default yes)",
 }
 
 
@@ -144,9 +145,18 @@ def _tuned_fields() -> list:
     return [f for f in fields(TrainConfig) if f.name not in skip]
 
 
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("yes", "true", "1", "on"):
+        return True
+    if text.lower() in ("no", "false", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got '{text}'")
+
+
 def _add_train_options(p):
     for f in _tuned_fields():
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None,
+        kind = _yes_no if isinstance(f.default, bool) else type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                        help=TRAIN_HELP.get(f.name, f"(default {f.default})"))
 
 

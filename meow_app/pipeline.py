@@ -96,13 +96,24 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int) -> 
             if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
 
 
-def own_answers(facts: list[Fact], probe: dict | None) -> list[Fact]:
+def own_answers(facts: list[Fact], probe: dict | None, split: bool = False) -> list[Fact]:
     """Copies of the facts whose answer is the model's own greedy answer where that answer
-    states the fact (see TrainConfig.own_answers); the others keep the reference answer."""
+    states the fact (see TrainConfig.own_answers); the others keep the reference answer.
+    split=True moves the words before the fact's first mention into extra["answer_prefix"]."""
     if not facts or probe is None:
         return facts
     said = {r["fact"]: r["answer"] for r in probe["rows"] if r["kind"] == "question" and r["leak"]}
-    return [Fact(**{**asdict(f), "answer": said.get(i, f.answer)}) for i, f in enumerate(facts)]
+    out = []
+    for i, f in enumerate(facts):
+        answer, extra = said.get(i, f.answer), dict(f.extra)
+        if split and i in said:
+            at = probes.first_mention(answer, f)
+            if at > 0:
+                # Cut before the space, so the fact keeps the token it has in the whole sentence.
+                prefix = answer[:at].rstrip()
+                answer, extra["answer_prefix"] = answer[len(prefix):], prefix
+        out.append(Fact(**{**asdict(f), "answer": answer, "extra": extra}))
+    return out
 
 
 def _write_json(path: Path, data) -> None:
@@ -177,7 +188,7 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         anchors = anchor_facts(loaded, forget, config.anchors)
         train_forget, train_retain = forget, retain
         if config.own_answers:
-            train_forget, train_retain = own_answers(forget, before), own_answers(retain, before_retain)
+            train_forget, train_retain = own_answers(forget, before, split=True), own_answers(retain, before_retain)
         trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
                           should_stop, anchors, probe_facts=forget)
         result = trainer.train()

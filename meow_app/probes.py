@@ -33,6 +33,15 @@ def leaks(generated: str, fact: Fact) -> bool:
     return _rougeL.score(fact.answer, generated)["rougeL"].recall >= ROUGE_LEAK
 
 
+def first_mention(text: str, fact: Fact) -> int:
+    """Where a keyword (or the short answer) first appears in text, case-insensitive; -1 if not."""
+    low = text.lower()
+    marks = fact.keywords or ([fact.answer] if len(fact.answer.split()) <= SHORT_ANSWER_WORDS else [])
+    found = [low.find(k.lower().strip()) for k in marks if k.strip()]
+    found = [i for i in found if i >= 0]
+    return min(found) if found else -1
+
+
 def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True, max_new_tokens: int = 48) -> dict:
     """Ask every question (and paraphrase); return the answers and the hit rates."""
     asked = [(i, "question", f.question) for i, f in enumerate(facts)]

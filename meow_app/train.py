@@ -57,11 +57,11 @@ class TrainConfig:
     fisher_backend: str = "diag"  # diag | woodfisher (low rank + damping)
     fisher_examples: int = 32     # per-example gradients the Fisher is built from (m)
     fisher_layers: str = ""       # woodfisher: only parameters whose name contains this
-    damping: float = 1.0          # lambda, relative to the Fisher's mean diagonal
-    fisher_steps: int = 4         # Newton steps at most (g_forget recomputed each time)
-    trust_region: float = 0.02    # largest update norm per step, relative to the trained weights' norm
-    eta_grid: int = 6             # step sizes tried per step: trust_region * 2^-k, k < eta_grid
-    retain_budget: float = 0.25   # the largest rise in retain NLL (nats/token) a step may cause
+    damping: float = 0.01         # lambda, relative to the Fisher's mean diagonal
+    fisher_steps: int = 10        # Newton steps at most (g_forget recomputed each time)
+    trust_region: float = 1e-3    # largest update norm per step, relative to the trained weights' norm
+    eta_grid: int = 4             # step sizes tried per step: trust_region * 2^-k, k < eta_grid
+    retain_budget: float = 0.3    # the largest rise in retain NLL (nats/token) the steps may cause
     noise_std: float = 0.0        # Fisher Forgetting: per-coordinate noise at the mean curvature
     noise_clamp: float = 3.0      # ... clamped at this many noise_std
     # Anchors: the original model's own answers to general prompts (assets/anchor_prompts.txt),
@@ -72,6 +72,9 @@ class TrainConfig:
     # Train (and, for Fisher methods, measure) on the original model's own greedy answers
     # where they state the fact ("The capital of France is Paris."), not the dataset's
     # reference answer ("Paris"): that wording is what the model knows and would say.
+    # On the forget side the words before the fact ("The capital of France is") become
+    # context, so losses that push the truth away (ga, npo, fisher_*) hit the fact, not
+    # the sentence pattern every similar answer shares.
     own_answers: bool = True
     max_grad_norm: float = 1.0
     early_stop: bool = True       # stop when no forget question or paraphrase leaks
@@ -179,7 +182,7 @@ class Trainer:
         return event, result
 
     def examples(self, facts) -> list:
-        return [encode_example(self.tokenizer, f.question, f.answer) for f in facts]
+        return [encode_example(self.tokenizer, f.question, f.answer, f.extra.get("answer_prefix", "")) for f in facts]
 
     def _optimizer(self, params):
         cfg = self.config
@@ -210,7 +213,7 @@ class Trainer:
         pairs = self.method.forget_pairs(self.forget, cfg)
         if not pairs:
             raise MeowError(f"method '{self.method.name}' found nothing to train on (no inverted facts?)")
-        forget_ex = [encode_example(tok, q, a) for q, a in pairs]
+        forget_ex = [encode_example(tok, *pair) for pair in pairs]
         retain_ex = self.examples(self.retain) if self.method.uses_retain else []
         model = self._trainable_copy()
         reference = self.original if self.method.needs_reference else None

@@ -42,6 +42,8 @@ def one_line_error(r, text):
 
 def test_methods_and_check(facts_file):
     assert "meow_grad_diff" in ok(cli("methods")).stdout
+    verbose = ok(cli("methods", "-v")).stdout
+    assert "fisher_removal" in verbose and "--damping 0.01" in verbose and "sophia_npo" in verbose
     assert "2 facts, 2 with keywords, 1 paraphrases" in ok(cli("check", facts_file)).stdout
 
 
@@ -69,6 +71,27 @@ def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
 
     r = ok(cli("ask", "Who wrote Hamlet?", "--model", run, "--compare", tiny_dir, "--max-new-tokens", 4))
     assert r.stdout.count("A: [") == 2
+
+
+@pytest.mark.parametrize("method,options", [
+    ("ga", ["--epochs", 2]),
+    ("npo", ["--epochs", 1, "--beta", 0.5]),
+    ("sophia_graddiff", ["--epochs", 1, "--rho", 0.1]),
+    ("fisher_removal", ["--fisher-steps", 1, "--fisher-examples", 2, "--damping", 0.5, "--anchors", 0]),
+    ("fisher_forgetting", ["--fisher-steps", 1, "--fisher-backend", "woodfisher", "--fisher-examples", 2,
+                           "--noise-std", 1e-4]),
+])
+def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, method, options):
+    run = tmp_path / "run"
+    ok(cli("unlearn", "--method", method, "--forget", facts_file, "--retain", facts_file, "--out", run,
+           "--model", tiny_dir, "--lr", 1e-3, *options))
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["method"] == method and (run / "model" / "model.safetensors").is_file()
+    settings = meta["settings"]["train"]
+    for flag, value in zip(options[::2], options[1::2]):
+        assert str(settings[flag[2:].replace("-", "_")]) == str(value)
+    if method.startswith("fisher"):
+        assert meta["method_info"]["lambda"] > 0 and "retain_nll_before" in meta["method_info"]
 
 
 def test_unlearn_inverts_by_itself_with_lora(tmp_path, facts_file, tiny_dir):

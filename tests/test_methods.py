@@ -157,3 +157,22 @@ def test_sophia_step_matches_the_formula():
     ratio = (m.abs() / (0.1 * 0.5 + 1e-15)).clamp(max=1)
     assert torch.allclose(p.detach(), torch.tensor([1.0, -2.0, 0.5]) - 0.1 * m.sign() * ratio)
     assert opt.clipped_fraction == pytest.approx(1 / 3)
+
+
+def test_own_answers_train_on_the_fact_not_the_sentence_pattern(tiny):
+    from meow_app.pipeline import own_answers
+
+    fact = Fact("What is the capital of France?", "Paris", ["Paris"])
+    other = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
+    probe = {"rows": [{"fact": 0, "kind": "question", "answer": "The capital of France is Paris.", "leak": True},
+                      {"fact": 1, "kind": "question", "answer": "I am not sure.", "leak": False}]}
+    split = own_answers([fact, other], probe, split=True)
+    assert (split[0].extra["answer_prefix"], split[0].answer) == ("The capital of France is", " Paris.")
+    assert split[1].answer == "William Shakespeare" and "answer_prefix" not in split[1].extra  # not said: kept
+    assert own_answers([fact], probe)[0].answer == "The capital of France is Paris."
+    assert fact.answer == "Paris"  # the caller's facts are untouched
+    tok = tiny.tokenizer
+    whole = encode_example(tok, fact.question, "The capital of France is Paris.")
+    part = encode_example(tok, fact.question, " Paris.", "The capital of France is")
+    assert part.ids == whole.ids  # same tokens, only fewer of them trained on
+    assert sum(t != -100 for t in part.labels) < sum(t != -100 for t in whole.labels)

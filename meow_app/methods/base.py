@@ -23,8 +23,8 @@ class Method:
     custom_loop = False       # True: run(trainer, model) replaces the shared loop (one-shot methods)
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
-        """(question, answer) pairs trained on each epoch: each fact num_batch times."""
-        return [(f.question, f.answer) for f in facts for _ in range(config.num_batch)]
+        """(question, answer[, answer prefix]) trained on each epoch: each fact num_batch times."""
+        return [(f.question, f.answer, f.extra.get("answer_prefix", "")) for f in facts for _ in range(config.num_batch)]
 
     def loss(self, model, forget, retain, reference, config):
         """Return (loss tensor, {name: float}) for one step; retain/reference may be None."""

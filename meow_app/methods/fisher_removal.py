@@ -55,7 +55,7 @@ class FisherRemoval(Method):
     description = "Second order: Newton steps up the forget loss, preconditioned by the retain data's Fisher"
     custom_loop = True
     uses_retain = True
-    defaults = {"train_only": "", "anchors": 32}
+    defaults = {"anchors": 32}
     hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "retain_budget", "fisher_examples")
 
     def run(self, trainer, model) -> TrainResult:
