@@ -15,20 +15,21 @@ leave what the user already has untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
-import shutil
 import tempfile
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import fields
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from meow_app import chat, facts as facts_mod, generation, memo, methods, models, pipeline, probes, select
+from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, select
 from meow_app.errors import Cancelled, MeowError
 from meow_app.facts import Fact
 from meow_app.train import TrainConfig
@@ -73,7 +74,8 @@ def default_model() -> str:
 
 
 def runs_root() -> Path:
-    return models.meow_home() / "runs"
+    """Where run folders go: MEOW_RUNS, else MEOW_HOME/runs (one sub-folder per session)."""
+    return Path(os.environ.get("MEOW_RUNS") or models.meow_home() / "runs")
 
 
 # ---------------------------------------------------------------- sessions
@@ -84,7 +86,7 @@ def new_session() -> dict:
 
 
 def session(s: dict | None) -> dict:
-    """Every callback starts here: a browser session's first event creates its state."""
+    """The session dict (made by gr.State at page load; a fresh one when called without, as in tests)."""
     return s if s else new_session()
 
 
@@ -250,7 +252,7 @@ def run_invert(s, generator, n, base_url, api_model, api_key, progress=gr.Progre
         settings = invert_settings(generator, n, base_url, api_model, api_key)
         progress(0, desc="Writing false answers")
         gen = pipeline.make_generator(settings, _original(s) if settings.generator == "local" else None)
-        report = pipeline.invert_mod.invert(items, gen, settings.n,
+        report = invert_mod.invert(items, gen, settings.n,
                                             on_progress=lambda r, total: progress((r, total), desc="Writing false answers"))
     except MeowError as e:
         return s, gr.skip(), notice(str(e), "error")
@@ -332,6 +334,8 @@ def method_hyperparameters(name: str) -> tuple[str, ...]:
     names = tuple(getattr(cls, "hyperparameters", ("epochs", "lr")))
     if cls.needs_inverted and "num_batch" not in names:
         names += ("num_batch",)  # MEOW-style methods: copies per fact is their main knob
+    if "batch_size" not in names:
+        names += ("batch_size",)  # every method: with few facts, smaller batches mean more steps
     return tuple(n for n in names if n in {f.name for f in fields(TrainConfig)} and n != "lora")
 
 
@@ -495,7 +499,7 @@ def run_unlearn(s, method, hp_table, lora, generator, n, base_url, api_model, ap
             yield s, notice(status, "info"), _loss_frame(steps), gr.skip(), gr.skip()
         s["unlearned"] = models.load(s["run_dir"], str(_original(s).device))
         run = s["run"]
-        saved = pipeline.json.loads((Path(s["run_dir"]) / "probes.json").read_text(encoding="utf-8"))
+        saved = json.loads((Path(s["run_dir"]) / "probes.json").read_text(encoding="utf-8"))
         yield (s, notice(f"Done. Run folder: {s['run_dir']}. Try it in the Compare tab."),
                _loss_frame(run["steps"]), run_summary(run), verdict_table(saved["before"], saved["after"]))
     except Cancelled:
@@ -613,8 +617,14 @@ def download_run(s):
     s = session(s)
     if not s["run_dir"] or not Path(s["run_dir"]).is_dir():
         return None, notice("no run yet: unlearn first", "error")
-    folder = Path(tempfile.mkdtemp(prefix="meow-zip-"))
-    zipped = shutil.make_archive(str(folder / Path(s["run_dir"]).name), "zip", s["run_dir"])
+    run_dir = Path(s["run_dir"])
+    zipped = Path(tempfile.mkdtemp(prefix="meow-zip-")) / f"{run_dir.name}.zip"
+    # Stored, not deflated: model weights barely compress, and deflating them takes long.
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as z:
+        for f in sorted(run_dir.rglob("*")):
+            if f.is_file():
+                z.write(f, f"{run_dir.name}/{f.relative_to(run_dir)}")
+    zipped = str(zipped)
     return zipped, notice(f"{Path(zipped).name}: the unlearned model (a Hugging Face checkpoint), run.json, "
                           "facts.jsonl and probes.json. The last two hold the forgotten text: share with care.")
 
@@ -629,17 +639,18 @@ original and the unlearned model side by side."""
 
 
 def model_status(s):
-    s = session(s)
     try:
-        return s, notice(f"Loaded: {_original(s).describe()}")
+        return notice(f"Loaded: {_original(session(s)).describe()}")
     except MeowError as e:
-        return s, notice(str(e), "error")
+        return notice(str(e), "error")
 
 
 def build() -> gr.Blocks:
     heavy = dict(concurrency_limit=1, concurrency_id="model")  # one model job at a time, others queue
     with gr.Blocks(title="MEOW Studio") as demo:
-        state = gr.State(None)
+        # Created once per browser session when the page loads (and per API client), so
+        # concurrent first events cannot each start a session of their own.
+        state = gr.State(new_session)
         gr.Markdown(INTRO)
         with gr.Tabs():
             with gr.Tab("1. Facts", id="facts"):
@@ -701,7 +712,7 @@ def build() -> gr.Blocks:
                     lora = gr.Checkbox(False, label="LoRA (train small adapters; less memory, merged at the end)", scale=1)
                 info0, hp0 = method_info(first)
                 method_md = gr.Markdown(info0)
-                hp_table = gr.Dataframe(hp0, headers=["setting", "value"], interactive=True, label="Key settings (editable)",
+                hp_table = gr.Dataframe(hp0, headers=["setting", "value"], interactive=True, label="Key settings (editable)", elem_id="settings",
                                         static_columns=[0])
                 with gr.Row():
                     unlearn_btn = gr.Button("Unlearn", variant="primary")
@@ -726,7 +737,8 @@ def build() -> gr.Blocks:
                     clear_btn = gr.Button("Clear chat")
                 compare_msg = gr.Markdown()
                 verdicts = gr.Dataframe(_empty(VERDICT_COLUMNS), headers=VERDICT_COLUMNS, wrap=True, interactive=False,
-                                        label="Before / after, per question", elem_id="verdicts")
+                                        label="Before / after, per question", elem_id="verdicts",
+                                        column_widths=["10%", "24%", "28%", "28%", "10%"])
             with gr.Tab("7. Publish", id="publish"):
                 gr.Markdown("Download the run folder: the unlearned model as a standard Hugging Face checkpoint, plus "
                             "its settings and results. Publishing to the Hub comes in a later release.")
@@ -740,10 +752,11 @@ def build() -> gr.Blocks:
         load_btn.click(load_bundled, [state, bundled, limit], facts_out, api_name="load_bundled")
         upload.upload(upload_facts, [state, upload], facts_out, api_name="upload_facts")
         check_btn.click(use_table, [state, facts_table], [state, facts_msg], api_name="use_table")
+        facts_table.input(use_table, [state, facts_table], [state, facts_msg], api_visibility="private")
         retain.change(set_retain, [state, retain], [state, facts_msg], api_name="set_retain")
         # Model
         model_btn.click(load_model, [state, model_box], [state, model_msg], api_name="load_model", **heavy)
-        demo.load(model_status, state, [state, model_msg], api_visibility="private")
+        demo.load(model_status, state, model_msg, api_visibility="private")
         # Invert / MEMO
         generator.change(lambda g: gr.update(visible=g.startswith("OpenAI")), generator, api_row, api_visibility="private")
         invert_btn.click(run_invert, [state, generator, n_inv, base_url, api_model, api_key],
