@@ -289,7 +289,8 @@ def memo_plot(table) -> pd.DataFrame:
             seen.add(fact)
             rows.append([f"{fact}. (true answer)", float(m_true), "true answer"])
         rows.append([f"{fact}. {str(cand)[:32]}", float(m), "selected" if _truthy(use) else "not selected"])
-    return pd.DataFrame(rows, columns=["answer", "MEMO", "kind"])
+    frame = pd.DataFrame(rows, columns=["answer", "MEMO", "kind"])
+    return frame.astype({"answer": str, "MEMO": "float64", "kind": str})
 
 
 def _truthy(v) -> bool:
@@ -467,7 +468,9 @@ def verdict_table(rows_before: list[dict], rows_after: list[dict], kind_override
 
 
 def _loss_frame(steps: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([[e["step"], e["loss"]] for e in steps], columns=["step", "loss"])
+    # Typed columns even when empty: the plot takes its axis types from the first value.
+    return pd.DataFrame({"step": pd.Series([e["step"] for e in steps], dtype="int64"),
+                         "loss": pd.Series([e["loss"] for e in steps], dtype="float64")})
 
 
 @gpu
@@ -768,7 +771,8 @@ def build() -> gr.Blocks:
         method.change(method_info, method, [method_md, hp_table], api_name="method_info")
         unlearn_btn.click(run_unlearn, [state, method, hp_table, lora, generator, n_inv, base_url, api_model, api_key,
                                         top_k, strategy, inv_table, sel_table],
-                          [state, unlearn_msg, loss_plot, summary, verdicts], api_name="unlearn", **heavy)
+                          [state, unlearn_msg, loss_plot, summary, verdicts], api_name="unlearn",
+                          show_progress_on=unlearn_msg, **heavy)  # the loss curve stays visible
         cancel_btn.click(cancel, state, unlearn_msg, api_name="cancel", queue=False)
         # Compare
         send = dict(fn=send_chat, inputs=[state, prompt], outputs=[state, left_chat, right_chat, prompt], **heavy)
