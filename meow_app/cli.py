@@ -273,6 +273,28 @@ def cmd_evaluate(args):
     print(f"wrote {args.out}" + (f" and {args.html}" if args.html else "") + f" ({result['timings']['total']:.0f} s)")
 
 
+def cmd_tofu(args):
+    from pathlib import Path
+
+    from . import report, tofu
+
+    recipe = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": args.unlearn_epochs, "lr": args.unlearn_lr}.items() if v is not None}
+    if args.authors is not None and args.authors < 2:
+        raise MeowError(f"--authors must be at least 2 (one to forget, one to keep), got {args.authors}")
+    data = args.data or tofu.default_data_dir()
+    result = tofu.run(args.out, args.model, args.method, args.split, args.authors, data, args.device,
+                      args.eval_rows, recipe, overrides, on_event=_print_event)
+    Path(args.out, "report.html").write_text(report.html(result), encoding="utf-8")
+    t = result["tofu"]
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"forget quality {t['forget_quality_original']:.3g} -> {t['forget_quality_unlearned']:.3g} "
+          f"(retain reference: {t['retain_reference']})")
+    print(f"model utility  {t['model_utility_original']:.3f} -> {t['model_utility_unlearned']:.3f}")
+    print(f"wrote {args.out}/report.json and {args.out}/report.html")
+
+
 def _pct(x):
     return "n/a" if x is None else f"{x:.0%}"
 
@@ -353,6 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy answer length (default 48, as the unlearning probes; the TOFU spec uses 200)")
     _add_model(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tofu", help="TOFU protocol: fine-tune on fictitious authors, unlearn, forget quality + utility")
+    p.add_argument("--out", required=True, help="a new folder for report.json, report.html and run/")
+    p.add_argument("--method", default="meow")
+    p.add_argument("--split", choices=["forget01", "forget05", "forget10"], default="forget01")
+    p.add_argument("--authors", type=int, default=None,
+                   help="reduced TOFU with N authors (e.g. 4 on a CPU); default: all 200")
+    p.add_argument("--data", default=None, help="TOFU folder (default: ../shared/data/tofu next to the repo)")
+    p.add_argument("--eval-rows", type=int, default=20, help="with --authors: rows per utility set (default 20)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 5)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (GPU 1e-5, CPU 3e-4)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--unlearn-epochs", type=int, default=None)
+    p.add_argument("--unlearn-lr", type=float, default=None)
+    _add_model(p)
+    p.set_defaults(func=cmd_tofu)
     return parser
 
 

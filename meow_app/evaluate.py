@@ -79,7 +79,7 @@ def score_set(model, tokenizer, facts: list[Fact], max_new_tokens: int = MAX_NEW
         row = {"question": f.question, "answer": f.answer, "generated": None,
                "leak": None, "keyword_hit": None, "paraphrases": [],
                "rougeL_recall": None, "answer_prob": metrics.answer_prob(true),
-               "truth_ratio": None, "truth_ratio_source": None,
+               "truth_ratio": None, "truth_ratio_source": None, "wrong_probs": None,
                "exact_memorization": metrics.exact_memorization(true),
                "extraction_strength": metrics.extraction_strength(true), "memo": memos[i],
                "mia": {"loss": metrics.mia_loss(true), "zlib": metrics.mia_zlib(true, f.answer),
@@ -89,6 +89,7 @@ def score_set(model, tokenizer, facts: list[Fact], max_new_tokens: int = MAX_NEW
             wrong = [next(scored) for _ in tr[i][1]]
             row["truth_ratio"] = metrics.truth_ratio(right, wrong) if wrong else None
             row["truth_ratio_source"] = tr[i][2]
+            row["wrong_probs"] = [metrics.answer_prob(w) for w in wrong]  # TOFU's normalised probability
         rows.append(row)
     for (i, para, _), a in zip(asked, answers):
         leak = probes.leaks(a, facts[i])
