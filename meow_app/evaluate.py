@@ -139,6 +139,10 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
     attacks.relearn, {} for the defaults) runs the relearning attack on the unlearned model.
     """
     emit = on_event or (lambda event: None)
+    if relearn is not None and unlearned is not None:
+        from . import attacks
+
+        attacks.split(forget, relearn.get("fraction", 0.5))  # fail now, not after the whole evaluation
     sides = {"original": original, "unlearned": unlearned} if unlearned is not None else {"model": original}
     sets = {"forget": forget, "retain": retain, "holdout": holdout}
     report = {"format": "meow-evaluation/1", "sides": list(sides),

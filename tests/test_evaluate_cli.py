@@ -90,3 +90,21 @@ def test_relearning_attack_runs_and_reports_both_halves(tiny, facts):
     assert len(out["rows"]) == 1 and out["after"]["answer_prob"] > out["before"]["answer_prob"]
     with pytest.raises(Exception, match="at least 2"):
         attacks.split([Fact("q", "a")])
+
+
+def test_evaluate_a_run_folder_against_its_original(tmp_path, tiny_dir):
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(json.dumps({"question": "Who wrote Hamlet?", "answer": "William Shakespeare",
+                                 "keywords": ["Shakespeare"], "inverted": ["Ben Jonson", "John Milton"]}) + "\n")
+    run = tmp_path / "run"
+    ok(cli("unlearn", "--forget", facts, "--out", run, "--model", tiny_dir, "--epochs", 1, "--top-k", 2,
+           "--no-early-stop"))
+    out = tmp_path / "r.json"
+    # No --forget: the run's own facts.jsonl, whose inverted answers give the truth ratio.
+    one_line_error(cli("evaluate", "--model", run, "--out", out, "--relearn"), "at least 2 forget facts")
+    ok(cli("evaluate", "--model", run, "--out", out, "--no-general", "--no-memo", "--max-new-tokens", 4))
+    data = json.loads(out.read_text())
+    assert data["models"] == {"original": tiny_dir, "unlearned": str(run)}
+    rows = {s: data["sets"]["forget"][s]["rows"][0] for s in data["sides"]}
+    assert rows["original"]["truth_ratio_source"] == "inverted" and rows["unlearned"]["truth_ratio"] is not None
+    assert rows["original"]["answer_prob"] != rows["unlearned"]["answer_prob"]  # it did train
