@@ -33,6 +33,9 @@ STILL_LIKELY = "hidden, but still likely"
 RELEARNED = "comes back after relearning"
 NOT_KNOWN = "not known before"
 KEPT = "kept"
+KNOWN = "known"                      # the three verdicts of a one-model report
+KNOWN_REWORDED = "known when reworded"
+UNKNOWN = "not known"
 LOST = "lost"
 
 
@@ -186,6 +189,12 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
 
 def _fact_verdict(before: dict | None, after: dict, relearned: dict | None) -> tuple[str, str]:
     para_after = [p for p in after["paraphrases"] if p["leak"]]
+    if before is None:  # one model alone: what it knows, not what it forgot
+        if after["leak"]:
+            return KNOWN, "The model gives the true answer."
+        if para_after:
+            return KNOWN_REWORDED, f"Only {len(para_after)} rewording(s) get the true answer."
+        return UNKNOWN, "Neither the question nor any rewording gets the true answer."
     if before is not None and not before["leak"] and not any(p["leak"] for p in before["paraphrases"]):
         return NOT_KNOWN, "The original model did not give this answer either, so there was nothing to forget."
     if after["leak"]:

@@ -27,6 +27,7 @@ METRICS = [
     ("memo", "MEMO (verbatim recall from cuts)", "lower is better on forget"),
 ]
 VERDICT_COLOURS = {evaluate.FORGOTTEN: "#1b7f3b", evaluate.KEPT: "#1b7f3b", evaluate.NOT_KNOWN: "#666",
+                   evaluate.KNOWN: "#000", evaluate.KNOWN_REWORDED: "#000", evaluate.UNKNOWN: "#666",
                    evaluate.STILL_LIKELY: "#b36b00", evaluate.PARAPHRASE: "#b36b00",
                    evaluate.RELEARNED: "#b36b00", evaluate.STILL_KNOWN: "#b00020", evaluate.LOST: "#b00020"}
 
@@ -133,16 +134,14 @@ def html(report: dict) -> str:
         counts = {}
         for v in verdicts["forget"]:
             counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
-        parts.append("<h2>Was each fact forgotten?</h2><p>"
+        title = "Was each fact forgotten?" if len(sides) > 1 else "Does the model know each fact?"
+        parts.append(f"<h2>{title}</h2><p>"
                      + "; ".join(f"{_verdict(k)}: {n}" for k, n in counts.items()) + "</p>")
-        parts.append(_table(["#", "question", "true answer", "verdict", "why", "answer before", "answer after"],
-                            [[str(i + 1), e(v["question"]), e(v["answer"]), _verdict(v["verdict"]), e(v.get("detail", "")),
-                              e(v["before"] or ""), e(v["after"] or "")] for i, v in enumerate(verdicts["forget"])]))
-    elif "forget" in report["sets"]:
-        rows = report["sets"]["forget"][sides[0]]["rows"]
-        parts.append("<h2>Answers</h2>" + _table(["#", "question", "true answer", "answer", "gives the true answer"],
-                     [[str(i + 1), e(r["question"]), e(r["answer"]), e(r["generated"] or ""), _fmt(r["leak"])]
-                      for i, r in enumerate(rows)]))
+        answers = ["answer before", "answer after"] if len(sides) > 1 else ["answer"]
+        parts.append(_table(["#", "question", "true answer", "verdict", "why"] + answers,
+                            [[str(i + 1), e(v["question"]), e(v["answer"]), _verdict(v["verdict"]), e(v.get("detail", ""))]
+                             + ([e(v["before"] or "")] if len(sides) > 1 else []) + [e(v["after"] or "")]
+                             for i, v in enumerate(verdicts["forget"])]))
     if verdicts.get("retain"):
         lost = [v for v in verdicts["retain"] if v["verdict"] == evaluate.LOST]
         kept = sum(v["verdict"] == evaluate.KEPT for v in verdicts["retain"])
