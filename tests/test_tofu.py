@@ -66,7 +66,7 @@ def test_tofu_cli_reduced_protocol_on_the_embedded_model(tmp_path):
     from test_cli import cli, ok
 
     out = tmp_path / "tofu"
-    r = ok(cli("tofu", "--authors", 4, "--split", "forget01", "--out", out, "--eval-rows", 10, "--epochs", 3))
+    r = ok(cli("tofu", "--authors", 4, "--split", "forget01", "--out", out, "--eval-rows", 10))
     assert "forget quality" in r.stdout and "model utility" in r.stdout
     t = json.loads((out / "report.json").read_text())["tofu"]
     for key in ("forget_quality_original", "forget_quality_unlearned", "model_utility_original", "model_utility_unlearned"):
