@@ -73,7 +73,7 @@ def test_tofu_cli_reduced_protocol_on_the_embedded_model(tmp_path):
     # Its own subprocess call: three fine-tunings take longer than test_cli's 10-minute cap
     # when the 2 cores are shared.
     r = subprocess.run([sys.executable, "-m", "meow_app", "tofu", "--authors", "4", "--split", "forget01",
-                        "--out", str(out), "--eval-rows", "5", "--epochs", "2"], capture_output=True, text=True,
+                        "--out", str(out), "--eval-rows", "3", "--epochs", "1", "--unlearn-epochs", "1"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=2400)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "forget quality" in r.stdout and "model utility" in r.stdout
