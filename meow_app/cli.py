@@ -6,6 +6,8 @@
   unlearn  --forget F --out RUN_DIR  run an unlearning method and save the model
   ask      QUESTION... [--model M]   greedy answers from a model (compare two with --compare)
   methods                            list the unlearning methods
+  evaluate --model M --forget F --out REPORT.json [--html R.html]   before/after verification report
+  tofu     --method NAME --out DIR [--authors N]                    the TOFU benchmark protocol
 
 Errors print one line on stderr and exit with status 2 (1 for an internal error).
 """
@@ -232,6 +234,124 @@ def cmd_methods(args):
             print(" " * 19 + ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)}" for k in cls.hyperparameters))
 
 
+def _run_json(spec):
+    """run.json of a run folder, or None when the spec is not one."""
+    import json
+    from pathlib import Path
+
+    path = Path(str(spec)).expanduser() / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MeowError(f"{path}: cannot read ({e})") from None
+
+
+def _evaluate_models(model, compare):
+    """(original spec, unlearned spec or None): a run folder is always the unlearned side,
+    and without --compare it is compared with the original model named in its run.json."""
+    from . import models
+
+    run = _run_json(model)
+    if run is not None:
+        original = compare or run.get("model")
+        if not original:
+            raise MeowError(f"{model}/run.json names no original model; pass it with --compare")
+        return ("embedded" if original == models.EMBEDDED_NAME else original), model
+    if compare and _run_json(compare) is None and model == compare:
+        raise MeowError("--model and --compare name the same model")
+    return model, compare
+
+
+def _with_run_inverted(facts, run_dir):
+    """Give facts the inverted answers saved in a run folder (for the truth ratio)."""
+    from pathlib import Path
+
+    from .facts import load_facts
+
+    path = Path(run_dir) / "facts.jsonl"
+    if facts is None:
+        if not path.is_file():
+            raise MeowError("--forget FILE is required (the model is not a run folder with facts.jsonl)")
+        return load_facts(path)
+    if path.is_file():
+        by_q = {f.question: f.inverted for f in load_facts(path)}
+        for f in facts:
+            f.inverted = f.inverted or list(by_q.get(f.question) or [])
+    return facts
+
+
+def cmd_evaluate(args):
+    import json
+    from pathlib import Path
+
+    from . import evaluate, models, report
+
+    original_spec, unlearned_spec = _evaluate_models(args.model, args.compare)
+    run_dir = next((s for s in (unlearned_spec, original_spec) if s and _run_json(s) is not None), None)
+    forget = _facts(args.forget) if args.forget else None
+    forget = _with_run_inverted(forget, run_dir) if run_dir else forget
+    if forget is None:
+        raise MeowError("--forget FILE is required")
+    retain = _facts(args.retain) if args.retain else None
+    holdout = _facts(args.holdout) if args.holdout else None
+    args.max_new_tokens = evaluate.MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    if args.max_new_tokens < 1:
+        raise MeowError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    t = time.perf_counter()
+    original = models.load(original_spec, args.device)
+    unlearned = models.load(unlearned_spec, args.device) if unlearned_spec else None
+    names = {"original": original_spec, "unlearned": unlearned_spec, "model": original_spec}
+    result = evaluate.compare(original.model, unlearned and unlearned.model, (unlearned or original).tokenizer,
+                              forget, retain, holdout, names=names, general=not args.no_general,
+                              with_memo=not args.no_memo, max_new_tokens=args.max_new_tokens,
+                              relearn={} if args.relearn else None, on_event=_print_event)
+    result["timings"]["wall_with_loading"] = round(time.perf_counter() - t, 2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    if args.html:
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(report.html(result), encoding="utf-8")
+    for set_name, sides in result["sets"].items():
+        line = "; ".join(f"{side}: hit rate {_pct(s['aggregate']['hit_rate'])}, ROUGE-L {s['aggregate']['rougeL_recall']:.2f}, "
+                         f"p(answer) {s['aggregate']['answer_prob']:.2f}" for side, s in sides.items())
+        print(f"{set_name}: {line}")
+    if result["verdicts"].get("forget"):
+        counts = {}
+        for v in result["verdicts"]["forget"]:
+            counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
+        print("verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    print(f"wrote {args.out}" + (f" and {args.html}" if args.html else "") + f" ({result['timings']['total']:.0f} s)")
+
+
+def cmd_tofu(args):
+    from pathlib import Path
+
+    from . import report, tofu
+
+    recipe = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": args.unlearn_epochs, "lr": args.unlearn_lr}.items() if v is not None}
+    if args.authors is not None and args.authors < 2:
+        raise MeowError(f"--authors must be at least 2 (one to forget, one to keep), got {args.authors}")
+    data = args.data or tofu.default_data_dir()
+    result = tofu.run(args.out, args.model, args.method, args.split, args.authors, data, args.device,
+                      args.eval_rows, recipe, overrides, on_event=_print_event)
+    Path(args.out, "report.html").write_text(report.html(result), encoding="utf-8")
+    t = result["tofu"]
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"forget quality {t['forget_quality_original']:.3g} -> {t['forget_quality_unlearned']:.3g} "
+          f"(retain reference: {t['retain_reference']})")
+    print(f"model utility  {t['model_utility_original']:.3f} -> {t['model_utility_unlearned']:.3f}")
+    print(f"wrote {args.out}/report.json and {args.out}/report.html")
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m meow_app", description="MEOW Studio: make an LLM forget facts.")
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -285,6 +405,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list unlearning methods")
     p.add_argument("-v", "--verbose", action="store_true", help="also show each method's key settings and defaults")
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("evaluate", help="score forget/retain/holdout sets before and after; JSON + HTML report")
+    p.add_argument("--forget", default=None, help="facts to check (default with a RUN_DIR: its facts.jsonl)")
+    p.add_argument("--retain", default=None, help="facts that should be kept")
+    p.add_argument("--holdout", default=None, help="facts never trained on (membership-inference non-members)")
+    p.add_argument("--compare", default=None,
+                   help="the other model; default for a RUN_DIR --model: the original named in its run.json")
+    p.add_argument("--out", required=True, help="REPORT.json")
+    p.add_argument("--html", default=None, help="also write the readable report here")
+    p.add_argument("--relearn", action="store_true", help="run the relearning attack on the unlearned model")
+    p.add_argument("--no-memo", action="store_true", help="skip MEMO (the slowest measure)")
+    p.add_argument("--no-general", action="store_true", help="skip the shipped general-ability set")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="greedy answer length (default 48, as the unlearning probes; the TOFU spec uses 200)")
+    _add_model(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tofu", help="TOFU protocol: fine-tune on fictitious authors, unlearn, forget quality + utility")
+    p.add_argument("--out", required=True, help="a new folder for report.json, report.html and run/")
+    p.add_argument("--method", default="meow")
+    p.add_argument("--split", choices=["forget01", "forget05", "forget10"], default="forget01")
+    p.add_argument("--authors", type=int, default=None,
+                   help="reduced TOFU with N authors (e.g. 4 on a CPU); default: all 200")
+    p.add_argument("--data", default=None, help="TOFU folder (default: ../shared/data/tofu next to the repo)")
+    p.add_argument("--eval-rows", type=int, default=20, help="with --authors: rows per utility set (default 20)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 5 full, 3 with --authors)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default 1e-5 full on GPU, 5e-4 with --authors)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--unlearn-epochs", type=int, default=None)
+    p.add_argument("--unlearn-lr", type=float, default=None)
+    _add_model(p)
+    p.set_defaults(func=cmd_tofu)
     return parser
 
 

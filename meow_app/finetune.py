@@ -1,0 +1,37 @@
+"""Plain fine-tuning (NLL on question/answer pairs) through the shared training loop.
+
+Used where something must be *learned*, not forgotten: the relearning attack and the
+TOFU protocol's target and retain models. It is a `Method` for `train.Trainer` but not
+registered: it is not an unlearning method and must not appear in `methods`.
+"""
+
+from __future__ import annotations
+
+from . import losses
+from .methods.base import Method
+from .train import TrainConfig, Trainer
+
+
+class Finetune(Method):
+    name = "finetune"
+    description = "plain NLL on the given facts (learning, not forgetting)"
+
+    def loss(self, model, forget, retain, reference, config):
+        loss = losses.nll(model, forget)
+        return loss, {"nll": loss.item()}
+
+
+class _NoProbeTrainer(Trainer):
+    """The shared loop without its forget probes: they check for *forgetting* (and cost a
+    full generation pass over the training facts), which means nothing when learning."""
+
+    def _probe(self, model, epoch):
+        return {"type": "probe", "epoch": epoch, "hit_rate": None, "paraphrase_hit_rate": None}, None
+
+
+def finetune(model, tokenizer, facts, config: TrainConfig | None = None, on_event=None):
+    """A trained copy of `model` (the input is never modified) after NLL on `facts`.
+    Early stopping is off: the goal is to learn the facts."""
+    config = config or TrainConfig()
+    config.early_stop = False
+    return _NoProbeTrainer(Finetune(), model, tokenizer, config, facts, on_event=on_event).train().model

@@ -1,0 +1,109 @@
+"""Per-fact measures of how well a model still knows an answer (spec: EVALUATION.md).
+
+Everything that needs the model's likelihoods comes from ONE teacher-forced forward pass
+per (question, answer) pair, batched and left-padded with the training code's own
+`batches.collate` + `losses.token_nll`: from the per-token NLLs and argmax hits of a
+pair we get answer probability, truth ratio, exact memorization, extraction strength and
+the membership-inference scores. The functions below that take token lists are plain
+arithmetic, so tests can check them against hand-computed values.
+
+Answers are scored without the end-of-turn token, as TOFU does, so numbers are
+comparable with its logs.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import torch
+from rouge_score import rouge_scorer
+
+from . import losses
+from .batches import Example, collate, encode_example
+
+_rougeL = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+MIN_K = 0.4  # Min-k% membership score: mean of the lowest 40% token log-probs
+
+
+@dataclass
+class Scored:
+    """One answer under teacher forcing: per answer token, its NLL and whether argmax hit it."""
+    nll: list[float]
+    hit: list[bool]
+
+
+def _example(tokenizer, question: str, answer: str) -> Example:
+    ex = encode_example(tokenizer, question, answer)
+    return Example(ex.ids[:-1], ex.labels[:-1])  # drop the end-of-turn token (TOFU scores the answer only)
+
+
+@torch.no_grad()
+def teacher_forced(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[Scored]:
+    """Per-token NLL and argmax hits of each answer given its question, in length-sorted batches."""
+    device = next(model.parameters()).device
+    examples = [_example(tokenizer, q, a) for q, a in pairs]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
+    out: list[Scored | None] = [None] * len(examples)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = collate([examples[i] for i in rows], tokenizer.pad_token_id)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        logits, labels = losses._shifted(model, batch)  # the loss code's own alignment of logits and labels
+        per_token, mask = losses.token_nll(logits, labels)
+        hits = logits.argmax(-1) == labels
+        for j, i in enumerate(rows):
+            m = mask[j]
+            out[i] = Scored(per_token[j][m].tolist(), hits[j][m].tolist())
+    return out
+
+
+def mean_nll(s: Scored) -> float:
+    return sum(s.nll) / len(s.nll)
+
+
+def answer_prob(s: Scored) -> float:
+    """p(y|x) = exp(-mean token NLL): the per-token probability of the true answer."""
+    return math.exp(-mean_nll(s))
+
+
+def truth_ratio(right: Scored, wrong: list[Scored]) -> float:
+    """P_wrong / P_right; P_wrong the geometric mean of the wrong answers' p(a|x).
+    Near 1 (or above): the model no longer prefers the truth; near 0: it knows it."""
+    return math.exp(mean_nll(right) - sum(mean_nll(w) for w in wrong) / len(wrong))
+
+
+def exact_memorization(s: Scored) -> float:
+    """Share of answer positions where the teacher-forced argmax is the true token."""
+    return sum(s.hit) / len(s.hit)
+
+
+def extraction_strength(s: Scored) -> float:
+    """1 - k/|y| for the smallest k with argmax == label at every position from k on:
+    how short a prefix of the answer the model needs to reproduce the rest by itself."""
+    k = len(s.hit)
+    while k > 0 and s.hit[k - 1]:
+        k -= 1
+    return 1.0 - k / len(s.hit)
+
+
+def rougeL_recall(generated: str, reference: str) -> float:
+    """Share of the reference's words found, in order, in the generated answer (stemmed)."""
+    return _rougeL.score(reference, generated)["rougeL"].recall
+
+
+# Membership-inference scores: higher = more like text the model was trained on.
+def mia_loss(s: Scored) -> float:
+    return -mean_nll(s)
+
+
+def mia_zlib(s: Scored, text: str) -> float:
+    # Dividing by the compressed length discounts answers that are just easy (repetitive) text.
+    return -mean_nll(s) / len(zlib.compress(text.encode("utf-8")))
+
+
+def mia_min_k(s: Scored, k: float = MIN_K) -> float:
+    logp = sorted(-x for x in s.nll)
+    n = max(1, int(len(logp) * k))
+    return sum(logp[:n]) / n
