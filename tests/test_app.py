@@ -118,7 +118,9 @@ def test_invert_api_errors_are_inline(sess, monkeypatch):
 def test_method_info_lists_hyperparameters_and_parses_edits():
     for name in methods.names():
         text, table = app.method_info(name)
-        assert name in text and len(table) >= 2 and "epochs" in list(table["setting"])
+        shown = list(table["setting"])
+        assert name in text and len(table) >= 2
+        assert set(methods.REGISTRY[name].hyperparameters) <= set(shown), (name, shown)
     text, table = app.method_info("meow")
     assert "num_batch" in list(table["setting"])
     table.loc[table["setting"] == "epochs", "value"] = "2"
