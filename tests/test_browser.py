@@ -156,3 +156,27 @@ def test_whole_flow_in_a_browser(url, page, shots):
     page.get_by_role("button", name="Make a zip of the last run").click()
     expect(page.get_by_text("the unlearned model (a Hugging Face checkpoint)")).to_be_visible()
     page.screenshot(path=shots / "7-publish.png", full_page=True)
+
+
+def test_two_browser_sessions_keep_their_own_facts(url, browser, shots):
+    """Two separate browser sessions at once: each sees only the facts it loaded."""
+    pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page() for _ in range(2)]
+    for p in pages:
+        p.set_default_timeout(LONG)
+        p.goto(url)
+    a, b = pages
+    a.get_by_label("Use the first N (0 = all)").fill("2")
+    a.get_by_role("button", name="Load set").click()
+    expect(a.get_by_text("2 facts from 'Demo: 8 famous facts'")).to_be_visible()
+    b.get_by_label("Bundled set").click()
+    b.get_by_role("option", name="Fictitious person's PII (6)").click()
+    b.get_by_role("button", name="Load set").click()
+    expect(b.get_by_text("from 'Fictitious person's PII (6)'")).to_be_visible()
+    b.screenshot(path=shots / "two-sessions-b.png", full_page=True)
+    a.screenshot(path=shots / "two-sessions-a.png", full_page=True)
+    expect(b.get_by_text("What is the capital of France?")).to_have_count(0)
+    expect(a.get_by_text("What is the capital of France?").first).to_be_visible()
+    expect(a.get_by_text("2 facts from 'Demo: 8 famous facts'")).to_be_visible()
+    expect(a.get_by_text("from 'Fictitious person's PII (6)'")).to_have_count(0)
+    for p in pages:
+        p.context.close()
