@@ -331,13 +331,9 @@ def selected_facts(s, sel_table) -> list[Fact]:
 # ---------------------------------------------------------------- 5. unlearn
 
 def method_hyperparameters(name: str) -> tuple[str, ...]:
-    cls = methods.REGISTRY[name]
-    names = tuple(getattr(cls, "hyperparameters", ("epochs", "lr")))
-    if cls.needs_inverted and "num_batch" not in names:
-        names += ("num_batch",)  # MEOW-style methods: copies per fact is their main knob
-    if "batch_size" not in names:
-        names += ("batch_size",)  # every method: with few facts, smaller batches mean more steps
-    return tuple(n for n in names if n in {f.name for f in fields(TrainConfig)} and n != "lora")
+    names = methods.REGISTRY[name].hyperparameters  # TrainConfig fields (checked in tests/test_methods.py)
+    # Every method: with few facts, smaller batches mean more steps.
+    return names if "batch_size" in names else names + ("batch_size",)
 
 
 def method_info(name: str):

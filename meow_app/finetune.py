@@ -16,6 +16,11 @@ class Finetune(Method):
     name = "finetune"
     description = "plain NLL on the given facts (learning, not forgetting)"
 
+    def forget_pairs(self, facts, config):
+        # Each fact once per epoch: `epochs` is the recipe's number of passes (num_batch
+        # copies are an unlearning notion).
+        return [(f.question, f.answer) for f in facts]
+
     def loss(self, model, forget, retain, reference, config):
         loss = losses.nll(model, forget)
         return loss, {"nll": loss.item()}

@@ -107,3 +107,11 @@ def test_anchor_prompts_are_trained_beside_the_forget_set(tiny, inverted_facts, 
     Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, inverted_facts, None, events.append,
             anchors=facts).train()
     assert all("anchor_nll" in e for e in events if e["type"] == "step")
+
+
+def test_finetune_passes_over_each_fact_once_per_epoch(tiny, facts):
+    from meow_app.finetune import finetune
+
+    events = []
+    finetune(tiny.model, tiny.tokenizer, facts, TrainConfig(epochs=2, lr=1e-3, batch_size=2), events.append)
+    assert len([e for e in events if e["type"] == "step"]) == 4  # 3 facts -> 2 batches, twice
