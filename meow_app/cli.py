@@ -119,7 +119,7 @@ TRAIN_HELP = {
     "epochs": "passes over the forget set (an upper bound with early stopping)",
     "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
     "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",
-    "train_only": "full fine-tuning: train only parameters whose name contains this ('mlp' by default; '' = all)",
+    "train_only": "full fine-tuning: train only parameters whose name matches this regular expression ('mlp' by default; '' = all)",
     "retain_weight": "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)",
     "kl_weight": "weight of the retain KL (kl, meow_kl)",
     "beta": "NPO inverse temperature",

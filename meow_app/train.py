@@ -12,6 +12,7 @@ import copy
 import itertools
 import math
 import random
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,8 @@ class TrainConfig:
     train_embeddings: bool = False
     # Only the MLP blocks (where transformers store most factual associations) are trained
     # by default: on the embedded model this kept ~5-25 points more unrelated facts than
-    # training every layer, at the same forgetting (docs/forgetting.md). "" = all layers.
+    # training every layer, at the same forgetting (docs/forgetting.md). "" = all layers;
+    # a regular expression searched in parameter names, e.g. r"layers\.(1[0-9])\.mlp".
     train_only: str = "mlp"
     retain_weight: float = 1.0    # weight of the retain NLL (grad-diff variants)
     kl_weight: float = 1.0        # weight of the retain KL (KL variants)
@@ -89,6 +91,10 @@ class TrainConfig:
                      "fisher_steps", "eta_grid"):
             if getattr(self, name) < 1:
                 raise MeowError(f"{name} must be at least 1, got {getattr(self, name)}")
+        try:
+            re.compile(self.train_only)
+        except re.error as e:
+            raise MeowError(f"train_only is not a valid regular expression ('{self.train_only}': {e})") from None
         if self.anchors < 0:
             raise MeowError(f"anchors must be 0 or more, got {self.anchors}")
         if self.fisher_backend not in ("diag", "woodfisher"):
@@ -154,7 +160,7 @@ class Trainer:
         elif not self.config.train_embeddings or self.config.train_only:
             for name, p in model.named_parameters():
                 frozen = ("embed_tokens" in name or "lm_head" in name or "norm" in name) and not self.config.train_embeddings
-                if frozen or (self.config.train_only and self.config.train_only not in name):
+                if frozen or (self.config.train_only and not re.search(self.config.train_only, name)):
                     p.requires_grad_(False)
         model.train()
         return model

@@ -99,6 +99,11 @@ def test_full_finetune_leaves_embeddings_and_norms_alone(tiny, inverted_facts):
     assert all(torch.equal(before[k], after[k]) for k in before if "self_attn" in k)  # MLP-only by default
     everything, _ = run(tiny, inverted_facts, epochs=1, train_only="")
     assert any(not torch.equal(before[k], everything.model.state_dict()[k]) for k in before if "self_attn" in k)
+    band, _ = run(tiny, inverted_facts, epochs=1, train_only=r"layers\.0\.mlp")  # a regular expression
+    changed = {k for k in before if not torch.equal(before[k], band.model.state_dict()[k])}
+    assert changed and all(k.startswith("model.layers.0.mlp") for k in changed)
+    with pytest.raises(MeowError, match="regular expression"):
+        TrainConfig(train_only="mlp(").check()
 
 
 def test_anchor_prompts_are_trained_beside_the_forget_set(tiny, inverted_facts, facts):
