@@ -48,3 +48,38 @@ def test_unlearn_forgets_three_facts_and_keeps_others(embedded, tmp_path):
     reloaded = models.load(str(tmp_path / "run"))
     result = probes.probe(reloaded.model, reloaded.tokenizer, forget, paraphrases=False)
     assert result["hit_rate"] == 0.0
+
+    # `evaluate` on the run folder: the report's numbers match a hand check on each fact,
+    # computed by other code paths (the run's own probes; a direct, unbatched forward pass).
+    import json
+    import math
+
+    import torch
+
+    from meow_app.generation import chat_prompt, encode
+    from test_cli import cli, ok
+
+    forget_file = tmp_path / "forget.jsonl"
+    forget_file.write_text("".join((ROOT / "assets/facts/holdout_facts.jsonl").read_text().splitlines(True)[:3]))
+    report = tmp_path / "report.json"
+    ok(cli("evaluate", "--model", tmp_path / "run", "--forget", forget_file, "--out", report, "--html",
+           tmp_path / "report.html", "--no-general", "--no-memo"))
+    data = json.loads(report.read_text())
+    assert data["sides"] == ["original", "unlearned"]
+    sides = data["sets"]["forget"]
+    probed = json.loads((tmp_path / "run" / "probes.json").read_text())
+    tok = reloaded.tokenizer
+    for i, fact in enumerate(forget):
+        row = sides["unlearned"]["rows"][i]
+        question_probe = next(r for r in probed["after"] if r["fact"] == i and r["kind"] == "question")
+        # The same greedy answer as the run's own probe (other batch, so compare the start and the verdict).
+        assert row["generated"].strip()[:10] == question_probe["answer"].strip()[:10]
+        assert row["keyword_hit"] == question_probe["leak"]
+        p, a = encode(tok, chat_prompt(tok, fact.question)), encode(tok, fact.answer)
+        with torch.no_grad():
+            logp = reloaded.model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1:-1].float().log_softmax(-1)
+        nll = -sum(logp[j, t].item() for j, t in enumerate(a)) / len(a)
+        assert row["answer_prob"] == pytest.approx(math.exp(-nll), rel=1e-3)
+        assert sides["original"]["rows"][i]["keyword_hit"] and not row["keyword_hit"]
+    agg = sides["unlearned"]["aggregate"]
+    assert agg["keyword_hit_rate"] == 0.0 and agg["answer_prob"] < sides["original"]["aggregate"]["answer_prob"]
