@@ -14,7 +14,7 @@ _commit_api.py, lfs.py):
   POST /api/models/{repo}/commit/{rev}            NDJSON: header, "file" (base64) and "lfsFile" lines
   GET  /api/models/{repo}[/revision/{rev}]        repo info
 
-Every request is recorded (method, path, headers, body) so tests can check what reached
+Every request is recorded (method, path, headers with lower-case names, body) so tests can check what reached
 the "Hub", including that the token appears nowhere but in Authorization headers.
 Files go up over plain HTTP (LFS), not Xet: the client uses Xet whenever `hf_xet` is
 installed, so tests set HF_HUB_DISABLE_XET=1.
@@ -90,7 +90,8 @@ class HubServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with hub.lock:
-                    hub.requests.append({"method": method, "path": self.path, "headers": dict(self.headers), "body": body})
+                    hub.requests.append({"method": method, "path": self.path, "body": body,
+                                         "headers": {k.lower(): v for k, v in self.headers.items()}})
                 path = self.path.split("?")[0]
                 for pattern, handler in routes:
                     m = re.fullmatch(pattern, f"{method} {path}")
