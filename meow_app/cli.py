@@ -42,6 +42,7 @@ def _add_generator(p):
                    help="local generator model (default: the --model being used)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-model", default=None, help="model name at the API")
+    p.add_argument("--api-timeout", type=float, default=60.0, help="seconds to wait for one API answer (default 60)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -49,7 +50,7 @@ def _invert_settings(args):
     from .pipeline import InvertSettings
 
     return InvertSettings(n=args.n, generator=args.generator, generator_model=args.generator_model,
-                          base_url=args.base_url, api_model=args.api_model,
+                          base_url=args.base_url, api_model=args.api_model, api_timeout=args.api_timeout,
                           api_key=os.environ.get("OPENAI_API_KEY"))
 
 

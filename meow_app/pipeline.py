@@ -39,6 +39,7 @@ class InvertSettings:
     base_url: str | None = None
     api_model: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never written anywhere
+    api_timeout: float = 60.0      # seconds to wait for one API answer
     # Train on the selected false answers put in the model's own words ("The capital of
     # France is Lyon." rather than "Lyon"): the model then changes the fact, not its style.
     answer_style: bool = True
@@ -60,7 +61,8 @@ class SelectSettings:
 
 def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None = None):
     if settings.generator == "openai":
-        return invert_mod.OpenAIGenerator(settings.api_model, settings.base_url, settings.api_key)
+        return invert_mod.OpenAIGenerator(settings.api_model, settings.base_url, settings.api_key,
+                                          timeout=settings.api_timeout)
     if settings.generator != "local":
         raise MeowError(f"generator must be 'local' or 'openai', got '{settings.generator}'")
     if loaded is None or (settings.generator_model and settings.generator_model != loaded.name):
