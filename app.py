@@ -26,13 +26,28 @@ import zipfile
 from dataclasses import fields
 from pathlib import Path
 
-import gradio as gr
-import pandas as pd
 
-from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, publish, select
-from meow_app.errors import Cancelled, MeowError
-from meow_app.facts import Fact
-from meow_app.train import TrainConfig
+def spaces_cache_dirs(env=os.environ, data: Path | str = "/data") -> dict:
+    """On Hugging Face Spaces with persistent storage (/data), the caches that should live there
+    (model downloads, the converted embedded model, runs) so they survive restarts; {} elsewhere
+    or when set already. Without persistent storage the defaults under $HOME apply."""
+    data = Path(data)
+    if not env.get("SPACE_ID") or not data.is_dir() or not os.access(data, os.W_OK):
+        return {}
+    wanted = {"HF_HOME": str(data / ".huggingface"), "MEOW_HOME": str(data / "meow_app")}
+    return {k: v for k, v in wanted.items() if not env.get(k)}
+
+
+# Before gradio and huggingface_hub are imported: they read HF_HOME once.
+os.environ.update(spaces_cache_dirs())
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, publish, select  # noqa: E402
+from meow_app.errors import Cancelled, MeowError  # noqa: E402
+from meow_app.facts import Fact  # noqa: E402
+from meow_app.train import TrainConfig  # noqa: E402
 
 try:  # On Hugging Face Spaces with ZeroGPU, GPU-bound functions must be decorated.
     import spaces

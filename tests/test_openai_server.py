@@ -4,7 +4,6 @@ tiny local servers that misbehave (too slow, not JSON, no choices), each failure
 one-line error."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,13 @@ from threading import Thread
 
 import pytest
 
+from apprunner import free_port, stop
 from meow_app import invert, models
 from test_cli import cli, ok, one_line_error
 
 KEY = "sk-local-test-key"
 ALIAS = "smollm2-gguf"
 START_TIMEOUT = 120  # a fresh CI machine loads the model cold
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -56,11 +50,7 @@ def llama_server(tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 @pytest.fixture
