@@ -49,7 +49,7 @@ def forgotten_strings(run_dir) -> list[tuple[str, str]]:
         for kind, texts in (("question", [fact.question]), ("paraphrase", fact.paraphrases),
                             ("answer", [fact.answer]), ("keyword", fact.keywords),
                             ("inverted answer", [*fact.inverted, *[c for c in candidates if isinstance(c, str)]])):
-            out += [(f"fact {i}'s {kind}", t) for t in texts if searchable(t)]
+            out += [(f"fact {i}'s {kind}", t) for t in texts if t.strip()]
     return out
 
 
@@ -102,7 +102,7 @@ def check_folder(folder, strings: list[tuple[str, str]]) -> int:
     (messages end up in logs)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    needles = [(kind, _norm(text)) for kind, text in strings]
+    needles = [(kind, _norm(text)) for kind, text in strings if searchable(text)]
     for path in files:
         text = _norm(searched_text(path))
         for kind, needle in needles:

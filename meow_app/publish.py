@@ -174,7 +174,7 @@ def build_folder(run_dir, out, repo_id: str, adapter_only: bool = False, base_mo
         card = model_card.build(meta, repo_id, getattr(cls, "description", meta["method"]), _hyperparameters(meta),
                                 evaluation, adapter_only)
         card.save(out / "README.md")
-        leak_check.check_folder(out, forgotten + [("the Hub token", s) for s in secrets if s and leak_check.searchable(s)])
+        leak_check.check_folder(out, forgotten + [("the Hub token", s) for s in secrets if s])
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -209,17 +209,17 @@ def push(run_dir, repo_id: str, token: str | None, private: bool = False, adapte
     if not token:
         raise MeowError("no Hugging Face token: set HF_TOKEN (a token with write access), or sign in in the app")
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    run = _read_run(Path(run_dir).expanduser())
     with tempfile.TemporaryDirectory(prefix="meow-push-") as tmp:
         folder = build_folder(run_dir, Path(tmp) / "upload", repo_id, adapter_only, base_model, secrets=(token,))
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        meta = json.loads((folder / "meow_run.json").read_text(encoding="utf-8"))
         api = HfApi(endpoint=endpoint, token=token)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True)
             ops = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(folder / f)) for f in files]
             what = "LoRA adapter" if adapter_only else "model"
             commit = api.create_commit(repo_id, ops, commit_message=f"Unlearned {what} from MEOW Studio "
-                                                                    f"({run['method']}, {run['n_forget']} facts)")
+                                                                    f"({meta['method']}, {meta['n_forget']} facts)")
         except MeowError:
             raise
         except Exception as e:  # the client's HTTP and connection errors: one clear line

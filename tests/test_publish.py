@@ -212,3 +212,13 @@ def test_wrong_token_missing_token_and_bad_repo_id(run_dir, hub, main):
     one_line_error(main("push", "--run", run_dir, "--repo-id", "me/x", "--dry-run"), "needs --out")
     r = main("push", "--run", run_dir, "--repo-id", "me/x", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
     one_line_error(r, "cannot reach the Hub at http://127.0.0.1:9")
+
+
+def test_json_files_are_searched_decoded_too(tmp_path):
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"note": "Café Müller, 1911"}))  # ASCII escapes only
+    assert "Café" not in (folder / "config.json").read_text()
+    with pytest.raises(MeowError, match=r"config.json contains a forgotten string \(fact 1's answer\)"):
+        leak_check.check_folder(folder, [("fact 1's answer", "café  MÜLLER")])
+    assert leak_check.check_folder(folder, [("fact 1's answer", "Café Bauhaus"), ("fact 1's keyword", "1911")]) == 1
