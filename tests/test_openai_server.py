@@ -141,8 +141,13 @@ def test_api_failures_are_one_clear_line(facts_file, tmp_path, monkeypatch, caps
     assert time.time() - started < 30 and KEY not in err
 
 
-def test_wrong_url_is_one_clear_line(facts_file, tmp_path):
-    port = free_port()  # nothing listens there
-    r = invert_cli(facts_file, tmp_path / "x.jsonl", f"http://127.0.0.1:{port}/v1", KEY)
-    one_line_error(r, f"cannot reach http://127.0.0.1:{port}/v1")
-    assert KEY not in r.stderr
+def test_wrong_url_is_one_clear_line(facts_file, tmp_path, monkeypatch, capsys):
+    from meow_app import cli as cli_mod
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    code = cli_mod.main(["invert", "--facts", str(facts_file), "--out", str(tmp_path / "x.jsonl"), "--generator",
+                         "openai", "--base-url", url, "--api-model", ALIAS])
+    err = capsys.readouterr().err
+    one_line_error(subprocess.CompletedProcess([], code, "", err), f"cannot reach {url}")
+    assert KEY not in err
