@@ -26,13 +26,28 @@ import zipfile
 from dataclasses import fields
 from pathlib import Path
 
-import gradio as gr
-import pandas as pd
 
-from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, select
-from meow_app.errors import Cancelled, MeowError
-from meow_app.facts import Fact
-from meow_app.train import TrainConfig
+def spaces_cache_dirs(env=os.environ, data: Path | str = "/data") -> dict:
+    """On Hugging Face Spaces with persistent storage (/data), the caches that should live there
+    (model downloads, the converted embedded model, runs) so they survive restarts; {} elsewhere
+    or when set already. Without persistent storage the defaults under $HOME apply."""
+    data = Path(data)
+    if not env.get("SPACE_ID") or not data.is_dir() or not os.access(data, os.W_OK):
+        return {}
+    wanted = {"HF_HOME": str(data / ".huggingface"), "MEOW_HOME": str(data / "meow_app")}
+    return {k: v for k, v in wanted.items() if not env.get(k)}
+
+
+# Before gradio and huggingface_hub are imported: they read HF_HOME once.
+os.environ.update(spaces_cache_dirs())
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, publish, select  # noqa: E402
+from meow_app.errors import Cancelled, MeowError  # noqa: E402
+from meow_app.facts import Fact  # noqa: E402
+from meow_app.train import TrainConfig  # noqa: E402
 
 try:  # On Hugging Face Spaces with ZeroGPU, GPU-bound functions must be decorated.
     import spaces
@@ -611,12 +626,18 @@ def run_probe(s, kind: str):
 
 # ---------------------------------------------------------------- 7. publish
 
-def download_run(s):
-    """The session's last run folder as a zip (until the publishing step lands)."""
-    s = session(s)
+def _last_run(s) -> Path:
     if not s["run_dir"] or not Path(s["run_dir"]).is_dir():
-        return None, notice("no run yet: unlearn first", "error")
-    run_dir = Path(s["run_dir"])
+        raise MeowError("no run yet: unlearn first")
+    return Path(s["run_dir"])
+
+
+def download_run(s):
+    """The session's last run folder as a zip, forgotten text included (for the user alone)."""
+    try:
+        run_dir = _last_run(session(s))
+    except MeowError as e:
+        return None, notice(str(e), "error")
     zipped = Path(tempfile.mkdtemp(prefix="meow-zip-")) / f"{run_dir.name}.zip"
     # Stored, not deflated: model weights barely compress, and deflating them takes long.
     with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as z:
@@ -626,6 +647,44 @@ def download_run(s):
     zipped = str(zipped)
     return zipped, notice(f"{Path(zipped).name}: the unlearned model (a Hugging Face checkpoint), run.json, "
                           "facts.jsonl and probes.json. The last two hold the forgotten text: share with care.")
+
+
+PUBLISH_COLUMNS = ["file", "bytes"]
+
+
+def _card_body(readme: str) -> str:
+    """The model card without its YAML header, for the preview."""
+    parts = readme.split("---\n", 2)
+    return parts[2] if readme.startswith("---\n") and len(parts) == 3 else readme
+
+
+def publish_preview(s, repo_id: str, adapter_only: bool, base_model: str):
+    """What a push would upload (the same folder `push --dry-run` writes): files and the model card."""
+    try:
+        run_dir = _last_run(session(s))
+        with tempfile.TemporaryDirectory(prefix="meow-preview-") as tmp:
+            folder = publish.build_folder(run_dir, Path(tmp) / "upload", repo_id, bool(adapter_only),
+                                          (base_model or "").strip() or None)
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            table = pd.DataFrame([[str(p.relative_to(folder)), p.stat().st_size] for p in files], columns=PUBLISH_COLUMNS)
+            card = _card_body((folder / "README.md").read_text(encoding="utf-8"))
+    except MeowError as e:
+        return _empty(PUBLISH_COLUMNS), "", notice(str(e), "error")
+    return table, card, notice(f"{len(table)} files would be uploaded to {repo_id.strip()}; nothing forgotten "
+                               "found in them. The forgotten facts, false answers and probe answers stay here.")
+
+
+def publish_push(s, repo_id: str, private: bool, adapter_only: bool, base_model: str, token: str,
+                 oauth_token: gr.OAuthToken | None = None):
+    """Push the last run to the Hub. The token: typed here, else the Spaces sign-in, else HF_TOKEN."""
+    token = (token or "").strip() or (oauth_token.token if oauth_token else None) or os.environ.get("HF_TOKEN")
+    try:
+        result = publish.push(_last_run(session(s)), repo_id, token, bool(private), bool(adapter_only),
+                              (base_model or "").strip() or None)
+    except MeowError as e:
+        return notice(str(e), "error")
+    return notice(f"Pushed {len(result['files'])} files to [{result['url']}]({result['url']}) "
+                  f"([commit]({result['commit_url']})).")
 
 
 # ---------------------------------------------------------------- layout
@@ -739,8 +798,27 @@ def build() -> gr.Blocks:
                                         label="Before / after, per question", elem_id="verdicts",
                                         column_widths=["10%", "24%", "28%", "28%", "10%"])
             with gr.Tab("7. Publish", id="publish"):
-                gr.Markdown("Download the run folder: the unlearned model as a standard Hugging Face checkpoint, plus "
-                            "its settings and results. Publishing to the Hub comes in a later release.")
+                gr.Markdown("Push the unlearned model to the Hugging Face Hub with a model card (method, settings, "
+                            "before/after numbers). The forgotten facts never leave: every file is checked for them "
+                            "before upload. *Preview* shows exactly what would be uploaded.")
+                with gr.Row():
+                    repo_box = gr.Textbox(label="Repository (USER/NAME; created if missing)", scale=3)
+                    private_box = gr.Checkbox(True, label="Private", scale=1)
+                    adapter_box = gr.Checkbox(False, label="LoRA adapter only (runs trained with LoRA)", scale=1)
+                with gr.Row():
+                    base_box = gr.Textbox(label="Base model's Hub id (only if the model was a local folder)")
+                    token_box = gr.Textbox(label="Hugging Face token with write access (or HF_TOKEN; never stored)",
+                                           type="password")
+                if os.environ.get("SPACE_ID"):  # Hugging Face sign-in exists on Spaces only (README: hf_oauth)
+                    gr.LoginButton()
+                with gr.Row():
+                    preview_btn = gr.Button("Preview files")
+                    push_btn = gr.Button("Push to the Hub", variant="primary")
+                publish_msg = gr.Markdown()
+                publish_files = gr.Dataframe(_empty(PUBLISH_COLUMNS), headers=PUBLISH_COLUMNS, interactive=False,
+                                             label="Files to upload")
+                card_md = gr.Markdown(label="Model card")
+                gr.Markdown("Or download the whole run folder, forgotten text included, for yourself:")
                 zip_btn = gr.Button("Make a zip of the last run")
                 zip_file = gr.File(label="Run folder (zip)")
                 zip_msg = gr.Markdown()
@@ -781,6 +859,10 @@ def build() -> gr.Blocks:
         clear_btn.click(clear_chat, state, [state, left_chat, right_chat], api_name="clear_chat")
         # Publish
         zip_btn.click(download_run, state, [zip_file, zip_msg], api_name="download_run")
+        preview_btn.click(publish_preview, [state, repo_box, adapter_box, base_box], [publish_files, card_md, publish_msg],
+                          api_name="publish_preview")
+        push_btn.click(publish_push, [state, repo_box, private_box, adapter_box, base_box, token_box], publish_msg,
+                       api_name="publish_push")
     return demo
 
 

@@ -8,6 +8,7 @@
   methods                            list the unlearning methods
   evaluate --model M --forget F --out REPORT.json [--html R.html]   before/after verification report
   tofu     --method NAME --out DIR [--authors N]                    the TOFU benchmark protocol
+  push     --run RUN_DIR --repo-id USER/NAME [--dry-run --out DIR]  publish to the Hub (token: HF_TOKEN)
 
 Errors print one line on stderr and exit with status 2 (1 for an internal error).
 """
@@ -41,6 +42,7 @@ def _add_generator(p):
                    help="local generator model (default: the --model being used)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-model", default=None, help="model name at the API")
+    p.add_argument("--api-timeout", type=float, default=60.0, help="seconds to wait for one API answer (default 60)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -48,7 +50,7 @@ def _invert_settings(args):
     from .pipeline import InvertSettings
 
     return InvertSettings(n=args.n, generator=args.generator, generator_model=args.generator_model,
-                          base_url=args.base_url, api_model=args.api_model,
+                          base_url=args.base_url, api_model=args.api_model, api_timeout=args.api_timeout,
                           api_key=os.environ.get("OPENAI_API_KEY"))
 
 
@@ -348,6 +350,26 @@ def cmd_tofu(args):
     print(f"wrote {args.out}/report.json and {args.out}/report.html")
 
 
+def cmd_push(args):
+    from . import publish
+
+    if args.dry_run:
+        if not args.out:
+            raise MeowError("--dry-run needs --out DIR (the folder that would be uploaded)")
+        folder = publish.build_folder(args.run, args.out, args.repo_id, args.adapter_only, args.base_model)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        for p in files:
+            print(f"  {p.relative_to(folder)}  ({p.stat().st_size:,} bytes)")
+        print(f"wrote {len(files)} files to {folder}: nothing forgotten found in them; nothing was uploaded")
+        return
+    if args.out:
+        raise MeowError("--out is for --dry-run only")
+    result = publish.push(args.run, args.repo_id, os.environ.get("HF_TOKEN"), args.private, args.adapter_only,
+                          args.base_model)
+    print(f"pushed {len(result['files'])} files to {result['url']} (checked: nothing forgotten in them)")
+    print(f"commit: {result['commit_url']}")
+
+
 def _pct(x):
     return "n/a" if x is None else f"{x:.0%}"
 
@@ -437,6 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlearn-lr", type=float, default=None)
     _add_model(p)
     p.set_defaults(func=cmd_tofu)
+
+    p = sub.add_parser("push", help="publish a run to the Hugging Face Hub (model card, no forgotten text)",
+                       description="The token comes from HF_TOKEN; HF_ENDPOINT picks another Hub.")
+    p.add_argument("--run", required=True, help="the RUN_DIR written by `unlearn`")
+    p.add_argument("--repo-id", required=True, help="USER/NAME on the Hub (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--adapter-only", action="store_true", help="push the LoRA adapter (runs made with --lora)")
+    p.add_argument("--base-model", default=None, help="Hub id of the base model, when it was a local folder")
+    p.add_argument("--dry-run", action="store_true", help="write the upload folder to --out instead of pushing")
+    p.add_argument("--out", default=None, help="with --dry-run: a new folder for the files")
+    p.set_defaults(func=cmd_push)
     return parser
 
 

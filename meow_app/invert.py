@@ -181,7 +181,9 @@ class OpenAIGenerator:
         key = api_key or os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
         if not key:
             raise MeowError("no API key: set OPENAI_API_KEY or give one in the app")
-        self.model, self.base_url, self.temperature = model, base_url, temperature
+        if not timeout or timeout <= 0:
+            raise MeowError(f"the API timeout must be a positive number of seconds, got {timeout}")
+        self.model, self.base_url, self.temperature, self.timeout = model, base_url, temperature, timeout
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=1)
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
@@ -198,6 +200,11 @@ class OpenAIGenerator:
                 raise MeowError(f"the API key was rejected by {where}") from None
             except openai.NotFoundError:
                 raise MeowError(f"model '{self.model}' not found at {where}") from None
+            except openai.APITimeoutError:  # a kind of APIConnectionError: say which
+                raise MeowError(f"{where} did not answer within {self.timeout:g} s: check the server, or allow "
+                                "more time (--api-timeout)") from None
+            except ValueError:  # the body was not JSON at all
+                raise MeowError(f"{where} returned an answer in an unexpected format (not JSON)") from None
             except openai.APIConnectionError:
                 raise MeowError(f"cannot reach {where}: check the base URL and that the server runs") from None
             except openai.APIError as e:

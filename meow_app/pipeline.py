@@ -6,6 +6,7 @@ run never leaves a half-written RUN_DIR behind.
 
 RUN_DIR/
   model/        a standard Hugging Face checkpoint (LoRA merged)
+  adapter/      with LoRA only: the PEFT adapter before merging (adapter_config.json, adapter_model.safetensors)
   run.json      method, settings, seed, timings, per-step losses, hit rates (numbers only)
   facts.jsonl   the forget facts with their inverted answers, MEMO scores and selection
   probes.json   the greedy answers before and after, per question
@@ -38,6 +39,7 @@ class InvertSettings:
     base_url: str | None = None
     api_model: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never written anywhere
+    api_timeout: float = 60.0      # seconds to wait for one API answer
     # Train on the selected false answers put in the model's own words ("The capital of
     # France is Lyon." rather than "Lyon"): the model then changes the fact, not its style.
     answer_style: bool = True
@@ -59,7 +61,8 @@ class SelectSettings:
 
 def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None = None):
     if settings.generator == "openai":
-        return invert_mod.OpenAIGenerator(settings.api_model, settings.base_url, settings.api_key)
+        return invert_mod.OpenAIGenerator(settings.api_model, settings.base_url, settings.api_key,
+                                          timeout=settings.api_timeout)
     if settings.generator != "local":
         raise MeowError(f"generator must be 'local' or 'openai', got '{settings.generator}'")
     if loaded is None or (settings.generator_model and settings.generator_model != loaded.name):
@@ -135,6 +138,15 @@ def save_checkpoint(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def save_adapter(adapter: tuple, folder: Path) -> None:
+    """The LoRA adapter as PEFT writes it: PeftModel.from_pretrained(base, folder) loads it."""
+    from safetensors.torch import save_file
+
+    config, weights = adapter
+    config.save_pretrained(folder)
+    save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+
+
 def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None = None,
             retain: list[Fact] | None = None, config: TrainConfig | None = None,
             invert_settings: InvertSettings | None = None, select_settings: SelectSettings | None = None,
@@ -202,6 +214,8 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         timings["probe_after"] = time.perf_counter() - t
         t = stage("save")
         save_checkpoint(result.model, loaded.tokenizer, partial / "model")
+        if result.adapter:
+            save_adapter(result.adapter, partial / "adapter")
         timings["save"] = time.perf_counter() - t
 
         def rates(p):

@@ -125,6 +125,7 @@ class TrainResult:
     stopped_early: bool = False
     seconds: float = 0.0
     info: dict = field(default_factory=dict)     # method-specific numbers for run.json (Fisher: eta, lambda, ...)
+    adapter: tuple | None = None                 # LoRA only: (peft config, adapter weights), kept before merging
 
 
 def seed_everything(seed: int) -> None:
@@ -279,6 +280,11 @@ class Trainer:
     def finish(self, result: TrainResult, start: float) -> TrainResult:
         model = result.model
         if self.config.lora:
+            from peft import get_peft_model_state_dict
+
+            # The adapter alone is publishable (`push --adapter-only`): keep it before merging.
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+            result.adapter = (model.peft_config["default"], weights)
             model = model.merge_and_unload()
         model.eval()
         model.config.use_cache = True

@@ -30,7 +30,7 @@ def test_app_builds_with_every_registered_method():
     assert sorted(c[0] for c in dropdown.choices) == methods.names()
     api = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"load_bundled", "upload_facts", "invert", "score", "unlearn", "cancel", "chat",
-            "probe_forgotten", "probe_unrelated", "download_run"} <= api
+            "probe_forgotten", "probe_unrelated", "download_run", "publish_preview", "publish_push"} <= api
 
 
 def test_every_bundled_set_loads_and_describes_itself(sess):
@@ -217,3 +217,33 @@ def test_sessions_are_separate(sess):
     a, _ = _loaded(a, 2)
     assert a["id"] != b["id"] and b["facts"] == [] and b["chat"] == []
     assert app.new_run_dir(a, "meow").parent != app.new_run_dir(b, "meow").parent
+
+
+def test_publish_previews_then_pushes_to_the_hub(sess, monkeypatch):
+    import huggingface_hub.constants
+
+    from hub_server import HubServer
+
+    files, card, msg = app.publish_preview(sess, "me/cat", False, "")
+    assert msg.startswith("⚠️") and "unlearn first" in msg and files.empty
+    s, _ = _loaded(sess)
+    _unlearn(s, lora=True)
+    files, card, msg = app.publish_preview(s, "bad id", False, "")
+    assert msg.startswith("⚠️") and "USER/NAME" in msg
+    files, card, msg = app.publish_preview(s, "me/cat", True, "org/tiny")
+    assert msg.startswith("✅") and {"adapter_model.safetensors", "README.md", "meow_run.json"} <= set(files["file"])
+    assert "forget 2 facts" in card and not card.startswith("---")
+    assert not any(f.question.lower() in card.lower() for f in s["facts"])
+    with HubServer("hf_app_token_abcdef") as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        assert "no Hugging Face token" in app.publish_push(s, "me/cat", True, False, "", "")
+        assert "rejected the token (401)" in app.publish_push(s, "me/cat", True, False, "", "hf_wrong")
+        msg = app.publish_push(s, "me/cat", True, False, "", "", gr.OAuthToken(token="hf_app_token_abcdef",
+                                                                                scope="", expires_at=0))
+        assert msg.startswith("✅") and f"{hub.url}/me/cat" in msg and "hf_app_token" not in msg
+        assert hub.repos["me/cat"].private and "model.safetensors" in hub.repos["me/cat"].files
+        monkeypatch.setenv("HF_TOKEN", "hf_app_token_abcdef")  # the fallback when nothing is typed
+        assert app.publish_push(s, "me/cat", False, False, "", "").startswith("✅")
+        assert len(hub.repos["me/cat"].commits) == 2

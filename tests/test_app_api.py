@@ -9,16 +9,28 @@ import pytest
 from gradio_client import Client, handle_file
 
 from apprunner import running_app
+from hub_server import HubServer
 
 FAST = {"headers": ["setting", "value"], "data": [["epochs", "1"], ["num_batch", "2"], ["lr", "1e-4"]]}
 EMPTY_INV = {"headers": ["fact", "question", "inverted answer"], "data": []}
 EMPTY_SEL = {"headers": ["fact", "question", "inverted answer", "MEMO", "MEMO of true answer", "use"], "data": []}
 
 
+HUB_TOKEN = "hf_api_test_token_0123456789"
+
+
 @pytest.fixture(scope="module")
-def url(tiny_dir, tmp_path_factory):
+def hub():
+    with HubServer(HUB_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def url(tiny_dir, tmp_path_factory, hub):
     home = tmp_path_factory.mktemp("home")
-    with running_app({"MEOW_MODEL": tiny_dir, "MEOW_HOME": str(home)}) as u:
+    # The Publish tab pushes to the local Hub server (tests/hub_server.py) over plain HTTP.
+    with running_app({"MEOW_MODEL": tiny_dir, "MEOW_HOME": str(home), "HF_ENDPOINT": hub.url,
+                      "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": ""}) as u:
         yield u
 
 
@@ -37,7 +49,7 @@ def unlearn(client):
                           api_name="/unlearn")
 
 
-def test_endpoints_walk_the_flow(url, tmp_path):
+def test_endpoints_walk_the_flow(url, hub, tmp_path):
     client = Client(url, verbose=False)
     table, msg, inv, sel = client.predict("Demo: 8 famous facts", 2, api_name="/load_bundled")
     assert msg.startswith("✅") and len(table["data"]) == 2
@@ -61,6 +73,11 @@ def test_endpoints_walk_the_flow(url, tmp_path):
     assert len(verdicts["data"]) == 2
     zipped, msg = client.predict(api_name="/download_run")
     assert Path(zipped).suffix == ".zip"
+    files, card, msg = client.predict("me/api-cat", False, "", api_name="/publish_preview")
+    assert msg.startswith("✅") and "model.safetensors" in [row[0] for row in files["data"]] and "forget 2 facts" in card
+    msg = client.predict("me/api-cat", True, False, "", HUB_TOKEN, api_name="/publish_push")
+    assert msg.startswith("✅") and "/me/api-cat" in msg and HUB_TOKEN not in msg
+    assert "README.md" in hub.repos["me/api-cat"].files
 
 
 def test_two_sessions_at_once_do_not_see_each_other(url):

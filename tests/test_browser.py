@@ -155,6 +155,11 @@ def test_whole_flow_in_a_browser(url, page, shots):
     _tab(page, "7. Publish")
     page.get_by_role("button", name="Make a zip of the last run").click()
     expect(page.get_by_text("the unlearned model (a Hugging Face checkpoint)")).to_be_visible()
+    # ...and a preview of what a push to the Hub would upload, with the model card.
+    page.get_by_label("Repository (USER/NAME; created if missing)").fill("me/meow-demo")
+    page.get_by_role("button", name="Preview files").click()
+    expect(page.get_by_text("files would be uploaded to me/meow-demo")).to_be_visible()
+    expect(page.get_by_text("Intended use and limits")).to_be_visible()
     page.screenshot(path=shots / "7-publish.png", full_page=True)
 
 
