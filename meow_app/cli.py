@@ -19,8 +19,9 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
-from .errors import Cancelled, MeowError
+from .errors import Cancelled, MeowError, MeowWarning
 
 
 def _facts(path, args=None):
@@ -511,8 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, *args, _default=warnings.showwarning, **kwargs):
+    """MeowWarnings as one line on stderr; other warnings as Python shows them."""
+    if issubclass(category, MeowWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, *args, **kwargs)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         args.func(args)
     except Cancelled:
