@@ -114,7 +114,9 @@ def fact_from_row(row, where: str, max_text_chars: int = MAX_TEXT_CHARS) -> Fact
 
 
 def _rows_jsonl(text: str, name: str):
-    for i, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() would also cut at U+2028 or U+0085, which
+    # JSON leaves unescaped inside strings.
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
