@@ -792,6 +792,8 @@ def build() -> gr.Blocks:
 
 def main() -> None:
     port = int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    # Runs of an app that was killed (not stopped) left hidden partial folders: not runs, remove them.
+    pipeline.remove_stale_partials(runs_root(), depth=2)
     build().queue(default_concurrency_limit=2).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)
 
