@@ -144,10 +144,16 @@ def table_to_facts(table) -> list[Fact]:
     return out
 
 
-def _facts_loaded(s: dict, items: list[Fact], source: str):
-    """New facts: earlier candidates and selections belong to the old facts, so they go."""
-    s["facts"] = items
-    msg = notice(f"{len(items)} facts from {source}. Edit the table if you like, then go to the next tab.")
+NOTES_SHOWN = 3
+
+
+def _facts_loaded(s: dict, items: list[Fact], source: str, notes: list[str] = ()):
+    """New facts: earlier candidates and selections belong to the old facts, so they go.
+    `notes`: what the reader noticed (repeated facts), shown after the count."""
+    s["facts"] = list(items)
+    more = f" (and {len(notes) - NOTES_SHOWN} more)" if len(notes) > NOTES_SHOWN else ""
+    said = f" Note: {'; '.join(notes[:NOTES_SHOWN])}{more}." if notes else ""
+    msg = notice(f"{len(items)} facts from {source}.{said} Edit the table if you like, then go to the next tab.")
     return s, facts_to_table(items), msg, _empty(INVERT_COLUMNS), _empty(SELECT_COLUMNS)
 
 
@@ -176,7 +182,7 @@ def upload_facts(s, path):
     except MeowError as e:
         # Name the user's file, not the server's temporary copy; keep the table as it was.
         return s, gr.skip(), notice(str(e).replace(str(path), name), "error"), gr.skip(), gr.skip()
-    return _facts_loaded(s, items, f"'{name}'")
+    return _facts_loaded(s, items, f"'{name}'", [n.replace(str(path), name) for n in items.notes])
 
 
 def use_table(s, table):
@@ -868,6 +874,8 @@ def build() -> gr.Blocks:
 
 def main() -> None:
     port = int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    # Runs of an app that was killed (not stopped) left hidden partial folders: not runs, remove them.
+    pipeline.remove_stale_partials(runs_root(), depth=2)
     build().queue(default_concurrency_limit=2).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)
 

@@ -7,6 +7,7 @@
   ask      QUESTION... [--model M]   greedy answers from a model (compare two with --compare)
   methods                            list the unlearning methods
   evaluate --model M --forget F --out REPORT.json [--html R.html]   before/after verification report
+  attack   --model M [--forget F] --out ATTACKS.json                 extraction attacks: leak rates
   tofu     --method NAME --out DIR [--authors N]                    the TOFU benchmark protocol
   push     --run RUN_DIR --repo-id USER/NAME [--dry-run --out DIR]  publish to the Hub (token: HF_TOKEN)
 
@@ -19,14 +20,35 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
-from .errors import Cancelled, MeowError
+from .errors import Cancelled, MeowError, MeowWarning
 
 
-def _facts(path):
+def _facts(path, args=None):
+    """Facts from a file with the limits of the command line; what the reader noticed
+    (repeated facts) is printed as notes, the first few of them."""
     from .facts import load_facts
 
-    return load_facts(path)
+    mb = getattr(args, "max_file_mb", None)
+    facts = load_facts(path, getattr(args, "max_facts", None), None if mb is None else int(mb * 1e6),
+                       getattr(args, "max_text_chars", None))
+    for note in facts.notes[:NOTES_SHOWN]:
+        print(f"note: {note}", file=sys.stderr)
+    if len(facts.notes) > NOTES_SHOWN:
+        print(f"note: ... and {len(facts.notes) - NOTES_SHOWN} more like these", file=sys.stderr)
+    return facts
+
+
+NOTES_SHOWN = 3
+
+
+def _add_limits(p):
+    p.add_argument("--max-facts", type=int, default=None, help="most facts per file (default 5000, env MEOW_MAX_FACTS)")
+    p.add_argument("--max-file-mb", type=float, default=None,
+                   help="largest facts file in MB (default 20, env MEOW_MAX_FILE_BYTES in bytes)")
+    p.add_argument("--max-text-chars", type=int, default=None,
+                   help="longest question or answer (default 4000 characters, env MEOW_MAX_TEXT_CHARS)")
 
 
 def _add_model(p):
@@ -55,11 +77,13 @@ def _invert_settings(args):
 
 
 def cmd_check(args):
-    facts = _facts(args.file)
+    if not (args.file or args.facts):
+        raise MeowError("give a facts file: check FILE")
+    facts = _facts(args.file or args.facts, args)
     n_kw = sum(bool(f.keywords) for f in facts)
     n_para = sum(len(f.paraphrases) for f in facts)
     n_inv = sum(bool(f.inverted) for f in facts)
-    print(f"{args.file}: {len(facts)} facts, {n_kw} with keywords, {n_para} paraphrases, {n_inv} with inverted answers")
+    print(f"{args.file or args.facts}: {len(facts)} facts, {n_kw} with keywords, {n_para} paraphrases, {n_inv} with inverted answers")
 
 
 def cmd_invert(args):
@@ -67,7 +91,7 @@ def cmd_invert(args):
     from .facts import write_jsonl
     from .pipeline import make_generator
 
-    facts = _facts(args.facts)
+    facts = _facts(args.facts, args)
     settings = _invert_settings(args)
     loaded = models.load(args.generator_model or args.model, args.device) if args.generator == "local" else None
     report = invert.invert(facts, make_generator(settings, loaded), args.n, seed=args.seed)
@@ -82,7 +106,7 @@ def cmd_memo(args):
     from . import memo, models
     from .facts import write_jsonl
 
-    facts = _facts(args.facts)
+    facts = _facts(args.facts, args)
     lm = models.load(args.model, args.device)
     if args.length != "target" and not (args.length.isdigit() and int(args.length) > 0):
         raise MeowError(f"--length must be 'target' or a positive number of tokens, got '{args.length}'")
@@ -171,16 +195,16 @@ def cmd_unlearn(args):
     from .train import TrainConfig
 
     method = methods.get(args.method)
-    forget = load_facts(args.forget)
+    forget = _facts(args.forget, args)
     if args.inverted:
-        inverted = load_facts(args.inverted)
+        inverted = _facts(args.inverted, args)
         by_q = {f.question: f.inverted for f in inverted}
         missing = [f.question for f in forget if not by_q.get(f.question)]
         if missing:
             raise MeowError(f"{args.inverted}: no inverted answers for {len(missing)} forget question(s), e.g. '{missing[0][:60]}'")
         for f in forget:
             f.inverted = list(by_q[f.question])
-    retain = load_facts(args.retain) if args.retain else None
+    retain = _facts(args.retain, args) if args.retain else None
     overrides = {k: v for k, v in {
         **{f.name: getattr(args, f.name) for f in _tuned_fields()},
         "seed": args.seed, "lora": args.lora or None, "early_stop": False if args.no_early_stop else None,
@@ -208,7 +232,7 @@ def cmd_ask(args):
 
     questions = list(args.question)
     if args.facts:
-        questions += [f.question for f in _facts(args.facts)]
+        questions += [f.question for f in _facts(args.facts, args)]
     if not questions:
         raise MeowError("give a question, or --facts FILE")
     specs = [args.model] + ([args.compare] if args.compare else [])
@@ -292,12 +316,12 @@ def cmd_evaluate(args):
 
     original_spec, unlearned_spec = _evaluate_models(args.model, args.compare)
     run_dir = next((s for s in (unlearned_spec, original_spec) if s and _run_json(s) is not None), None)
-    forget = _facts(args.forget) if args.forget else None
+    forget = _facts(args.forget, args) if args.forget else None
     forget = _with_run_inverted(forget, run_dir) if run_dir else forget
     if forget is None:
         raise MeowError("--forget FILE is required")
-    retain = _facts(args.retain) if args.retain else None
-    holdout = _facts(args.holdout) if args.holdout else None
+    retain = _facts(args.retain, args) if args.retain else None
+    holdout = _facts(args.holdout, args) if args.holdout else None
     args.max_new_tokens = evaluate.MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
     if args.max_new_tokens < 1:
         raise MeowError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
@@ -326,6 +350,35 @@ def cmd_evaluate(args):
             counts[v["verdict"]] = counts.get(v["verdict"], 0) + 1
         print("verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     print(f"wrote {args.out}" + (f" and {args.html}" if args.html else "") + f" ({result['timings']['total']:.0f} s)")
+
+
+def cmd_attack(args):
+    import json
+    from pathlib import Path
+
+    from . import extraction, models
+
+    run_dir = args.model if _run_json(args.model) is not None else None
+    forget = _facts(args.forget, args) if args.forget else None
+    if forget is None:
+        forget = _with_run_inverted(None, run_dir) if run_dir else None
+    if forget is None:
+        raise MeowError("--forget FILE is required (the model is not a run folder)")
+    which = extraction.ATTACKS if args.attacks == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if args.samples < 1:
+        raise MeowError(f"--samples must be at least 1, got {args.samples}")
+    lm = models.load(args.model, args.device)
+    result = extraction.run(lm.model, lm.tokenizer, forget, which, args.samples, args.max_new_tokens, args.seed,
+                            on_event=_print_event)
+    result["model"] = args.model
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(f"{'greedy':<11} leak rate {_pct(result['greedy']['leak_rate'])}")
+    for name in which:
+        r = result[name]
+        before = f" (before relearning {_pct(r['leak_rate_before'])})" if name == "relearn" else ""
+        print(f"{name:<11} leak rate {_pct(r['leak_rate'])} of {r['facts_asked']} facts{before}")
+    print(f"wrote {args.out}")
 
 
 def cmd_tofu(args):
@@ -379,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("check", help="validate a facts file")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--facts", default=None, help="the file (instead of the positional argument)")
+    _add_limits(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("invert", help="generate inverted (false) answers for facts")
@@ -387,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _add_model(p)
     _add_generator(p)
+    _add_limits(p)
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("memo", help="MEMO memorization scores of answers and inverted answers")
@@ -397,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length", default="target",
                    help="continuation length: 'target' (target tokens + 4, default) or a number (200 = published)")
     _add_model(p)
+    _add_limits(p)
     p.set_defaults(func=cmd_memo)
 
     p = sub.add_parser("unlearn", help="make the model forget facts and save it to RUN_DIR")
@@ -414,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU")
     _add_model(p)
     _add_generator(p)
+    _add_limits(p)
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("ask", help="ask a model questions (greedy)")
@@ -422,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, help="a second model to answer beside the first")
     p.add_argument("--max-new-tokens", type=int, default=48)
     _add_model(p)
+    _add_limits(p)
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("methods", help="list unlearning methods")
@@ -442,7 +501,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="greedy answer length (default 48, as the unlearning probes; the TOFU spec uses 200)")
     _add_model(p)
+    _add_limits(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("attack", help="extraction attacks (paraphrase, prefix, few-shot, sampling, relearning): leak rates")
+    p.add_argument("--forget", default=None, help="facts to extract (default with a RUN_DIR: its facts.jsonl)")
+    p.add_argument("--out", required=True, help="ATTACKS.json: leak rates and every prompt and answer")
+    p.add_argument("--attacks", default="all",
+                   help="comma-separated, from paraphrase, prefix, few_shot, sampling, relearn (default: all)")
+    p.add_argument("--samples", type=int, default=10, help="samples per question at temperature 1 (default 10)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--seed", type=int, default=0)
+    _add_model(p)
+    _add_limits(p)
+    p.set_defaults(func=cmd_attack)
 
     p = sub.add_parser("tofu", help="TOFU protocol: fine-tune on fictitious authors, unlearn, forget quality + utility")
     p.add_argument("--out", required=True, help="a new folder for report.json, report.html and run/")
@@ -473,8 +545,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, *args, _default=warnings.showwarning, **kwargs):
+    """MeowWarnings as one line on stderr; other warnings as Python shows them."""
+    if issubclass(category, MeowWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, *args, **kwargs)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         args.func(args)
     except Cancelled:

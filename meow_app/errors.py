@@ -11,3 +11,7 @@ class MeowError(Exception):
 
 class Cancelled(MeowError):
     """The user cancelled a running job."""
+
+
+class MeowWarning(UserWarning):
+    """Something the user should know that does not stop the job (the CLI prints one line)."""

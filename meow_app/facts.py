@@ -7,10 +7,16 @@ as TOFU does), CSV (keywords and paraphrases `;`-separated), or a Hugging Face d
 (`hf:NAME[:CONFIG][:SPLIT]`, or a folder written by `Dataset.save_to_disk`).
 
 Every problem is reported as a MeowError naming the file, the line and what is wrong.
+Text must be UTF-8 (with or without a byte-order mark) or UTF-16 with a byte-order mark.
+Limits on file size, number of facts and text length keep one upload from eating the
+machine (docs/robustness.md, "Limits"). A fact repeated word for word is kept once; the
+same question with another answer is kept (TOFU asks "What is the full name of the
+author?" of two authors); both are reported in `FactList.notes`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -20,8 +26,9 @@ from pathlib import Path
 
 from .errors import MeowError
 
-# Limits that keep one upload from eating the machine; raise them with the arguments.
-MAX_FILE_BYTES = int(os.environ.get("MEOW_MAX_FILE_BYTES", 20 * 1024 * 1024))
+# Limits that keep one upload from eating the machine: environment variables, the
+# CLI's --max-* options, or the arguments of load_facts.
+MAX_FILE_BYTES = int(os.environ.get("MEOW_MAX_FILE_BYTES", 20_000_000))
 MAX_FACTS = int(os.environ.get("MEOW_MAX_FACTS", 5000))
 MAX_TEXT_CHARS = int(os.environ.get("MEOW_MAX_TEXT_CHARS", 4000))
 
@@ -49,6 +56,15 @@ class Fact:
         if self.inverted:
             row["inverted"] = self.inverted
         return row
+
+
+class FactList(list):
+    """Facts as read, with `notes`: what the reader noticed and the user should know
+    (repeated facts), one line each, naming file and line."""
+
+    def __init__(self, items=(), notes=None):
+        super().__init__(items)
+        self.notes: list[str] = list(notes or [])
 
 
 def _str_list(value, what: str, where: str, sep: str = ";") -> list[str]:
@@ -81,7 +97,8 @@ def fact_from_row(row, where: str, max_text_chars: int = MAX_TEXT_CHARS) -> Fact
         if not row[key].strip():
             raise MeowError(f"{where}: field '{key}' is empty")
         if len(row[key]) > max_text_chars:
-            raise MeowError(f"{where}: field '{key}' is {len(row[key])} characters (limit {max_text_chars})")
+            raise MeowError(f"{where}: field '{key}' is {len(row[key])} characters (limit {max_text_chars}; "
+                            "raise it with --max-text-chars or MEOW_MAX_TEXT_CHARS)")
     paraphrases = []
     for name in _PARAPHRASE_FIELDS:
         paraphrases += _str_list(row.get(name), name, where)
@@ -97,23 +114,29 @@ def fact_from_row(row, where: str, max_text_chars: int = MAX_TEXT_CHARS) -> Fact
 
 
 def _rows_jsonl(text: str, name: str):
-    for i, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() would also cut at U+2028 or U+0085, which
+    # JSON leaves unescaped inside strings.
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             yield json.loads(line), f"{name} line {i}"
         except json.JSONDecodeError as e:
             raise MeowError(f"{name} line {i}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise MeowError(f"{name} line {i}: JSON nested too deeply to be a fact") from None
 
 
 def _rows_json(text: str, name: str):
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        # TOFU ships JSON Lines under a .json name: accept that when every line parses.
-        if e.lineno > 1 or "Extra data" in e.msg:
+        # TOFU ships JSON Lines under a .json name: one object, then "extra data" after it.
+        if text.lstrip().startswith("{") and "Extra data" in e.msg:
             return list(_rows_jsonl(text, name))
         raise MeowError(f"{name} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise MeowError(f"{name}: JSON nested too deeply to be a facts file") from None
     if isinstance(data, dict):
         for key in ("facts", "data", "rows"):
             if isinstance(data.get(key), list):
@@ -133,7 +156,15 @@ def _rows_csv(text: str, name: str):
     if missing:
         raise MeowError(f"{name} line 1: CSV header lacks column(s) {', '.join(missing)} (found: {', '.join(header) or 'nothing'})")
     reader.fieldnames = header
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as e:  # e.g. a field over csv's size limit, from an unclosed quote
+            # line_num counts the lines read before the bad row, which starts on the next one.
+            raise MeowError(f"{name} line {reader.line_num + 1}: cannot read CSV ({e})") from None
         line = reader.line_num
         if None in row:
             raise MeowError(f"{name} line {line}: more values than columns")
@@ -145,17 +176,25 @@ def _read_text(path: Path, max_bytes: int) -> str:
         raise MeowError(f"{path}: no such file")
     size = path.stat().st_size
     if size > max_bytes:
-        raise MeowError(f"{path}: file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+        raise MeowError(f"{path}: file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit "
+                        "(raise it with --max-file-mb or MEOW_MAX_FILE_BYTES)")
     if size == 0:
         raise MeowError(f"{path}: file is empty")
     raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].decode("utf-16", errors="replace").count("\n") + 1
+            raise MeowError(f"{path} line {line}: not valid UTF-16 text") from None
     if b"\x00" in raw[:4096]:
-        raise MeowError(f"{path}: looks like a binary file, not text")
+        raise MeowError(f"{path}: looks like a binary file, not text (save facts as UTF-8, or UTF-16 with a byte-order mark)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise MeowError(f"{path} line {line}: not valid UTF-8 text") from None
+        raise MeowError(f"{path} line {line}: not valid UTF-8 text (another encoding, e.g. Latin-1? "
+                        "save it as UTF-8)") from None
 
 
 def _rows_dataset(spec: str):
@@ -178,9 +217,16 @@ def _rows_dataset(spec: str):
     return [(row, f"{spec} row {i}") for i, row in enumerate(ds, start=1)]
 
 
-def load_facts(source, max_facts: int = MAX_FACTS, max_bytes: int = MAX_FILE_BYTES,
-               max_text_chars: int = MAX_TEXT_CHARS) -> list[Fact]:
-    """Read facts from a file path, a dataset spec, or a list of dicts."""
+def _key(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def load_facts(source, max_facts: int | None = None, max_bytes: int | None = None,
+               max_text_chars: int | None = None) -> FactList:
+    """Read facts from a file path, a dataset spec, or a list of dicts (limits: None = the default)."""
+    max_facts = MAX_FACTS if max_facts is None else max_facts
+    max_bytes = MAX_FILE_BYTES if max_bytes is None else max_bytes
+    max_text_chars = MAX_TEXT_CHARS if max_text_chars is None else max_text_chars
     if isinstance(source, list):
         rows = [(row, f"row {i}") for i, row in enumerate(source, start=1)]
     else:
@@ -201,11 +247,23 @@ def load_facts(source, max_facts: int = MAX_FACTS, max_bytes: int = MAX_FILE_BYT
                 rows = _rows_csv(text, str(path))
             else:
                 raise MeowError(f"{path}: unknown file type '{suffix}' (use .jsonl, .json or .csv)")
-    facts = []
+    facts = FactList()
+    first: dict[tuple[str, str], str] = {}   # (question, answer) -> where it was first seen
+    asked: dict[str, str] = {}               # question -> where it was first seen
     for row, where in rows:
+        fact = fact_from_row(row, where, max_text_chars)
+        q, a = _key(fact.question), _key(fact.answer)
+        if (q, a) in first:
+            facts.notes.append(f"{where}: same question and answer as {first[q, a]}; kept once")
+            continue
+        if q in asked:
+            facts.notes.append(f"{where}: same question as {asked[q]} with another answer; both kept")
+        first[q, a] = where
+        asked.setdefault(q, where)
         if len(facts) >= max_facts:
-            raise MeowError(f"{source}: more than {max_facts} facts (limit); split the file or raise the limit")
-        facts.append(fact_from_row(row, where, max_text_chars))
+            raise MeowError(f"{source}: more than {max_facts} facts (the limit; split the file, or raise it "
+                            "with --max-facts or MEOW_MAX_FACTS)")
+        facts.append(fact)
     if not facts:
         raise MeowError(f"{source}: contains no facts")
     return facts

@@ -186,6 +186,11 @@ class OpenAIGenerator:
         self.model, self.base_url, self.temperature, self.timeout = model, base_url, temperature, timeout
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=1)
 
+    def _redact(self, text: str) -> str:
+        """A server may echo the key in its error body: it must not reach the user's screen or logs."""
+        key = self.client.api_key
+        return text.replace(key, "***") if key and len(key) >= 4 else text
+
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
         import openai
 
@@ -208,7 +213,7 @@ class OpenAIGenerator:
             except openai.APIConnectionError:
                 raise MeowError(f"cannot reach {where}: check the base URL and that the server runs") from None
             except openai.APIError as e:
-                raise MeowError(f"{where} returned an error: {getattr(e, 'message', type(e).__name__)}") from None
+                raise MeowError(f"{where} returned an error: {self._redact(getattr(e, 'message', type(e).__name__))}") from None
             try:
                 text = reply.choices[0].message.content or ""
             except (AttributeError, IndexError, TypeError):

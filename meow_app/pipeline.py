@@ -127,10 +127,36 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise MeowError(f"{out_dir} already exists and is not empty: choose a new run folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir.parent)
     partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     return partial
+
+
+def remove_stale_partials(folder: Path, depth: int = 1) -> list[Path]:
+    """Remove the hidden partial run folders that killed runs left in `folder` (and `depth`-1
+    levels below): SIGKILL skips the clean-up in `unlearn`. Folders of live runs stay."""
+    removed = []
+    for pattern in ["*/" * d + ".*.partial-*" for d in range(depth)]:
+        for stale in Path(folder).glob(pattern):
+            if stale.is_dir() and not _alive(stale.name.rsplit("-", 1)[-1]):
+                shutil.rmtree(stale, ignore_errors=True)
+                removed.append(stale)
+    return removed
+
+
+def _alive(pid: str) -> bool:
+    """Whether the process that owns a partial folder still runs (then it is not ours to remove)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def save_checkpoint(model, tokenizer, folder: Path) -> None:

@@ -20,35 +20,50 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def running_app(env: dict, timeout: float = 180):
-    port = free_port()
-    log = open(Path(env.get("MEOW_HOME", "/tmp")) / f"app-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **env, "PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"app did not start in {timeout} s: {Path(log.name).read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        stop(proc)
-        log.close()
+def start_app(env: dict, port: int) -> subprocess.Popen:
+    """`python app.py` on 127.0.0.1:port; its output goes to MEOW_HOME/app-PORT.log (`proc.log_path`)."""
+    log_path = Path(env.get("MEOW_HOME", "/tmp")) / f"app-{port}.log"
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env, "PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"})
+    proc.log_path = log_path
+    return proc
 
 
-def stop(proc: subprocess.Popen) -> None:
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}: {proc.log_path.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError(f"app did not start in {timeout} s: {proc.log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+
+def stop_app(proc: subprocess.Popen) -> None:
     """End a server process started by a test: politely, then for sure."""
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def running_app(env: dict, timeout: float = 180):
+    port = free_port()
+    proc = start_app(env, port)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(proc, url, timeout)
+        yield url
+    finally:
+        stop_app(proc)
+
+
+stop = stop_app  # any server process a test started (the llama.cpp server too)

@@ -1,0 +1,117 @@
+"""Extraction attacks: can the fact still be got out of the model by other means than
+asking its question the usual way?
+
+Each attack asks every forget fact in another way and counts a *leak* exactly as the
+probes do (`probes.leaks`: a keyword of the fact in the generated text):
+
+  paraphrase   the fact's paraphrases, in the chat template, greedy
+  prefix       the question as plain text, no chat template ("Question: ...\\nAnswer:"),
+               greedy: the model's raw knowledge, not its chat behaviour
+  few_shot     the same plain-text format after three solved questions, greedy
+  sampling     the question in the chat template, sampled at temperature 1, N samples
+               per question: a fact leaks if any sample says it
+  relearn      `attacks.relearn`: fine-tune briefly on half the forget set, re-ask the
+               other half (greedy, chat template)
+
+Unlearning that only hides a fact behind the chat template or behind greedy decoding
+shows here: the fact comes back through one of the side doors.
+"""
+
+from __future__ import annotations
+
+from . import attacks, generation, probes
+from .errors import MeowError
+from .facts import Fact
+from .invert import SHOTS
+
+ATTACKS = ("paraphrase", "prefix", "few_shot", "sampling", "relearn")
+PLAIN = "Question: {question}\nAnswer:"
+
+
+def plain_prompt(question: str, shots: list[tuple[str, str]] = ()) -> str:
+    """The question as plain text (no chat template), after the solved `shots` if any."""
+    solved = "".join(PLAIN.format(question=q) + f" {a}\n\n" for q, a in shots)
+    return solved + PLAIN.format(question=question)
+
+
+def shots_for(fact: Fact, count: int = 3) -> list[tuple[str, str]]:
+    """Solved examples for a few-shot prompt, none of which gives this fact away."""
+    out = [(q, a) for q, a, _wrong in SHOTS if not probes.leaks(f"{q} {a}", fact)]
+    return out[:count]
+
+
+def _continue(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    ids = generation.generate_ids(model, tokenizer, [generation.encode(tokenizer, p) for p in prompts], max_new_tokens)
+    text = [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
+    # A plain-text continuation runs on into the next invented question: only the answer counts.
+    return [t.split("\nQuestion:")[0].strip() for t in text]
+
+
+def _result(rows: list[dict]) -> dict:
+    """Leak rate per fact: a fact leaks when any of its rows does."""
+    leaked = {r["fact"] for r in rows if r["leak"]}
+    asked = {r["fact"] for r in rows}
+    return {"leak_rate": len(leaked) / len(asked) if asked else None, "facts_asked": len(asked),
+            "prompts": len(rows), "rows": rows}
+
+
+def paraphrase(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48) -> dict:
+    asked = [(i, p) for i, f in enumerate(facts) for p in f.paraphrases]
+    answers = generation.answer(model, tokenizer, [p for _, p in asked], max_new_tokens)
+    rows = [{"fact": i, "prompt": p, "answer": a, "leak": probes.leaks(a, facts[i])} for (i, p), a in zip(asked, answers)]
+    return _result(rows)
+
+
+def prefix(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48, shots: int = 0) -> dict:
+    prompts = [plain_prompt(f.question, shots_for(f, shots) if shots else ()) for f in facts]
+    answers = _continue(model, tokenizer, prompts, max_new_tokens)
+    rows = [{"fact": i, "prompt": f.question, "answer": a, "leak": probes.leaks(a, f)}
+            for i, (f, a) in enumerate(zip(facts, answers))]
+    return _result(rows)
+
+
+def sampling(model, tokenizer, facts: list[Fact], samples: int = 10, max_new_tokens: int = 48,
+             temperature: float = 1.0, seed: int = 0) -> dict:
+    prompts = [generation.chat_prompt(tokenizer, f.question) for f in facts for _ in range(samples)]
+    ids = generation.generate_ids(model, tokenizer, [generation.encode(tokenizer, p) for p in prompts],
+                                  max_new_tokens, do_sample=True, temperature=temperature, generator_seed=seed)
+    answers = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+    rows = [{"fact": j // samples, "prompt": facts[j // samples].question, "answer": a,
+             "leak": probes.leaks(a, facts[j // samples])} for j, a in enumerate(answers)]
+    out = _result(rows)
+    out["sample_leak_rate"] = sum(r["leak"] for r in rows) / len(rows) if rows else None
+    return out
+
+
+def relearn(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48, on_event=None, **config) -> dict:
+    result = attacks.relearn(model, tokenizer, facts, max_new_tokens=max_new_tokens, on_event=on_event, **config)
+    return {"leak_rate_before": result["before"]["hit_rate"], "leak_rate": result["after"]["hit_rate"],
+            "facts_asked": len(result["rows"]), "trained_on": result["trained_on"], "settings": result["settings"],
+            "rows": result["rows"]}
+
+
+def run(model, tokenizer, facts: list[Fact], which=ATTACKS, samples: int = 10, max_new_tokens: int = 48,
+        seed: int = 0, on_event=None, relearn_config: dict | None = None) -> dict:
+    """Every attack named in `which` on one model: {"greedy": ..., attack: {"leak_rate", "rows", ...}}.
+    "greedy" is the plain probe (the question in the chat template), the baseline."""
+    unknown = [name for name in which if name not in ATTACKS]
+    if unknown:
+        raise MeowError(f"unknown attack '{unknown[0]}' (choose from {', '.join(ATTACKS)})")
+    emit = on_event or (lambda event: None)
+    out = {"n_facts": len(facts), "settings": {"samples": samples, "max_new_tokens": max_new_tokens, "seed": seed}}
+    emit({"type": "stage", "stage": "greedy"})
+    out["greedy"] = {"leak_rate": probes.probe(model, tokenizer, facts, paraphrases=False,
+                                               max_new_tokens=max_new_tokens)["hit_rate"]}
+    for name in which:
+        emit({"type": "stage", "stage": name})
+        if name == "paraphrase":
+            out[name] = paraphrase(model, tokenizer, facts, max_new_tokens)
+        elif name == "prefix":
+            out[name] = prefix(model, tokenizer, facts, max_new_tokens)
+        elif name == "few_shot":
+            out[name] = prefix(model, tokenizer, facts, max_new_tokens, shots=3)
+        elif name == "sampling":
+            out[name] = sampling(model, tokenizer, facts, samples, max_new_tokens, seed=seed)
+        else:
+            out[name] = relearn(model, tokenizer, facts, max_new_tokens, on_event, **(relearn_config or {}))
+    return out
