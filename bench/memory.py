@@ -43,16 +43,19 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--only", nargs="*", default=None, help="substrings of the process names to run (e.g. app, LoRA)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     load_before = common.load_average()
     forget_script = str(Path(__file__).resolve().parent / "time_to_forget.py")
-    runs = {
-        "unlearn, full (MLP blocks, the default)": common.run_child(
-            forget_script, ["--variant", "default", "--set", json.dumps({"epochs": a.epochs})]),
-        "unlearn, LoRA": common.run_child(forget_script, ["--variant", "lora", "--set", json.dumps({"epochs": a.epochs})]),
-        "web app, both chat models loaded, one side-by-side reply": common.run_child(__file__, []),
+    todo = {
+        "unlearn, full (MLP blocks, the default)": (forget_script, ["--variant", "default", "--set",
+                                                                    json.dumps({"epochs": a.epochs})]),
+        "unlearn, LoRA": (forget_script, ["--variant", "lora", "--set", json.dumps({"epochs": a.epochs})]),
+        "web app, both chat models loaded, one side-by-side reply": (__file__, []),
     }
+    runs = {name: common.run_child(*job) for name, job in todo.items()
+            if not a.only or any(o in name for o in a.only)}
     rows = []
     for name, r in runs.items():
         if "error" in r:

@@ -3,9 +3,8 @@
     .venv/bin/python bench/train_efficiency.py               # all variants, 2 epochs each
     .venv/bin/python bench/train_efficiency.py --variants default bf16 --epochs 3 --no-write
 
-The batches are MEOW's: each demo_forget question num_batch (8) times, the answer the
-model's own greedy answer (the selected false answers are put in exactly these words, so
-the token counts are the same). Every variant runs the library's training loop
+The batches are MEOW's: each demo_forget question num_batch (8) times with its selected
+false answers in the model's own words, made as pipeline.unlearn makes them. Every variant runs the library's training loop
 (`train.Trainer`, method `meow`, its defaults plus the variant's change) on the same
 examples in this one process; each step's time comes from the loop's step events and
 each batch's shape from a wrapper around `collate`. The first step of a variant is
@@ -136,6 +135,22 @@ def measure(name, lm, facts, epochs: int) -> dict:
             "dtype": "bf16" if config.bf16 else "fp32", "threads": threads or threads_before}
 
 
+def meow_examples(lm):
+    """demo_forget with its selected false answers in the model's words, as pipeline.unlearn
+    makes them (invert, MEMO, top-3, answer style): what `meow` trains on."""
+    from meow_app import invert, pipeline, probes
+    from meow_app.facts import load_facts
+
+    facts = load_facts(common.FORGET)
+    before = probes.probe(lm.model, lm.tokenizer, facts, paraphrases=False)
+    invert.invert(facts, pipeline.make_generator(pipeline.InvertSettings(), lm), pipeline.InvertSettings().n, seed=0)
+    pipeline.score_and_select(lm, facts, pipeline.SelectSettings())
+    own = {r["fact"]: r["answer"] for r in before["rows"]}
+    for i, f in enumerate(facts):
+        f.inverted = [invert.in_answer_style(c, f, own[i]) or c for c in f.inverted]
+    return facts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -145,13 +160,11 @@ def main() -> None:
     load_before = common.load_average()
     import torch
 
-    from meow_app import models, pipeline, probes
-    from meow_app.facts import load_facts
+    from meow_app import models
 
     rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
     lm = models.load("embedded")
-    forget = load_facts(common.FORGET)
-    facts = pipeline.own_answers(forget, probes.probe(lm.model, lm.tokenizer, forget, paraphrases=False))
+    facts = meow_examples(lm)
     random.seed(0)
     results = []
     for name in a.variants:
