@@ -195,7 +195,11 @@ class Trainer:
         cfg = self.config
         if self.method.optimizer == "sophia":
             return Sophia(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), rho=cfg.rho, weight_decay=cfg.weight_decay)
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # The fused kernel does the same update in one pass over each tensor; the default
+        # per-tensor loop on CPU makes a dozen temporaries per tensor and took ~8x longer
+        # (docs/benchmarks.md, item 2). Results agree to float rounding.
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
     def _update_curvature(self, model, optimizer, batch) -> None:
         """Sophia's Gauss-Newton-Bartlett estimate: the squared gradient of the loss on

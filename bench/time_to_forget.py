@@ -1,0 +1,154 @@
+"""Item 1: time to forget on the embedded model, end to end, split by stage.
+
+    .venv/bin/python bench/time_to_forget.py                  # defaults, plus --bf16
+    .venv/bin/python bench/time_to_forget.py --variants default --no-write
+
+One `pipeline.unlearn` run per variant (method `meow` with its defaults: invert + MEMO +
+select + train + the early-stopping probes) on assets/facts/demo_forget.jsonl (8 facts the
+model answers, 15 paraphrases), with assets/facts/demo_retain.jsonl (48 other facts)
+given only to be measured (MEOW does not train on it). Each run is a fresh process, so
+its peak RSS is its own. The stage times come from run.json; inside the train stage,
+the optimiser steps and the early-stopping probes are timed separately (progress events
+and a timing wrapper around probes.probe), so it shows where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+# name -> unlearn options (TrainConfig fields) that differ from the method's defaults
+VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}}
+GOAL_SECONDS = 60
+
+
+def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: str = "meow",
+                model: str | None = None, retain_file: str | None = str(common.RETAIN),
+                threads: int | None = None) -> dict:
+    """One timed unlearn run in this process; returns the stage times and hit rates."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from meow_app import fisher, methods, models, pipeline, probes
+    from meow_app.facts import load_facts
+    from meow_app.train import TrainConfig
+
+    watch = common.Stopwatch()
+    # probes.probe(model, tokenizer, facts, paraphrases=True): the retain set is asked without paraphrases
+    watch.wrap(probes, "probe", lambda *a, **k: "probe_forget" if (a[3] if len(a) > 3 else k.get("paraphrases", True))
+               else "probe_retain")
+    watch.wrap(pipeline, "anchor_facts")          # inside the train stage (methods with anchors)
+    watch.wrap(fisher, "per_example_grads")       # the Fisher's curvature data (Fisher methods)
+    events = []
+
+    def on_event(e):
+        events.append((time.perf_counter(), e))
+
+    forget = [f for path in facts_files for f in load_facts(path)][:n_facts]
+    retain = load_facts(retain_file) if retain_file else None
+    config = TrainConfig(**{**methods.get(method).defaults, **overrides})
+    t = time.perf_counter()
+    loaded = models.load(model)
+    load_seconds = time.perf_counter() - t
+    out = Path(tempfile.mkdtemp()) / "run"
+    try:
+        run = pipeline.unlearn(forget, out, method, retain=retain, config=config, loaded=loaded, on_event=on_event)
+    finally:
+        watch.restore()
+    steps, last, in_train = [], None, 0
+    for when, e in events:
+        if e["type"] == "stage" and e["stage"] == "train":
+            last = when
+        elif e["type"] == "step" and last is not None:
+            steps.append(when - last)
+            last = when
+        elif e["type"] == "probe":
+            in_train += 1
+            last = when
+    timings = {**run["timings"], "load": round(load_seconds, 2)}  # the model was loaded here, not in unlearn
+    return {
+        "method": method, "facts": len(forget), "overrides": overrides, "timings": timings,
+        "total": round(sum(timings.values()), 1),
+        "steps": len(run["steps"]), "step_seconds": round(sum(steps), 1),
+        "mean_step": round(sum(steps) / max(len(steps), 1), 2),
+        "train_probes": in_train, "spent": {k: round(v, 1) for k, v in watch.seconds.items()},
+        "probe_forget_seconds": round(watch.seconds.get("probe_forget", 0), 1),
+        "probe_retain_seconds": round(watch.seconds.get("probe_retain", 0), 1),
+        "summary": run["summary"], "stopped_early": run["stopped_early"],
+        "method_info": {k: v for k, v in run.get("method_info", {}).items() if k != "steps"},
+        "params": sum(p.numel() for p in loaded.model.parameters()),
+    }
+
+
+def child(argv: list[str]) -> dict:
+    import json
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", default="default")
+    ap.add_argument("--set", default="{}", help="more TrainConfig changes, as JSON")
+    ap.add_argument("--method", default="meow")
+    ap.add_argument("--facts", nargs="+", default=[str(common.FORGET)])
+    ap.add_argument("--n", type=int, default=10**9)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-retain", action="store_true")
+    a = ap.parse_args(argv)
+    return forget_once(a.facts, a.n, {**VARIANTS[a.variant], **json.loads(a.set)}, a.method, a.model,
+                       None if a.no_retain else str(common.RETAIN), a.threads)
+
+
+def stage_row(name: str, r: dict) -> list:
+    t, s = r["timings"], r["summary"]
+    return [name, f"**{r['total']:.0f} s**", f"{t.get('load', 0):.0f}", f"{t.get('probe_before', 0):.0f}",
+            f"{t.get('invert', 0):.0f}", f"{t.get('memo_select', 0):.0f}",
+            f"{t['train']:.0f} ({r['steps']} steps × {r['mean_step']:.1f} s = {r['step_seconds']:.0f}; "
+            f"{r['train_probes']} probes)", f"{t.get('probe_after', 0):.0f}", f"{t.get('save', 0):.0f}",
+            f"{common.pct(s['before']['forget']['hit_rate'])} → {common.pct(s['after']['forget']['hit_rate'])}",
+            f"{common.pct(s['before']['forget']['paraphrase_hit_rate'])} → "
+            f"{common.pct(s['after']['forget']['paraphrase_hit_rate'])}",
+            f"{common.pct(s['before']['retain']['hit_rate'])} → {common.pct(s['after']['retain']['hit_rate'])}"
+            if s["before"]["retain"] else "n/a",
+            f"{r['peak_rss_gib']:.1f} GiB"]
+
+
+COLUMNS = ["variant", "total", "load", "probe before", "invert", "MEMO + select", "train (steps; probes)",
+           "probe after", "save", "forget hit rate", "paraphrase hit rate", "retain hit rate (48)", "peak RSS"]
+
+
+def main() -> None:
+    if "--child" in sys.argv:
+        common.child_main(child)
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=["default", "bf16"], choices=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in the runs (default: torch's)")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    a = ap.parse_args()
+    load_before = common.load_average()
+    rows, raw = [], {}
+    for name in a.variants:
+        extra = ["--variant", name] + (["--threads", str(a.threads)] if a.threads else [])
+        r = common.run_child(__file__, extra)
+        raw[name] = r
+        print(f"done {name}: {r.get('error', r.get('total'))}", file=sys.stderr, flush=True)
+        rows.append([name, "error: " + str(r["error"])] + [""] * (len(COLUMNS) - 2) if "error" in r else stage_row(name, r))
+    body = (common.table(COLUMNS, rows) +
+            f"\nSeconds per stage; goal: whole run <= {GOAL_SECONDS} s with the facts gone. "
+            "Probe times include the 48 retain questions (before and after), asked only to measure.\n")
+    for name, r in raw.items():
+        if "error" not in r:
+            body += (f"\n- `{name}`: forget-set probes {r['probe_forget_seconds']:.0f} s in all "
+                     f"(before, {r['train_probes']} in training), retain probes {r['probe_retain_seconds']:.0f} s, "
+                     f"optimiser steps {r['step_seconds']:.0f} s.")
+    common.report("Time to forget (item 1)", body + "\n", load_before, raw, "time_to_forget", not a.no_write)
+
+
+if __name__ == "__main__":
+    main()
