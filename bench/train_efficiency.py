@@ -4,7 +4,8 @@
     .venv/bin/python bench/train_efficiency.py --variants default bf16 --epochs 3 --no-write
 
 The batches are MEOW's: each demo_forget question num_batch (8) times with its selected
-false answers in the model's own words, made as pipeline.unlearn makes them. Every variant runs the library's training loop
+false answers in the model's own words, made as pipeline.unlearn makes them. Every
+variant runs the library's training loop
 (`train.Trainer`, method `meow`, its defaults plus the variant's change) on the same
 examples in this one process; each step's time comes from the loop's step events and
 each batch's shape from a wrapper around `collate`. The first step of a variant is
