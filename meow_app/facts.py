@@ -150,11 +150,16 @@ def _rows_json(text: str, name: str):
 
 
 def _rows_csv(text: str, name: str):
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    # newline="": the csv module reads line ends itself (a lone \r too), as its docs ask.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as e:
+        raise MeowError(f"{name} line 1: cannot read the CSV header ({e})") from None
     missing = [k for k in ("question", "answer") if k not in header]
     if missing:
-        raise MeowError(f"{name} line 1: CSV header lacks column(s) {', '.join(missing)} (found: {', '.join(header) or 'nothing'})")
+        found = ", ".join(h.replace("\r", "\\r").replace("\n", "\\n") for h in header)  # a quoted name may hold a line end
+        raise MeowError(f"{name} line 1: CSV header lacks column(s) {', '.join(missing)} (found: {found or 'nothing'})")
     reader.fieldnames = header
     rows = iter(reader)
     while True:

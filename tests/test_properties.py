@@ -9,7 +9,12 @@ from meow_app.errors import MeowError
 from meow_app.facts import Fact, load_facts, write_jsonl
 from meow_app.select import select
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples every run, so CI cannot fail by luck; explore more
+# locally with --hypothesis-seed=N (a search of 6,000 random inputs found the CSV cases below).
+FAST = settings(max_examples=200, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Bytes that look like a facts file: the characters its syntax is made of.
+SYNTAX = st.lists(st.sampled_from(list('qa,;"\r\n\x00{}[]:\ufeff ') + ["question", "answer"]), max_size=40).map("".join)
 
 # What the reader keeps as it is: text without surrounding white space (it strips answers).
 clean_text = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40).map(str.strip).filter(bool)
@@ -28,7 +33,8 @@ def test_write_then_read_gives_the_same_facts(facts, tmp_path):
 
 
 @FAST
-@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))),
+@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")),
+                      SYNTAX.map(str.encode)),
        suffix=st.sampled_from([".jsonl", ".json", ".csv"]))
 def test_any_bytes_are_read_or_refused_with_a_message(data, suffix, tmp_path):
     path = tmp_path / f"f{suffix}"
