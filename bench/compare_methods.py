@@ -33,7 +33,7 @@ ORDER = ["ga", "gd", "kl", "npo", "idk", "sophia_graddiff", "sophia_npo", "sophi
          "fisher_removal", "fisher_forgetting", "meow", "meow_grad_diff", "meow_kl"]
 
 
-def one(method: str, out: str, extra: list[str]) -> None:
+def one(method: str, extra: list[str], forget: Path = FORGET, unseen: Path = UNSEEN) -> None:
     """Run one method in this process and print its numbers as JSON on the last line."""
     sys.path.insert(0, str(ROOT))
     from meow_app import models, probes
@@ -41,7 +41,7 @@ def one(method: str, out: str, extra: list[str]) -> None:
 
     run_dir = Path(tempfile.mkdtemp()) / "run"
     t = time.perf_counter()
-    rc = cli_main(["unlearn", "--method", method, "--forget", str(FORGET), "--retain", str(RETAIN),
+    rc = cli_main(["unlearn", "--method", method, "--forget", str(forget), "--retain", str(RETAIN),
                    "--out", str(run_dir), *extra])
     seconds = time.perf_counter() - t
     if rc != 0:
@@ -50,7 +50,7 @@ def one(method: str, out: str, extra: list[str]) -> None:
     run = json.loads((run_dir / "run.json").read_text())
     from meow_app.facts import load_facts
 
-    unseen = load_facts(UNSEEN)
+    unseen = load_facts(unseen)
     after = models.load(str(run_dir / "model"))
     before = models.load_shared()
     row = {
@@ -73,15 +73,21 @@ def main() -> None:
     parser.add_argument("methods", nargs="*", default=ORDER)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="", help="extra options for `unlearn`, e.g. '--lr 2e-5'")
+    parser.add_argument("--forget", type=Path, default=FORGET, help="facts to forget (default demo_forget)")
+    parser.add_argument("--unseen", type=Path, default=UNSEEN,
+                        help="facts no method sees, measured after (default holdout_facts)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "compare_methods.json",
+                        help="where the raw numbers go")
     args = parser.parse_args()
     extra = args.extra.split()
     if args.one:
-        one(args.methods[0], "", extra)
+        one(args.methods[0], extra, args.forget, args.unseen)
         return
     rows = []
     for method in args.methods:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run([sys.executable, __file__, "--one", method, "--extra", args.extra],
+        proc = subprocess.run([sys.executable, __file__, "--one", method, "--extra", args.extra,
+                               "--forget", str(args.forget), "--unseen", str(args.unseen)],
                               capture_output=True, text=True, env=env, cwd=ROOT)
         last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         try:
@@ -90,10 +96,9 @@ def main() -> None:
             row = {"method": method, "error": proc.stderr.strip().splitlines()[-1:] or proc.returncode}
         rows.append(row)
         print(f"done {method}: {row if 'error' in row else ''}", file=sys.stderr, flush=True)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "compare_methods.json").write_text(json.dumps(rows, indent=2))
-    print("| method | forget hit rate | paraphrase hit rate | retain hit rate (48) | unseen facts kept (16) | steps | time | peak RSS |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2))
+    print("| method | forget hit rate | paraphrase hit rate | retain hit rate (48) | unseen facts kept | steps | time | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

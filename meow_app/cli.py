@@ -145,6 +145,7 @@ TRAIN_HELP = {
     "epochs": "passes over the forget set (an upper bound with early stopping)",
     "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
     "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",
+    "neighbours": "per forget fact, nearest questions from a shipped general pool, answered by the original model and trained on to keep similar questions intact (0 = off)",
     "train_only": "full fine-tuning: train only parameters whose name matches this regular expression ('mlp' by default; '' = all)",
     "retain_weight": "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)",
     "kl_weight": "weight of the retain KL (kl, meow_kl)",

@@ -26,6 +26,7 @@ import torch
 
 from . import invert as invert_mod
 from . import generation, memo, methods, models, probes, select
+from . import neighbours as neighbours_mod
 from .errors import MeowError
 from .facts import Fact, write_jsonl
 from .train import TrainConfig, Trainer
@@ -86,14 +87,19 @@ def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: Se
 ANCHOR_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "anchor_prompts.txt"
 
 
-def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int) -> list[Fact]:
-    """General prompts with the original model's own answers (see TrainConfig.anchors),
-    leaving out any that mention a fact being forgotten."""
-    if count <= 0:
-        return []
+def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, neighbours: int = 0) -> list[Fact]:
+    """General prompts (TrainConfig.anchors) and the forget questions' nearest neighbour
+    questions (TrainConfig.neighbours) with the original model's own answers, leaving out
+    any that mention a fact being forgotten."""
     from .facts import read_lines
 
-    prompts = read_lines(ANCHOR_PROMPTS)[:count]
+    prompts = read_lines(ANCHOR_PROMPTS)[:count] if count > 0 else []
+    if neighbours > 0:
+        near = neighbours_mod.nearest(loaded.model, loaded.tokenizer, [f.question for f in forget],
+                                      read_lines(neighbours_mod.POOL), neighbours)
+        prompts += [q for q in near if q not in prompts]
+    if not prompts:
+        return []
     answers = generation.answer(loaded.model, loaded.tokenizer, prompts)
     return [Fact(q, a) for q, a in zip(prompts, answers)
             if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
@@ -223,7 +229,7 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
                 for i, f in enumerate(forget):
                     f.inverted = [invert_mod.in_answer_style(c, f, own[i]) or c for c in f.inverted]
         t = stage("train")
-        anchors = anchor_facts(loaded, forget, config.anchors)
+        anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours)
         train_forget, train_retain = forget, retain
         if config.own_answers:
             train_forget, train_retain = own_answers(forget, before, split=True), own_answers(retain, before_retain)

@@ -70,6 +70,10 @@ class TrainConfig:
     # trained on beside the forget set so the rest of its behaviour stays put. No user
     # data needed; 0 turns it off (the published MEOW recipe).
     anchors: int = 0
+    # Neighbours: per forget fact, this many of the nearest questions from a shipped pool
+    # (meow_app/neighbours.py), answered by the original model and trained on like the
+    # anchors, to hold the answers to questions shaped like the forgotten ones. 0 = off.
+    neighbours: int = 0
     anchor_weight: float = 1.0
     # Train (and, for Fisher methods, measure) on the original model's own greedy answers
     # where they state the fact ("The capital of France is Paris."), not the dataset's
@@ -95,8 +99,9 @@ class TrainConfig:
             re.compile(self.train_only)
         except re.error as e:
             raise MeowError(f"train_only is not a valid regular expression ('{self.train_only}': {e})") from None
-        if self.anchors < 0:
-            raise MeowError(f"anchors must be 0 or more, got {self.anchors}")
+        for name in ("anchors", "neighbours"):
+            if getattr(self, name) < 0:
+                raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.fisher_backend not in ("diag", "woodfisher"):
             raise MeowError(f"fisher_backend must be 'diag' or 'woodfisher', got '{self.fisher_backend}'")
         for name in ("beta", "rho", "damping", "trust_region"):

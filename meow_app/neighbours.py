@@ -1,0 +1,63 @@
+"""Neighbour questions: the general questions the original model sees as most like the
+facts being forgotten.
+
+Why: teaching a small model "The capital of France is London" also moves its answers to
+other "What is the capital of ...?" questions; the damage concentrates on questions
+shaped like the forgotten ones (docs/forgetting.md). Training, beside the forget set, on
+the original model's own answers to the nearest questions holds that neighbourhood in
+place (the "neighbourhood" prompts of knowledge editing, e.g. ROME/MEMIT). No user data
+is needed: the questions come from a shipped pool (assets/neighbour_questions.txt,
+disjoint from every fact set this project measures on) and the answers from the model.
+
+Nearness is the cosine of mean-pooled hidden states from the middle layer, centred on
+the pool's mean (raw mean-pooled states of a causal LM share one large common direction).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import generation
+
+POOL = Path(__file__).resolve().parents[1] / "assets" / "neighbour_questions.txt"
+
+
+@torch.no_grad()
+def embed(model, tokenizer, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """One vector per text: the middle layer's hidden states, averaged over its tokens."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        rows = [generation.encode(tokenizer, t) or [tokenizer.eos_token_id] for t in texts[start:start + batch_size]]
+        ids, mask = generation.pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        ids, mask = ids.to(device), mask.to(device)
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        h = states[len(states) // 2].float()
+        m = mask.unsqueeze(-1).to(h.dtype)
+        out.append(((h * m).sum(1) / m.sum(1)).cpu())
+    return torch.cat(out)
+
+
+def nearest(model, tokenizer, questions: list[str], pool: list[str], per_question: int) -> list[str]:
+    """The pool questions nearest to each question, per_question each, taken in turns
+    (the nearest of every question first) without repeats; the questions themselves are
+    never returned."""
+    if per_question <= 0 or not questions or not pool:
+        return []
+    own = {q.strip().lower() for q in questions}
+    pool = [p for p in pool if p.strip().lower() not in own]
+    vectors = embed(model, tokenizer, list(questions) + pool)
+    vectors = vectors - vectors[len(questions):].mean(0)
+    vectors = torch.nn.functional.normalize(vectors, dim=-1)
+    ranked = (vectors[:len(questions)] @ vectors[len(questions):].T).argsort(dim=1, descending=True)
+    chosen: list[str] = []
+    counts = [0] * len(questions)
+    for rank in range(ranked.shape[1]):
+        for i, row in enumerate(ranked):
+            q = pool[int(row[rank])]
+            if counts[i] < per_question and q not in chosen:
+                chosen.append(q)
+                counts[i] += 1
+    return chosen

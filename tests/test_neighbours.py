@@ -1,0 +1,64 @@
+"""Neighbour questions (meow_app/neighbours.py) on the tiny random model."""
+
+from meow_app import neighbours, pipeline
+from meow_app.facts import Fact, read_lines
+from meow_app.train import TrainConfig
+
+
+def test_a_near_copy_of_the_question_is_its_nearest_neighbour(tiny):
+    # Even a random model maps two almost identical token sequences to almost the same
+    # hidden states, so the near copy must rank first, ahead of unrelated text.
+    pool = ["7 1 9 3 5 2 8", "zebra quartz violin", "What is the capital of Peru ?", "Banana split recipe."]
+    assert neighbours.nearest(tiny.model, tiny.tokenizer, ["What is the capital of Peru?"], pool, 1) == \
+        ["What is the capital of Peru ?"]
+
+
+def test_each_question_gets_its_own_share_without_repeats_or_itself(tiny, facts):
+    pool = read_lines(neighbours.POOL) + [facts[0].question]
+    questions = [f.question for f in facts]
+    near = neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 3)
+    assert len(near) == 9 and len(set(near)) == 9 and not set(near) & set(questions)
+    assert near == neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 3)  # deterministic
+    assert neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 0) == []
+
+
+def test_the_shipped_pool_shares_no_question_with_the_measured_fact_sets():
+    from pathlib import Path
+
+    from meow_app.facts import load_facts
+
+    pool = {q.lower() for q in read_lines(neighbours.POOL)}
+    assert len(pool) >= 100
+    for path in sorted((Path(neighbours.POOL).parent / "facts").glob("*.jsonl")):
+        for f in load_facts(path):
+            assert not {q.lower() for q in [f.question, *f.paraphrases]} & pool, (path.name, f.question)
+
+
+def test_neighbours_become_anchors_answered_by_the_original_model(tiny, facts, monkeypatch):
+    asked = []
+    real = pipeline.generation.answer
+
+    def answer(model, tokenizer, questions, **kw):
+        asked.extend(questions)
+        # The random model often says nothing (then the anchor is dropped); say its words or "..."
+        return [a or "..." for a in real(model, tokenizer, questions, **kw)]
+
+    monkeypatch.setattr(pipeline.generation, "answer", answer)
+    anchors = pipeline.anchor_facts(tiny, facts, 0, 2)
+    assert len(anchors) == 6 and [a.question for a in anchors] == asked
+    assert set(asked) <= set(read_lines(neighbours.POOL))
+    asked.clear()
+    both = pipeline.anchor_facts(tiny, facts, 2, 2)
+    assert len(both) == 8 and asked[:2] == read_lines(pipeline.ANCHOR_PROMPTS)[:2]
+    # One that states a fact being forgotten is left out.
+    monkeypatch.setattr(pipeline.generation, "answer", lambda m, t, qs, **kw: ["Lima, of course"] * len(qs))
+    assert pipeline.anchor_facts(tiny, facts, 0, 2) == []
+
+
+def test_a_negative_count_is_refused():
+    import pytest
+
+    from meow_app.errors import MeowError
+
+    with pytest.raises(MeowError, match="neighbours must be 0 or more"):
+        TrainConfig(neighbours=-1).check()
