@@ -32,7 +32,7 @@ WOOD_LAYERS = "layers.2"
 def variants(fisher_steps: int) -> dict:
     newton = {"fisher_steps": fisher_steps}
     return {
-        "gd, 1 epoch (4 steps)": ("gd", {"epochs": 1}),
+        "gd, 1 epoch (1 step: one batch of the 8 facts)": ("gd", {"epochs": 1}),
         "meow, 1 epoch (4 steps)": ("meow", {"epochs": 1}),
         "fisher_removal, diagonal (m = 32)": ("fisher_removal", newton),
         "fisher_removal, WoodFisher m = 8": ("fisher_removal", {**newton, "fisher_backend": "woodfisher",

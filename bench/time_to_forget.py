@@ -45,7 +45,10 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
     watch.wrap(probes, "probe", lambda *a, **k: "probe_forget" if (a[3] if len(a) > 3 else k.get("paraphrases", True))
                else "probe_retain")
     watch.wrap(pipeline, "anchor_facts")          # inside the train stage (methods with anchors)
-    watch.wrap(fisher, "per_example_grads")       # the Fisher's curvature data (Fisher methods)
+    # The Fisher's curvature data (Fisher methods): per_example_grads is a generator, so
+    # its time is spent where the curvature consumes it.
+    for backend in (fisher.Diagonal, fisher.LowRank):
+        watch.wrap(backend, "from_grads", lambda *a, **k: "per_example_grads")
     events = []
 
     def on_event(e):

@@ -120,3 +120,14 @@ def test_finetune_passes_over_each_fact_once_per_epoch(tiny, facts):
     events = []
     finetune(tiny.model, tiny.tokenizer, facts, TrainConfig(epochs=2, lr=1e-3, batch_size=2), events.append)
     assert len([e for e in events if e["type"] == "step"]) == 4  # 3 facts -> 2 batches, twice
+
+
+def test_min_steps_adds_epochs_for_a_small_forget_set(tiny, inverted_facts):
+    per_epoch = -(-len([f for f in inverted_facts if f.inverted]) * 4 // 4)  # 4 copies each, batches of 4
+    _, events = run(tiny, inverted_facts, epochs=2)
+    assert len([e for e in events if e["type"] == "step"]) == 2 * per_epoch
+    _, events = run(tiny, inverted_facts, epochs=2, min_steps=2 * per_epoch + 1)  # one more epoch
+    steps = [e for e in events if e["type"] == "step"]
+    assert len(steps) == 3 * per_epoch and steps[-1]["epoch"] == 3 and steps[-1]["total_steps"] == 3 * per_epoch
+    _, events = run(tiny, inverted_facts, epochs=4, min_steps=2 * per_epoch + 1)  # epochs already give more
+    assert len([e for e in events if e["type"] == "step"]) == 4 * per_epoch
