@@ -33,7 +33,7 @@ ORDER = ["ga", "gd", "kl", "npo", "idk", "sophia_graddiff", "sophia_npo", "sophi
          "fisher_removal", "fisher_forgetting", "meow", "meow_grad_diff", "meow_kl"]
 
 
-def one(method: str, extra: list[str], forget: Path = FORGET, unseen: Path = UNSEEN) -> None:
+def one(method: str, extra: list[str], forget: Path = FORGET, unseen: Path = UNSEEN, retain: Path = RETAIN) -> None:
     """Run one method in this process and print its numbers as JSON on the last line."""
     sys.path.insert(0, str(ROOT))
     from meow_app import models, probes
@@ -41,7 +41,7 @@ def one(method: str, extra: list[str], forget: Path = FORGET, unseen: Path = UNS
 
     run_dir = Path(tempfile.mkdtemp()) / "run"
     t = time.perf_counter()
-    rc = cli_main(["unlearn", "--method", method, "--forget", str(forget), "--retain", str(RETAIN),
+    rc = cli_main(["unlearn", "--method", method, "--forget", str(forget), "--retain", str(retain),
                    "--out", str(run_dir), *extra])
     seconds = time.perf_counter() - t
     if rc != 0:
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--extra", default="", help="extra options for `unlearn`, e.g. '--lr 2e-5'")
     parser.add_argument("--forget", type=Path, default=FORGET, help="facts to forget (default demo_forget)")
+    parser.add_argument("--retain", type=Path, default=RETAIN, help="retain facts (default demo_retain)")
     parser.add_argument("--unseen", type=Path, default=UNSEEN,
                         help="facts no method sees, measured after (default holdout_facts)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "compare_methods.json",
@@ -81,13 +82,14 @@ def main() -> None:
     args = parser.parse_args()
     extra = args.extra.split()
     if args.one:
-        one(args.methods[0], extra, args.forget, args.unseen)
+        one(args.methods[0], extra, args.forget, args.unseen, args.retain)
         return
     rows = []
     for method in args.methods:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run([sys.executable, __file__, "--one", method, "--extra", args.extra,
-                               "--forget", str(args.forget), "--unseen", str(args.unseen)],
+                               "--forget", str(args.forget), "--unseen", str(args.unseen),
+                               "--retain", str(args.retain)],
                               capture_output=True, text=True, env=env, cwd=ROOT)
         last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         try:
@@ -98,7 +100,7 @@ def main() -> None:
         print(f"done {method}: {row if 'error' in row else ''}", file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))
-    print("| method | forget hit rate | paraphrase hit rate | retain hit rate (48) | unseen facts kept | steps | time | peak RSS |")
+    print("| method | forget hit rate | paraphrase hit rate | retain hit rate | unseen facts kept | steps | time | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

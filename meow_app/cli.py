@@ -146,7 +146,7 @@ TRAIN_HELP = {
     "min_steps": "at least this many optimiser steps may run: more epochs for a small forget set (0 = off)",
     "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
     "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",
-    "neighbours": "per forget fact, nearest questions from a shipped general pool, answered by the original model and trained on to keep similar questions intact (0 = off)",
+    "neighbours": "questions from a shipped general pool nearest to the forget questions (at least 2 per fact), answered by the original model and trained on to keep similar questions intact (0 = off)",
     "train_only": "full fine-tuning: train only parameters whose name matches this regular expression ('mlp' by default; '' = all)",
     "retain_weight": "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)",
     "kl_weight": "weight of the retain KL (kl, meow_kl)",

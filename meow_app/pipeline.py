@@ -94,9 +94,12 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
     from .facts import read_lines
 
     prompts = read_lines(ANCHOR_PROMPTS)[:count] if count > 0 else []
-    if neighbours > 0:
+    if neighbours > 0 and forget:
+        # Shared out over the facts, at least 2 each: a few facts get many neighbours each,
+        # which is what holds a whole family of questions (all "capital of ...") in place.
+        per_fact = max(2, -(-neighbours // len(forget)))
         near = neighbours_mod.nearest(loaded.model, loaded.tokenizer, [f.question for f in forget],
-                                      read_lines(neighbours_mod.POOL), neighbours)
+                                      read_lines(neighbours_mod.POOL), per_fact)
         prompts += [q for q in near if q not in prompts]
     if not prompts:
         return []

@@ -74,9 +74,10 @@ class TrainConfig:
     # trained on beside the forget set so the rest of its behaviour stays put. No user
     # data needed; 0 turns it off (the published MEOW recipe).
     anchors: int = 0
-    # Neighbours: per forget fact, this many of the nearest questions from a shipped pool
-    # (meow_app/neighbours.py), answered by the original model and trained on like the
-    # anchors, to hold the answers to questions shaped like the forgotten ones. 0 = off.
+    # Neighbours: this many of the questions from a shipped pool nearest to the forget
+    # questions (meow_app/neighbours.py; shared out over the facts, at least 2 each),
+    # answered by the original model and trained on like the anchors, to hold the answers
+    # to questions shaped like the forgotten ones. 0 = off.
     neighbours: int = 0
     anchor_weight: float = 1.0
     # Train (and, for Fisher methods, measure) on the original model's own greedy answers

@@ -44,15 +44,15 @@ def test_neighbours_become_anchors_answered_by_the_original_model(tiny, facts, m
         return [a or "..." for a in real(model, tokenizer, questions, **kw)]
 
     monkeypatch.setattr(pipeline.generation, "answer", answer)
-    anchors = pipeline.anchor_facts(tiny, facts, 0, 2)
+    anchors = pipeline.anchor_facts(tiny, facts, 0, 5)  # 3 facts: 2 each (the least), 6 in all
     assert len(anchors) == 6 and [a.question for a in anchors] == asked
     assert set(asked) <= set(read_lines(neighbours.POOL))
     asked.clear()
-    both = pipeline.anchor_facts(tiny, facts, 2, 2)
-    assert len(both) == 8 and asked[:2] == read_lines(pipeline.ANCHOR_PROMPTS)[:2]
+    both = pipeline.anchor_facts(tiny, facts, 2, 9)  # 3 each
+    assert len(both) == 11 and asked[:2] == read_lines(pipeline.ANCHOR_PROMPTS)[:2]
     # One that states a fact being forgotten is left out.
     monkeypatch.setattr(pipeline.generation, "answer", lambda m, t, qs, **kw: ["Lima, of course"] * len(qs))
-    assert pipeline.anchor_facts(tiny, facts, 0, 2) == []
+    assert pipeline.anchor_facts(tiny, facts, 0, 6) == []
 
 
 def test_a_negative_count_is_refused():
