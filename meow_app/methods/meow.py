@@ -11,7 +11,11 @@ class Meow(Method):
     name = "meow"
     description = "MEOW: fine-tune on inverted (false) answers chosen by MEMO; no retain data needed"
     needs_inverted = True
-    hyperparameters = ("epochs", "lr", "num_batch", "train_only")
+    # CPU defaults measured on the embedded model (docs/forgetting.md): a short, higher-lr
+    # run (3 epochs, at least 12 steps so 1-3 facts also go) beside 32 neighbour questions
+    # answered by the original model, which hold the answers to similar questions in place.
+    defaults = {"lr": 1e-4, "epochs": 3, "min_steps": 12, "neighbours": 32}
+    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "train_only")
 
     def forget_pairs(self, facts, config):
         # Each fact's question num_batch times, cycling through its selected inverted answers.

@@ -13,7 +13,7 @@ class MeowGradDiff(Meow):
     description = "MEOW plus NLL on the retain set (needs --retain)"
     needs_retain = True
     uses_retain = True
-    hyperparameters = ("epochs", "lr", "num_batch", "retain_weight")
+    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "retain_weight")
 
     def loss(self, model, forget, retain, reference, config):
         f = losses.nll(model, forget)

@@ -14,7 +14,7 @@ class MeowKL(Meow):
     needs_retain = True
     uses_retain = True
     needs_reference = True
-    hyperparameters = ("epochs", "lr", "num_batch", "kl_weight")
+    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "kl_weight")
 
     def loss(self, model, forget, retain, reference, config):
         f = losses.nll(model, forget)
