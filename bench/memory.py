@@ -3,7 +3,7 @@ both chat models loaded, on the embedded model. Each is a fresh process; its pea
 its own (getrusage of that process at its end).
 
     .venv/bin/python bench/memory.py                 # unlearn runs of 1 epoch (the peak is reached in the first steps)
-    .venv/bin/python bench/memory.py --epochs 6      # the whole default run (early stopping)
+    .venv/bin/python bench/memory.py --epochs 3      # the whole default run (early stopping)
 
 The unlearn runs are bench/time_to_forget.py's (method `meow`, demo_forget, demo_retain
 measured). The app run imports app.py, builds the interface (not served), loads the
@@ -50,8 +50,8 @@ def main() -> None:
     forget_script = str(Path(__file__).resolve().parent / "time_to_forget.py")
     todo = {
         "unlearn, full (MLP blocks, the default)": (forget_script, ["--variant", "default", "--set",
-                                                                    json.dumps({"epochs": a.epochs})]),
-        "unlearn, LoRA": (forget_script, ["--variant", "lora", "--set", json.dumps({"epochs": a.epochs})]),
+                                                                    json.dumps({"epochs": a.epochs, "min_steps": 0})]),
+        "unlearn, LoRA": (forget_script, ["--variant", "lora", "--set", json.dumps({"epochs": a.epochs, "min_steps": 0})]),
         "web app, both chat models loaded, one side-by-side reply": (__file__, []),
     }
     runs = {name: common.run_child(*job) for name, job in todo.items()
@@ -65,7 +65,7 @@ def main() -> None:
         rows.append([name, f"**{gib:.2f} GiB** ({gib * 1.073741824:.2f} GB)", f"{r['wall_seconds']:.0f} s",
                      "met" if gib <= GOAL_GIB else "not met"])
     body = common.table(["process", "peak RSS", "wall time", "goal <= 4 GB"], rows)
-    body += f"\nUnlearn runs: `meow` defaults with epochs = {a.epochs}.\n"
+    body += f"\nUnlearn runs: `meow` defaults with epochs = {a.epochs} (min_steps 0).\n"
     common.report("Peak memory (item 5)", body, load_before, runs, "memory", not a.no_write)
 
 
