@@ -7,8 +7,9 @@
 Facts: real facts the embedded model answers (famous_facts.jsonl, then
 holdout_facts.jsonl: 72 in all), the first N; each count is one `unlearn` run with the
 `meow` defaults (bench/time_to_forget.py's child, no retain set). Early stopping ends a
-run when nothing leaks, so the number of epochs can differ between counts: the table
-gives steps and time per step beside the total.
+run when nothing leaks, and the defaults' step budget (at least 12 steps, at most 3
+epochs unless that budget needs more) sets how many steps a small count gets, so the
+table gives steps and time per step beside the total.
 
 Model size: only the embedded model is available here (no Hub), so a second size is a
 randomly initialised Llama built from a config (SmolLM2-360M's shape), for timing only.
@@ -58,7 +59,8 @@ def size_child(argv: list[str]) -> dict:
     for f in facts:
         f.inverted = [f.answer]
     times = []
-    cfg = TrainConfig(**{**methods.get("meow").defaults, "epochs": 1, "early_stop": False})
+    # min_steps 0: exactly one epoch (4 steps), not meow's 12-step budget.
+    cfg = TrainConfig(**{**methods.get("meow").defaults, "epochs": 1, "min_steps": 0, "early_stop": False})
     trainer = Trainer(methods.get("meow"), model, tok, cfg, facts,
                       on_event=lambda e: e["type"] == "step" and times.append(time.perf_counter()))
     trainer.probe_and_check = lambda *a: False

@@ -142,7 +142,7 @@ def _print_event(event):
 # Training settings offered as options: every TrainConfig field that takes a value.
 # Left unset, each method's own default applies (`python -m meow_app methods -v`).
 TRAIN_HELP = {
-    "epochs": "passes over the forget set (an upper bound with early stopping)",
+    "epochs": "passes over the forget set (an upper bound with early stopping; --min-steps can raise it for a small forget set)",
     "min_steps": "at least this many optimiser steps may run: more epochs for a small forget set (0 = off)",
     "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
     "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",

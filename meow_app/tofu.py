@@ -39,8 +39,8 @@ RECIPE_CPU = dict(epochs=3, lr=5e-4, batch_size=16, weight_decay=0.01, train_onl
 UNLEARN_CPU = dict(num_batch=2, epochs=3)
 # MEOW's defaults are tuned for forgetting real-world facts from the embedded model
 # (neighbour questions from a general pool, a higher lr); on a TOFU fine-tune the
-# published recipe applies: no neighbours, lr 5e-5 (the setting docs/evaluation.md used).
-TOFU_MEOW = dict(lr=5e-5, min_steps=0, neighbours=0)
+# recipe used before applies: no neighbours, lr 5e-5, up to 6 epochs (what docs/evaluation.md used).
+TOFU_MEOW = dict(lr=5e-5, epochs=6, min_steps=0, neighbours=0)
 
 
 def default_data_dir() -> Path:
