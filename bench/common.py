@@ -25,6 +25,12 @@ FACTS = ROOT / "assets" / "facts"
 FORGET = FACTS / "demo_forget.jsonl"
 RETAIN = FACTS / "demo_retain.jsonl"
 
+
+def epochs_exactly(n: int) -> dict:
+    """TrainConfig changes for exactly n epochs: meow's step budget (min_steps) would
+    otherwise add epochs on a small forget set."""
+    return {"epochs": n, "min_steps": 0}
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

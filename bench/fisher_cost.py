@@ -33,8 +33,7 @@ def variants(fisher_steps: int) -> dict:
     newton = {"fisher_steps": fisher_steps}
     return {
         "gd, 1 epoch (1 step: one batch of the 8 facts)": ("gd", {"epochs": 1}),
-        # min_steps 0: one epoch, not meow's 12-step budget; its 32 neighbour answers stay in.
-        "meow, 1 epoch (4 steps, with its neighbours)": ("meow", {"epochs": 1, "min_steps": 0}),
+        "meow, 1 epoch (4 steps, with its neighbours)": ("meow", common.epochs_exactly(1)),
         "fisher_removal, diagonal (m = 32)": ("fisher_removal", newton),
         "fisher_removal, WoodFisher m = 8": ("fisher_removal", {**newton, "fisher_backend": "woodfisher",
                                                                  "fisher_examples": 8, "fisher_layers": WOOD_LAYERS}),

@@ -50,8 +50,8 @@ def main() -> None:
     forget_script = str(Path(__file__).resolve().parent / "time_to_forget.py")
     todo = {
         "unlearn, full (MLP blocks, the default)": (forget_script, ["--variant", "default", "--set",
-                                                                    json.dumps({"epochs": a.epochs, "min_steps": 0})]),
-        "unlearn, LoRA": (forget_script, ["--variant", "lora", "--set", json.dumps({"epochs": a.epochs, "min_steps": 0})]),
+                                                                    json.dumps(common.epochs_exactly(a.epochs))]),
+        "unlearn, LoRA": (forget_script, ["--variant", "lora", "--set", json.dumps(common.epochs_exactly(a.epochs))]),
         "web app, both chat models loaded, one side-by-side reply": (__file__, []),
     }
     runs = {name: common.run_child(*job) for name, job in todo.items()

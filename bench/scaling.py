@@ -59,8 +59,7 @@ def size_child(argv: list[str]) -> dict:
     for f in facts:
         f.inverted = [f.answer]
     times = []
-    # min_steps 0: exactly one epoch (4 steps), not meow's 12-step budget.
-    cfg = TrainConfig(**{**methods.get("meow").defaults, "epochs": 1, "min_steps": 0, "early_stop": False})
+    cfg = TrainConfig(**{**methods.get("meow").defaults, **common.epochs_exactly(1), "early_stop": False})
     trainer = Trainer(methods.get("meow"), model, tok, cfg, facts,
                       on_event=lambda e: e["type"] == "step" and times.append(time.perf_counter()))
     trainer.probe_and_check = lambda *a: False

@@ -87,8 +87,7 @@ def measure(name, lm, facts, epochs: int) -> dict:
     threads_before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    # min_steps 0: the epochs asked for, not meow's 12-step budget.
-    config = TrainConfig(**{**methods.get("meow").defaults, **changes, "epochs": epochs, "min_steps": 0,
+    config = TrainConfig(**{**methods.get("meow").defaults, **changes, **common.epochs_exactly(epochs),
                             "early_stop": False})
     shapes, times = [], []
     plain_collate, plain_grouped = train.collate, train.length_grouped
