@@ -1,0 +1,85 @@
+"""Batched greedy decoding (generation._greedy) gives each row what `model.generate` gives it alone."""
+
+import pytest
+import torch
+
+from meow_app import generation
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tiny import tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_and_tok():
+    """A tiny random Llama whose greedy continuation depends on the whole context: untied
+    output weights (a tied random model just repeats its last token) and sharp attention
+    (a random one attends almost uniformly, so positions and the cache would barely matter)."""
+    tok = tiny_tokenizer()
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(4)
+            layer.self_attn.k_proj.weight.mul_(4)
+    return model, tok
+
+
+QUESTIONS = ["Who wrote Hamlet?", "What is the capital of Peru?", "Name a planet.",
+             "Who painted The Starry Night, and when?", "2+2?"]
+
+
+def alone(model, prompt, limit, eos):
+    """The reference: one prompt, no padding, `model.generate`, cut at the first EOS."""
+    gen = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                         max_new_tokens=limit, do_sample=False, eos_token_id=sorted(eos), pad_token_id=0,
+                         temperature=None, top_p=None, top_k=None)[0, len(prompt):].tolist()
+    out = []
+    for t in gen:
+        if t in eos:
+            break
+        out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("system", ["You are a careful assistant. Answer briefly.", None])
+def test_greedy_batch_matches_each_prompt_alone(model_and_tok, system):
+    model, tok = model_and_tok
+    prompts = [generation.encode(tok, generation.chat_prompt(tok, q, system)) for q in QUESTIONS]
+    limits = [12, 5, 0, 20, 1]
+    eos = {tok.eos_token_id}
+    # With a system prompt the rows share a long start (encoded once); without, only the
+    # template's few tokens, below the threshold for sharing.
+    assert (generation._shared_start(prompts) >= generation._MIN_SHARED) == (system is not None)
+    got = generation._greedy(model, prompts, limits, eos, tok.pad_token_id, "cpu")
+    want = [alone(model, p, n, eos) if n else [] for p, n in zip(prompts, limits)]
+    assert got == want
+    assert [len(g) for g in got] == limits  # a random model does not stop by itself here
+
+
+def test_rows_stop_at_eos_and_leave_the_batch(model_and_tok):
+    model, tok = model_and_tok
+    prompts = [generation.encode(tok, generation.chat_prompt(tok, q, "Be brief.")) for q in QUESTIONS]
+    free = generation._greedy(model, prompts, [16] * len(prompts), set(), tok.pad_token_id, "cpu")
+    # Declare a token the first row produces mid-way an end of sequence: that row must stop
+    # right before it, the others wherever the same token (if ever) appears in theirs.
+    stop = free[0][6]
+    got = generation._greedy(model, prompts, [16] * len(prompts), {stop}, tok.pad_token_id, "cpu")
+    assert got[0] == free[0][:free[0].index(stop)]
+    for g, f in zip(got, free):
+        assert g == (f[:f.index(stop)] if stop in f else f)
+    assert got == [alone(model, p, 16, {stop}) for p in prompts]
+
+
+def test_generate_ids_greedy_equals_hf_generate_in_batches(model_and_tok):
+    """The public entry point: greedy rows through _greedy, the same rows with a (no-op) ban
+    list through `model.generate`; identical, in the caller's order, across batches."""
+    model, tok = model_and_tok
+    prompts = [generation.encode(tok, generation.chat_prompt(tok, q)) for q in QUESTIONS * 3]
+    limits = [3 + (7 * i) % 11 for i in range(len(prompts))]
+    fast = generation.generate_ids(model, tok, prompts, limits, batch_size=4)
+    slow = generation.generate_ids(model, tok, prompts, limits, batch_size=4, banned=[[] for _ in prompts])
+    assert fast == slow
+    assert [len(f) for f in fast] == limits
