@@ -52,6 +52,8 @@ def main() -> None:
         "unlearn, full (MLP blocks, the default)": (forget_script, ["--variant", "default", "--set",
                                                                     json.dumps(common.epochs_exactly(a.epochs))]),
         "unlearn, LoRA": (forget_script, ["--variant", "lora", "--set", json.dumps(common.epochs_exactly(a.epochs))]),
+        "unlearn, full, --low-memory (gradient checkpointing)": (
+            forget_script, ["--variant", "low_memory", "--set", json.dumps(common.epochs_exactly(a.epochs))]),
         "web app, both chat models loaded, one side-by-side reply": (__file__, []),
     }
     runs = {name: common.run_child(*job) for name, job in todo.items()

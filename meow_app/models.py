@@ -58,6 +58,21 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it
+    (AMD Zen 3, Intel before Cooper Lake) torch emulates bf16 matmuls, measured ~7x slower
+    than fp32 (21 against 157 GFLOP/s on an AVX2-only EPYC), so `--bf16` slows a run down."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     # bf16 on CUDA halves memory at no quality cost; CPU and MPS stay in fp32.
     return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -94,11 +94,13 @@ def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, metho
         assert meta["method_info"]["lambda"] > 0 and "retain_nll_before" in meta["method_info"]
 
 
-def test_unlearn_inverts_by_itself_with_lora(tmp_path, facts_file, tiny_dir):
+def test_unlearn_inverts_by_itself_with_lora_and_low_memory(tmp_path, facts_file, tiny_dir):
     run = tmp_path / "run"
-    ok(cli("unlearn", "--forget", facts_file, "--out", run, "--model", tiny_dir, "--lora", "--epochs", 1, "--n", 2, "--top-k", 2))
+    ok(cli("unlearn", "--forget", facts_file, "--out", run, "--model", tiny_dir, "--lora", "--low-memory",
+           "--epochs", 1, "--n", 2, "--top-k", 2))
     rows = [json.loads(line) for line in (run / "facts.jsonl").read_text().splitlines()]
     assert all(len(r["inverted"]) == 2 and len(r["memo_inverted"]) == 2 for r in rows)
+    assert json.loads((run / "run.json").read_text())["settings"]["train"]["low_memory"] is True
 
 
 @pytest.mark.parametrize("args,text", [

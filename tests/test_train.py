@@ -131,3 +131,30 @@ def test_min_steps_adds_epochs_for_a_small_forget_set(tiny, inverted_facts):
     assert len(steps) == 3 * per_epoch and steps[-1]["epoch"] == 3 and steps[-1]["total_steps"] == 3 * per_epoch
     _, events = run(tiny, inverted_facts, epochs=4, min_steps=2 * per_epoch + 1)  # epochs already give more
     assert len([e for e in events if e["type"] == "step"]) == 4 * per_epoch
+
+
+@pytest.mark.parametrize("hardware", [False, True])
+def test_bf16_on_a_cpu_without_bf16_hardware_warns(tiny, inverted_facts, monkeypatch, hardware):
+    """bf16 autocast on a CPU that emulates bf16 matmuls (AVX2-only) is ~7x slower than fp32:
+    the user is told so, not left waiting; where the hardware has it, nothing is said."""
+    import warnings
+
+    from meow_app import train
+    from meow_app.errors import MeowWarning
+
+    monkeypatch.setattr(train, "cpu_has_bf16_matmul", lambda: hardware)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(bf16=True), inverted_facts)
+    said = [w for w in caught if issubclass(w.category, MeowWarning) and "bf16" in str(w.message)]
+    assert len(said) == (0 if hardware else 1)
+
+
+def test_low_memory_learns_the_same(tiny, inverted_facts):
+    """Gradient checkpointing (--low-memory) recomputes activations; the updates are the same."""
+    plain, _ = run(tiny, inverted_facts, epochs=2)
+    low, _ = run(tiny, inverted_facts, epochs=2, low_memory=True)
+    assert low.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
+    assert [s["loss"] for s in low.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
+    for (name, a), (_, b) in zip(plain.model.named_parameters(), low.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
