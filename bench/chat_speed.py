@@ -9,6 +9,12 @@ streaming together (`chat.stream_pair` of two `stream_reply`s, the original and 
 copy of it standing in for the unlearned model: same size, same compute). Time to first
 token = from the call to the first non-empty text; tokens/s = the reply's tokens after
 the first, over the time after the first. Greedy, so every run gives the same reply.
+
+Beside them, what bounds a decoding step: at batch size 1 every step reads all the
+weights once, so the machine's memory read rate (measured here by summing one copy of
+the weights) sets a floor on the time per token whatever the code does; and one bare
+forward step (the model with its KV cache, no `generate`, no streaming) shows how much
+of the step is the model itself.
 """
 
 from __future__ import annotations
@@ -49,6 +55,33 @@ def timed_stream(stream, count_tokens, sides: int = 1):
     return out
 
 
+def decoding_bounds(model, tok) -> dict:
+    """The weight-read floor per token and one bare cached forward step, both measured."""
+    import torch
+
+    from meow_app.generation import chat_prompt, encode
+
+    with torch.no_grad():
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        flat.sum()
+        start = time.perf_counter()
+        for _ in range(10):
+            flat.sum()
+        read_s = (time.perf_counter() - start) / 10
+        nbytes = flat.numel() * flat.element_size()
+        del flat
+        ids = torch.tensor([encode(tok, chat_prompt(tok, PROMPTS[0]))])
+        out = model(input_ids=ids, use_cache=True)
+        cache, nxt, steps = out.past_key_values, out.logits[:, -1:].argmax(-1), []
+        for _ in range(40):
+            start = time.perf_counter()
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            steps.append(time.perf_counter() - start)
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return {"weight_mb": nbytes / 1e6, "read_gb_s": nbytes / read_s / 1e9, "floor_ms": read_s * 1e3,
+            "bare_step_ms": statistics.median(steps[5:]) * 1e3}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--max-new-tokens", type=int, default=96, help="the app's default reply length")
@@ -68,6 +101,7 @@ def main() -> None:
         return chat.stream_reply(model, tok, [{"role": "user", "content": prompt}], a.max_new_tokens)
 
     timed_stream(reply(lm.model, "Hello"), count)  # warm-up
+    bounds = decoding_bounds(lm.model, tok)
     alone, pair = [], []
     for prompt in PROMPTS:
         alone.append(timed_stream(reply(lm.model, prompt), count)[0])
@@ -89,7 +123,12 @@ def main() -> None:
              f"{GOAL_TOKENS_PER_SECOND} tok/s alone: **{'met' if tps_alone >= GOAL_TOKENS_PER_SECOND else 'not met'}**; "
              f"first token < {GOAL_FIRST_TOKEN:.0f} s (worst of all runs {ttft_worst:.2f} s): "
              f"**{'met' if ttft_worst < GOAL_FIRST_TOKEN else 'not met'}**.\n")
-    common.report("Chat streaming (item 4)", body, load_before, {"alone": alone, "pair": pair}, "chat_speed",
+    b = bounds
+    body += (f"\nWhat bounds a step: the weights are {b['weight_mb']:.0f} MB and this machine reads memory at "
+             f"{b['read_gb_s']:.1f} GB/s (summing them), so a token costs at least **{b['floor_ms']:.1f} ms** "
+             f"(at most **{1e3 / b['floor_ms']:.0f} tok/s**) in this dtype; one bare forward step with the KV cache "
+             f"(no generate, no streaming) takes **{b['bare_step_ms']:.1f} ms** ({1e3 / b['bare_step_ms']:.0f} tok/s).\n")
+    common.report("Chat streaming (item 4)", body, load_before, {"alone": alone, "pair": pair, "bounds": bounds}, "chat_speed",
                   not a.no_write)
 
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -94,7 +95,7 @@ def pct(x) -> str:
 
 
 def command_line() -> str:
-    return ".venv/bin/python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]])
+    return ".venv/bin/python " + shlex.join([str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]])
 
 
 def report(title: str, body: str, load_before: str, results: dict | list | None = None,

@@ -17,6 +17,10 @@ backward pass through the activations about the same again, and weight gradients
 2 x trainable matmul params x tokens (MLP blocks only by default; LoRA: its adapters).
 The floor is the useful FLOPs (pad tokens not counted) at the machine's matmul rate,
 measured here with a large torch matmul in the variant's dtype.
+
+`unlearn` with the `meow` defaults also trains each step on a batch of neighbour questions
+with the original model's answers (pipeline.anchor_facts); the "default + neighbours"
+variant includes it (its FLOPs counted the same way), the others time the forget batch.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ GOAL_RATIO = 1.5
 # threads (torch threads), batching ("random": not grouped by length), fused (AdamW kernel)
 VARIANTS = {
     "default": {},
+    "default + neighbours (unlearn's step)": {"neighbours": True},
     "per-tensor AdamW (before)": {"fused": False},
     "random batches": {"batching": "random"},
     "1 thread": {"threads": 1},
@@ -76,7 +81,7 @@ def plain_batches(examples, batch_size, rng):
     return [[examples[i] for i in order[b:b + batch_size]] for b in range(0, len(order), batch_size)]
 
 
-def measure(name, lm, facts, epochs: int) -> dict:
+def measure(name, lm, facts, epochs: int, neighbours=None) -> dict:
     import torch
 
     from meow_app import methods, train
@@ -100,7 +105,11 @@ def measure(name, lm, facts, epochs: int) -> dict:
     train.collate = recording_collate
     if variant.get("batching") == "random":
         train.length_grouped = plain_batches
-    trainer = Trainer(methods.get("meow"), lm.model, lm.tokenizer, config, facts,
+    # unlearn's step also trains on the neighbour questions' original answers (a second
+    # batch, collated after the forget batch); the other variants time the forget batch alone.
+    anchors = neighbours if variant.get("neighbours") else None
+    calls = 2 if anchors else 1  # collates per step
+    trainer = Trainer(methods.get("meow"), lm.model, lm.tokenizer, config, facts, anchors=anchors,
                       on_event=lambda e: e["type"] == "step" and times.append(time.perf_counter()))
     trainer.probe_and_check = lambda *a: False  # steps only: no probes here
     if variant.get("fused") is False:
@@ -123,15 +132,16 @@ def measure(name, lm, facts, epochs: int) -> dict:
             trainable += p.numel()
     lora = trainable if config.lora else 0
     del copy, model
-    flops_useful = [step_flops(lm.model.config, [(t, t) for t in lens], keep, trainable, lora)
-                    for lens, _, keep in shapes[1:]]
-    flops_padded = [step_flops(lm.model.config, [(w, w)] * len(lens), keep, trainable, lora)
-                    for lens, w, keep in shapes[1:]]
+    useful = [step_flops(lm.model.config, [(t, t) for t in lens], keep, trainable, lora) for lens, _, keep in shapes]
+    padded_flops = [step_flops(lm.model.config, [(w, w)] * len(lens), keep, trainable, lora) for lens, w, keep in shapes]
+    # One step is `calls` collates; the first step is warm-up.
+    flops_useful = [sum(useful[i:i + calls]) for i in range(calls, len(useful), calls)]
+    flops_padded = [sum(padded_flops[i:i + calls]) for i in range(calls, len(padded_flops), calls)]
     real = sum(sum(lens) for lens, _, _ in shapes)
     padded = sum(len(lens) * w for lens, w, _ in shapes)
     return {"variant": name, "steps": len(steps), "mean_step": statistics.mean(steps),
             "median_step": statistics.median(steps), "optimizer": watch.seconds["step"] / watch.calls["step"],
-            "tokens_per_step": real / len(shapes),
+            "tokens_per_step": real * calls / len(shapes),
             "pad_share": 1 - real / padded, "flops_useful": statistics.mean(flops_useful),
             "flops_padded": statistics.mean(flops_padded), "trainable": trainable,
             "dtype": "bf16" if config.bf16 else "fp32", "threads": threads or threads_before}
@@ -153,6 +163,12 @@ def meow_examples(lm):
     return facts
 
 
+def methods_defaults() -> dict:
+    from meow_app import methods
+
+    return methods.get("meow").defaults
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -164,13 +180,22 @@ def main() -> None:
 
     from meow_app import models
 
-    rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
+    # bf16 only when a variant uses it: on a CPU without bf16 hardware one 2048² bf16 matmul
+    # takes about a minute (0.29 GFLOP/s measured on an AVX2-only EPYC).
+    rates = {"fp32": matmul_rate(torch.float32)}
+    if any(VARIANTS[n].get("config", {}).get("bf16") for n in a.variants):
+        rates["bf16"] = matmul_rate(torch.bfloat16)
     lm = models.load("embedded")
     facts = meow_examples(lm)
+    neighbours = None
+    if any(VARIANTS[n].get("neighbours") for n in a.variants):
+        from meow_app import pipeline
+
+        neighbours = pipeline.anchor_facts(lm, facts, 0, methods_defaults()["neighbours"])
     random.seed(0)
     results = []
     for name in a.variants:
-        r = measure(name, lm, facts, a.epochs)
+        r = measure(name, lm, facts, a.epochs, neighbours)
         r["floor"] = r["flops_useful"] / rates[r["dtype"]]
         results.append(r)
         print(f"done {name}: {r['median_step']:.2f} s/step", file=sys.stderr, flush=True)
@@ -181,8 +206,8 @@ def main() -> None:
                      f"{100 * r['pad_share']:.1f}%", f"{r['flops_useful'] / 1e9:.0f}",
                      f"{r['flops_useful'] / r['median_step'] / 1e9:.0f}", f"{r['floor']:.2f} s",
                      f"**{r['median_step'] / r['floor']:.2f}x**"])
-    body = (f"Measured matmul rate (2048² torch matmul, best of ~2 s): fp32 **{rates['fp32'] / 1e9:.0f} GFLOP/s**, "
-            f"bf16 **{rates['bf16'] / 1e9:.0f} GFLOP/s**.\n\n")
+    body = ("Measured matmul rate (2048² torch matmul, best of ~2 s): "
+            + ", ".join(f"{k} **{v / 1e9:.3g} GFLOP/s**" for k, v in rates.items()) + ".\n\n")
     body += common.table(["variant", "dtype", "threads", "step (median)", "of it AdamW", "tokens/step", "tokens/s", "pad tokens",
                           "GFLOP/step (useful)", "achieved GFLOP/s", "floor/step", "step / floor"], rows)
     body += (f"\nGoal: step <= {GOAL_RATIO}x floor. Floor = useful FLOPs / matmul rate of the variant's dtype; "
