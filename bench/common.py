@@ -50,15 +50,12 @@ def cpu_matmul_flags() -> str:
     """The CPU's widest vector extensions. "AMD EPYC" covers machines with and without
     bf16 matmul hardware (a Zen 4 has avx512_bf16, a Zen 3 only avx2), and bf16 speed
     differs ~20x between them, so the header says which one ran."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
-                return ", ".join(f for f in wanted if f in have) or "no avx2"
-    except OSError:
-        pass
-    return "unknown"
+    from meow_app.models import cpu_flags
+
+    have = cpu_flags()
+    if not have:
+        return "flags unknown"
+    return ", ".join(f for f in ["avx2", "avx512f", "avx512_bf16", "amx_bf16"] if f in have) or "no avx2"
 
 
 def load_average() -> str:

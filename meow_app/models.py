@@ -58,19 +58,23 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it
-    (AMD Zen 3, Intel before Cooper Lake) torch emulates bf16 matmuls, measured ~7x slower
-    than fp32 (21 against 157 GFLOP/s on an AVX2-only EPYC), so `--bf16` slows a run down."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it
+    (AMD Zen 3, Intel before Cooper Lake) torch emulates bf16 matmuls, measured ~7x slower
+    than fp32 (21 against 157 GFLOP/s on an AVX2-only EPYC), so `--bf16` slows a run down."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
