@@ -55,7 +55,7 @@ def cpu_matmul_flags() -> str:
     have = cpu_flags()
     if not have:
         return "flags unknown"
-    return ", ".join(f for f in ["avx2", "avx512f", "avx512_bf16", "amx_bf16"] if f in have) or "no avx2"
+    return ", ".join(f for f in ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "bf16"] if f in have) or "no avx2"
 
 
 def load_average() -> str:

@@ -136,7 +136,9 @@ def main() -> None:
     # matmuls run ~7x slower than fp32 and the bf16 run takes far longer than 18 minutes.
     import torch
 
-    bf16_fast = torch.cuda.is_available() or "bf16" in common.cpu_matmul_flags()
+    from meow_app.models import cpu_has_bf16_matmul
+
+    bf16_fast = torch.cuda.is_available() or bool(cpu_has_bf16_matmul())
     ap.add_argument("--variants", nargs="+", default=["default", "bf16"] if bf16_fast else ["default"],
                     choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the runs (default: torch's)")

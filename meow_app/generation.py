@@ -73,7 +73,7 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     for rows in _length_sorted_batches(len(prompts), keys, batch_size):
         if max(limits[i] for i in rows) <= 0:
             continue
-        if not do_sample and not banned:
+        if not do_sample and not banned and _plain_greedy(model.generation_config):
             got = _greedy(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device)
         else:
             got = _sampled(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device,
@@ -110,6 +110,29 @@ def _sampled(model, prompts, limits, eos, pad_id, device, banned, do_sample, tem
 # A shared prompt start shorter than this is not worth its own forward pass.
 _MIN_SHARED = 8
 
+# Generation settings that change greedy decoding, with their neutral values: a model whose
+# generation_config sets any of them (a repetition penalty, say) goes through `generate`.
+_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "min_new_tokens": (None, 0),
+            "min_length": (None, 0), "bad_words_ids": (None,), "suppress_tokens": (None,),
+            "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+            "sequence_bias": (None,), "encoder_repetition_penalty": (None, 1.0), "renormalize_logits": (None, False),
+            "exponential_decay_length_penalty": (None,), "stop_strings": (None,)}
+
+
+def _plain_greedy(generation_config) -> bool:
+    """Whether plain argmax decoding is what `generate` would do with this configuration."""
+    return all(getattr(generation_config, k, None) in neutral for k, neutral in _NEUTRAL.items())
+
+
+def _full_attention(config) -> bool:
+    """Whether every layer attends to the whole context. Sliding-window and chunked
+    attention count cache positions, so padding between the shared prompt start and a
+    row's own tokens would eat into the window: those models are only left-padded."""
+    if getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None):
+        return False
+    types = getattr(config, "layer_types", None)
+    return not types or all(t == "full_attention" for t in types)
+
 
 def _greedy(model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, device) -> list[list[int]]:
     """Greedy decoding of one batch: the same tokens as `model.generate(do_sample=False)`
@@ -132,7 +155,7 @@ def _greedy(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
     if not live:
         return out
     rows = [prompts[j] for j in live]
-    shared = _shared_start(rows)
+    shared = _shared_start(rows) if _full_attention(model.config) else 0
     cache = DynamicCache(config=model.config)
     if shared >= _MIN_SHARED:
         start = torch.tensor([rows[0][:shared]], device=device)

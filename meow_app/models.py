@@ -59,22 +59,25 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    """The CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on ARM);
+    empty where there is no such file (macOS, Windows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return set()
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it
-    (AMD Zen 3, Intel before Cooper Lake) torch emulates bf16 matmuls, measured ~7x slower
-    than fp32 (21 against 157 GFLOP/s on an AVX2-only EPYC), so `--bf16` slows a run down."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+def cpu_has_bf16_matmul() -> bool | None:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX, ARM bf16);
+    None when its flags cannot be read. Without it (AMD Zen 3, Intel before Cooper Lake)
+    torch emulates bf16 matmuls, measured ~7x slower than fp32 (21 against 157 GFLOP/s on
+    an AVX2-only EPYC), so `--bf16` slows a run down."""
+    flags = cpu_flags()
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

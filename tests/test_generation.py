@@ -83,3 +83,32 @@ def test_generate_ids_greedy_equals_hf_generate_in_batches(model_and_tok):
     slow = generation.generate_ids(model, tok, prompts, limits, batch_size=4, banned=[[] for _ in prompts])
     assert fast == slow
     assert [len(f) for f in fast] == limits
+
+
+def test_generation_config_settings_are_honoured(model_and_tok):
+    """A model whose generation_config changes greedy decoding (a repetition penalty here)
+    gets exactly what `generate` gives it, not plain argmax."""
+    model, tok = model_and_tok
+    prompts = [generation.encode(tok, generation.chat_prompt(tok, q, "Be brief.")) for q in QUESTIONS]
+    plain = generation.generate_ids(model, tok, prompts, 24, batch_size=8)
+    model.generation_config.repetition_penalty = 5.0
+    try:
+        penalised = generation.generate_ids(model, tok, prompts, 24, batch_size=8)
+        assert penalised == [alone(model, p, 24, {tok.eos_token_id}) for p in prompts]
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    assert penalised != plain  # the penalty does change these answers
+
+
+def test_sliding_window_models_are_only_left_padded(model_and_tok, monkeypatch):
+    """Padding between a shared start and a row's own tokens would eat into a sliding
+    window (it counts cache positions), so such models skip the shared start."""
+    model, tok = model_and_tok
+    assert generation._full_attention(model.config)
+    monkeypatch.setattr(model.config, "sliding_window", 16, raising=False)
+    assert not generation._full_attention(model.config)
+    prompts = [generation.encode(tok, generation.chat_prompt(tok, q, "Be brief.")) for q in QUESTIONS]
+    called = []
+    monkeypatch.setattr(generation, "_shared_start", lambda rows: called.append(rows) or 0)
+    generation.generate_ids(model, tok, prompts, 4)
+    assert not called

@@ -158,3 +158,41 @@ def test_low_memory_learns_the_same(tiny, inverted_facts):
     assert [s["loss"] for s in low.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
     for (name, a), (_, b) in zip(plain.model.named_parameters(), low.model.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_anchor_batch_adds_its_gradient_to_the_forget_batch(tiny, inverted_facts, facts):
+    """The anchor batch is backpropagated on its own (less memory); the step must still
+    apply the gradient of forget NLL + anchor_weight x anchor NLL, and report that loss."""
+    from meow_app import losses
+    from meow_app.batches import collate, encode_example
+
+    config = TrainConfig(epochs=1, lr=1e-3, batch_size=8, num_batch=2, early_stop=False, anchor_weight=0.5,
+                         max_grad_norm=1e9)  # one forget batch, one anchor batch, no clipping
+    grads = {}
+
+    class Capture(torch.optim.Optimizer):  # records the gradients it is asked to apply, changes nothing
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        def step(self, closure=None):
+            grads.update({id(p): p.grad.clone() for g in self.param_groups for p in g["params"] if p.grad is not None})
+
+    events = []
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, inverted_facts, None, events.append,
+                      anchors=facts)
+    trainer._optimizer = Capture
+    model = trainer.train().model  # unchanged weights: Capture takes no step
+    tok = tiny.tokenizer
+    forget = collate([encode_example(tok, q, a) for q, a in methods.get("meow").forget_pairs(inverted_facts, config)],
+                     tok.pad_token_id)
+    anchor = collate(trainer.examples(facts), tok.pad_token_id)
+    model.train()
+    model.zero_grad()
+    loss = losses.nll(model, forget) + 0.5 * losses.nll(model, anchor)
+    loss.backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(id(p) in grads for p in trained)
+    for p in trained:
+        assert torch.allclose(grads[id(p)], p.grad, rtol=1e-4, atol=1e-7)
+    [step] = [e for e in events if e["type"] == "step"]
+    assert step["loss"] == pytest.approx(loss.item(), rel=1e-5)
