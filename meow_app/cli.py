@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
     _add_train_options(p)
     p.add_argument("--no-early-stop", action="store_true")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (faster only on a CPU with AVX512-BF16 or AMX; slower elsewhere)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (faster only on a CPU with bf16 matmuls: AVX512-BF16, AMX or ARM bf16; slower elsewhere)")
     p.add_argument("--low-memory", action="store_true",
                    help="gradient checkpointing: ~1 GiB less peak memory on the embedded model, ~1/4 slower steps")
     _add_model(p)

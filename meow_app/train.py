@@ -164,8 +164,9 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
         if config.bf16 and self.device.type == "cpu" and cpu_has_bf16_matmul() is False:
-            warnings.warn(MeowWarning("bf16 was asked for on a CPU without bf16 matmul hardware (no AVX512-BF16 "
-                                      "or AMX): its matmuls are emulated, ~7x slower than fp32; leave bf16 off here"))
+            warnings.warn(MeowWarning("bf16 was asked for on a CPU without bf16 matmul hardware (x86 AVX512-BF16 "
+                                      "or AMX, ARM bf16): its matmuls are emulated, ~7x slower than fp32; "
+                                      "leave bf16 off here"))
 
     def _trainable_copy(self):
         seed_everything(self.config.seed)
