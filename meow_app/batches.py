@@ -31,7 +31,9 @@ def encode_example(tokenizer, question: str, answer: str, prefix: str = "") -> E
 
 def collate(examples: list[Example], pad_id: int) -> dict:
     """Left-padded batch. Answers then all end at the last position, so the loss needs the
-    vocabulary projection (a fifth of the model's compute) only on the last `keep` ones."""
+    vocabulary projection (a fifth of the model's compute) only on the last `keep` ones.
+    `shared`: how many leading tokens every row's prompt has in common (the chat template's
+    system prompt, about half of a short example), which losses._shifted encodes once."""
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -41,8 +43,13 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         labels[j, width - len(e.labels):] = torch.tensor(e.labels)
         mask[j, width - len(e.ids):] = 1
     answer_len = max(sum(t != IGNORE for t in e.labels) for e in examples)
+    # Shared tokens stay within every prompt and leave each row at least its last prompt
+    # token, whose logits predict the first answer token.
+    prompt_len = min(next((k for k, t in enumerate(e.labels) if t != IGNORE), len(e.labels)) for e in examples)
+    shared = min(generation.shared_start([e.ids for e in examples]), max(prompt_len - 1, 0))
     return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "keep": min(answer_len + 1, width)}
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "keep": min(answer_len + 1, width),
+            "shared": shared}
 
 
 def length_grouped(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:

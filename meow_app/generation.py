@@ -108,7 +108,7 @@ def _sampled(model, prompts, limits, eos, pad_id, device, banned, do_sample, tem
 
 
 # A shared prompt start shorter than this is not worth its own forward pass.
-_MIN_SHARED = 8
+MIN_SHARED = 8
 
 # Generation settings that change greedy decoding, with their neutral values: a model whose
 # generation_config sets any of them (a repetition penalty, say) goes through `generate`.
@@ -124,7 +124,7 @@ def _plain_greedy(generation_config) -> bool:
     return all(getattr(generation_config, k, None) in neutral for k, neutral in _NEUTRAL.items())
 
 
-def _full_attention(config) -> bool:
+def full_attention(config) -> bool:
     """Whether every layer attends to the whole context. Sliding-window and chunked
     attention count cache positions, so padding between the shared prompt start and a
     row's own tokens would eat into the window: those models are only left-padded."""
@@ -155,9 +155,9 @@ def _greedy(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
     if not live:
         return out
     rows = [prompts[j] for j in live]
-    shared = _shared_start(rows) if _full_attention(model.config) else 0
+    shared = shared_start(rows) if full_attention(model.config) else 0
     cache = DynamicCache(config=model.config)
-    if shared >= _MIN_SHARED:
+    if shared >= MIN_SHARED:
         start = torch.tensor([rows[0][:shared]], device=device)
         model(input_ids=start, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(len(rows))
@@ -191,7 +191,7 @@ def _greedy(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
                        use_cache=True).logits
 
 
-def _shared_start(rows: list[list[int]]) -> int:
+def shared_start(rows: list[list[int]]) -> int:
     """How many leading tokens all rows share, leaving every row at least one of its own."""
     n = min(len(r) for r in rows) - 1
     first = rows[0]

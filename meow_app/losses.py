@@ -5,15 +5,59 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import generation
 from .batches import IGNORE
 
 
 def _shifted(model, batch):
     """Logits that predict each answer token, and those tokens (see batches.collate)."""
     keep = batch["keep"]
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=keep).logits
+    if _can_share(model, batch):
+        logits = _shared_forward(model, batch, keep)
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"], logits_to_keep=keep).logits
     return logits[:, :-1].float(), batch["labels"][:, -(keep - 1):]
+
+
+def _can_share(model, batch) -> bool:
+    # Gradient checkpointing drops the KV cache the shared start is passed in; sliding-window
+    # models would count the padding between start and rest against their window.
+    return (batch.get("shared", 0) >= generation.MIN_SHARED and batch["input_ids"].shape[0] > 1
+            and generation.full_attention(model.config) and not _checkpointing(model))
+
+
+def _checkpointing(model) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing
+    name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def _shared_forward(model, batch, keep: int):
+    """The same logits as one forward pass over the left-padded batch, with the start all
+    rows share (the chat template's system prompt: about half of a short example)
+    encoded once, in a batch of one, and its KV cache repeated for every row. Gradients
+    flow through that cache into the one copy, so they are the same sum over rows.
+
+    Row j's real tokens fill the last len_j columns; without its first `shared` tokens
+    they fill the last len_j - shared columns of a batch `shared` narrower: column c of
+    the rest holds column c + shared of the batch, and is real where the batch's mask is
+    set at column c. The answers stay right-aligned, so `keep` and the labels still hold.
+    """
+    from transformers import DynamicCache
+
+    ids, mask, shared = batch["input_ids"], batch["attention_mask"], batch["shared"]
+    rows, width = ids.shape
+    first = width - int(mask[0].sum())
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:1, first:first + shared], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(rows)
+    rest_mask = mask[:, :width - shared]
+    rest = ids[:, shared:]  # where rest_mask is 0 these are other tokens of the row, hidden by the mask
+    positions = shared + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+    full_mask = torch.cat([rest_mask.new_ones((rows, shared)), rest_mask], dim=1)
+    return model(input_ids=rest, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
+                 use_cache=True, logits_to_keep=keep).logits
 
 
 def token_nll(logits, labels):

@@ -4,27 +4,13 @@ import pytest
 import torch
 
 from meow_app import generation
-from transformers import LlamaConfig, LlamaForCausalLM
-
-from tiny import tiny_tokenizer
+from tiny import sharp_tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def model_and_tok():
-    """A tiny random Llama whose greedy continuation depends on the whole context: untied
-    output weights (a tied random model just repeats its last token) and sharp attention
-    (a random one attends almost uniformly, so positions and the cache would barely matter)."""
     tok = tiny_tokenizer()
-    torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(4)
-            layer.self_attn.k_proj.weight.mul_(4)
-    return model, tok
+    return sharp_tiny_model(tok), tok
 
 
 QUESTIONS = ["Who wrote Hamlet?", "What is the capital of Peru?", "Name a planet.",
@@ -52,7 +38,7 @@ def test_greedy_batch_matches_each_prompt_alone(model_and_tok, system):
     eos = {tok.eos_token_id}
     # With a system prompt the rows share a long start (encoded once); without, only the
     # template's few tokens, below the threshold for sharing.
-    assert (generation._shared_start(prompts) >= generation._MIN_SHARED) == (system is not None)
+    assert (generation.shared_start(prompts) >= generation.MIN_SHARED) == (system is not None)
     got = generation._greedy(model, prompts, limits, eos, tok.pad_token_id, "cpu")
     want = [alone(model, p, n, eos) if n else [] for p, n in zip(prompts, limits)]
     assert got == want
@@ -104,11 +90,11 @@ def test_sliding_window_models_are_only_left_padded(model_and_tok, monkeypatch):
     """Padding between a shared start and a row's own tokens would eat into a sliding
     window (it counts cache positions), so such models skip the shared start."""
     model, tok = model_and_tok
-    assert generation._full_attention(model.config)
+    assert generation.full_attention(model.config)
     monkeypatch.setattr(model.config, "sliding_window", 16, raising=False)
-    assert not generation._full_attention(model.config)
+    assert not generation.full_attention(model.config)
     prompts = [generation.encode(tok, generation.chat_prompt(tok, q, "Be brief.")) for q in QUESTIONS]
     called = []
-    monkeypatch.setattr(generation, "_shared_start", lambda rows: called.append(rows) or 0)
+    monkeypatch.setattr(generation, "shared_start", lambda rows: called.append(rows) or 0)
     generation.generate_ids(model, tok, prompts, 4)
     assert not called

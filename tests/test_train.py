@@ -150,8 +150,14 @@ def test_bf16_on_a_cpu_without_bf16_hardware_warns(tiny, inverted_facts, monkeyp
     assert len(said) == (0 if hardware else 1)
 
 
-def test_low_memory_learns_the_same(tiny, inverted_facts):
-    """Gradient checkpointing (--low-memory) recomputes activations; the updates are the same."""
+def test_low_memory_learns_the_same(tiny, inverted_facts, monkeypatch):
+    """Gradient checkpointing (--low-memory) recomputes activations; the updates are the same.
+    (Checkpointing runs without the shared prompt start, losses._can_share, so the plain run
+    does too: with it the sums are ordered differently, and AdamW's normalised steps carry
+    that rounding to ~1e-4 in two epochs, a tenth of one step.)"""
+    from meow_app import losses
+
+    monkeypatch.setattr(losses, "_can_share", lambda model, batch: False)
     plain, _ = run(tiny, inverted_facts, epochs=2)
     low, _ = run(tiny, inverted_facts, epochs=2, low_memory=True)
     assert low.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
