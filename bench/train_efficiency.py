@@ -15,8 +15,11 @@ FLOPs per step are counted for what the step computes: forward 2 x matmul params
 tokens (+ the output layer on the answer positions only, + attention scores), the
 backward pass through the activations about the same again, and weight gradients
 2 x trainable matmul params x tokens (MLP blocks only by default; LoRA: its adapters).
-The floor is the useful FLOPs (pad tokens not counted) at the machine's matmul rate,
-measured here with a large torch matmul in the variant's dtype.
+The floor is the useful FLOPs at the machine's matmul rate, measured here with a large
+torch matmul in the variant's dtype. Useful tokens: no padding, and the prompt start all
+rows of a batch share (the chat template's system prompt) once per batch, as the loss
+computes it (losses._shared_forward); the "no shared start" variant computes it for
+every row, which counts as waste like padding.
 
 `unlearn` with the `meow` defaults also trains each step on a batch of neighbour questions
 with the original model's answers (pipeline.anchor_facts); the "default + neighbours"
@@ -41,6 +44,7 @@ GOAL_RATIO = 1.5
 VARIANTS = {
     "default": {},
     "default + neighbours (unlearn's step)": {"neighbours": True},
+    "no shared start (before)": {"no_share": True},
     "per-tensor AdamW (before)": {"fused": False},
     "random batches": {"batching": "random"},
     "1 thread": {"threads": 1},
@@ -63,15 +67,25 @@ def matmul_rate(dtype, n: int = 2048, seconds: float = 2.0) -> float:
     return 2 * n ** 3 / best
 
 
-def step_flops(cfg, shapes: list[tuple[int, int]], keep: int, trainable: int, lora: int) -> float:
-    """FLOPs of one step over rows of (tokens, width); see the module docstring."""
+def step_flops(cfg, shapes: list[tuple[int, int]], logit_rows: int, trainable: int, lora: int) -> float:
+    """FLOPs of one forward + backward over pieces of (tokens computed, keys each attends
+    to at most), with output-layer logits for `logit_rows` positions; see the module docstring."""
     d, L, ff, v = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
     kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
     per_token = L * (2 * d * d + 2 * d * kv + 3 * d * ff) + lora  # matmul params every token passes
     tokens = sum(t for t, _ in shapes)
     scores = sum(4 * L * d * t * w for t, w in shapes)  # QK^T and AV
-    forward = 2 * per_token * tokens + 2 * d * v * keep * len(shapes) + scores
+    forward = 2 * per_token * tokens + 2 * d * v * logit_rows + scores
     return 2 * forward + 2 * trainable * tokens  # forward + activation grads (~ forward) + weight grads
+
+
+def batch_flops(cfg, lens: list[int], width: int, keep: int, shared: int, trainable: int, lora: int,
+                padded: bool) -> float:
+    """A collated batch: useful (each row's own tokens, the shared start once) or as
+    computed (`padded`: every row the batch's width, the shared start once if shared)."""
+    rows = [(width - shared, width)] * len(lens) if padded else [(t - shared, t) for t in lens]
+    pieces = rows + ([(shared, shared)] if shared else [])
+    return step_flops(cfg, pieces, keep * len(lens), trainable, lora)
 
 
 def plain_batches(examples, batch_size, rng):
@@ -84,7 +98,7 @@ def plain_batches(examples, batch_size, rng):
 def measure(name, lm, facts, epochs: int, neighbours=None) -> dict:
     import torch
 
-    from meow_app import methods, train
+    from meow_app import losses, methods, train
     from meow_app.train import TrainConfig, Trainer
 
     variant = VARIANTS[name]
@@ -99,7 +113,11 @@ def measure(name, lm, facts, epochs: int, neighbours=None) -> dict:
 
     def recording_collate(batch, pad_id):
         out = plain_collate(batch, pad_id)
-        shapes.append(([len(e.ids) for e in batch], out["input_ids"].shape[1], out["keep"]))
+        useful = out["shared"] if len(batch) > 1 else 0
+        if variant.get("no_share"):
+            out["shared"] = 0
+        computed = out["shared"] if losses._can_share(lm.model, out) else 0  # what losses._shifted will do
+        shapes.append(([len(e.ids) for e in batch], out["input_ids"].shape[1], out["keep"], useful, computed))
         return out
 
     train.collate = recording_collate
@@ -132,13 +150,15 @@ def measure(name, lm, facts, epochs: int, neighbours=None) -> dict:
             trainable += p.numel()
     lora = trainable if config.lora else 0
     del copy, model
-    useful = [step_flops(lm.model.config, [(t, t) for t in lens], keep, trainable, lora) for lens, _, keep in shapes]
-    padded_flops = [step_flops(lm.model.config, [(w, w)] * len(lens), keep, trainable, lora) for lens, w, keep in shapes]
+    cfg = lm.model.config
+    useful = [batch_flops(cfg, lens, w, keep, shared, trainable, lora, False) for lens, w, keep, shared, _ in shapes]
+    padded_flops = [batch_flops(cfg, lens, w, keep, computed, trainable, lora, True)
+                    for lens, w, keep, _, computed in shapes]
     # One step is `calls` collates; the first step is warm-up.
     flops_useful = [sum(useful[i:i + calls]) for i in range(calls, len(useful), calls)]
     flops_padded = [sum(padded_flops[i:i + calls]) for i in range(calls, len(padded_flops), calls)]
-    real = sum(sum(lens) for lens, _, _ in shapes)
-    padded = sum(len(lens) * w for lens, w, _ in shapes)
+    real = sum(sum(lens) - (len(lens) - 1) * shared for lens, _, _, shared, _ in shapes)
+    padded = sum(len(lens) * (w - computed) + computed for lens, w, _, _, computed in shapes)
     return {"variant": name, "steps": len(steps), "mean_step": statistics.mean(steps),
             "median_step": statistics.median(steps), "optimizer": watch.seconds["step"] / watch.calls["step"],
             "tokens_per_step": real * calls / len(shapes),
@@ -208,9 +228,11 @@ def main() -> None:
                      f"**{r['median_step'] / r['floor']:.2f}x**"])
     body = ("Measured matmul rate (2048² torch matmul, best of ~2 s): "
             + ", ".join(f"{k} **{v / 1e9:.3g} GFLOP/s**" for k, v in rates.items()) + ".\n\n")
-    body += common.table(["variant", "dtype", "threads", "step (median)", "of it AdamW", "tokens/step", "tokens/s", "pad tokens",
+    body += common.table(["variant", "dtype", "threads", "step (median)", "of it AdamW", "tokens/step", "tokens/s", "wasted tokens",
                           "GFLOP/step (useful)", "achieved GFLOP/s", "floor/step", "step / floor"], rows)
     body += (f"\nGoal: step <= {GOAL_RATIO}x floor. Floor = useful FLOPs / matmul rate of the variant's dtype; "
+             "tokens/step counts useful tokens (no padding, the shared prompt start once a batch); wasted tokens: "
+             "padding and repeated starts, as a share of the tokens computed; "
              f"trainable matmul params: {results[0]['trainable'] / 1e6:.1f}M (MLP blocks) for the full variants.\n")
     common.report("Training efficiency against the FLOP floor (item 2)", body, load_before,
                   {"rates": rates, "results": results}, "train_efficiency", not a.no_write)
