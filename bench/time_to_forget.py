@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/time_to_forget.py                  # defaults, plus --bf16 where the CPU has bf16 matmul
     .venv/bin/python bench/time_to_forget.py --variants default --no-write
+    .venv/bin/python bench/time_to_forget.py --shape 1b         # item 8: on a GPU, a 1B-class model
 
 One `pipeline.unlearn` run per variant (method `meow` with its defaults: invert + MEMO +
 select + train + the early-stopping probes) on assets/facts/demo_forget.jsonl (8 facts the
@@ -10,6 +11,12 @@ given only to be measured (MEOW does not train on it). Each run is a fresh proce
 its peak RSS is its own. The stage times come from run.json; inside the train stage,
 the optimiser steps and the early-stopping probes are timed separately (progress events
 and a timing wrapper around probes.probe), so it shows where the time goes.
+
+`--shape` (item 8) times the same run on a randomly initialised model of another shape
+(`1b`: Llama-3.2-1B's, 1.07B parameters, the embedded tokenizer; or a JSON object of
+config changes), saved to a temporary folder first. Random weights know no facts, so the
+hit rates mean nothing there and early stopping is off: every run trains its full steps.
+On CUDA the model loads in bf16 and training autocasts to bf16 (models.default_dtype).
 """
 
 from __future__ import annotations
@@ -26,6 +33,29 @@ import common  # noqa: E402
 # name -> unlearn options (TrainConfig fields) that differ from the method's defaults
 VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_memory": {"low_memory": True}}
 GOAL_SECONDS = 60
+# Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.
+SHAPES = {"1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                 "num_key_value_heads": 8, "head_dim": 64}}
+
+
+def build_shape(changes: dict, folder: Path) -> int:
+    """A randomly initialised model of the embedded config with `changes`, saved (with the
+    embedded tokenizer) where models.load reads it; returns its parameter count."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from meow_app import models
+
+    where = models.embedded_checkpoint()
+    config = AutoConfig.from_pretrained(where)
+    for k, v in changes.items():
+        setattr(config, k, v)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    models.load_tokenizer(where).save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
 
 
 def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: str = "meow",
@@ -89,6 +119,8 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
         "summary": run["summary"], "stopped_early": run["stopped_early"],
         "method_info": {k: v for k, v in run.get("method_info", {}).items() if k != "steps"},
         "params": sum(p.numel() for p in loaded.model.parameters()),
+        "device": loaded.device.type, "dtype": str(loaded.dtype).replace("torch.", ""),
+        "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }
 
 
@@ -138,16 +170,27 @@ def main() -> None:
 
     from meow_app.models import cpu_has_bf16_matmul
 
-    bf16_fast = torch.cuda.is_available() or bool(cpu_has_bf16_matmul())
+    # (On CUDA training always autocasts to bf16: the bf16 variant would repeat the default.)
+    bf16_fast = not torch.cuda.is_available() and bool(cpu_has_bf16_matmul())
     ap.add_argument("--variants", nargs="+", default=["default", "bf16"] if bf16_fast else ["default"],
                     choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads in the runs (default: torch's)")
+    ap.add_argument("--shape", default=None,
+                    help=f"time a random model of this shape ({', '.join(SHAPES)}, or a JSON object of config changes)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
     a = ap.parse_args()
     load_before = common.load_average()
-    rows, raw = [], {}
+    rows, raw, shape_args, title = [], {}, [], "Time to forget (item 1)"
+    if a.shape:
+        import json
+
+        changes = SHAPES[a.shape] if a.shape in SHAPES else json.loads(a.shape)
+        folder = Path(tempfile.mkdtemp()) / "model"
+        params = build_shape(changes, folder)
+        shape_args = ["--model", str(folder), "--set", json.dumps({"early_stop": False})]
+        title = f"Time to forget, {params / 1e9:.2f}B-parameter random model ({a.shape}) (item 8)"
     for name in a.variants:
-        extra = ["--variant", name] + (["--threads", str(a.threads)] if a.threads else [])
+        extra = ["--variant", name] + (["--threads", str(a.threads)] if a.threads else []) + shape_args
         r = common.run_child(__file__, extra)
         raw[name] = r
         print(f"done {name}: {r.get('error', r.get('total'))}", file=sys.stderr, flush=True)
@@ -161,7 +204,12 @@ def main() -> None:
                      f"(before, {r['train_probes']} in training), retain probes {r['probe_retain_seconds']:.0f} s, "
                      f"optimiser steps {r['step_seconds']:.0f} s, neighbour answers "
                      f"{r['spent'].get('anchor_facts', 0):.0f} s.")
-    common.report("Time to forget (item 1)", body + "\n", load_before, raw, "time_to_forget", not a.no_write)
+            if r.get("gpu_peak_gib") is not None:
+                body += f" Peak GPU memory {r['gpu_peak_gib']:.1f} GiB ({r['dtype']})."
+    if a.shape:
+        body += ("\nRandom weights, early stopping off: every run trains its full steps; the hit rates mean "
+                 "nothing (the model knows no facts).\n")
+    common.report(title, body + "\n", load_before, raw, "time_to_forget", not a.no_write)
 
 
 if __name__ == "__main__":
