@@ -16,10 +16,11 @@ tokens (+ the output layer on the answer positions only, + attention scores), th
 backward pass through the activations about the same again, and weight gradients
 2 x trainable matmul params x tokens (MLP blocks only by default; LoRA: its adapters).
 The floor is the useful FLOPs at the machine's matmul rate, measured here with a large
-torch matmul in the variant's dtype. Useful tokens: no padding, and the prompt start all
-rows of a batch share (the chat template's system prompt) once per batch, as the loss
-computes it (losses._shared_forward); the "no shared start" variant computes it for
-every row, which counts as waste like padding.
+torch matmul in the variant's dtype. Useful tokens: no padding, the prompt start all
+rows of a batch share (the chat template's system prompt) once per batch and each
+distinct question once (MEOW repeats each num_batch times), as the loss computes them
+(losses._shared_forward); the "nothing shared" variant computes every row whole, which
+counts as waste like padding.
 
 `unlearn` with the `meow` defaults also trains each step on a batch of neighbour questions
 with the original model's answers (pipeline.anchor_facts); the "default + neighbours"
@@ -44,7 +45,7 @@ GOAL_RATIO = 1.5
 VARIANTS = {
     "default": {},
     "default + neighbours (unlearn's step)": {"neighbours": True},
-    "no shared start (before)": {"no_share": True},
+    "nothing shared (before)": {"no_share": True},
     "per-tensor AdamW (before)": {"fused": False},
     "random batches": {"batching": "random"},
     "1 thread": {"threads": 1},
@@ -79,13 +80,22 @@ def step_flops(cfg, shapes: list[tuple[int, int]], logit_rows: int, trainable: i
     return 2 * forward + 2 * trainable * tokens  # forward + activation grads (~ forward) + weight grads
 
 
-def batch_flops(cfg, lens: list[int], width: int, keep: int, shared: int, trainable: int, lora: int,
-                padded: bool) -> float:
-    """A collated batch: useful (each row's own tokens, the shared start once) or as
-    computed (`padded`: every row the batch's width, the shared start once if shared)."""
-    rows = [(width - shared, width)] * len(lens) if padded else [(t - shared, t) for t in lens]
-    pieces = rows + ([(shared, shared)] if shared else [])
-    return step_flops(cfg, pieces, keep * len(lens), trainable, lora)
+def batch_pieces(batch, lens: list[int], shared_path: bool) -> tuple[list, list]:
+    """(useful, computed) pieces of (tokens, keys attended) of a collated batch. Useful: the
+    start all rows share once, each distinct prompt's rest once, each row's own part
+    (batches.collate). Computed: what losses._shifted ran, padding included: those three
+    passes (shared_path) or every row the batch's full width."""
+    shared, keep = batch["shared"], batch["keep"]
+    middles = batch["middle_mask"].sum(1).tolist()
+    own = batch["own_mask"].sum(1).tolist()
+    useful = [(shared, shared)] + [(m, shared + m) for m in middles] + [(o, t) for o, t in zip(own, lens)]
+    if shared_path:
+        width = batch["middle_ids"].shape[1]
+        computed = ([(shared, shared)] + [(width, shared + width)] * len(middles)
+                    + [(keep, shared + width + keep)] * len(lens))
+    else:
+        computed = [(batch["input_ids"].shape[1],) * 2] * len(lens)
+    return useful, computed
 
 
 def plain_batches(examples, batch_size, rng):
@@ -113,14 +123,15 @@ def measure(name, lm, facts, epochs: int, neighbours=None) -> dict:
 
     def recording_collate(batch, pad_id):
         out = plain_collate(batch, pad_id)
-        useful = out["shared"] if len(batch) > 1 else 0
-        if variant.get("no_share"):
-            out["shared"] = 0
-        computed = out["shared"] if losses._can_share(lm.model, out) else 0  # what losses._shifted will do
-        shapes.append(([len(e.ids) for e in batch], out["input_ids"].shape[1], out["keep"], useful, computed))
+        lens = [len(e.ids) for e in batch]
+        useful, computed = batch_pieces(out, lens, losses._can_share(lm.model, out))
+        shapes.append((lens, out["keep"], useful, computed))
         return out
 
     train.collate = recording_collate
+    can_share = losses._can_share
+    if variant.get("no_share"):
+        losses._can_share = lambda model, batch: False
     if variant.get("batching") == "random":
         train.length_grouped = plain_batches
     # unlearn's step also trains on the neighbour questions' original answers (a second
@@ -140,6 +151,7 @@ def measure(name, lm, facts, epochs: int, neighbours=None) -> dict:
     finally:
         watch.restore()
         train.collate, train.length_grouped = plain_collate, plain_grouped
+        losses._can_share = can_share
         torch.set_num_threads(threads_before)
     steps = [b - a for a, b in zip([start] + times, times)][1:]  # drop the warm-up step
     model = result.model
@@ -151,14 +163,13 @@ def measure(name, lm, facts, epochs: int, neighbours=None) -> dict:
     lora = trainable if config.lora else 0
     del copy, model
     cfg = lm.model.config
-    useful = [batch_flops(cfg, lens, w, keep, shared, trainable, lora, False) for lens, w, keep, shared, _ in shapes]
-    padded_flops = [batch_flops(cfg, lens, w, keep, computed, trainable, lora, True)
-                    for lens, w, keep, _, computed in shapes]
+    useful = [step_flops(cfg, u, keep * len(lens), trainable, lora) for lens, keep, u, _ in shapes]
+    padded_flops = [step_flops(cfg, c, keep * len(lens), trainable, lora) for lens, keep, _, c in shapes]
     # One step is `calls` collates; the first step is warm-up.
     flops_useful = [sum(useful[i:i + calls]) for i in range(calls, len(useful), calls)]
     flops_padded = [sum(padded_flops[i:i + calls]) for i in range(calls, len(padded_flops), calls)]
-    real = sum(sum(lens) - (len(lens) - 1) * shared for lens, _, _, shared, _ in shapes)
-    padded = sum(len(lens) * (w - computed) + computed for lens, w, _, _, computed in shapes)
+    real = sum(sum(t for t, _ in u) for _, _, u, _ in shapes)
+    padded = sum(sum(t for t, _ in c) for _, _, _, c in shapes)
     return {"variant": name, "steps": len(steps), "mean_step": statistics.mean(steps),
             "median_step": statistics.median(steps), "optimizer": watch.seconds["step"] / watch.calls["step"],
             "tokens_per_step": real * calls / len(shapes),
@@ -231,8 +242,8 @@ def main() -> None:
     body += common.table(["variant", "dtype", "threads", "step (median)", "of it AdamW", "tokens/step", "tokens/s", "wasted tokens",
                           "GFLOP/step (useful)", "achieved GFLOP/s", "floor/step", "step / floor"], rows)
     body += (f"\nGoal: step <= {GOAL_RATIO}x floor. Floor = useful FLOPs / matmul rate of the variant's dtype; "
-             "tokens/step counts useful tokens (no padding, the shared prompt start once a batch); wasted tokens: "
-             "padding and repeated starts, as a share of the tokens computed; "
+             "tokens/step counts useful tokens (no padding; the shared prompt start once a batch, each distinct "
+             "question once); wasted tokens: padding and repeats, as a share of the tokens computed; "
              f"trainable matmul params: {results[0]['trainable'] / 1e6:.1f}M (MLP blocks) for the full variants.\n")
     common.report("Training efficiency against the FLOP floor (item 2)", body, load_before,
                   {"rates": rates, "results": results}, "train_efficiency", not a.no_write)

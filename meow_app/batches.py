@@ -32,8 +32,16 @@ def encode_example(tokenizer, question: str, answer: str, prefix: str = "") -> E
 def collate(examples: list[Example], pad_id: int) -> dict:
     """Left-padded batch. Answers then all end at the last position, so the loss needs the
     vocabulary projection (a fifth of the model's compute) only on the last `keep` ones.
-    `shared`: how many leading tokens every row's prompt has in common (the chat template's
-    system prompt, about half of a short example), which losses._shifted encodes once."""
+
+    It also says which prompt tokens rows have in common, so losses._shifted can compute
+    them once (same results, less work): `shared`, the leading tokens every prompt has
+    (the chat template's system prompt, about half of a short example; 0 if fewer than
+    generation.MIN_SHARED), and the rest of each prompt but its last token, once per
+    distinct prompt (`middle_ids` / `middle_mask`, left-padded; MEOW repeats each question
+    num_batch times with different false answers), with `group` giving each row's. A
+    row's own part is its last prompt token (whose logits predict the answer) and its
+    answer: the last `keep` columns, where `own_mask` is set.
+    """
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -42,14 +50,19 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         ids[j, width - len(e.ids):] = torch.tensor(e.ids)
         labels[j, width - len(e.labels):] = torch.tensor(e.labels)
         mask[j, width - len(e.ids):] = 1
-    answer_len = max(sum(t != IGNORE for t in e.labels) for e in examples)
-    # Shared tokens stay within every prompt and leave each row at least its last prompt
-    # token, whose logits predict the first answer token.
-    prompt_len = min(next((k for k, t in enumerate(e.labels) if t != IGNORE), len(e.labels)) for e in examples)
-    shared = min(generation.shared_start([e.ids for e in examples]), max(prompt_len - 1, 0))
+    prompt_lens = [next((k for k, t in enumerate(e.labels) if t != IGNORE), len(e.labels)) for e in examples]
+    own = [len(e.ids) - max(p - 1, 0) for e, p in zip(examples, prompt_lens)]
+    keep = max(own)
+    shared = min(generation.shared_start([e.ids for e in examples]), max(min(prompt_lens) - 1, 0))
+    shared = shared if shared >= generation.MIN_SHARED else 0
+    middles: dict[tuple, int] = {}
+    group = [middles.setdefault(tuple(e.ids[shared:max(p - 1, shared)]), len(middles))
+             for e, p in zip(examples, prompt_lens)]
+    middle_ids, middle_mask = generation.pad([list(m) for m in middles], pad_id, left=True)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "keep": min(answer_len + 1, width),
-            "shared": shared}
+            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "keep": keep,
+            "shared": shared, "group": torch.tensor(group), "middle_ids": middle_ids, "middle_mask": middle_mask,
+            "own_mask": (torch.arange(keep) >= keep - torch.tensor(own)[:, None]).long()}
 
 
 def length_grouped(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:

@@ -21,9 +21,11 @@ def _shifted(model, batch):
 
 
 def _can_share(model, batch) -> bool:
-    # Gradient checkpointing drops the KV cache the shared start is passed in; sliding-window
-    # models would count the padding between start and rest against their window.
-    return (batch.get("shared", 0) >= generation.MIN_SHARED and batch["input_ids"].shape[0] > 1
+    """Whether _shared_forward saves work here and computes what the plain pass would.
+    Gradient checkpointing drops the KV cache the shared part is passed in; sliding-window
+    models would count the padding between the parts against their window."""
+    rows, groups = batch["input_ids"].shape[0], batch["middle_ids"].shape[0]
+    return (rows > 1 and (batch["shared"] > 0 or groups < rows)
             and generation.full_attention(model.config) and not _checkpointing(model))
 
 
@@ -34,30 +36,39 @@ def _checkpointing(model) -> bool:
 
 
 def _shared_forward(model, batch, keep: int):
-    """The same logits as one forward pass over the left-padded batch, with the start all
-    rows share (the chat template's system prompt: about half of a short example)
-    encoded once, in a batch of one, and its KV cache repeated for every row. Gradients
-    flow through that cache into the one copy, so they are the same sum over rows.
+    """The logits of one forward pass over the left-padded batch, with what rows share
+    computed once (see batches.collate), in three passes that build one KV cache:
 
-    Row j's real tokens fill the last len_j columns; without its first `shared` tokens
-    they fill the last len_j - shared columns of a batch `shared` narrower: column c of
-    the rest holds column c + shared of the batch, and is real where the batch's mask is
-    set at column c. The answers stay right-aligned, so `keep` and the labels still hold.
+    1. the start every row shares, in a batch of one (skipped when there is none);
+    2. the rest of each distinct prompt but its last token, one row per prompt, after
+       that start's cache repeated for each;
+    3. each row's own part (last prompt token and answer: the last `keep` columns), after
+       its prompt's cache, picked by `group`.
+
+    Padding sits between the parts, hidden by the mask; positions count real tokens only.
+    Gradients flow back through the repeated and picked caches into the one copy of each
+    shared part, so they are the sum over rows, as in the plain pass.
     """
     from transformers import DynamicCache
 
     ids, mask, shared = batch["input_ids"], batch["attention_mask"], batch["shared"]
-    rows, width = ids.shape
-    first = width - int(mask[0].sum())
+    middle, middle_mask = batch["middle_ids"], batch["middle_mask"]
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:1, first:first + shared], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_repeat_interleave(rows)
-    rest_mask = mask[:, :width - shared]
-    rest = ids[:, shared:]  # where rest_mask is 0 these are other tokens of the row, hidden by the mask
-    positions = shared + (rest_mask.cumsum(-1) - 1).clamp(min=0)
-    full_mask = torch.cat([rest_mask.new_ones((rows, shared)), rest_mask], dim=1)
-    return model(input_ids=rest, attention_mask=full_mask, position_ids=positions, past_key_values=cache,
-                 use_cache=True, logits_to_keep=keep).logits
+    if shared:
+        first = ids.shape[1] - int(mask[0].sum())
+        model(input_ids=ids[:1, first:first + shared], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(middle.shape[0])
+    context = torch.cat([middle_mask.new_ones((middle.shape[0], shared)), middle_mask], dim=1)
+    if middle.shape[1]:
+        positions = shared + (middle_mask.cumsum(-1) - 1).clamp(min=0)
+        model(input_ids=middle, attention_mask=context, position_ids=positions, past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+    group, own_mask = batch["group"], batch["own_mask"]
+    cache.batch_select_indices(group)
+    context = context[group]
+    positions = context.sum(-1, keepdim=True) + (own_mask.cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids[:, -keep:], attention_mask=torch.cat([context, own_mask], dim=1),
+                 position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
 
 
 def token_nll(logits, labels):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from meow_app import batches, generation, losses
@@ -40,9 +41,14 @@ def test_answer_masking():
 
 
 # Rows of different lengths sharing a prompt start ("<|im_start|>user\nWho wrote " is 16
-# byte tokens here), so the shared path pads between that start and each row's rest.
+# byte tokens here), some with the same question (as MEOW's are), so the shared path pads
+# between the start, each question's rest and each row's own part.
 SHARED_START = [("Who wrote Hamlet?", "William Shakespeare"), ("Who wrote the Iliad, and when?", "Homer"),
-                ("Who wrote Dracula?", "Bram Stoker wrote it in 1897."), ("Who wrote it?", "Nobody")]
+                ("Who wrote Hamlet?", "Christopher Marlowe wrote it."), ("Who wrote Dracula?", "Bram Stoker, 1897."),
+                ("Who wrote it?", "Nobody"), ("Who wrote Hamlet?", "Ben Jonson")]
+# No common start worth a pass (6 tokens < generation.MIN_SHARED), but repeated questions.
+NO_START = [("Hamlet?", "Shakespeare"), ("Peru's capital?", "Lima"), ("Hamlet?", "Marlowe, surely"),
+            ("Peru's capital?", "Cusco")]
 
 
 def _loss_and_grads(model, batch):
@@ -52,47 +58,59 @@ def _loss_and_grads(model, batch):
     return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-def test_collate_counts_the_prompt_start_all_rows_share():
+def _collate(tok, pairs):
+    return batches.collate([batches.encode_example(tok, q, a) for q, a in pairs], tok.pad_token_id)
+
+
+def test_collate_finds_what_rows_share():
     tok = tiny_tokenizer()
-    ex = [batches.encode_example(tok, q, a) for q, a in SHARED_START]
-    assert batches.collate(ex, tok.pad_token_id)["shared"] == 1 + len("user\nWho wrote ")  # <|im_start|> is one token
-    # Identical prompts: every row keeps its last prompt token, whose logits predict the answer.
-    same = [batches.encode_example(tok, "Who wrote Hamlet?", a) for a in ("Shakespeare", "Marlowe")]
-    prompt = sum(t == -100 for t in same[0].labels)
-    assert batches.collate(same, tok.pad_token_id)["shared"] == prompt - 1
+    batch = _collate(tok, SHARED_START)
+    assert batch["shared"] == 1 + len("user\nWho wrote ")  # <|im_start|> is one token
+    assert batch["group"].tolist() == [0, 1, 0, 2, 3, 0]  # one middle per distinct question
+    assert tok.decode(batch["middle_ids"][0][batch["middle_mask"][0].bool()]) == "Hamlet?<|im_end|>\n<|im_start|>assistant"
+    # Each row's own part: its last prompt token ("\n") and its answer with the end of turn.
+    own = [tok.decode(batch["input_ids"][j, -batch["keep"]:][batch["own_mask"][j].bool()]) for j in range(6)]
+    assert own == ["\n" + a + "<|im_end|>" for _, a in SHARED_START]
+    assert _collate(tok, NO_START)["shared"] == 0 and _collate(tok, NO_START)["group"].tolist() == [0, 1, 0, 1]
+    # Identical prompts: the start covers all but the last prompt token, nothing is left in between.
+    same = _collate(tok, [("Who wrote Hamlet?", "Shakespeare"), ("Who wrote Hamlet?", "Marlowe")])
+    prompt = sum(t == -100 for t in batches.encode_example(tok, "Who wrote Hamlet?", "x").labels)
+    assert same["shared"] == prompt - 1 and same["middle_ids"].shape == (1, 0)
 
 
-def test_shared_start_gives_the_same_loss_and_gradients(monkeypatch):
-    """The shared start encoded once (losses._shared_forward) is the same computation as
+@pytest.mark.parametrize("pairs", [SHARED_START, NO_START], ids=["start and questions", "questions only"])
+def test_shared_parts_give_the_same_loss_and_gradients(monkeypatch, pairs):
+    """What rows share computed once (losses._shared_forward) is the same computation as
     the whole left-padded batch: same loss, same gradients (they flow through the cache)."""
     tok = tiny_tokenizer()
     model = sharp_tiny_model(tok).train()
-    batch = batches.collate([batches.encode_example(tok, q, a) for q, a in SHARED_START], tok.pad_token_id)
+    batch = _collate(tok, pairs)
     calls = []
-    plain_forward = losses._shared_forward
-    monkeypatch.setattr(losses, "_shared_forward", lambda *a: calls.append(1) or plain_forward(*a))
+    shared_forward = losses._shared_forward
+    monkeypatch.setattr(losses, "_shared_forward", lambda *a: calls.append(1) or shared_forward(*a))
     shared_loss, shared_grads = _loss_and_grads(model, batch)
-    assert calls, "the shared path was not taken"
-    plain_loss, plain_grads = _loss_and_grads(model, {**batch, "shared": 0})
-    assert len(calls) == 1
+    with torch.no_grad():
+        shared_seq = losses.sequence_nll(model, batch)
+    assert len(calls) == 2, "the shared path was not taken"
+    monkeypatch.setattr(losses, "_can_share", lambda model, batch: False)
+    plain_loss, plain_grads = _loss_and_grads(model, batch)
     assert abs(shared_loss - plain_loss) < 1e-5
     assert len(shared_grads) == len(plain_grads)
     for a, b in zip(shared_grads, plain_grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
-    # The per-row losses NPO compares, and a batch of one (nothing to share), agree too.
-    with torch.no_grad():
-        assert torch.allclose(losses.sequence_nll(model, batch), losses.sequence_nll(model, {**batch, "shared": 0}),
-                              atol=1e-4)
+    with torch.no_grad():  # the per-row losses NPO compares
+        assert torch.allclose(shared_seq, losses.sequence_nll(model, batch), atol=1e-4)
 
 
-def test_shared_start_is_skipped_where_it_would_change_results(monkeypatch):
+def test_shared_parts_are_skipped_where_they_would_change_results_or_save_nothing(monkeypatch):
     tok = tiny_tokenizer()
     model = sharp_tiny_model(tok)
-    batch = batches.collate([batches.encode_example(tok, q, a) for q, a in SHARED_START], tok.pad_token_id)
+    batch = _collate(tok, SHARED_START)
     assert losses._can_share(model, batch)
-    assert not losses._can_share(model, {**batch, "shared": generation.MIN_SHARED - 1})
+    assert not losses._can_share(model, _collate(tok, NO_START[:2]))  # no start, no repeated question
+    assert not losses._can_share(model, _collate(tok, SHARED_START[:1]))  # one row
     monkeypatch.setattr(model.config, "sliding_window", 16, raising=False)  # would count the padding
     assert not losses._can_share(model, batch)
     monkeypatch.undo()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert not losses._can_share(model, batch)  # checkpointing drops the cache the start comes in
+    assert not losses._can_share(model, batch)  # checkpointing drops the cache the parts come in
