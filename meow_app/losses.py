@@ -24,6 +24,8 @@ def _can_share(model, batch) -> bool:
     """Whether _shared_forward saves work here and computes what the plain pass would.
     Gradient checkpointing drops the KV cache the shared part is passed in; sliding-window
     models would count the padding between the parts against their window."""
+    if "middle_ids" not in batch:  # a batch made by hand, not by batches.collate
+        return False
     rows, groups = batch["input_ids"].shape[0], batch["middle_ids"].shape[0]
     return (rows > 1 and (batch["shared"] > 0 or groups < rows)
             and generation.full_attention(model.config) and not _checkpointing(model))

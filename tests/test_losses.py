@@ -109,6 +109,8 @@ def test_shared_parts_are_skipped_where_they_would_change_results_or_save_nothin
     assert losses._can_share(model, batch)
     assert not losses._can_share(model, _collate(tok, NO_START[:2]))  # no start, no repeated question
     assert not losses._can_share(model, _collate(tok, SHARED_START[:1]))  # one row
+    by_hand = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "labels", "keep")}
+    assert not losses._can_share(model, by_hand) and torch.isfinite(losses.nll(model, by_hand))
     monkeypatch.setattr(model.config, "sliding_window", 16, raising=False)  # would count the padding
     assert not losses._can_share(model, batch)
     monkeypatch.undo()
