@@ -17,7 +17,8 @@ def _shifted(model, batch):
     else:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        position_ids=batch["position_ids"], logits_to_keep=keep).logits
-    return logits[:, :-1].float(), batch["labels"][:, -(keep - 1):]
+    labels = batch["labels"]
+    return logits[:, :-1].float(), labels[:, labels.shape[1] - (keep - 1):]  # (not -(keep - 1): keep may be 1)
 
 
 def _can_share(model, batch) -> bool:

@@ -116,3 +116,29 @@ def test_shared_parts_are_skipped_where_they_would_change_results_or_save_nothin
     monkeypatch.undo()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert not losses._can_share(model, batch)  # checkpointing drops the cache the parts come in
+
+
+def test_kl_and_lora_go_through_the_shared_parts_unchanged(monkeypatch):
+    """The reference model's KL (under no_grad) and a LoRA-wrapped model take the shared
+    path too; both must match the plain pass."""
+    from peft import LoraConfig, get_peft_model
+
+    tok = tiny_tokenizer()
+    batch = _collate(tok, SHARED_START)
+    reference = sharp_tiny_model(tok)
+    model = get_peft_model(sharp_tiny_model(tok, seed=2), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                     init_lora_weights=False)).train()
+    assert losses._can_share(model, batch) and losses._can_share(reference, batch)
+    results = []
+    for share in (True, False):
+        if not share:
+            monkeypatch.setattr(losses, "_can_share", lambda model, batch: False)
+        model.zero_grad(set_to_none=True)
+        kl = losses.kl_to_reference(model, reference, batch)
+        kl.backward()
+        results.append((kl.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (kl_shared, g_shared), (kl_plain, g_plain) = results
+    assert kl_plain > 0 and abs(kl_shared - kl_plain) < 1e-5 * max(1.0, kl_plain)
+    assert len(g_shared) == len(g_plain) == 8  # LoRA A and B of q and v in both layers
+    for a, b in zip(g_shared, g_plain):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
