@@ -36,6 +36,24 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def random_model(changes: dict):
+    """A randomly initialised Llama of the embedded model's config with `changes` (another
+    shape, for timing only), and the embedded tokenizer."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from meow_app import models
+
+    where = models.embedded_checkpoint()
+    config = AutoConfig.from_pretrained(where)
+    for k, v in changes.items():
+        setattr(config, k, v)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model, models.load_tokenizer(where)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

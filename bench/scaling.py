@@ -39,22 +39,11 @@ SIZES = {"135M (embedded shape)": {},
 
 
 def size_child(argv: list[str]) -> dict:
-    import torch
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    from meow_app import methods, models, probes
+    from meow_app import methods, probes
     from meow_app.facts import load_facts
     from meow_app.train import TrainConfig, Trainer
 
-    changes = json.loads(argv[0])
-    where = models.embedded_checkpoint()
-    config = AutoConfig.from_pretrained(where)
-    for k, v in changes.items():
-        setattr(config, k, v)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config.pad_token_id = config.pad_token_id
-    tok = models.load_tokenizer(where)
+    model, tok = common.random_model(json.loads(argv[0]))
     facts = load_facts(common.FORGET)
     for f in facts:
         f.inverted = [f.answer]

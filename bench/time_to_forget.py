@@ -39,22 +39,11 @@ SHAPES = {"1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_lay
 
 
 def build_shape(changes: dict, folder: Path) -> int:
-    """A randomly initialised model of the embedded config with `changes`, saved (with the
-    embedded tokenizer) where models.load reads it; returns its parameter count."""
-    import torch
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    from meow_app import models
-
-    where = models.embedded_checkpoint()
-    config = AutoConfig.from_pretrained(where)
-    for k, v in changes.items():
-        setattr(config, k, v)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = config.pad_token_id
+    """common.random_model saved (with the embedded tokenizer) where models.load reads it;
+    returns its parameter count."""
+    model, tokenizer = common.random_model(changes)
     model.save_pretrained(folder, safe_serialization=True)
-    models.load_tokenizer(where).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return sum(p.numel() for p in model.parameters())
 
 
