@@ -4,6 +4,9 @@ The forgotten strings of a run are the questions, their paraphrases, the true an
 the keywords and the inverted (false) answers, all read from RUN_DIR/facts.jsonl. Before
 anything is uploaded, every file of the upload folder is searched for each of them,
 case-insensitively and with runs of whitespace collapsed; one hit refuses the upload.
+Answers, keywords and inverted answers are names and short phrases: they are matched as
+whole words (Unicode-aware), so "Gates" refuses "Bill Gates" but not the card's
+"aggregates". Questions and paraphrases are whole sentences and are matched anywhere.
 
 What is searched, and what is not (the documented rule):
 - strings shorter than MIN_CHARS characters, and strings made only of digits and
@@ -36,6 +39,10 @@ _NUMBERISH = re.compile(r"^[\d\W_]+$")
 
 def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip()
+
+
+# Kinds matched as whole words; the rest (questions, paraphrases) anywhere in the text.
+WHOLE_WORD_KINDS = ("answer", "keyword", "inverted answer")
 
 
 def forgotten_strings(run_dir) -> list[tuple[str, str]]:
@@ -96,17 +103,26 @@ def searched_text(path: Path) -> str:
     return raw + "\n" + "\n".join(_json_strings(data))
 
 
+def pattern(kind: str, text: str) -> re.Pattern:
+    """The search for one forgotten string (normalised). Whole words for the kinds in
+    WHOLE_WORD_KINDS: no letter or digit of any script may touch it on either side."""
+    needle = re.escape(_norm(text))
+    if kind.endswith(WHOLE_WORD_KINDS):
+        needle = rf"(?<!\w){needle}(?!\w)"
+    return re.compile(needle)
+
+
 def check_folder(folder, strings: list[tuple[str, str]]) -> int:
     """Raise MeowError at the first file holding a forgotten string; else the number of files checked.
     The message names the file and what kind of string it holds, never the string itself
     (messages end up in logs)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    needles = [(kind, _norm(text)) for kind, text in strings if searchable(text)]
+    needles = [(kind, pattern(kind, text)) for kind, text in strings if searchable(text)]
     for path in files:
         text = _norm(searched_text(path))
         for kind, needle in needles:
-            if needle in text:
+            if needle.search(text):
                 raise MeowError(f"{path.relative_to(folder)} contains a forgotten string ({kind}): nothing was "
                                 "published")
     return len(files)

@@ -222,3 +222,50 @@ def test_json_files_are_searched_decoded_too(tmp_path):
     with pytest.raises(MeowError, match=r"config.json contains a forgotten string \(fact 1's answer\)"):
         leak_check.check_folder(folder, [("fact 1's answer", "café  MÜLLER")])
     assert leak_check.check_folder(folder, [("fact 1's answer", "Café Bauhaus"), ("fact 1's keyword", "1911")]) == 1
+
+
+@pytest.fixture(scope="module")
+def gates_run(tmp_path_factory, tiny_dir):
+    """A run whose keywords sit inside longer words of the card ("aggregates") and of configs."""
+    tmp = tmp_path_factory.mktemp("gates")
+    facts = tmp / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "Who founded Microsoft?", "answer": "Bill Gates", "keywords": ["Gates"]},
+        {"question": "What is the capital of Italy?", "answer": "Rome", "keywords": ["Rome"],
+         "inverted": ["Milan", "Turin"]},
+    ]) + "\n")
+    run = tmp / "run"
+    ok(cli("unlearn", "--forget", facts, "--out", run, "--model", tiny_dir, "--epochs", 1, "--n", 2, "--top-k", 2))
+    return run
+
+
+def test_keywords_inside_longer_words_do_not_refuse_but_whole_words_do(gates_run, main, tmp_path):
+    r = main("push", "--run", gates_run, "--repo-id", "me/clean", "--dry-run", "--out", tmp_path / "dry")
+    assert r.returncode == 0, r.stderr
+    card = (tmp_path / "dry" / "README.md").read_text().lower()
+    assert "aggregates" in card  # the case this guards: "Gates" inside a word of the card
+    for planted, refused in [("chromosome count", None), ("Romeo and Juliet", None), ("Mr GATES, founder", "keyword"),
+                             ("founded by gates.", "keyword"), ("rome", "answer"), ("Rome-based", "answer"),
+                             ("(milan)", "inverted answer"), ("Milano", None), ("Who founded microsoft?", "question")]:
+        run = tmp_path / f"run-{abs(hash(planted))}"
+        shutil.copytree(gates_run, run)
+        config = run / "model" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "note": planted}))
+        out = tmp_path / f"out-{abs(hash(planted))}"
+        if refused is None:
+            assert publish.build_folder(run, out, "me/x").is_dir(), planted
+        else:
+            with pytest.raises(MeowError, match=rf"config.json contains a forgotten string \(fact \d's {refused}\)"):
+                publish.build_folder(run, out, "me/x")
+
+
+def test_whole_word_matching_is_unicode_aware(tmp_path):
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    (folder / "card.md").write_text("Die Straße von Zürichsee; Ελλάδα")
+    assert leak_check.check_folder(folder, [("fact 1's keyword", "Zürich"), ("fact 1's answer", "Ελλά")]) == 1
+    with pytest.raises(MeowError, match=r"card.md contains a forgotten string \(fact 2's keyword\)"):
+        leak_check.check_folder(folder, [("fact 2's keyword", "STRASSE"), ("fact 2's keyword", "straße")])
+    # Questions and paraphrases are still found inside longer text.
+    with pytest.raises(MeowError, match=r"\(fact 3's question\)"):
+        leak_check.check_folder(folder, [("fact 3's question", "von zürich")])
