@@ -182,11 +182,51 @@ def load_tokenizer(where):
     return tokenizer
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+
+
+def check_hub_id(repo_id: str) -> None:
+    """Fail in a second, not after a minute of download retries, when a Hub id cannot load:
+    not an id at all, not cached while offline, not on the Hub, or the Hub unreachable.
+    One request, no retries; a cached model goes straight to from_pretrained."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise MeowError(f"cannot load model '{repo_id}': not a local folder, and not a Hugging Face id "
+                        "(USER/NAME)") from None
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    if _offline():
+        raise MeowError(f"cannot load model '{repo_id}' (offline mode is on: only cached models can load): "
+                        "it is not in the cache")
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return  # from_pretrained says what access it needs
+    except RepositoryNotFoundError:
+        raise MeowError(f"cannot load model '{repo_id}': no such model on the Hugging Face Hub (check the "
+                        "spelling; a private model needs HF_TOKEN)") from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "an error"
+        raise MeowError(f"cannot load model '{repo_id}': the Hugging Face Hub answered HTTP {status} "
+                        "(a private model needs HF_TOKEN)") from None
+    except Exception as e:  # connection refused, DNS, timeout: one line, no retries
+        raise MeowError(f"cannot load model '{repo_id}': the Hugging Face Hub cannot be reached "
+                        f"({type(e).__name__}) and the model is not in the cache") from None
+
+
 def load(spec: str | None = None, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
     """Load a model for inference (eval mode). Errors become one clear MeowError."""
     from transformers import AutoModelForCausalLM
 
     where = resolve(spec)
+    if isinstance(where, str):
+        check_hub_id(where)
     dev = pick_device(device)
     dtype = dtype or default_dtype(dev)
     try:
@@ -196,8 +236,7 @@ def load(spec: str | None = None, device: str | None = None, dtype: torch.dtype 
         raise
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-        hint = " (offline mode is on: only cached models can load)" if offline else ""
+        hint = " (offline mode is on: only cached models can load)" if _offline() else ""
         raise MeowError(f"cannot load model '{spec}'{hint}: {first}") from None
     model.to(dev)
     model.eval()

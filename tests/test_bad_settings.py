@@ -3,10 +3,12 @@ RUN_DIR, no hidden partial folder, no output file). The API cases talk to a real
 server on 127.0.0.1 (tests/openai_stub.py) through the real openai client."""
 
 import json
+import re
 
 import pytest
 
 from meow_app import cli, models
+from meow_app.errors import MeowError
 from openai_stub import openai_stub
 from apprunner import free_port
 from test_bad_input import run_cli
@@ -99,3 +101,30 @@ def test_model_without_chat_template_falls_back_to_plain_prompts(facts_file, tmp
     from meow_app.generation import chat_prompt
 
     assert chat_prompt(lm.tokenizer, "Who wrote Hamlet?") == "Question: Who wrote Hamlet?\nAnswer:"
+
+
+@pytest.mark.parametrize("where,message", [
+    ("hub", "no such model on the Hugging Face Hub"),          # a typo, with the Hub reachable
+    ("closed", "the Hugging Face Hub cannot be reached"),        # no network (nothing listens there)
+    ("bad id", "not a local folder, and not a Hugging Face id"),
+])
+def test_a_mistyped_hub_id_fails_at_once_without_retries(monkeypatch, where, message):
+    from hub_server import HubServer
+
+    from meow_app import models
+
+    def no_waiting(seconds):  # download retries wait between tries: none may happen
+        raise AssertionError(f"waited {seconds} s before failing")
+
+    monkeypatch.setattr("time.sleep", no_waiting)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")  # the local Hub answers only with its token
+    spec = "no such/model!" if where == "bad id" else "nobody/smollm2-135m-instruc"
+    with HubServer("hf_x") as hub:
+        endpoint = hub.url if where == "hub" else "http://127.0.0.1:9"
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+        with pytest.raises(MeowError, match=rf"^cannot load model '{re.escape(spec)}': {message}"):
+            models.load(spec)
+        if where == "hub":
+            asked = [r["path"] for r in hub.requests if "smollm2" in r["path"]]
+            assert asked == ["/api/models/nobody/smollm2-135m-instruc"], hub.requests  # once, no retry
