@@ -53,8 +53,28 @@ def _png(fig) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
+# Measures that are not fractions of 1: each gets its own axis (a truth ratio of 7,578
+# beside rates of 0.3 would flatten every other bar), on a log scale.
+OWN_AXIS = {"truth_ratio"}
+# On the forget set lower is better for every measure but the truth ratio; on the
+# other sets (what should be kept) the other way round.
+HIGHER_BETTER_ON_FORGET = {"truth_ratio"}
+
+
+def better(key: str, set_name: str) -> str:
+    """Which direction is better for a measure on a set, as the plot labels it."""
+    higher = (key in HIGHER_BETTER_ON_FORGET) == (set_name == "forget")
+    return "↑ better" if higher else "↓ better"
+
+
 def metric_bars(report: dict, set_name: str = "forget") -> str | None:
-    """Grouped bars: each metric of one set, one bar per model (before / after)."""
+    fig = metric_figure(report, set_name)
+    return None if fig is None else _png(fig)
+
+
+def metric_figure(report: dict, set_name: str = "forget"):
+    """Grouped bars, one bar per model (before / after): the measures between 0 and 1 on one
+    axis, each other measure on its own log axis; every label says which way is better."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,16 +85,31 @@ def metric_bars(report: dict, set_name: str = "forget") -> str | None:
         return None
     keys = [(k, label) for k, label, _ in METRICS
             if any(sets[s]["aggregate"].get(k) is not None for s in report["sides"])]
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    groups = [[kl for kl in keys if kl[0] not in OWN_AXIS]] + [[kl] for kl in keys if kl[0] in OWN_AXIS]
+    groups = [g for g in groups if g]
+    if not groups:
+        return None
+    fig, axes = plt.subplots(1, len(groups), figsize=(8 + 1.6 * (len(groups) - 1), 3.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(g) for g in groups]})
     width = 0.8 / len(report["sides"])
-    for j, side in enumerate(report["sides"]):
-        vals = [sets[side]["aggregate"].get(k) or 0.0 for k, _ in keys]
-        ax.bar([i + j * width for i in range(len(keys))], vals, width, label=side)
-    ax.set_xticks([i + width * (len(report["sides"]) - 1) / 2 for i in range(len(keys))])
-    ax.set_xticklabels([label for _, label in keys], rotation=25, ha="right", fontsize=8)
-    ax.set_title(f"{set_name} set: before and after")
-    ax.legend()
-    return _png(fig)
+    for ax, group in zip(axes[0], groups):
+        own = group[0][0] in OWN_AXIS
+        for j, side in enumerate(report["sides"]):
+            vals = [sets[side]["aggregate"].get(k) for k, _ in group]
+            vals = [v if v is not None and (v > 0 or not own) else float("nan") for v in vals]
+            ax.bar([i + j * width for i in range(len(group))], vals, width, label=side)
+        ax.set_xticks([i + width * (len(report["sides"]) - 1) / 2 for i in range(len(group))])
+        ax.set_xticklabels([f"{label}\n({better(k, set_name)})" for k, label in group], rotation=25, ha="right",
+                           fontsize=8)
+        if own:
+            ax.set_yscale("log")
+            ax.set_title("log scale", fontsize=8)
+        else:
+            ax.set_ylim(0, 1.05)
+            ax.set_title("from 0 to 1", fontsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{set_name} set: before and after")
+    return fig
 
 
 def per_fact_bars(report: dict, key: str = "memo", set_name: str = "forget") -> str | None:

@@ -108,3 +108,24 @@ def test_evaluate_a_run_folder_against_its_original(tmp_path, tiny_dir):
     rows = {s: data["sets"]["forget"][s]["rows"][0] for s in data["sides"]}
     assert rows["original"]["truth_ratio_source"] == "inverted" and rows["unlearned"]["truth_ratio"] is not None
     assert rows["original"]["answer_prob"] != rows["unlearned"]["answer_prob"]  # it did train
+
+
+def test_forget_plot_puts_each_scale_on_its_own_axis_and_says_which_way_is_better():
+    # The report of issue 20: a truth ratio of 54 -> 7,578 beside rates below 1.
+    agg = {"original": {"hit_rate": 1.0, "paraphrase_hit_rate": 0.9, "answer_prob": 0.07, "truth_ratio": 54.0},
+           "unlearned": {"hit_rate": 0.0, "paraphrase_hit_rate": 0.1, "answer_prob": 0.03, "truth_ratio": 7578.0}}
+    rep = {"sides": ["original", "unlearned"],
+           "sets": {name: {side: {"aggregate": a} for side, a in agg.items()} for name in ("forget", "retain")}}
+    fig = report.metric_figure(rep, "forget")
+    rates, ratio = fig.axes
+    assert rates.get_yscale() == "linear" and rates.get_ylim() == (0, 1.05)
+    assert ratio.get_yscale() == "log" and max(p.get_height() for p in ratio.patches) == 7578.0
+    assert max(p.get_height() for p in rates.patches) == 1.0  # the ratio is not on the rates' axis
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+    assert len(labels) == 4 and all("better" in t for t in labels)
+    assert [t for t in labels if "truth ratio" in t][0].endswith("(↑ better)")
+    assert [t for t in labels if "gives the true answer" in t][0].endswith("(↓ better)")
+    # On a set to keep, the directions turn round.
+    kept = [t.get_text() for ax in report.metric_figure(rep, "retain").axes for t in ax.get_xticklabels()]
+    assert [t for t in kept if "gives the true answer" in t][0].endswith("(↑ better)")
+    assert report.metric_bars(rep, "forget").startswith('<img alt="plot" src="data:image/png;base64,')
