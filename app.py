@@ -45,6 +45,7 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, publish, select  # noqa: E402
+from meow_app import progress as progress_mod  # noqa: E402
 from meow_app.errors import Cancelled, MeowError  # noqa: E402
 from meow_app.facts import Fact  # noqa: E402
 from meow_app.train import TrainConfig  # noqa: E402
@@ -330,9 +331,11 @@ def run_score(s, inv_table, top_k, strategy, progress=gr.Progress()):
     except MeowError as e:
         return s, gr.skip(), gr.skip(), notice(str(e), "error")
     table = selection_table(items, scored)
+    capped = pipeline.capped_note(scored, settings)
+    capped = f" Note: {capped}." if capped else ""
     return s, table, memo_plot(table), notice(
         "MEMO measures how easily the model reproduces each text (1 = word for word). Ticked rows are what "
-        "the model will be taught; untick or tick to override, then go to Unlearn.")
+        "the model will be taught; untick or tick to override, then go to Unlearn." + capped)
 
 
 def selected_facts(s, sel_table) -> list[Fact]:
@@ -415,7 +418,8 @@ def unlearn_job(s, method, hp_table, lora, inv_settings, sel_settings, inv_table
     config = train_config(method, hp_table, lora)
     if cls.needs_inverted and _rows(sel_table):
         items = selected_facts(s, sel_table)
-        sel_settings.top_k = max(len(f.inverted) for f in items)  # keep every ticked answer
+        sel_settings.top_k = max(len(f.inverted) for f in items)
+        sel_settings.strategy = "all"  # every ticked answer, as ticked
     elif cls.needs_inverted and _rows(inv_table):
         items = _facts_with_candidates(s, inv_table)
     if cls.needs_retain and not s["retain"]:
@@ -461,6 +465,13 @@ def run_summary(run: dict) -> str:
              f"| same, asked in other words | {_pct(b['forget']['paraphrase_hit_rate'])} | {_pct(a['forget']['paraphrase_hit_rate'])} |"]
     if b["retain"]:
         lines.append(f"| facts to keep answered correctly | {_pct(b['retain']['hit_rate'])} | {_pct(a['retain']['hit_rate'])} |")
+    every = run["summary"].get("everyday")
+    if every:  # asked on every run, so damage shows without a keep set
+        lines.append(f"| everyday questions answered correctly (other knowledge) | {every['known_before']} of "
+                     f"{every['asked']} | {every['known_after']} of {every['asked']} |")
+        lines += ["", f"Other knowledge ({every['asked']} everyday questions): {probes.kept_lost_words(every)}."]
+    if run.get("notes"):
+        lines += ["", *[f"Note: {n}." for n in run["notes"]]]
     return "\n".join(lines)
 
 
@@ -484,10 +495,24 @@ def verdict_table(rows_before: list[dict], rows_after: list[dict], kind_override
     return pd.DataFrame(out, columns=VERDICT_COLUMNS)
 
 
-def _loss_frame(steps: list[dict]) -> pd.DataFrame:
-    # Typed columns even when empty: the plot takes its axis types from the first value.
-    return pd.DataFrame({"step": pd.Series([e["step"] for e in steps], dtype="int64"),
-                         "loss": pd.Series([e["loss"] for e in steps], dtype="float64")})
+def loss_figure(steps: list[dict]):
+    """The training loss per step, integer steps on the x axis (a step is never 1.5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    if steps:
+        ax.plot([e["step"] for e in steps], [e["loss"] for e in steps], marker="o", markersize=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss", fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)  # gradio renders it; pyplot need not keep it
+    return fig
 
 
 @gpu
@@ -510,22 +535,24 @@ def run_unlearn(s, method, hp_table, lora, generator, n, base_url, api_model, ap
                 progress(0, desc=status)
             elif item["type"] == "step":
                 steps.append(item)
-                status = f"Training: step {item['step']} of at most {item['total_steps']} (epoch {item['epoch']}), loss {item['loss']:.3f}"
-                progress((item["step"], item["total_steps"]), desc="Training")
+                where = progress_mod.step_text(item)
+                status = f"Training: {where} (epoch {item['epoch']}), loss {item['loss']:.3f}"
+                progress((item["step"], item["total_steps"]), desc=f"Training: {where}")
             elif item["type"] == "probe":
                 status = f"After epoch {item['epoch']}: {_pct(item['hit_rate'])} of forget questions still answered"
             else:
                 continue
-            yield s, notice(status, "info"), _loss_frame(steps), gr.skip(), gr.skip()
+            yield s, notice(status, "info"), loss_figure(steps), gr.skip(), gr.skip()
         s["unlearned"] = models.load(s["run_dir"], str(_original(s).device))
         run = s["run"]
         saved = json.loads((Path(s["run_dir"]) / "probes.json").read_text(encoding="utf-8"))
-        yield (s, notice(f"Done. Run folder: {s['run_dir']}. Try it in the Compare tab."),
-               _loss_frame(run["steps"]), run_summary(run), verdict_table(saved["before"], saved["after"]))
+        # The run's name only: a server path would show the server's file system to every visitor.
+        yield (s, notice(f"Done. Run '{Path(s['run_dir']).name}' is ready: try it in the Compare tab."),
+               loss_figure(run["steps"]), run_summary(run), verdict_table(saved["before"], saved["after"]))
     except Cancelled:
-        yield s, notice("Cancelled. Nothing was saved; the original model is unchanged.", "info"), _loss_frame(steps), gr.skip(), gr.skip()
+        yield s, notice("Cancelled. Nothing was saved; the original model is unchanged.", "info"), loss_figure(steps), gr.skip(), gr.skip()
     except MeowError as e:
-        yield s, notice(str(e), "error"), _loss_frame(steps), gr.skip(), gr.skip()
+        yield s, notice(str(e), "error"), loss_figure(steps), gr.skip(), gr.skip()
     finally:
         _STOP.pop(s["id"], None)
 
@@ -782,7 +809,7 @@ def build() -> gr.Blocks:
                     unlearn_btn = gr.Button("Unlearn", variant="primary")
                     cancel_btn = gr.Button("Cancel", variant="stop")
                 unlearn_msg = gr.Markdown()
-                loss_plot = gr.LinePlot(_loss_frame([]), x="step", y="loss", label="Training loss", height=260)
+                loss_plot = gr.Plot(loss_figure([]), label="Training loss", format="png")
                 summary = gr.Markdown()
             with gr.Tab("6. Compare", id="compare"):
                 gr.Markdown("The same prompt goes to both models. Left: the original. Right: the unlearned one.")
@@ -876,8 +903,11 @@ def main() -> None:
     port = int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
     # Runs of an app that was killed (not stopped) left hidden partial folders: not runs, remove them.
     pipeline.remove_stale_partials(runs_root(), depth=2)
+    # The facts limit, enforced by the web server itself: a larger upload is refused while it
+    # streams in, before it is written to disk (the reader's own check comes after that).
     build().queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port)
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port,
+        max_file_size=facts_mod.MAX_FILE_BYTES)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sys
 import time
 import warnings
 
+from . import select
 from .errors import Cancelled, MeowError, MeowWarning
 
 
@@ -127,16 +128,22 @@ def cmd_memo(args):
 
 
 def _print_event(event):
+    from . import progress
+
     kind = event["type"]
     if kind == "stage":
         print(f"[{event['stage']}]", file=sys.stderr, flush=True)
     elif kind == "step":
-        print(f"  step {event['step']:>3}  epoch {event['epoch']}  loss {event['loss']:.4f}", file=sys.stderr, flush=True)
+        # One line a step (logs keep them all): a bar, where it is, the loss, the time left.
+        print(f"  {progress.bar(event['step'], event['total_steps'])} {progress.step_text(event)}  "
+              f"epoch {event['epoch']}  loss {event['loss']:.4f}", file=sys.stderr, flush=True)
     elif kind == "probe":
         para = event["paraphrase_hit_rate"]
         para = "n/a" if para is None else f"{para:.0%}"
         print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, paraphrases {para}",
               file=sys.stderr, flush=True)
+    elif kind == "note":
+        print(f"note: {event['text']}", file=sys.stderr, flush=True)
 
 
 # Training settings offered as options: every TrainConfig field that takes a value.
@@ -147,7 +154,7 @@ TRAIN_HELP = {
     "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
     "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",
     "neighbours": "questions from a shipped general pool nearest to the forget questions (at least 2 per fact), answered by the original model and trained on to keep similar questions intact (0 = off)",
-    "train_only": "full fine-tuning: train only parameters whose name matches this regular expression ('mlp' by default; '' = all)",
+    "train_only": "full fine-tuning: train only parameters whose name matches this regular expression ('' = all)",
     "retain_weight": "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)",
     "kl_weight": "weight of the retain KL (kl, meow_kl)",
     "beta": "NPO inverse temperature",
@@ -162,7 +169,7 @@ TRAIN_HELP = {
     "eta_grid": "step sizes tried per Newton step (halving from the trust region)",
     "retain_budget": "largest allowed rise of the retain NLL (nats per token) for Fisher methods",
     "noise_std": "Fisher Forgetting: noise at the mean curvature",
-    "own_answers": "yes/no: train on the original model's own wording of each answer (default yes)",
+    "own_answers": "yes/no: train on the original model's own wording of each answer",
 }
 
 
@@ -183,15 +190,41 @@ def _yes_no(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected yes or no, got '{text}'")
 
 
-def _add_train_options(p):
+def _add_train_options(p, method: str):
+    """One option per tuned TrainConfig field; its help shows the default `method` runs with
+    (method defaults override TrainConfig's, e.g. meow trains at lr 1e-4, not 5e-5)."""
+    from . import methods
+    from .train import TrainConfig
+
+    cls = methods.REGISTRY.get(method)
+    defaults = TrainConfig(**cls.defaults) if cls else None
     for f in _tuned_fields():
         kind = _yes_no if isinstance(f.default, bool) else type(f.default)
+        if defaults is None:
+            default = "the method's default"
+        else:
+            value = getattr(defaults, f.name)
+            default = f"{'yes' if value else 'no'}" if isinstance(value, bool) else repr(value) if value == "" else value
+            default = f"default for {method}: {default}"
+        text = f"{TRAIN_HELP[f.name]} ({default})" if f.name in TRAIN_HELP else f"({default})"
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                       help=TRAIN_HELP.get(f.name, f"(default {f.default})"))
+                       help=text.replace("%", "%%"))
+
+
+def method_in(argv) -> str:
+    """The --method an `unlearn` command line names (default meow), read before parsing so
+    that --help can show that method's defaults."""
+    argv = list(argv)
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return "meow"
 
 
 def cmd_unlearn(args):
-    from . import methods
+    from . import methods, probes
     from .facts import load_facts
     from .pipeline import SelectSettings, unlearn
     from .train import TrainConfig
@@ -227,6 +260,7 @@ def cmd_unlearn(args):
           f"paraphrases {pct(b['paraphrase_hit_rate'])} -> {pct(a['paraphrase_hit_rate'])}")
     if s["after"]["retain"]:
         print(f"retain hit rate {pct(s['before']['retain']['hit_rate'])} -> {pct(s['after']['retain']['hit_rate'])}")
+    print(f"other knowledge ({s['everyday']['asked']} everyday questions): {probes.kept_lost_words(s['everyday'])}")
 
 
 def cmd_ask(args):
@@ -429,7 +463,8 @@ def _pct(x):
     return "n/a" if x is None else f"{x:.0%}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method: str = "meow") -> argparse.ArgumentParser:
+    """The command line; `method`: whose defaults `unlearn --help` shows."""
     parser = argparse.ArgumentParser(prog="python -m meow_app", description="MEOW Studio: make an LLM forget facts.")
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -461,14 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlearn", help="make the model forget facts and save it to RUN_DIR")
     p.add_argument("--forget", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--method", default="meow")
+    p.add_argument("--method", default="meow",
+                   help="an unlearning method (`methods -v` lists them); the defaults below are this method's")
     p.add_argument("--inverted", default=None, help="a file from `invert` (skips generation)")
     p.add_argument("--retain", default=None, help="facts to keep (needed by *_grad_diff, *_kl)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--selection", choices=["largest", "smallest", "random"], default="largest")
+    p.add_argument("--top-k", type=int, default=3, help="inverted answers kept per fact (default 3)")
+    p.add_argument("--selection", choices=select.STRATEGIES, default="largest",
+                   help="which inverted answers to keep by MEMO (default largest; all: every one given)")
     p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
-    _add_train_options(p)
+    _add_train_options(p, method)
     p.add_argument("--no-early-stop", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (faster only on a CPU with bf16 matmuls: AVX512-BF16, AMX or ARM bf16; slower elsewhere)")
     p.add_argument("--low-memory", action="store_true",
@@ -558,7 +595,8 @@ def _show_warning(message, category, *args, _default=warnings.showwarning, **kwa
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(method_in(argv)).parse_args(argv)
     warnings.showwarning = _show_warning
     try:
         args.func(args)

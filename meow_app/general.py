@@ -14,9 +14,20 @@ import json
 from pathlib import Path
 
 from . import generation, metrics, probes
-from .facts import load_facts
+from .facts import Fact, load_facts, read_lines
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "general"
+# Pools a method trains on (neighbour questions, anchor prompts): a question from them says
+# nothing about what a run kept, so the default check leaves them out.
+TRAINING_POOLS = (ASSETS.parent / "neighbour_questions.txt", ASSETS.parent / "anchor_prompts.txt")
+
+
+def held_out_questions(forget: list[Fact] = ()) -> list[Fact]:
+    """The shipped everyday questions that no method trains on and that mention no fact being
+    forgotten: asked before and after every run, so collateral damage shows without a keep set."""
+    pooled = {q for pool in TRAINING_POOLS for q in read_lines(pool)}
+    return [f for f in load_facts(ASSETS / "questions.jsonl") if f.question not in pooled
+            and not any(probes.leaks(f"{f.question} {f.answer}", g) for g in forget)]
 
 
 def load_multiple_choice(path=ASSETS / "multiple_choice.jsonl") -> list[dict]:

@@ -9,7 +9,8 @@ RUN_DIR/
   adapter/      with LoRA only: the PEFT adapter before merging (adapter_config.json, adapter_model.safetensors)
   run.json      method, settings, seed, timings, per-step losses, hit rates (numbers only)
   facts.jsonl   the forget facts with their inverted answers, MEMO scores and selection
-  probes.json   the greedy answers before and after, per question
+  probes.json   the greedy answers before and after, per question (forget, retain, and the
+                shipped everyday questions asked on every run)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import invert as invert_mod
-from . import generation, memo, methods, models, probes, select
+from . import general, generation, memo, methods, models, probes, select
 from . import neighbours as neighbours_mod
 from .errors import MeowError
 from .facts import Fact, write_jsonl
@@ -82,6 +83,15 @@ def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: Se
                     "selected": chosen})
         f.inverted = [f.inverted[j] for j in chosen]
     return out
+
+
+def capped_note(selection: list[dict], settings: SelectSettings) -> str | None:
+    """Say so when top-k asked for more inverted answers than a fact has (all of them are used)."""
+    short = [(i, len(s["candidates"])) for i, s in enumerate(selection, start=1) if len(s["candidates"]) < settings.top_k]
+    if not short or settings.strategy == "all":
+        return None
+    return (f"top-k is {settings.top_k}, but {len(short)} fact(s) have fewer inverted answers "
+            f"(fact {short[0][0]}: {short[0][1]}): all of theirs are used")
 
 
 ANCHOR_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "anchor_prompts.txt"
@@ -215,8 +225,11 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         t = stage("probe_before")
         before = probes.probe(loaded.model, loaded.tokenizer, forget)
         before_retain = probes.probe(loaded.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
+        # Everyday questions, asked before and after: collateral damage shows without a keep set.
+        everyday = general.held_out_questions(forget)
+        before_general = probes.probe(loaded.model, loaded.tokenizer, everyday, paraphrases=False)
         timings["probe_before"] = time.perf_counter() - t
-        selection = None
+        selection, notes = None, []
         if method_obj.needs_inverted:
             if not all(f.inverted for f in forget):
                 t = stage("invert")
@@ -227,6 +240,9 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             t = stage("memo")
             selection = score_and_select(loaded, forget, sel, config.seed)
             timings["memo_select"] = time.perf_counter() - t
+            if capped := capped_note(selection, sel):
+                notes.append(capped)
+                emit({"type": "note", "text": capped})
             if inv.answer_style:
                 own = {r["fact"]: r["answer"] for r in before["rows"] if r["kind"] == "question"}
                 for i, f in enumerate(forget):
@@ -246,6 +262,7 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         after = result.last_probe if result.last_probe and loaded.dtype == torch.float32 and not config.lora \
             else probes.probe(result.model, loaded.tokenizer, forget)
         after_retain = probes.probe(result.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
+        after_general = probes.probe(result.model, loaded.tokenizer, everyday, paraphrases=False)
         timings["probe_after"] = time.perf_counter() - t
         t = stage("save")
         save_checkpoint(result.model, loaded.tokenizer, partial / "model")
@@ -273,7 +290,9 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             "stopped_early": result.stopped_early,
             "method_info": result.info,
             "summary": {"before": {"forget": rates(before), "retain": rates(before_retain)},
-                        "after": {"forget": rates(after), "retain": rates(after_retain)}},
+                        "after": {"forget": rates(after), "retain": rates(after_retain)},
+                        "everyday": probes.kept_lost(before_general, after_general)},
+            "notes": notes,
         }
         _write_json(partial / "run.json", run)
         rows = []
@@ -285,7 +304,9 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         write_jsonl(rows, partial / "facts.jsonl")
         _write_json(partial / "probes.json", {"before": before["rows"], "after": after["rows"],
                                               "retain_before": before_retain and before_retain["rows"],
-                                              "retain_after": after_retain and after_retain["rows"]})
+                                              "retain_after": after_retain and after_retain["rows"],
+                                              "everyday_before": before_general["rows"],
+                                              "everyday_after": after_general["rows"]})
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above
         os.replace(partial, out_dir)

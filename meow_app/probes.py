@@ -56,3 +56,19 @@ def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True, max_new
         return sum(hits) / len(hits) if hits else None
 
     return {"hit_rate": rate("question"), "paraphrase_hit_rate": rate("paraphrase"), "rows": rows}
+
+
+def kept_lost(before: dict, after: dict) -> dict:
+    """Questions (not paraphrases) known before, and of those how many are still known after."""
+    pairs = [(b["leak"], a["leak"]) for b, a in zip(before["rows"], after["rows"]) if b["kind"] == "question"]
+    known = [a for b, a in pairs if b]
+    return {"asked": len(pairs), "known_before": len(known), "known_after": sum(a for _, a in pairs),
+            "kept": sum(known), "lost": len(known) - sum(known)}
+
+
+def kept_lost_words(counts: dict) -> str:
+    """kept_lost's counts in words: 'kept 21 of the 22 it knew (1 lost)'."""
+    if not counts["known_before"]:
+        return f"the model knew none of the {counts['asked']} before"
+    lost = f" ({counts['lost']} lost)" if counts["lost"] else " (none lost)"
+    return f"kept {counts['kept']} of the {counts['known_before']} it knew{lost}"

@@ -2,7 +2,8 @@
 
 `largest` keeps the k candidates the model already finds most natural (the published
 default: they are the cheapest to learn and displace the truth best), `smallest` the
-least, `random` k at random (seeded). The app lets the user override the choice.
+least, `random` k at random (seeded), `all` every candidate (k is not used: the app's
+MEMO table, where the user's ticks are the choice).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 
 from .errors import MeowError
 
-STRATEGIES = ("largest", "smallest", "random")
+STRATEGIES = ("largest", "smallest", "random", "all")
 
 
 def select(scores: list[float], k: int, strategy: str = "largest", seed: int = 0) -> list[int]:
@@ -22,7 +23,9 @@ def select(scores: list[float], k: int, strategy: str = "largest", seed: int = 0
         raise MeowError(f"top-k must be at least 1, got {k}")
     k = min(k, len(scores))
     order = list(range(len(scores)))
-    if strategy == "random":
+    if strategy == "all":
+        chosen = order
+    elif strategy == "random":
         chosen = random.Random(seed).sample(order, k)
     else:
         # A stable sort on the index keeps ties in input order, so results are reproducible.

@@ -141,11 +141,20 @@ def _unlearn(s, hp=(("epochs", "1"), ("num_batch", "2"), ("lr", "1e-4")), **kw):
 
 def test_unlearn_streams_progress_saves_a_run_and_compares(sess, tmp_path):
     s, _ = _loaded(sess)
-    outs = _unlearn(s)
+    outs = _unlearn(s, hp=(("epochs", "1"), ("num_batch", "2"), ("lr", "1e-4"), ("batch_size", "1")))  # 4 steps
     final = outs[-1]
     assert final[1].startswith("✅ Done") and len(outs) > 2
-    assert not final[2].empty and list(final[2].columns) == ["step", "loss"]
+    assert s["id"] not in final[1] and "/" not in final[1]  # the run's name, no server path
+    (line,) = final[2].axes[0].get_lines()
+    assert list(line.get_xdata()) == [e["step"] for e in s["run"]["steps"]]
+    assert all(float(t).is_integer() for t in final[2].axes[0].get_xticks())  # no step 1.5
+    statuses = [o[1] for o in outs if "Training: step" in o[1]]
+    assert statuses and "step 1 of at most" in statuses[0] and "left" in statuses[1], statuses[:2]
     assert "before" in final[3] and "after" in final[3]
+    # Other knowledge, without a keep set: the everyday questions, before and after.
+    every = s["run"]["summary"]["everyday"]
+    assert f"| {every['known_before']} of {every['asked']} | {every['known_after']} of {every['asked']} |" in final[3]
+    assert "Other knowledge" in final[3]
     assert set(final[4]["verdict"]) <= {"forgotten", "still known", "leaks under paraphrase", "not known before"}
     run_dir = s["run_dir"]
     assert run_dir.startswith(str(tmp_path / "home" / "runs" / s["id"]))
@@ -247,3 +256,23 @@ def test_publish_previews_then_pushes_to_the_hub(sess, monkeypatch):
         monkeypatch.setenv("HF_TOKEN", "hf_app_token_abcdef")  # the fallback when nothing is typed
         assert app.publish_push(s, "me/cat", False, False, "", "").startswith("✅")
         assert len(hub.repos["me/cat"].commits) == 2
+
+
+def test_the_settings_table_shows_what_the_method_runs_with():
+    from meow_app.train import TrainConfig
+
+    for name, cls in methods.REGISTRY.items():
+        text, table = app.method_info(name)
+        runs = TrainConfig(**cls.defaults)
+        assert app.train_config(name, table, False) == runs, name  # the table as shown changes nothing
+        for key, value in table.values.tolist():
+            assert value == str(getattr(runs, key)), (name, key, value)
+    text, table = app.method_info("meow")
+    assert dict(table.values.tolist())["lr"] == "0.0001"  # meow's own default, not TrainConfig's 5e-05
+
+
+def test_loss_figure_has_integer_steps_even_for_a_few():
+    fig = app.loss_figure([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.4}])
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert not app.loss_figure([]).axes[0].get_lines()

@@ -26,8 +26,20 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def url(tiny_dir, tmp_path_factory, hub):
-    home = tmp_path_factory.mktemp("home")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+def run_folder(status: str, home: Path) -> Path:
+    """The run a "Done" status names: by its name only (the app shows no server path)."""
+    assert str(home) not in status and "/" not in status, status
+    name = status.split("Run '")[1].split("'")[0]
+    (found,) = home.rglob(name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def url(tiny_dir, home, hub):
     # The Publish tab pushes to the local Hub server (tests/hub_server.py) over plain HTTP.
     with running_app({"MEOW_MODEL": tiny_dir, "MEOW_HOME": str(home), "HF_ENDPOINT": hub.url,
                       "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": ""}) as u:
@@ -80,7 +92,7 @@ def test_endpoints_walk_the_flow(url, hub, tmp_path):
     assert "README.md" in hub.repos["me/api-cat"].files
 
 
-def test_two_sessions_at_once_do_not_see_each_other(url):
+def test_two_sessions_at_once_do_not_see_each_other(url, home):
     a, b = Client(url, verbose=False), Client(url, verbose=False)
     results = {}
 
@@ -102,7 +114,31 @@ def test_two_sessions_at_once_do_not_see_each_other(url):
     assert _questions(va) != _questions(vb)
     assert [_text(m) for m in la if m["role"] == "user"] == ["Hello from a"]
     assert [_text(m) for m in lb if m["role"] == "user"] == ["Hello from b"]
-    run_a, run_b = sa.split("Run folder: ")[1].split(". ")[0], sb.split("Run folder: ")[1].split(". ")[0]
+    run_a, run_b = run_folder(sa, home), run_folder(sb, home)
     assert Path(run_a).parent != Path(run_b).parent  # one folder per session
     assert json.loads((Path(run_a) / "run.json").read_text())["n_forget"] == 1
     assert json.loads((Path(run_b) / "run.json").read_text())["n_forget"] == 2
+
+
+def test_an_upload_over_the_facts_limit_is_refused_by_the_web_server(url):
+    import urllib.error
+    import urllib.request
+
+    from meow_app import facts
+
+    def post(size):
+        boundary = "meowboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jsonl\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    status, text = post(facts.MAX_FILE_BYTES + 1)
+    assert status == 413 and "max" in text.lower(), (status, text[:200])
+    status, text = post(1000)  # under the limit: stored as usual
+    assert status == 200 and "big.jsonl" in text

@@ -118,7 +118,8 @@ def test_whole_flow_in_a_browser(url, page, shots):
     page.get_by_role("button", name="Unlearn", exact=True).click()
     expect(page.get_by_text("Training: step")).to_be_visible()
     page.screenshot(path=shots / "5-training.png", full_page=True)
-    expect(page.get_by_text("Done. Run folder:")).to_be_visible()
+    expect(page.get_by_text("Done. Run '")).to_be_visible()
+    expect(page.get_by_text("everyday questions answered correctly")).to_be_visible()
     expect(page.get_by_text("forget questions answered correctly")).to_be_visible()
     page.screenshot(path=shots / "5-done.png", full_page=True)
     # 6. Compare: one prompt, both answers stream in.

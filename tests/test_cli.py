@@ -60,9 +60,16 @@ def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
 
     run = tmp_path / "run1"
     r = ok(cli("unlearn", "--forget", facts_file, "--inverted", inv, "--out", run, "--model", tiny_dir,
-               "--epochs", 2, "--lr", 1e-3, "--no-early-stop"))
+               "--epochs", 2, "--lr", 1e-3, "--no-early-stop", "--top-k", 5))
     assert "forget hit rate" in r.stdout
+    # 3 candidates a fact, top-k 5: said once, not silently capped.
+    assert r.stderr.count("note: top-k is 5, but 2 fact(s) have fewer inverted answers (fact 1: 3)") == 1
+    # Progress: a bar, step k of n, the time left from the second step on; the collateral check.
+    bars = [line for line in r.stderr.splitlines() if line.strip().startswith("[#")]
+    assert bars and "step 1 of at most" in bars[0] and "left" in bars[1], r.stderr
+    assert "other knowledge (" in r.stdout and "everyday questions)" in r.stdout
     meta = json.loads((run / "run.json").read_text())
+    assert meta["notes"][0].startswith("top-k is 5") and meta["summary"]["everyday"]["asked"] >= 20
     assert meta["method"] == "meow" and meta["seed"] == 0 and meta["steps"] and "train" in meta["timings"]
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "tokenizer.json").is_file()
     from transformers import AutoModelForCausalLM
@@ -130,3 +137,19 @@ def test_errors_are_one_clear_line(tmp_path, facts_file, tiny_dir, args, text):
 def test_unknown_hub_model_offline(tmp_path, facts_file):
     r = cli("ask", "hi", "--model", "nobody/no-such-model-xyz", env={"HF_HUB_OFFLINE": "1"})
     one_line_error(r, "cannot load model 'nobody/no-such-model-xyz' (offline mode is on")
+
+
+def test_unlearn_help_shows_the_defaults_the_chosen_method_runs_with():
+    from meow_app import cli as cli_mod, methods
+    from meow_app.train import TrainConfig
+
+    assert "--lr LR (default for meow: 0.0001)" in " ".join(ok(cli("unlearn", "--help")).stdout.split())
+    assert "(default for ga: 1e-05)" in ok(cli("unlearn", "--method", "ga", "--help")).stdout
+    for name, cls in methods.REGISTRY.items():
+        sub = cli_mod.build_parser(name)._subparsers._group_actions[0].choices["unlearn"]
+        shown = {a.dest: " ".join(a.help.split()) for a in sub._actions if a.help}
+        runs = TrainConfig(**cls.defaults)
+        for f in cli_mod._tuned_fields():
+            value = getattr(runs, f.name)
+            value = ("yes" if value else "no") if isinstance(value, bool) else repr(value) if value == "" else value
+            assert shown[f.name].endswith(f"(default for {name}: {value})"), (name, f.name, shown[f.name])

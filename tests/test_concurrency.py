@@ -16,7 +16,7 @@ from gradio_client.utils import Status
 
 from apprunner import running_app
 from openai_stub import WRONG, openai_stub
-from test_app_api import EMPTY_INV, EMPTY_SEL, FAST, _text
+from test_app_api import EMPTY_INV, EMPTY_SEL, FAST, _text, run_folder
 from test_crash import LONG, _wait_for_training
 
 KEY = "sk-test-SECRET-9d2e71c04b"
@@ -95,7 +95,7 @@ def test_four_sessions_two_jobs_queue_cancel_and_no_secrets(tiny_dir, tmp_path):
     # Each session saw only its own facts, runs and chats.
     assert len(ta["data"]) == 1 and len(tb["data"]) == 2 and len(tc["data"]) == 6 and len(td["data"]) == 3
     assert status_a.startswith("✅ Done") and status_b.startswith("✅ Done"), (status_a, status_b)
-    run_a, run_b = (Path(s.split("Run folder: ")[1].split(". ")[0]) for s in (status_a, status_b))
+    run_a, run_b = (run_folder(s, runs) for s in (status_a, status_b))
     assert run_a.parent != run_b.parent and run_a.parent.parent == run_b.parent.parent == runs
     assert json.loads((run_a / "run.json").read_text())["n_forget"] == 1
     assert json.loads((run_b / "run.json").read_text())["n_forget"] == 2
