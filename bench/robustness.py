@@ -44,12 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default=str(ROOT / "bench/results/robustness"))
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"methods to attack (default: {' '.join(METHODS)})")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     models = {"original": "embedded"}
     seconds = {}
-    for method in METHODS:
+    for method in args.methods:
         run = work / method
         if not (run / "run.json").is_file():
             seconds[f"unlearn {method}"] = round(cli("unlearn", "--method", method, "--forget", FORGET,

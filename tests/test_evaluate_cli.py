@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from meow_app import attacks, evaluate, general, report
+from meow_app import attacks, evaluate, general, probes, report
 from meow_app.facts import Fact
 from test_cli import cli, ok, one_line_error
 
@@ -129,3 +129,20 @@ def test_forget_plot_puts_each_scale_on_its_own_axis_and_says_which_way_is_bette
     kept = [t.get_text() for ax in report.metric_figure(rep, "retain").axes for t in ax.get_xticklabels()]
     assert [t for t in kept if "gives the true answer" in t][0].endswith("(↑ better)")
     assert report.metric_bars(rep, "forget").startswith('<img alt="plot" src="data:image/png;base64,')
+
+
+def test_everyday_questions_leave_out_the_training_pools_and_the_forgotten_facts():
+    from meow_app.facts import load_facts, read_lines
+
+    shipped = load_facts(general.ASSETS / "questions.jsonl")
+    pooled = {q for pool in general.TRAINING_POOLS for q in read_lines(pool)}
+    asked = general.held_out_questions()
+    assert {f.question for f in shipped} & pooled  # the guard: the pools do hold some of them
+    assert asked and not {f.question for f in asked} & pooled
+    sky = Fact("What color is the sky on a clear day?", "Blue", ["blue"])
+    without = general.held_out_questions([sky])
+    assert len(without) < len(asked) and not any("blue" in (f.question + f.answer).lower() for f in without)
+    b = {"rows": [{"kind": "question", "leak": x} for x in (True, True, False, True)]}
+    a = {"rows": [{"kind": "question", "leak": x} for x in (True, False, True, True)]}
+    assert probes.kept_lost(b, a) == {"asked": 4, "known_before": 3, "known_after": 3, "kept": 2, "lost": 1}
+    assert probes.kept_lost_words(probes.kept_lost(b, a)) == "kept 2 of the 3 it knew (1 lost)"
