@@ -151,7 +151,7 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
-                 on_event=None, should_stop=None, anchors=None, probe_facts=None):
+                 on_event=None, should_stop=None, anchors=None, probe_facts=None, run_probes: bool = True):
         config.check()
         if method.needs_retain and not retain:
             raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
@@ -160,6 +160,9 @@ class Trainer:
         # What the probes check: the facts as the user gave them, while `forget` may carry
         # the training targets (the model's own wording, see pipeline.own_answers).
         self.probe_facts = probe_facts or forget
+        # The probes check for *forgetting* and cost a generation pass over the facts: off
+        # when learning (finetune.py), which then never stops early.
+        self.run_probes = run_probes
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -197,7 +200,10 @@ class Trainer:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _probe(self, model, epoch: int) -> dict:
+    def _probe(self, model, epoch: int) -> tuple[dict, dict | None]:
+        """(the probe event, the full probe); without probes an event with no hit rates."""
+        if not self.run_probes:
+            return {"type": "probe", "epoch": epoch, "hit_rate": None, "paraphrase_hit_rate": None}, None
         model.eval()
         model.config.use_cache = True
         with self.autocast():
