@@ -21,7 +21,7 @@ class Finetune(Method):
         # copies are an unlearning notion).
         return [(f.question, f.answer) for f in facts]
 
-    def loss(self, model, forget, retain, reference, config):
+    def forget_loss(self, model, forget, reference, config):
         loss = losses.nll(model, forget)
         return loss, {"nll": loss.item()}
 

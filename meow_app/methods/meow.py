@@ -26,6 +26,6 @@ class Meow(Method):
             pairs += [(f.question, f.inverted[j % len(f.inverted)]) for j in range(config.num_batch)]
         return pairs
 
-    def loss(self, model, forget, retain, reference, config):
+    def forget_loss(self, model, forget, reference, config):
         loss = losses.nll(model, forget)
         return loss, {"forget_nll": loss.item()}
