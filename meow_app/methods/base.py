@@ -27,6 +27,7 @@ class Method:
     hyperparameters: tuple = ("epochs", "lr")  # the TrainConfig fields worth showing for it
     optimizer = "adamw"       # adamw | sophia (the shared loop builds it)
     custom_loop = False       # True: run(trainer, model) replaces the shared loop (one-shot methods)
+    tofu_defaults: dict = {}  # TrainConfig fields changed on top of `defaults` in the TOFU protocol (tofu.py)
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
         """(question, answer[, answer prefix]) trained on each epoch: each fact num_batch times."""
