@@ -9,7 +9,9 @@ evaluate.mia: it needs no training, only the likelihoods every evaluation comput
 
 from __future__ import annotations
 
+from . import scoring
 from .errors import MeowError
+from .finetune import finetune
 from .train import TrainConfig
 
 RELEARN_DEFAULTS = dict(epochs=3, lr=1e-4, batch_size=8, train_only="", seed=0)
@@ -28,14 +30,11 @@ def split(facts: list, fraction: float = 0.5) -> tuple[list, list]:
 def relearn(unlearned, tokenizer, forget: list, fraction: float = 0.5, max_new_tokens: int = 48,
             on_event=None, **config) -> dict:
     """Scores on the held-out part of the forget set before and after relearning on the rest."""
-    from . import evaluate
-    from .finetune import finetune
-
     train, test = split(forget, fraction)
     cfg = TrainConfig(**{**RELEARN_DEFAULTS, **config})
-    before = evaluate.score_set(unlearned, tokenizer, test, max_new_tokens, with_memo=False)
+    before = scoring.score_set(unlearned, tokenizer, test, max_new_tokens, with_memo=False)
     relearned = finetune(unlearned, tokenizer, train, cfg, on_event)
-    after = evaluate.score_set(relearned, tokenizer, test, max_new_tokens, with_memo=False)
+    after = scoring.score_set(relearned, tokenizer, test, max_new_tokens, with_memo=False)
     del relearned
     return {"trained_on": [f.question for f in train], "settings": {"fraction": fraction, **cfg.to_dict()},
             "before": before["aggregate"], "after": after["aggregate"],

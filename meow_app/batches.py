@@ -33,7 +33,7 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     """Left-padded batch. Answers then all end at the last position, so the loss needs the
     vocabulary projection (a fifth of the model's compute) only on the last `keep` ones.
 
-    It also says which prompt tokens rows have in common, so losses._shifted can compute
+    It also says which prompt tokens rows have in common, so losses.answer_logits can compute
     them once (same results, less work): `shared`, the leading tokens every prompt has
     (the chat template's system prompt, about half of a short example; 0 if fewer than
     generation.MIN_SHARED), and the rest of each prompt but its last token, once per
@@ -63,6 +63,11 @@ def collate(examples: list[Example], pad_id: int) -> dict:
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "keep": keep,
             "shared": shared, "group": torch.tensor(group), "middle_ids": middle_ids, "middle_mask": middle_mask,
             "own_mask": (torch.arange(keep) >= keep - torch.tensor(own)[:, None]).long()}
+
+
+def to_device(batch: dict, device) -> dict:
+    """The batch's tensors on `device` (the counts `keep` and `shared` stay ints)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def length_grouped(examples: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:

@@ -22,16 +22,9 @@ from __future__ import annotations
 from . import attacks, generation, probes
 from .errors import MeowError
 from .facts import Fact
-from .invert import SHOTS
+from .prompts import SHOTS, plain
 
 ATTACKS = ("paraphrase", "prefix", "few_shot", "sampling", "relearn")
-PLAIN = "Question: {question}\nAnswer:"
-
-
-def plain_prompt(question: str, shots: list[tuple[str, str]] = ()) -> str:
-    """The question as plain text (no chat template), after the solved `shots` if any."""
-    solved = "".join(PLAIN.format(question=q) + f" {a}\n\n" for q, a in shots)
-    return solved + PLAIN.format(question=question)
 
 
 def shots_for(fact: Fact, count: int = 3) -> list[tuple[str, str]]:
@@ -63,7 +56,7 @@ def paraphrase(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48) ->
 
 
 def prefix(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48, shots: int = 0) -> dict:
-    prompts = [plain_prompt(f.question, shots_for(f, shots) if shots else ()) for f in facts]
+    prompts = [plain(f.question, shots_for(f, shots) if shots else ()) for f in facts]
     answers = _continue(model, tokenizer, prompts, max_new_tokens)
     rows = [{"fact": i, "prompt": f.question, "answer": a, "leak": probes.leaks(a, f)}
             for i, (f, a) in enumerate(zip(facts, answers))]

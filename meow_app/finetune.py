@@ -21,22 +21,14 @@ class Finetune(Method):
         # copies are an unlearning notion).
         return [(f.question, f.answer) for f in facts]
 
-    def loss(self, model, forget, retain, reference, config):
+    def forget_loss(self, model, forget, reference, config):
         loss = losses.nll(model, forget)
         return loss, {"nll": loss.item()}
 
 
-class _NoProbeTrainer(Trainer):
-    """The shared loop without its forget probes: they check for *forgetting* (and cost a
-    full generation pass over the training facts), which means nothing when learning."""
-
-    def _probe(self, model, epoch):
-        return {"type": "probe", "epoch": epoch, "hit_rate": None, "paraphrase_hit_rate": None}, None
-
-
 def finetune(model, tokenizer, facts, config: TrainConfig | None = None, on_event=None):
     """A trained copy of `model` (the input is never modified) after NLL on `facts`.
-    Early stopping is off: the goal is to learn the facts."""
+    Early stopping and the forget probes are off: the goal is to learn the facts."""
     config = config or TrainConfig()
     config.early_stop = False
-    return _NoProbeTrainer(Finetune(), model, tokenizer, config, facts, on_event=on_event).train().model
+    return Trainer(Finetune(), model, tokenizer, config, facts, on_event=on_event, run_probes=False).train().model

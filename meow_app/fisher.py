@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import losses
-from .batches import collate
+from .batches import collate, to_device
 
 
 def flatten(tensors) -> torch.Tensor:
@@ -49,8 +49,7 @@ def per_example_grads(model, params, examples, pad_id: int, device):
     """Yield one flat gradient per example (a loop: per-example gradients of every weight
     at once would need m copies of the model)."""
     for e in examples:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate([e], pad_id).items()}
-        yield flat_grad(model, params, batch)[0]
+        yield flat_grad(model, params, to_device(collate([e], pad_id), device))[0]
 
 
 @torch.no_grad()
@@ -58,9 +57,8 @@ def mean_nll(model, examples, pad_id: int, device, batch_size: int = 16) -> floa
     """Token-averaged answer NLL over many examples, in batches."""
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad_id)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        per_token, mask = losses.token_nll(*losses._shifted(model, batch))
+        batch = to_device(collate(examples[start:start + batch_size], pad_id), device)
+        per_token, mask = losses.token_nll(*losses.answer_logits(model, batch))
         total += float(per_token.sum())
         count += int(mask.sum())
     return total / max(1, count)

@@ -1,8 +1,9 @@
 """Inverted facts: plausible answers to a question that contradict its true answer.
 
 Two generators: the local model (offline, default) and any OpenAI-compatible API.
-Both see the same few-shot prompt (the MEOW paper's instruction: N answers that do not
-factually match the Answer, one per line, no numbering) and sample at temperature 0.9.
+Both see the same few-shot prompt (prompts.py: the MEOW paper's instruction, N answers
+that do not factually match the Answer, one per line, no numbering) and sample at
+temperature 0.9.
 A small model is weak at this, so we sample several rounds, clean the lines, drop any
 that contain the truth, and finally top up from clear fallbacks (other facts' answers,
 then editable templates) so every fact gets N candidates the user can review.
@@ -17,10 +18,7 @@ from dataclasses import dataclass, field
 from .errors import MeowError
 from .facts import Fact
 from . import generation
-
-SYSTEM = ("You write wrong answers for a quiz. Given a question and its correct answer, write {n} "
-          "different answers to the question that do not factually match the Answer. They must sound "
-          "plausible and have the same form as the Answer. Put each on its own line, with no numbering.")
+from .prompts import invert_messages, invert_raw
 
 # Last resort, shown to the user as editable text rather than hidden.
 TEMPLATES = [
@@ -35,25 +33,6 @@ TEMPLATES = [
 _BULLET = re.compile(r"^\s*(?:[-*•·]+\s*|\(?\d+[.):]\s*|\(?[a-zA-Z][.)]\s+)")
 
 
-# Few-shot examples, both short answers and a sentence answer, so both forms are shown.
-# The API model gets them as chat turns; a small local model follows them better as a raw list.
-SHOTS = [
-    ("Who wrote the novel Pride and Prejudice?", "Jane Austen", ["Charlotte Brontë", "Mary Shelley", "George Eliot", "Virginia Woolf"]),
-    ("What is the capital of Canada?", "Ottawa", ["Toronto", "Montreal", "Vancouver", "Quebec City"]),
-    ("Which planet is closest to the Sun?", "Mercury", ["Venus", "Mars", "Jupiter", "Saturn"]),
-    ("Who discovered penicillin?", "Alexander Fleming", ["Louis Pasteur", "Robert Koch", "Joseph Lister", "Edward Jenner"]),
-    ("In which city was the author Elena Petrova born?", "Elena Petrova was born in Kyiv, Ukraine.",
-     ["Elena Petrova was born in Warsaw, Poland.", "Elena Petrova was born in Prague, Czech Republic.",
-      "Elena Petrova was born in Minsk, Belarus.", "Elena Petrova was born in Riga, Latvia."]),
-]
-
-
-def raw_prompt(fact: Fact) -> str:
-    shots = "".join(f"Question: {q}\nCorrect answer: {a}\nWrong answers:\n" + "\n".join(w) + "\n\n"
-                    for q, a, w in SHOTS)
-    return shots + f"Question: {fact.question}\nCorrect answer: {fact.answer}\nWrong answers:\n"
-
-
 def truth_token_ids(tokenizer, fact: Fact) -> list[int]:
     """Tokens that spell the truth (its keywords, or a short answer), to forbid while sampling;
     short pieces (punctuation, initials) stay allowed."""
@@ -65,15 +44,6 @@ def truth_token_ids(tokenizer, fact: Fact) -> list[int]:
                 if len(tokenizer.decode([t]).strip()) >= 3:
                     ids.add(t)
     return sorted(ids)
-
-
-def messages(fact: Fact, n: int) -> list[dict]:
-    msgs = [{"role": "system", "content": SYSTEM.format(n=n)}]
-    for q, a, wrong in SHOTS:
-        msgs.append({"role": "user", "content": f"Question: {q}\nAnswer: {a}"})
-        msgs.append({"role": "assistant", "content": "\n".join(wrong[:n])})
-    msgs.append({"role": "user", "content": f"Question: {fact.question}\nAnswer: {fact.answer}"})
-    return msgs
 
 
 def _truths(fact: Fact) -> list[str]:
@@ -153,7 +123,7 @@ class LocalGenerator:
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
         tok = self.tokenizer
-        prompts = [generation.encode(tok, raw_prompt(f)) for f in facts]
+        prompts = [generation.encode(tok, invert_raw(f)) for f in facts]
         # n lines of about the answer's length, and no more: sampling is the slow part.
         limits = [n * (len(generation.encode(tok, f.answer)) + 6) + 4 for f in facts]
         ids = generation.generate_ids(self.model, tok, prompts, limits, self.batch_size,
@@ -199,7 +169,7 @@ class OpenAIGenerator:
         for i, fact in enumerate(facts):
             try:
                 reply = self.client.chat.completions.create(
-                    model=self.model, messages=messages(fact, n), temperature=self.temperature,
+                    model=self.model, messages=invert_messages(fact, n), temperature=self.temperature,
                     seed=seed + i, max_tokens=48 * n)
             except openai.AuthenticationError:
                 raise MeowError(f"the API key was rejected by {where}") from None

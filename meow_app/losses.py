@@ -9,8 +9,9 @@ from . import generation
 from .batches import IGNORE
 
 
-def _shifted(model, batch):
-    """Logits that predict each answer token, and those tokens (see batches.collate)."""
+def answer_logits(model, batch):
+    """Logits that predict each answer token, and those tokens (see batches.collate): the
+    one forward pass every loss and score goes through."""
     keep = batch["keep"]
     if _can_share(model, batch):
         logits = _shared_forward(model, batch, keep)
@@ -83,21 +84,21 @@ def token_nll(logits, labels):
 
 def nll(model, batch) -> torch.Tensor:
     """Mean next-token cross-entropy over all answer tokens of the batch."""
-    per_token, mask = token_nll(*_shifted(model, batch))
+    per_token, mask = token_nll(*answer_logits(model, batch))
     return per_token.sum() / mask.sum().clamp(min=1)
 
 
 def sequence_nll(model, batch) -> torch.Tensor:
     """Summed answer NLL per sequence, shape (batch,) (what NPO compares)."""
-    per_token, _ = token_nll(*_shifted(model, batch))
+    per_token, _ = token_nll(*answer_logits(model, batch))
     return per_token.sum(1)
 
 
 def kl_to_reference(model, reference, batch) -> torch.Tensor:
     """KL(reference || model) per answer token, averaged: stay close to the original."""
-    logits, labels = _shifted(model, batch)
+    logits, labels = answer_logits(model, batch)
     with torch.no_grad():
-        ref_logits, _ = _shifted(reference, batch)
+        ref_logits, _ = answer_logits(reference, batch)
     mask = (labels != IGNORE).unsqueeze(-1)
     ref_logp = ref_logits.log_softmax(-1)
     kl = (ref_logp.exp() * (ref_logp - logits.log_softmax(-1)) * mask).sum()

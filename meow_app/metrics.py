@@ -21,7 +21,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from . import losses
-from .batches import Example, collate, encode_example
+from .batches import Example, collate, encode_example, to_device
 
 _rougeL = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 MIN_K = 0.4  # Min-k% membership score: mean of the lowest 40% token log-probs
@@ -48,9 +48,8 @@ def teacher_forced(model, tokenizer, pairs: list[tuple[str, str]], batch_size: i
     out: list[Scored | None] = [None] * len(examples)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        batch = collate([examples[i] for i in rows], tokenizer.pad_token_id)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        logits, labels = losses._shifted(model, batch)  # the loss code's own alignment of logits and labels
+        batch = to_device(collate([examples[i] for i in rows], tokenizer.pad_token_id), device)
+        logits, labels = losses.answer_logits(model, batch)  # the loss code's own alignment of logits and labels
         per_token, mask = losses.token_nll(logits, labels)
         hits = logits.argmax(-1) == labels
         for j, i in enumerate(rows):

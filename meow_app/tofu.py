@@ -37,10 +37,6 @@ RECIPE_CPU = dict(epochs=3, lr=5e-4, batch_size=16, weight_decay=0.01, train_onl
 # Unlearning on the reduced CPU version: 2 copies per fact (MEOW's num_batch) and at most
 # 3 epochs instead of 8 and 6, so `--authors 4` takes minutes, not an hour.
 UNLEARN_CPU = dict(num_batch=2, epochs=3)
-# MEOW's defaults are tuned for forgetting real-world facts from the embedded model
-# (neighbour questions from a general pool, a higher lr); on a TOFU fine-tune the
-# recipe used before applies: no neighbours, lr 5e-5, up to 6 epochs (what docs/evaluation.md used).
-TOFU_MEOW = dict(lr=5e-5, epochs=6, min_steps=0, neighbours=0)
 
 
 def default_data_dir() -> Path:
@@ -177,8 +173,7 @@ def run(out_dir, model: str = "embedded", method: str = "meow", split: str = "fo
     emit({"type": "stage", "stage": f"unlearn with {method}"})
     target_lm = models.LoadedModel(target, tok, f"{model} fine-tuned on TOFU", next(target.parameters()).device)
     small = UNLEARN_CPU if authors is not None else {}
-    recipe_meow = TOFU_MEOW if isinstance(method_obj, methods.REGISTRY["meow"]) else {}
-    config = TrainConfig(**{**method_obj.defaults, **recipe_meow, **small, **(unlearn_overrides or {})})
+    config = TrainConfig(**{**method_obj.defaults, **method_obj.tofu_defaults, **small, **(unlearn_overrides or {})})
     retain_for_method = sets["retain_train"][:len(forget) * 4] if method_obj.uses_retain else None
     run_info = unlearn(forget, out_dir / "run", method, retain=retain_for_method, config=config,
                        invert_settings=InvertSettings(answer_style=False),

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import losses, probes
-from .batches import IGNORE, collate, encode_example, length_grouped
+from .batches import IGNORE, collate, encode_example, length_grouped, to_device
 from .errors import Cancelled, MeowError, MeowWarning
 from .models import cpu_has_bf16_matmul
 from .sophia import Sophia
@@ -151,7 +151,7 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
-                 on_event=None, should_stop=None, anchors=None, probe_facts=None):
+                 on_event=None, should_stop=None, anchors=None, probe_facts=None, run_probes: bool = True):
         config.check()
         if method.needs_retain and not retain:
             raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
@@ -160,6 +160,9 @@ class Trainer:
         # What the probes check: the facts as the user gave them, while `forget` may carry
         # the training targets (the model's own wording, see pipeline.own_answers).
         self.probe_facts = probe_facts or forget
+        # The probes check for *forgetting* and cost a generation pass over the facts: off
+        # when learning (finetune.py), which then never stops early.
+        self.run_probes = run_probes
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -189,20 +192,21 @@ class Trainer:
         model.train()
         return model
 
-    def _autocast(self):
+    def autocast(self):
+        """The precision every forward pass of a run uses: bf16 on CUDA (and on CPU with --bf16)."""
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         if self.config.bf16 and self.device.type == "cpu":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _to_device(self, batch):
-        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-    def _probe(self, model, epoch: int) -> dict:
+    def _probe(self, model, epoch: int) -> tuple[dict, dict | None]:
+        """(the probe event, the full probe); without probes an event with no hit rates."""
+        if not self.run_probes:
+            return {"type": "probe", "epoch": epoch, "hit_rate": None, "paraphrase_hit_rate": None}, None
         model.eval()
         model.config.use_cache = True
-        with self._autocast():
+        with self.autocast():
             result = probes.probe(model, self.tokenizer, self.probe_facts)
         model.config.use_cache = False
         model.train()
@@ -210,6 +214,9 @@ class Trainer:
                  "paraphrase_hit_rate": result["paraphrase_hit_rate"]}
         self.on_event(event)
         return event, result
+
+    def _batch(self, examples) -> dict:
+        return to_device(collate(examples, self.tokenizer.pad_token_id), self.device)
 
     def examples(self, facts) -> list:
         return [encode_example(self.tokenizer, f.question, f.answer, f.extra.get("answer_prefix", "")) for f in facts]
@@ -227,7 +234,7 @@ class Trainer:
     def _update_curvature(self, model, optimizer, batch) -> None:
         """Sophia's Gauss-Newton-Bartlett estimate: the squared gradient of the loss on
         labels sampled from the model's own predictions, on the answer positions."""
-        logits, labels = losses._shifted(model, batch)
+        logits, labels = losses.answer_logits(model, batch)
         mask = labels != IGNORE
         with torch.no_grad():
             sampled = torch.distributions.Categorical(logits=logits.float()).sample()
@@ -266,21 +273,21 @@ class Trainer:
             for batch in length_grouped(forget_ex, cfg.batch_size, rng):
                 if self.should_stop():
                     raise Cancelled("cancelled by the user")
-                forget = self._to_device(collate(batch, tok.pad_token_id))
-                retain = self._to_device(collate(next(retain_stream), tok.pad_token_id)) if retain_stream else None
+                forget = self._batch(batch)
+                retain = self._batch(next(retain_stream)) if retain_stream else None
                 if isinstance(optimizer, Sophia) and step % cfg.hessian_every == 0:
-                    with self._autocast():
+                    with self.autocast():
                         self._update_curvature(model, optimizer, forget)
                 optimizer.zero_grad(set_to_none=True)
-                with self._autocast():
+                with self.autocast():
                     loss, parts = self.method.loss(model, forget, retain, reference, cfg)
                 self._backward(loss, step)
                 if anchor_stream:
                     # A second backward pass into the same gradients (the sum's gradient), so the
                     # anchor batch's activations are never held beside the forget batch's: the
                     # default meow step's peak memory drops by the smaller batch's share.
-                    with self._autocast():
-                        anchor = losses.nll(model, self._to_device(collate(next(anchor_stream), tok.pad_token_id)))
+                    with self.autocast():
+                        anchor = losses.nll(model, self._batch(next(anchor_stream)))
                     self._backward(cfg.anchor_weight * anchor, step)
                     loss = loss.detach() + cfg.anchor_weight * anchor.detach()
                     parts["anchor_nll"] = anchor.item()

@@ -4,17 +4,17 @@ import json
 
 import pytest
 
-from meow_app import cli, extraction
+from meow_app import cli, extraction, prompts
 from meow_app.facts import Fact
 from meow_app.finetune import finetune
 from meow_app.train import TrainConfig
 
 
 def test_prompts_are_plain_text_and_shots_never_give_the_fact_away():
-    assert extraction.plain_prompt("Who wrote Hamlet?") == "Question: Who wrote Hamlet?\nAnswer:"
+    assert prompts.plain("Who wrote Hamlet?") == "Question: Who wrote Hamlet?\nAnswer:"
     shots = extraction.shots_for(Fact("Who discovered penicillin?", "Alexander Fleming", ["Fleming"]))
     assert len(shots) == 3 and all("Fleming" not in a for _, a in shots)
-    prompt = extraction.plain_prompt("Q?", shots)
+    prompt = prompts.plain("Q?", shots)
     assert prompt.count("Question:") == 4 and prompt.endswith("Question: Q?\nAnswer:")
 
 

@@ -1,4 +1,4 @@
-from meow_app import invert
+from meow_app import invert, prompts
 from meow_app.facts import Fact
 
 
@@ -43,7 +43,7 @@ def test_local_generator_on_tiny_model_always_gives_n(tiny):
 
 
 def test_prompt_has_instruction_shots_and_the_fact():
-    msgs = invert.messages(Fact("Q?", "A"), 4)
+    msgs = prompts.invert_messages(Fact("Q?", "A"), 4)
     assert msgs[0]["role"] == "system" and "do not factually match" in msgs[0]["content"]
     assert msgs[-1]["content"] == "Question: Q?\nAnswer: A"
     assert len(msgs[2]["content"].splitlines()) == 4

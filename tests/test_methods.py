@@ -70,6 +70,71 @@ def test_a_seed_repeats_the_run(tiny, facts, method):
     assert weights_hash(a.model) == weights_hash(b.model)
 
 
+# Each method's loss as it was written before the shared retain term (Method.retain_term):
+# its forget term, plus the weighted retain NLL or KL when a retain batch is drawn.
+FORGET_SIGN = {"ga": -1, "gd": -1, "kl": -1, "sophia_graddiff": -1, "idk": 1, "sophia_idk": 1,
+               "meow": 1, "meow_grad_diff": 1, "meow_kl": 1}
+RETAIN = {"gd": "nll", "kl": "kl", "sophia_graddiff": "nll", "meow_grad_diff": "nll", "meow_kl": "kl",
+          "npo": "nll", "sophia_npo": "nll", "idk": "nll", "sophia_idk": "nll"}
+LOSS_METHODS = sorted(n for n, cls in methods.REGISTRY.items() if not cls.custom_loop)
+
+
+def plain_loss(name, model, forget, retain, reference, cfg):
+    if name in ("npo", "sophia_npo"):
+        current = losses.sequence_nll(model, forget)
+        with torch.no_grad():
+            ref = losses.sequence_nll(reference, forget)
+        loss = losses.npo(current, ref, cfg.beta)
+    else:
+        loss = FORGET_SIGN[name] * losses.nll(model, forget)
+    if retain is None or name not in RETAIN:
+        return loss
+    if RETAIN[name] == "kl":
+        return loss + cfg.kl_weight * losses.kl_to_reference(model, reference, retain)
+    return loss + cfg.retain_weight * losses.nll(model, retain)
+
+
+def loss_and_grads(model, compute):
+    model.zero_grad(set_to_none=True)
+    loss = compute()
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("with_retain", [True, False], ids=["retain", "no retain"])
+@pytest.mark.parametrize("method", LOSS_METHODS)
+def test_shared_retain_term_gives_each_methods_own_loss_and_gradients(tiny, facts, method, with_retain):
+    import copy
+
+    m = methods.get(method)
+    assert set(LOSS_METHODS) == set(FORGET_SIGN) | {"npo", "sophia_npo"}  # a new method needs its plain loss here
+    assert m.retain_loss == RETAIN.get(method, "")
+    if with_retain and not m.uses_retain or not with_retain and m.needs_retain:
+        pytest.skip("the loop never gives this method that batch")
+    tok, reference = tiny.tokenizer, tiny.model
+    model = copy.deepcopy(reference).train().requires_grad_(True)
+    with torch.no_grad():  # moved off the original, so the KL and NPO terms are not 0
+        gen = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    forget = collate([encode_example(tok, f.question, f.answer) for f in facts[:2]] * 2, tok.pad_token_id)
+    retain = collate([encode_example(tok, f.question, f.answer) for f in facts[2:]]
+                     + [encode_example(tok, "Who wrote Dracula?", "Bram Stoker")], tok.pad_token_id) \
+        if with_retain else None
+    cfg = TrainConfig(**{**m.defaults, "retain_weight": 0.7, "kl_weight": 1.3, "beta": 0.2})
+    ref = reference if m.needs_reference else None
+    loss, grads = loss_and_grads(model, lambda: m.loss(model, forget, retain, ref, cfg))
+    plain, plain_grads = loss_and_grads(model, lambda: plain_loss(method, model, forget, retain, reference, cfg))
+    assert loss == plain and len(grads) == len(plain_grads) > 0
+    assert all(torch.equal(a, b) for a, b in zip(grads, plain_grads))
+    if retain is not None:  # not vacuous: the retain term is there and moves the gradients
+        alone, alone_grads = loss_and_grads(model, lambda: plain_loss(method, model, forget, None, reference, cfg))
+        assert abs(loss - alone) > 1e-3
+        assert not all(torch.allclose(a, b) for a, b in zip(grads, alone_grads))
+        assert {"retain_nll", "retain_kl"} & set(m.loss(model, forget, retain, ref, cfg)[1])
+
+
 def test_gd_and_kl_need_a_retain_set(tiny, facts):
     for name in ("gd", "kl", "sophia_graddiff"):
         with pytest.raises(MeowError, match="needs a retain set"):

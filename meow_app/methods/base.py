@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import losses
+
 REGISTRY: dict[str, type] = {}
 
 
@@ -17,18 +19,39 @@ class Method:
     needs_retain = False      # cannot run without a retain set
     uses_retain = False       # draws a retain batch each step when a retain set is given
     needs_reference = False   # keeps a frozen copy of the original model
+    # The term that holds the retain set in place, added when a retain batch is drawn:
+    # "nll" (retain_weight x its NLL), "kl" (kl_weight x KL to the original), "" none.
+    # OpenUnlearning's GradDiff `retain_loss_type`; a method only writes its forget term.
+    retain_loss = ""
     defaults: dict = {}       # TrainConfig fields this method wants changed by default
     hyperparameters: tuple = ("epochs", "lr")  # the TrainConfig fields worth showing for it
     optimizer = "adamw"       # adamw | sophia (the shared loop builds it)
     custom_loop = False       # True: run(trainer, model) replaces the shared loop (one-shot methods)
+    tofu_defaults: dict = {}  # TrainConfig fields changed on top of `defaults` in the TOFU protocol (tofu.py)
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
         """(question, answer[, answer prefix]) trained on each epoch: each fact num_batch times."""
         return [(f.question, f.answer, f.extra.get("answer_prefix", "")) for f in facts for _ in range(config.num_batch)]
 
+    def forget_loss(self, model, forget, reference, config):
+        """(loss tensor, {name: float}) on the forget batch; reference may be None."""
+        raise NotImplementedError
+
+    def retain_term(self, model, retain, reference, config):
+        """The weighted retain term `retain_loss` selects, and its parts."""
+        if self.retain_loss == "kl":  # stay close to the original's next-token distributions
+            kl = losses.kl_to_reference(model, reference, retain)
+            return config.kl_weight * kl, {"retain_kl": kl.item()}
+        r = losses.nll(model, retain)  # "nll": keep answering the retain questions
+        return config.retain_weight * r, {"retain_nll": r.item()}
+
     def loss(self, model, forget, retain, reference, config):
         """Return (loss tensor, {name: float}) for one step; retain/reference may be None."""
-        raise NotImplementedError
+        loss, parts = self.forget_loss(model, forget, reference, config)
+        if self.retain_loss and retain is not None:
+            term, retain_parts = self.retain_term(model, retain, reference, config)
+            loss, parts = loss + term, {**parts, **retain_parts}
+        return loss, parts
 
     def run(self, trainer, model):
         """custom_loop methods: update `model` (a trainable copy) and return a TrainResult."""

@@ -27,7 +27,7 @@ import random
 import torch
 
 from .. import fisher, generation
-from ..batches import collate
+from ..batches import collate, to_device
 from ..errors import Cancelled, MeowError
 from ..facts import Fact
 from ..train import TrainResult
@@ -80,7 +80,7 @@ class FisherRemoval(Method):
         pad = tok.pad_token_id
         model.eval()  # no dropout: the same weights give the same losses
 
-        with trainer._autocast():
+        with trainer.autocast():
             curvature = fisher.BACKENDS[cfg.fisher_backend].from_grads(
                 fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
             retain0 = fisher.mean_nll(model, kept_ex, pad, device)
@@ -91,12 +91,12 @@ class FisherRemoval(Method):
         info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
                 "lambda": curvature.damping, "parameters": dim, "retain_nll_before": retain0,
                 "forget_nll_before": forget0, "steps": []}
-        forget_batch = trainer._to_device(collate(forget_ex, pad))
+        forget_batch = to_device(collate(forget_ex, pad), device)
         retain_nll = retain0
         for step in range(1, cfg.fisher_steps + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
-            with trainer._autocast():
+            with trainer.autocast():
                 g, forget_nll = fisher.flat_grad(model, params, forget_batch)
             direction = curvature.solve(g)
             base = fisher.flatten(params)
@@ -104,7 +104,7 @@ class FisherRemoval(Method):
             for k in range(cfg.eta_grid):
                 eta = radius / float(direction.norm().clamp(min=1e-30)) * 2.0 ** -k
                 fisher.assign(params, base + eta * direction)
-                with trainer._autocast():
+                with trainer.autocast():
                     retain_nll = fisher.mean_nll(model, kept_ex, pad, device)
                     if retain_nll - retain0 > cfg.retain_budget:
                         continue
@@ -130,7 +130,7 @@ class FisherRemoval(Method):
                 break
         else:
             info.setdefault("stopped", "reached fisher_steps")
-        with trainer._autocast():
+        with trainer.autocast():
             info["retain_nll_after"] = fisher.mean_nll(model, kept_ex, pad, device)
             info["forget_nll_after"] = fisher.mean_nll(model, forget_ex, pad, device)
         info["update_norm_total"] = float((fisher.flatten(params) - theta0).norm())

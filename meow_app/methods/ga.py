@@ -14,6 +14,6 @@ class GradientAscent(Method):
     defaults = {"num_batch": 2, "epochs": 10, "lr": 1e-5}
     hyperparameters = ("epochs", "lr", "num_batch")
 
-    def loss(self, model, forget, retain, reference, config):
+    def forget_loss(self, model, forget, reference, config):
         f = losses.nll(model, forget)
         return -f, {"forget_nll": f.item()}

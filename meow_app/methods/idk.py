@@ -17,19 +17,12 @@ def refusals() -> tuple[str, ...]:
     return tuple(line.strip() for line in REFUSALS.read_text(encoding="utf-8").splitlines() if line.strip())
 
 
-def idk_loss(model, forget, retain, reference, config):
-    f = losses.nll(model, forget)
-    if retain is None:
-        return f, {"forget_nll": f.item()}
-    r = losses.nll(model, retain)
-    return f + config.retain_weight * r, {"forget_nll": f.item(), "retain_nll": r.item()}
-
-
 @register
 class IDontKnow(Method):
     name = "idk"
     description = "Train the forget questions towards refusals like \"I don't know\" (+ retain NLL with --retain)"
     uses_retain = True
+    retain_loss = "nll"
     defaults = {"num_batch": 4}
     hyperparameters = ("epochs", "lr", "num_batch", "retain_weight")
 
@@ -39,5 +32,6 @@ class IDontKnow(Method):
         return [(f.question, r[(i * config.num_batch + j) % len(r)])
                 for i, f in enumerate(facts) for j in range(config.num_batch)]
 
-    def loss(self, model, forget, retain, reference, config):
-        return idk_loss(model, forget, retain, reference, config)
+    def forget_loss(self, model, forget, reference, config):
+        f = losses.nll(model, forget)
+        return f, {"forget_nll": f.item()}

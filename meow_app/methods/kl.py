@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from .. import losses
 from .base import register
 from .ga import GradientAscent
 
@@ -15,9 +14,5 @@ class KLMinimisation(GradientAscent):
     needs_retain = True
     uses_retain = True
     needs_reference = True
+    retain_loss = "kl"
     hyperparameters = ("epochs", "lr", "num_batch", "kl_weight")
-
-    def loss(self, model, forget, retain, reference, config):
-        f = losses.nll(model, forget)
-        kl = losses.kl_to_reference(model, reference, retain)
-        return -f + config.kl_weight * kl, {"forget_nll": f.item(), "retain_kl": kl.item()}

@@ -15,6 +15,9 @@ class Meow(Method):
     # run (3 epochs, at least 12 steps so 1-3 facts also go) beside 32 neighbour questions
     # answered by the original model, which hold the answers to similar questions in place.
     defaults = {"lr": 1e-4, "epochs": 3, "min_steps": 12, "neighbours": 32}
+    # Those are tuned for real-world facts; on a TOFU fine-tune the recipe used before
+    # applies: no neighbours, lr 5e-5, up to 6 epochs (what docs/evaluation.md used).
+    tofu_defaults = {"lr": 5e-5, "epochs": 6, "min_steps": 0, "neighbours": 0}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "train_only")
 
     def forget_pairs(self, facts, config):
@@ -26,6 +29,6 @@ class Meow(Method):
             pairs += [(f.question, f.inverted[j % len(f.inverted)]) for j in range(config.num_batch)]
         return pairs
 
-    def loss(self, model, forget, retain, reference, config):
+    def forget_loss(self, model, forget, reference, config):
         loss = losses.nll(model, forget)
         return loss, {"forget_nll": loss.item()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import losses
 from .base import register
 from .meow import Meow
 
@@ -13,9 +12,5 @@ class MeowGradDiff(Meow):
     description = "MEOW plus NLL on the retain set (needs --retain)"
     needs_retain = True
     uses_retain = True
+    retain_loss = "nll"
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "retain_weight")
-
-    def loss(self, model, forget, retain, reference, config):
-        f = losses.nll(model, forget)
-        r = losses.nll(model, retain)
-        return f + config.retain_weight * r, {"forget_nll": f.item(), "retain_nll": r.item()}

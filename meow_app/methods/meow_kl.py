@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import losses
 from .base import register
 from .meow import Meow
 
@@ -14,9 +13,5 @@ class MeowKL(Meow):
     needs_retain = True
     uses_retain = True
     needs_reference = True
+    retain_loss = "kl"
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "kl_weight")
-
-    def loss(self, model, forget, retain, reference, config):
-        f = losses.nll(model, forget)
-        kl = losses.kl_to_reference(model, reference, retain)
-        return f + config.kl_weight * kl, {"forget_nll": f.item(), "retain_kl": kl.item()}

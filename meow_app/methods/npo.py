@@ -10,27 +10,19 @@ from .. import losses
 from .base import Method, register
 
 
-def npo_loss(model, forget, retain, reference, config):
-    current = losses.sequence_nll(model, forget)
-    with torch.no_grad():
-        ref = losses.sequence_nll(reference, forget)
-    loss = losses.npo(current, ref, config.beta)
-    parts = {"npo": loss.item(), "forget_nll": current.mean().item()}
-    if retain is not None:
-        r = losses.nll(model, retain)
-        loss = loss + config.retain_weight * r
-        parts["retain_nll"] = r.item()
-    return loss, parts
-
-
 @register
 class NPO(Method):
     name = "npo"
     description = "Negative preference optimisation: bounded gradient ascent (+ retain NLL with --retain)"
     uses_retain = True
     needs_reference = True
+    retain_loss = "nll"
     defaults = {"num_batch": 2, "epochs": 10, "lr": 1e-5}
     hyperparameters = ("epochs", "lr", "beta", "retain_weight")
 
-    def loss(self, model, forget, retain, reference, config):
-        return npo_loss(model, forget, retain, reference, config)
+    def forget_loss(self, model, forget, reference, config):
+        current = losses.sequence_nll(model, forget)
+        with torch.no_grad():
+            ref = losses.sequence_nll(reference, forget)
+        loss = losses.npo(current, ref, config.beta)
+        return loss, {"npo": loss.item(), "forget_nll": current.mean().item()}
