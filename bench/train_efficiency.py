@@ -83,7 +83,7 @@ def step_flops(cfg, shapes: list[tuple[int, int]], logit_rows: int, trainable: i
 def batch_pieces(batch, lens: list[int], shared_path: bool) -> tuple[list, list]:
     """(useful, computed) pieces of (tokens, keys attended) of a collated batch. Useful: the
     start all rows share once, each distinct prompt's rest once, each row's own part
-    (batches.collate). Computed: what losses._shifted ran, padding included: those three
+    (batches.collate). Computed: what losses.answer_logits ran, padding included: those three
     passes (shared_path) or every row the batch's full width."""
     shared, keep = batch["shared"], batch["keep"]
     middles = batch["middle_mask"].sum(1).tolist()

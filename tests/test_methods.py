@@ -161,6 +161,8 @@ def test_fisher_steps_climb_the_forget_loss_within_the_retain_budget(tiny, facts
 def test_fisher_without_retain_uses_the_models_own_samples(tiny, facts):
     result, _ = run(tiny, facts[:2], None, "fisher_removal", fisher_steps=1, fisher_examples=4, anchors=0)
     assert result.info["curvature_data"] == "forget_samples"
+    # Its step events carry the time so far, as the shared loop's do (the progress line's time left).
+    assert all(e["seconds"] > 0 for e in result.steps)
 
 
 def test_fisher_forgetting_noise_changes_the_result(tiny, facts):

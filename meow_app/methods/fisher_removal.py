@@ -23,6 +23,7 @@ model's own sampled answers to the forget questions.
 from __future__ import annotations
 
 import random
+import time
 
 import torch
 
@@ -60,6 +61,7 @@ class FisherRemoval(Method):
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
+        start = time.perf_counter()  # step events carry the time so far, as the shared loop's do
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if cfg.fisher_backend == "woodfisher" and cfg.fisher_layers:
             named = [(n, p) for n, p in named if cfg.fisher_layers in n]
@@ -121,7 +123,7 @@ class FisherRemoval(Method):
                       "forget_nll": forget_after, "retain_nll": retain_nll}
             info["steps"].append(record)
             event = {"type": "step", "step": step, "epoch": step, "total_steps": cfg.fisher_steps,
-                     "loss": -forget_after, **record}
+                     "loss": -forget_after, **record, "seconds": round(time.perf_counter() - start, 3)}
             result.steps.append(event)
             trainer.on_event(event)
             self.after_step(trainer, model, params, curvature, info)
