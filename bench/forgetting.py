@@ -10,7 +10,8 @@ bench/time_to_forget.py measure them): load the model and run `pipeline.unlearn`
 end (probe, invert, MEMO, select, train, save: the wall time), then `evaluate.compare`
 (the original next to the unlearned model on the forget, retain and unseen sets and the
 shipped general-ability set) and `extraction.sampling` (the question at T=1, 10 samples
-per fact, on both models). The evaluation's own measures give the columns:
+per fact, on the unlearned model; `--sampling-before` adds the original). The
+evaluation's own measures give the columns:
 
 - forget / paraphrase hit rate: greedy answers (48 tokens) with a keyword of the fact;
 - hidden, but still likely: forget facts with that verdict (`evaluate.verdicts`: not said
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import re
 import sys
@@ -130,12 +130,11 @@ def content_words(question: str) -> set[str]:
 
 
 def near(a: str, b: str) -> bool:
-    """The same question, give or take wording: equal once normalised, nearly the same
-    characters (a typo), or at least 3 in 4 of their content words shared. Questions of
-    the same shape about another subject ("the capital of Iran" / "of Ireland", "the
-    smallest planet" / "the largest planet") are neighbours, not the same question."""
-    na, nb = normalise(a), normalise(b)
-    if na == nb or difflib.SequenceMatcher(None, na, nb).ratio() >= 0.95:
+    """The same question, give or take wording: equal once normalised, or at least 3 in 4
+    of their content words shared. Questions of the same shape about another subject
+    ("the capital of Iran" / "of Iraq", "the smallest planet" / "the largest planet") are
+    neighbours, not the same question (a character similarity would call them the same)."""
+    if normalise(a) == normalise(b):
         return True
     wa, wb = content_words(a), content_words(b)
     return bool(wa | wb) and len(wa & wb) / len(wa | wb) >= 0.75
@@ -237,7 +236,8 @@ def build_row(variant: dict, set_name: str, run: dict, report: dict, sampling: d
         "verdicts": counts,
         "answer_prob_before": before["answer_prob"], "answer_prob_after": after["answer_prob"],
         "answer_prob_ratio": _ratio(after["answer_prob"], before["answer_prob"]),
-        "sampling_leak_before": sampling["original"]["leak_rate"], "sampling_leak_after": sampling["unlearned"]["leak_rate"],
+        "sampling_leak_before": sampling.get("original", {}).get("leak_rate"),
+        "sampling_leak_after": sampling["unlearned"]["leak_rate"],
         "sample_leak_rate_after": sampling["unlearned"].get("sample_leak_rate"),
         "unlearn_seconds": round(wall, 1), "timings": run.get("timings", {}), "steps": len(run.get("steps", [])),
         "stopped_early": run.get("stopped_early"), "peak_rss_unlearn_gib": round(peak_unlearn, 2),
@@ -316,7 +316,8 @@ def markdown(rows: list[dict]) -> str:
 # --- the child: one measured row ----------------------------------------------------------------
 
 def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, unseen_path: str,
-            model: str | None = None, threads: int | None = 2, samples: int = SAMPLES) -> dict:
+            model: str | None = None, threads: int | None = 2, samples: int = SAMPLES,
+            sampling_before: bool = False) -> dict:
     import torch
 
     if threads:
@@ -340,8 +341,9 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     t = time.perf_counter()
     report = evaluate.compare(loaded.model, unlearned.model, loaded.tokenizer, forget_eval, retain, unseen,
                               general=True, with_memo=False)
+    sides = (("original", loaded), ("unlearned", unlearned)) if sampling_before else (("unlearned", unlearned),)
     sampling = {side: extraction.sampling(m.model, loaded.tokenizer, forget, samples=samples, seed=0)
-                for side, m in (("original", loaded), ("unlearned", unlearned))}
+                for side, m in sides}
     row = build_row(variant, set_name, run, report, sampling, wall, peak_unlearn)
     row["eval_seconds"] = round(time.perf_counter() - t, 1)
     row["run_dir"] = str(out)
@@ -361,9 +363,10 @@ def child(argv: list[str]) -> dict:
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=SAMPLES)
+    ap.add_argument("--sampling-before", action="store_true")
     a = ap.parse_args(argv)
     return measure(parse_variant(a.variant), a.set_name, *a.files, model=a.model, threads=a.threads,
-                   samples=a.samples)
+                   samples=a.samples, sampling_before=a.sampling_before)
 
 
 def main() -> None:
@@ -381,6 +384,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model spec (default: embedded)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in each run (default 2)")
     ap.add_argument("--samples", type=int, default=SAMPLES, help="samples per fact at T=1 (default 10)")
+    ap.add_argument("--sampling-before", action="store_true",
+                    help="also sample the original model (the before column; off: it only costs time)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per row before it is killed")
     ap.add_argument("--json", type=Path, default=common.RESULTS / "forgetting.json")
     ap.add_argument("--check-sets", action="store_true", help="only check the sets against the pools (no model)")
@@ -408,7 +413,8 @@ def main() -> None:
         for v in variants:
             spec = f"{v['name']}:{v['method']}:" + ",".join(f"{k}={val}" for k, val in v["overrides"].items())
             args = ["--variant", spec, "--set-name", set_name, "--files", *files, "--threads", str(a.threads),
-                    "--samples", str(a.samples)] + (["--model", a.model] if a.model else [])
+                    "--samples", str(a.samples)] + (["--model", a.model] if a.model else []) + \
+                (["--sampling-before"] if a.sampling_before else [])
             r = common.run_child(__file__, args, a.timeout)
             r.setdefault("variant", v["name"])
             r.setdefault("set", set_name)
