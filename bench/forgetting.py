@@ -4,6 +4,7 @@
     .venv/bin/python bench/forgetting.py --sets eval_a --variant meow \\
         --variant lr2e-4:meow:lr=2e-4,epochs=4                    # NAME:METHOD:FIELD=VALUE,... (TrainConfig)
     .venv/bin/python bench/forgetting.py --check-sets             # no model: the sets' overlap with the pools
+    .venv/bin/python bench/forgetting.py --table bench/results/forgetting.json   # the table again
 
 Per row, in a fresh child process (its own time and peak memory, as bench/memory.py and
 bench/time_to_forget.py measure them): load the model and run `pipeline.unlearn` end to
@@ -352,6 +353,7 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     before_u, after_u = report["sets"]["holdout"]["original"]["rows"], report["sets"]["holdout"]["unlearned"]["rows"]
     row["unseen_lost"] = [b["question"] for b, a in zip(before_u, after_u) if b["leak"] and not a["leak"]]
     row["sampling_leaks"] = [r["answer"] for r in sampling["unlearned"]["rows"] if r["leak"]]
+    row["samples"] = samples
     return row
 
 
@@ -389,7 +391,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per row before it is killed")
     ap.add_argument("--json", type=Path, default=common.RESULTS / "forgetting.json")
     ap.add_argument("--check-sets", action="store_true", help="only check the sets against the pools (no model)")
+    ap.add_argument("--table", type=Path, metavar="JSON", help="only print the table of a saved results file")
     a = ap.parse_args()
+    if a.table:
+        saved = json.loads(a.table.read_text(encoding="utf-8"))
+        print(markdown(saved["rows"]))
+        details(saved["rows"])
+        return
     if a.check_sets:
         problems = check_sets()
         print("\n".join(problems) or "no overlaps: the held-out sets are disjoint from the pools and shipped sets")
@@ -426,11 +434,16 @@ def main() -> None:
                                           "command": common.command_line(), "rows": rows}, indent=2, default=str))
     print(common.header("Forgetting trade-off on held-out sets", common.command_line(), load_before))
     print(markdown(rows))
+    details(rows)
+
+
+def details(rows: list[dict]) -> None:
     for r in rows:
         if "error" not in r:
             print(f"- {r['variant']} on {r['set']}: verdicts {r['verdicts']}; child process {r['wall_seconds']:.0f} s "
                   f"(evaluation {r['eval_seconds']:.0f} s), peak RSS with the evaluation {r['peak_rss_gib']:.2f} GiB; "
-                  f"retain lost: {r['retain_lost']}; unseen lost: {r['unseen_lost']}")
+                  f"stages (s) {r['timings']}; retain lost: {r['retain_lost']}; unseen lost: {r['unseen_lost']}; "
+                  f"sampled answers that leaked: {len(r['sampling_leaks'])} of {r['n_forget'] * r.get('samples', SAMPLES)}")
 
 
 if __name__ == "__main__":

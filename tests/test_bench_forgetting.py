@@ -117,3 +117,18 @@ def test_held_out_sets_are_valid(name):
 
 def test_held_out_sets_are_disjoint_from_pools_and_shipped_sets():
     assert forgetting.check_sets() == []
+
+
+def test_table_from_a_saved_file(tmp_path, capsys, monkeypatch):
+    run = {"timings": {"train": 100.0}, "steps": [{}] * 12}
+    sampling = {"unlearned": {"leak_rate": 0.0}}
+    row = forgetting.build_row({"name": "meow", "method": "meow", "overrides": {}}, "eval_x", run, _report(),
+                               sampling, wall=1.0, peak_unlearn=1.0)
+    row.update(wall_seconds=2.0, eval_seconds=1.0, peak_rss_gib=1.5, retain_lost=["q19"], unseen_lost=[],
+               sampling_leaks=[], samples=10)
+    saved = tmp_path / "r.json"
+    saved.write_text(forgetting.json.dumps({"rows": [row]}))
+    monkeypatch.setattr(sys, "argv", ["forgetting.py", "--table", str(saved)])
+    forgetting.main()
+    out = capsys.readouterr().out
+    assert "| meow | eval_x |" in out and "n/a → **0%** ✓" in out and "retain lost: ['q19']" in out
