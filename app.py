@@ -15,15 +15,11 @@ leave what the user already has untouched.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import tempfile
 import threading
-import time
 import uuid
-import zipfile
-from dataclasses import fields
 from pathlib import Path
 
 
@@ -44,11 +40,11 @@ os.environ.update(spaces_cache_dirs())
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, publish, select  # noqa: E402
+from meow_app import chat, evaluate, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, publish, runs, select  # noqa: E402
 from meow_app import progress as progress_mod  # noqa: E402
 from meow_app.errors import Cancelled, MeowError  # noqa: E402
 from meow_app.facts import Fact  # noqa: E402
-from meow_app.train import TrainConfig  # noqa: E402
+from meow_app.train import YES, TrainConfig  # noqa: E402
 
 try:  # On Hugging Face Spaces with ZeroGPU, GPU-bound functions must be decorated.
     import spaces
@@ -316,7 +312,8 @@ def memo_plot(table) -> pd.DataFrame:
 
 
 def _truthy(v) -> bool:
-    return v is True or str(v).strip().lower() in ("true", "1", "yes", "x", "✓")
+    """A tick of the MEMO table's 'use' column: a checkbox's True, or yes-text (train.YES) or a mark."""
+    return v is True or str(v).strip().lower() in YES + ("x", "✓")
 
 
 @gpu
@@ -381,22 +378,8 @@ def method_info(name: str):
 
 def train_config(name: str, hp_table, lora: bool) -> TrainConfig:
     """The method's defaults, overridden by the settings table (values typed as text)."""
-    cls = methods.REGISTRY[name]
-    config = TrainConfig(**cls.defaults)
-    types = {f.name: type(getattr(config, f.name)) for f in fields(TrainConfig)}
-    for row in _rows(hp_table):
-        key, value = str(row[0]).strip(), str(row[1]).strip()
-        if not key:
-            continue
-        if key not in types:
-            raise MeowError(f"unknown setting '{key}'")
-        try:
-            if types[key] is bool:
-                setattr(config, key, value.lower() in ("true", "1", "yes", "on"))
-            else:
-                setattr(config, key, types[key](float(value)) if types[key] is int else types[key](value))
-        except ValueError:
-            raise MeowError(f"setting '{key}' must be a {types[key].__name__}, got '{value}'") from None
+    base = TrainConfig(**methods.REGISTRY[name].defaults)
+    config = TrainConfig.from_text(((row[0], row[1]) for row in _rows(hp_table)), base)
     config.lora = bool(lora)
     config.check()
     return config
@@ -404,7 +387,7 @@ def train_config(name: str, hp_table, lora: bool) -> TrainConfig:
 
 def new_run_dir(s, method: str) -> Path:
     """A unique folder per run, under this session's own folder."""
-    return runs_root() / s["id"] / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}-{uuid.uuid4().hex[:4]}"
+    return runs.new_run_dir(runs_root() / s["id"], method)
 
 
 def unlearn_job(s, method, hp_table, lora, inv_settings, sel_settings, inv_table, sel_table, stop: threading.Event):
@@ -475,19 +458,11 @@ def run_summary(run: dict) -> str:
     return "\n".join(lines)
 
 
-def verdict(kind: str, before: bool, after: bool) -> str:
-    if kind == "unrelated":
-        return "kept" if after else ("lost" if before else "not known before")
-    if not before and not after:
-        return "not known before"
-    if not after:
-        return "forgotten"
-    return "leaks under paraphrase" if kind == "paraphrase" else "still known"
+verdict = evaluate.probe_verdict  # the evaluation library's words for one probed question
 
 
 def verdict_table(rows_before: list[dict], rows_after: list[dict], kind_override: str | None = None) -> pd.DataFrame:
-    """Before/after per question. The one place to point at the evaluation library's
-    per-fact verdicts once it lands; today it uses probes.probe's leak flags."""
+    """Before/after per question, from probes.probe's leak flags, in evaluate's verdict words."""
     out = []
     for b, a in zip(rows_before, rows_after):
         kind = kind_override or b["kind"]
@@ -545,7 +520,7 @@ def run_unlearn(s, method, hp_table, lora, generator, n, base_url, api_model, ap
             yield s, notice(status, "info"), loss_figure(steps), gr.skip(), gr.skip()
         s["unlearned"] = models.load(s["run_dir"], str(_original(s).device))
         run = s["run"]
-        saved = json.loads((Path(s["run_dir"]) / "probes.json").read_text(encoding="utf-8"))
+        saved = runs.probes_json(s["run_dir"])
         # The run's name only: a server path would show the server's file system to every visitor.
         yield (s, notice(f"Done. Run '{Path(s['run_dir']).name}' is ready: try it in the Compare tab."),
                loss_figure(run["steps"]), run_summary(run), verdict_table(saved["before"], saved["after"]))
@@ -569,14 +544,11 @@ def cancel(s):
 # ---------------------------------------------------------------- 6. compare
 
 def _chat_views(s) -> tuple[list[dict], list[dict]]:
-    left, right = [], []
-    for turn in s["chat"]:
-        left += [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn["left"]}]
-        right += [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn["right"]}]
-    return left, right
+    return _history(s, "left"), _history(s, "right")
 
 
 def _history(s, side: str) -> list[dict]:
+    """One side's chat as messages (user, assistant, ...)."""
     out = []
     for turn in s["chat"]:
         out += [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn[side]}]
@@ -671,13 +643,7 @@ def download_run(s):
         run_dir = _last_run(session(s))
     except MeowError as e:
         return None, notice(str(e), "error")
-    zipped = Path(tempfile.mkdtemp(prefix="meow-zip-")) / f"{run_dir.name}.zip"
-    # Stored, not deflated: model weights barely compress, and deflating them takes long.
-    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_STORED) as z:
-        for f in sorted(run_dir.rglob("*")):
-            if f.is_file():
-                z.write(f, f"{run_dir.name}/{f.relative_to(run_dir)}")
-    zipped = str(zipped)
+    zipped = str(runs.zip_run(run_dir))
     return zipped, notice(f"{Path(zipped).name}: the unlearned model (a Hugging Face checkpoint), run.json, "
                           "facts.jsonl and probes.json. The last two hold the forgotten text: share with care.")
 
