@@ -9,7 +9,7 @@ The unlearn runs are bench/time_to_forget.py's (method `meow`, demo_forget, demo
 measured). The app run imports app.py, builds the interface (not served), loads the
 original model the way the app shares it and a second copy as the unlearned model (what
 the app loads from a run folder), and streams one side-by-side chat reply through
-`app.send_chat`.
+`studio.compare_tab.send_chat`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ GOAL_GIB = 4 / 1.073741824  # 4 GB
 def app_child(argv: list[str]) -> dict:
     import app
     from meow_app import models
+    from studio import compare_tab, session
 
     app.build()
-    s = app.new_session()
+    s = session.new_session()
     s["unlearned"] = models.load("embedded")
-    chunks = list(app.send_chat(s, "Tell me about the history of Paris."))
+    chunks = list(compare_tab.send_chat(s, "Tell me about the history of Paris."))
     _, left, right, _ = chunks[-1]
     return {"left_chars": len(left[-1]["content"]), "right_chars": len(right[-1]["content"])}
 

@@ -182,12 +182,17 @@ def _tuned_fields() -> list:
     return [f for f in fields(TrainConfig) if f.name not in skip]
 
 
-def _yes_no(text: str) -> bool:
-    if text.lower() in ("yes", "true", "1", "on"):
-        return True
-    if text.lower() in ("no", "false", "0", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected yes or no, got '{text}'")
+def _yes_no(name: str):
+    """The argparse type of yes/no field `name`: train.parse_setting, its error as argparse's."""
+    from .train import parse_setting
+
+    def parse(text: str) -> bool:
+        try:
+            return parse_setting(name, text)
+        except MeowError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
 
 
 def _add_train_options(p, method: str):
@@ -199,7 +204,7 @@ def _add_train_options(p, method: str):
     cls = methods.REGISTRY.get(method)
     defaults = TrainConfig(**cls.defaults) if cls else None
     for f in _tuned_fields():
-        kind = _yes_no if isinstance(f.default, bool) else type(f.default)
+        kind = _yes_no(f.name) if isinstance(f.default, bool) else type(f.default)
         if defaults is None:
             default = "the method's default"
         else:
@@ -298,16 +303,9 @@ def cmd_methods(args):
 
 def _run_json(spec):
     """run.json of a run folder, or None when the spec is not one."""
-    import json
-    from pathlib import Path
+    from .runs import run_json
 
-    path = Path(str(spec)).expanduser() / "run.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MeowError(f"{path}: cannot read ({e})") from None
+    return run_json(spec)
 
 
 def _evaluate_models(model, compare):

@@ -33,6 +33,20 @@ UNKNOWN = "not known"
 LOST = "lost"
 
 
+def probe_verdict(kind: str, before: bool, after: bool) -> str:
+    """The verdict on one probed question from its leak flags alone (probes.probe: the true
+    answer given before / after), in the words above. `kind`: "question" or "paraphrase" of a
+    forget fact, or "unrelated" (a question that should keep its answer). The app's
+    before/after table; the full per-fact verdicts of a report are `verdicts`."""
+    if kind == "unrelated":
+        return KEPT if after else (LOST if before else NOT_KNOWN)
+    if not before and not after:
+        return NOT_KNOWN
+    if not after:
+        return FORGOTTEN
+    return PARAPHRASE if kind == "paraphrase" else STILL_KNOWN
+
+
 def mia(forget_rows: list[dict], holdout_rows: list[dict]) -> dict:
     """Membership-inference AUC per attack, forget = members, holdout = non-members.
     0.5: the model treats forgotten facts like facts it never saw."""

@@ -16,7 +16,7 @@ import re
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -130,6 +130,45 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_text(cls, pairs, base: "TrainConfig | None" = None) -> "TrainConfig":
+        """`base` (default: TrainConfig()) with settings typed as text: (name, text) pairs, as
+        the app's settings table gives them. Empty names are skipped; an unknown name or text
+        that is not of the field's type is a MeowError (parse_setting). Not checked: call check()."""
+        config = replace(base) if base is not None else cls()
+        for name, text in pairs:
+            name = str(name).strip()
+            if name:
+                setattr(config, name, parse_setting(name, text))
+        return config
+
+
+
+YES = ("yes", "true", "1", "on")
+NO = ("no", "false", "0", "off")
+
+
+def parse_setting(name: str, text) -> bool | int | float | str:
+    """The value of TrainConfig field `name` typed as text, as that field's type: yes/no,
+    true/false, 1/0, on/off for a yes/no field (any case); a number for int and float fields
+    (an int field takes the integer part: '2.0' is 2). One MeowError for anything else, the
+    same from the CLI and the app: "setting 'lr' must be a float, got 'fast'"."""
+    kinds = {f.name: type(f.default) for f in fields(TrainConfig)}
+    name = str(name).strip()
+    if name not in kinds:
+        raise MeowError(f"unknown setting '{name}'")
+    kind, value = kinds[name], str(text).strip()
+    if kind is bool:
+        if value.lower() in YES:
+            return True
+        if value.lower() in NO:
+            return False
+        raise MeowError(f"setting '{name}' must be a bool (yes or no), got '{value}'")
+    try:
+        return int(float(value)) if kind is int else kind(value)
+    except (ValueError, OverflowError):
+        raise MeowError(f"setting '{name}' must be a {kind.__name__}, got '{value}'") from None
 
 
 @dataclass

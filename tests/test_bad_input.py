@@ -13,6 +13,7 @@ import app
 from conftest import ROOT
 from meow_app import cli, evaluate, report
 from meow_app.facts import load_facts
+from studio import facts_tab, session
 
 sys.path.insert(0, str(ROOT / "tests" / "data"))
 import make_bad  # noqa: E402
@@ -56,8 +57,8 @@ def test_cli_check(name, corpus, capsys):
 @pytest.mark.parametrize("name", CASES)
 def test_app_upload(name, corpus, tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MEOW_MODEL", tiny_dir)
-    s, *_ = app.load_bundled(app.new_session(), "Demo: 8 famous facts", 2)
-    s, table, msg, _, _ = app.upload_facts(s, str(corpus[name]))
+    s, *_ = facts_tab.load_bundled(session.new_session(), "Demo: 8 famous facts", 2)
+    s, table, msg, _, _ = facts_tab.upload_facts(s, str(corpus[name]))
     expect = CASES[name][1]
     if expect[0] == "error":
         assert msg.startswith("⚠️") and table == gr.skip() and len(s["facts"]) == 2  # what the user had stays

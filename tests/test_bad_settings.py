@@ -128,3 +128,15 @@ def test_a_mistyped_hub_id_fails_at_once_without_retries(monkeypatch, where, mes
         if where == "hub":
             asked = [r["path"] for r in hub.requests if "smollm2" in r["path"]]
             assert asked == ["/api/models/nobody/smollm2-135m-instruc"], hub.requests  # once, no retry
+
+
+def test_unlearn_bad_yes_no_setting_names_it(facts_file, tiny_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    try:
+        rc = cli.main(["unlearn", "--forget", str(facts_file), "--out", str(run), "--model", tiny_dir,
+                       "--own-answers", "maybe"])
+    except SystemExit as e:  # argparse's own exit for a bad option value
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "setting 'own_answers' must be a bool (yes or no), got 'maybe'" in err, err
+    nothing_written(tmp_path, run)

@@ -202,3 +202,24 @@ def test_anchor_batch_adds_its_gradient_to_the_forget_batch(tiny, inverted_facts
         assert torch.allclose(grads[id(p)], p.grad, rtol=1e-4, atol=1e-7)
     [step] = [e for e in events if e["type"] == "step"]
     assert step["loss"] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_settings_typed_as_text_parse_or_fail_with_one_message():
+    from meow_app.train import parse_setting
+
+    assert parse_setting("epochs", " 3 ") == 3 and parse_setting("epochs", "2.0") == 2
+    assert parse_setting("lr", "1e-4") == 1e-4 and parse_setting("train_only", " mlp ") == "mlp"
+    for yes, no in [("yes", "no"), ("True", "False"), ("1", "0"), ("ON", "off")]:
+        assert parse_setting("lora", yes) is True and parse_setting("lora", no) is False
+    for name, text, kind in [("epochs", "zero", "int"), ("lr", "fast", "float"), ("lora", "maybe", "bool"),
+                             ("early_stop", "", "bool"), ("epochs", "", "int")]:
+        with pytest.raises(MeowError, match=f"setting '{name}' must be a {kind}.*got '{text}'"):
+            parse_setting(name, text)
+    with pytest.raises(MeowError, match="unknown setting 'speed'"):
+        parse_setting("speed", "1")
+    base = TrainConfig(lr=1e-4)
+    config = TrainConfig.from_text([("epochs", "2"), ("", "ignored"), ("own_answers", "no"), ("train_only", "")], base)
+    assert (config.epochs, config.lr, config.own_answers, config.train_only) == (2, 1e-4, False, "")
+    assert base.epochs == TrainConfig().epochs  # the base is not changed
+    with pytest.raises(MeowError, match="'own_answers' must be a bool"):
+        TrainConfig.from_text([("own_answers", "perhaps")])
