@@ -47,7 +47,8 @@ import pandas as pd  # noqa: E402
 from meow_app import chat, facts as facts_mod, invert as invert_mod, methods, models, pipeline, probes, publish, select  # noqa: E402
 from meow_app import progress as progress_mod  # noqa: E402
 from meow_app.errors import Cancelled, MeowError  # noqa: E402
-from meow_app.facts import Fact  # noqa: E402
+from meow_app.facts import NOTES_SHOWN, Fact  # noqa: E402
+from meow_app.stats import percent  # noqa: E402
 from meow_app.train import TrainConfig  # noqa: E402
 
 try:  # On Hugging Face Spaces with ZeroGPU, GPU-bound functions must be decorated.
@@ -143,9 +144,6 @@ def table_to_facts(table) -> list[Fact]:
     if not out:
         raise MeowError("the facts table is empty: pick a bundled set, upload a file, or type a question and answer")
     return out
-
-
-NOTES_SHOWN = 3
 
 
 def _facts_loaded(s: dict, items: list[Fact], source: str, notes: list[str] = ()):
@@ -453,7 +451,7 @@ STAGES = {"load": "Loading the model", "probe_before": "Asking the questions bef
 
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
+    return percent(x, missing="–")
 
 
 def run_summary(run: dict) -> str:

@@ -24,12 +24,13 @@ import warnings
 
 from . import select
 from .errors import Cancelled, MeowError, MeowWarning
+from .stats import percent
 
 
 def _facts(path, args=None):
     """Facts from a file with the limits of the command line; what the reader noticed
     (repeated facts) is printed as notes, the first few of them."""
-    from .facts import load_facts
+    from .facts import NOTES_SHOWN, load_facts
 
     mb = getattr(args, "max_file_mb", None)
     facts = load_facts(path, getattr(args, "max_facts", None), None if mb is None else int(mb * 1e6),
@@ -39,9 +40,6 @@ def _facts(path, args=None):
     if len(facts.notes) > NOTES_SHOWN:
         print(f"note: ... and {len(facts.notes) - NOTES_SHOWN} more like these", file=sys.stderr)
     return facts
-
-
-NOTES_SHOWN = 3
 
 
 def _add_limits(p):
@@ -139,7 +137,7 @@ def _print_event(event):
               f"epoch {event['epoch']}  loss {event['loss']:.4f}", file=sys.stderr, flush=True)
     elif kind == "probe":
         para = event["paraphrase_hit_rate"]
-        para = "n/a" if para is None else f"{para:.0%}"
+        para = percent(para)
         print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, paraphrases {para}",
               file=sys.stderr, flush=True)
     elif kind == "note":
@@ -180,6 +178,13 @@ def _tuned_fields() -> list:
 
     skip = {"lora", "early_stop", "bf16", "low_memory", "seed", "train_embeddings"}  # flags, or set elsewhere
     return [f for f in fields(TrainConfig) if f.name not in skip]
+
+
+def _max_new_tokens(args) -> int:
+    """--max-new-tokens, or the library's answer length (read here: the parser imports no torch)."""
+    from .generation import MAX_NEW_TOKENS
+
+    return MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
 
 
 def _yes_no(text: str) -> bool:
@@ -252,14 +257,11 @@ def cmd_unlearn(args):
     s = run["summary"]
     b, a = s["before"]["forget"], s["after"]["forget"]
 
-    def pct(x):
-        return "n/a" if x is None else f"{x:.0%}"
-
     print(f"saved {args.out}/model ({run['method']}, {run['seconds_total']:.0f} s)")
-    print(f"forget hit rate {pct(b['hit_rate'])} -> {pct(a['hit_rate'])}; "
-          f"paraphrases {pct(b['paraphrase_hit_rate'])} -> {pct(a['paraphrase_hit_rate'])}")
+    print(f"forget hit rate {percent(b['hit_rate'])} -> {percent(a['hit_rate'])}; "
+          f"paraphrases {percent(b['paraphrase_hit_rate'])} -> {percent(a['paraphrase_hit_rate'])}")
     if s["after"]["retain"]:
-        print(f"retain hit rate {pct(s['before']['retain']['hit_rate'])} -> {pct(s['after']['retain']['hit_rate'])}")
+        print(f"retain hit rate {percent(s['before']['retain']['hit_rate'])} -> {percent(s['after']['retain']['hit_rate'])}")
     print(f"other knowledge ({s['everyday']['asked']} everyday questions): {probes.kept_lost_words(s['everyday'])}")
 
 
@@ -275,7 +277,7 @@ def cmd_ask(args):
     answers = []
     for spec in specs:
         lm = models.load(spec, args.device)
-        answers.append(generation.answer(lm.model, lm.tokenizer, questions, args.max_new_tokens))
+        answers.append(generation.answer(lm.model, lm.tokenizer, questions, _max_new_tokens(args)))
     for i, q in enumerate(questions):
         print(f"Q: {q}")
         for spec, a in zip(specs, answers):
@@ -358,7 +360,7 @@ def cmd_evaluate(args):
         raise MeowError("--forget FILE is required")
     retain = _facts(args.retain, args) if args.retain else None
     holdout = _facts(args.holdout, args) if args.holdout else None
-    args.max_new_tokens = evaluate.MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    args.max_new_tokens = _max_new_tokens(args)
     if args.max_new_tokens < 1:
         raise MeowError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     t = time.perf_counter()
@@ -377,7 +379,7 @@ def cmd_evaluate(args):
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(report.html(result), encoding="utf-8")
     for set_name, sides in result["sets"].items():
-        line = "; ".join(f"{side}: hit rate {_pct(s['aggregate']['hit_rate'])}, ROUGE-L {s['aggregate']['rougeL_recall']:.2f}, "
+        line = "; ".join(f"{side}: hit rate {percent(s['aggregate']['hit_rate'])}, ROUGE-L {s['aggregate']['rougeL_recall']:.2f}, "
                          f"p(answer) {s['aggregate']['answer_prob']:.2f}" for side, s in sides.items())
         print(f"{set_name}: {line}")
     if result["verdicts"].get("forget"):
@@ -404,16 +406,16 @@ def cmd_attack(args):
     if args.samples < 1:
         raise MeowError(f"--samples must be at least 1, got {args.samples}")
     lm = models.load(args.model, args.device)
-    result = extraction.run(lm.model, lm.tokenizer, forget, which, args.samples, args.max_new_tokens, args.seed,
+    result = extraction.run(lm.model, lm.tokenizer, forget, which, args.samples, _max_new_tokens(args), args.seed,
                             on_event=_print_event)
     result["model"] = args.model
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-    print(f"{'greedy':<11} leak rate {_pct(result['greedy']['leak_rate'])}")
+    print(f"{'greedy':<11} leak rate {percent(result['greedy']['leak_rate'])}")
     for name in which:
         r = result[name]
-        before = f" (before relearning {_pct(r['leak_rate_before'])})" if name == "relearn" else ""
-        print(f"{name:<11} leak rate {_pct(r['leak_rate'])} of {r['facts_asked']} facts{before}")
+        before = f" (before relearning {percent(r['leak_rate_before'])})" if name == "relearn" else ""
+        print(f"{name:<11} leak rate {percent(r['leak_rate'])} of {r['facts_asked']} facts{before}")
     print(f"wrote {args.out}")
 
 
@@ -457,10 +459,6 @@ def cmd_push(args):
                           args.base_model)
     print(f"pushed {len(result['files'])} files to {result['url']} (checked: nothing forgotten in them)")
     print(f"commit: {result['commit_url']}")
-
-
-def _pct(x):
-    return "n/a" if x is None else f"{x:.0%}"
 
 
 def build_parser(method: str = "meow") -> argparse.ArgumentParser:
@@ -519,7 +517,7 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("question", nargs="*")
     p.add_argument("--facts", default=None, help="ask every question in this facts file")
     p.add_argument("--compare", default=None, help="a second model to answer beside the first")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None)
     _add_model(p)
     _add_limits(p)
     p.set_defaults(func=cmd_ask)
@@ -551,7 +549,7 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("--attacks", default="all",
                    help="comma-separated, from paraphrase, prefix, few_shot, sampling, relearn (default: all)")
     p.add_argument("--samples", type=int, default=10, help="samples per question at temperature 1 (default 10)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     _add_model(p)
     _add_limits(p)
