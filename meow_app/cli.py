@@ -144,31 +144,9 @@ def _print_event(event):
         print(f"note: {event['text']}", file=sys.stderr, flush=True)
 
 
-# Training settings offered as options: every TrainConfig field that takes a value.
+# Training settings offered as options: every TrainConfig field that takes a value; each
+# option's help is its field's `help` metadata (meow_app/train.py).
 # Left unset, each method's own default applies (`python -m meow_app methods -v`).
-TRAIN_HELP = {
-    "epochs": "passes over the forget set (an upper bound with early stopping; --min-steps can raise it for a small forget set)",
-    "min_steps": "at least this many optimiser steps may run: more epochs for a small forget set (0 = off)",
-    "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
-    "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",
-    "neighbours": "questions from a shipped general pool nearest to the forget questions (at least 2 per fact), answered by the original model and trained on to keep similar questions intact (0 = off)",
-    "train_only": "full fine-tuning: train only parameters whose name matches this regular expression ('' = all)",
-    "retain_weight": "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)",
-    "kl_weight": "weight of the retain KL (kl, meow_kl)",
-    "beta": "NPO inverse temperature",
-    "rho": "Sophia clipping threshold",
-    "hessian_every": "Sophia: steps between curvature refreshes",
-    "fisher_backend": "Fisher curvature: diag or woodfisher (low rank + damping)",
-    "fisher_examples": "per-example gradients the Fisher is built from",
-    "fisher_layers": "woodfisher: only parameters whose name contains this (e.g. 'layers.2')",
-    "damping": "Fisher damping lambda, relative to the Fisher's mean diagonal",
-    "fisher_steps": "Newton steps at most",
-    "trust_region": "largest update norm per Newton step, relative to the weights' norm",
-    "eta_grid": "step sizes tried per Newton step (halving from the trust region)",
-    "retain_budget": "largest allowed rise of the retain NLL (nats per token) for Fisher methods",
-    "noise_std": "Fisher Forgetting: noise at the mean curvature",
-    "own_answers": "yes/no: train on the original model's own wording of each answer",
-}
 
 
 def _tuned_fields() -> list:
@@ -180,8 +158,17 @@ def _tuned_fields() -> list:
     return [f for f in fields(TrainConfig) if f.name not in skip]
 
 
+def _field_help(name: str) -> str:
+    """A TrainConfig field's one description, for the flags that are not tuned options."""
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
+
+
 def _max_new_tokens(args) -> int:
-    """--max-new-tokens, or the library's answer length (read here: the parser imports no torch)."""
+    """--max-new-tokens, or the library's one answer length (generation.MAX_NEW_TOKENS)."""
     from .generation import MAX_NEW_TOKENS
 
     return MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
@@ -211,7 +198,7 @@ def _add_train_options(p, method: str):
             value = getattr(defaults, f.name)
             default = f"{'yes' if value else 'no'}" if isinstance(value, bool) else repr(value) if value == "" else value
             default = f"default for {method}: {default}"
-        text = f"{TRAIN_HELP[f.name]} ({default})" if f.name in TRAIN_HELP else f"({default})"
+        text = f"({default})" if f.metadata["obvious"] else f"{f.metadata['help']} ({default})"
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                        help=text.replace("%", "%%"))
 
@@ -498,16 +485,15 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
                    help="an unlearning method (`methods -v` lists them); the defaults below are this method's")
     p.add_argument("--inverted", default=None, help="a file from `invert` (skips generation)")
     p.add_argument("--retain", default=None, help="facts to keep (needed by *_grad_diff, *_kl)")
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
+    p.add_argument("--lora", action="store_true", help=_field_help("lora"))
     p.add_argument("--top-k", type=int, default=3, help="inverted answers kept per fact (default 3)")
     p.add_argument("--selection", choices=select.STRATEGIES, default="largest",
                    help="which inverted answers to keep by MEMO (default largest; all: every one given)")
     p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
     _add_train_options(p, method)
     p.add_argument("--no-early-stop", action="store_true")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (faster only on a CPU with bf16 matmuls: AVX512-BF16, AMX or ARM bf16; slower elsewhere)")
-    p.add_argument("--low-memory", action="store_true",
-                   help="gradient checkpointing: ~1 GiB less peak memory on the embedded model, ~1/4 slower steps")
+    p.add_argument("--bf16", action="store_true", help=_field_help("bf16"))
+    p.add_argument("--low-memory", action="store_true", help=_field_help("low_memory"))
     _add_model(p)
     _add_generator(p)
     _add_limits(p)

@@ -54,3 +54,23 @@ def test_the_report_records_the_memo_stride_it_used(tiny, facts, monkeypatch):
     assert used == [11] and report["settings"]["memo_stride"] == 11
     report = evaluate.compare(tiny.model, None, tiny.tokenizer, facts[:1], general=False, max_new_tokens=2)
     assert used[-1] == scoring.MEMO_STRIDE == report["settings"]["memo_stride"] == 5
+
+
+def test_every_train_setting_is_documented_once_in_its_field():
+    from dataclasses import fields
+
+    from meow_app import cli
+    from meow_app.train import TrainConfig
+
+    for f in fields(TrainConfig):
+        assert isinstance(f.metadata.get("help"), str) and f.metadata["help"].strip(), f.name
+    unlearn = cli.build_parser("meow")._subparsers._group_actions[0].choices["unlearn"]
+    shown = {a.dest: a.help for a in unlearn._actions}
+    for f in cli._tuned_fields():
+        if f.metadata["obvious"]:  # the option's name says it: its help is the default alone
+            assert shown[f.name].startswith("(default for meow: "), f.name
+        else:
+            assert shown[f.name].startswith(f.metadata["help"].replace("%", "%%")), f.name
+    for name in ("lora", "bf16", "low_memory"):
+        assert shown[name] == dict((g.name, g.metadata["help"]) for g in fields(TrainConfig))[name]
+    assert not hasattr(cli, "TRAIN_HELP")
