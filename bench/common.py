@@ -35,6 +35,8 @@ def epochs_exactly(n: int) -> dict:
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from meow_app.stats import percent as pct  # noqa: E402  (the library's one percentage format)
+
 
 def random_model(changes: dict):
     """A randomly initialised Llama of the embedded model's config with `changes` (another
@@ -103,10 +105,6 @@ def table(columns: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def command_line() -> str:

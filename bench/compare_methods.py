@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import pct  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FORGET = ROOT / "assets/facts/demo_forget.jsonl"
 RETAIN = ROOT / "assets/facts/demo_retain.jsonl"
@@ -62,10 +65,6 @@ def one(method: str, extra: list[str], forget: Path = FORGET, unseen: Path = UNS
         "method_info": {k: v for k, v in run.get("method_info", {}).items() if k != "steps"},
     }
     print(json.dumps(row))
-
-
-def pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def main() -> None:

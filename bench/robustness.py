@@ -21,6 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import pct  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FORGET = ROOT / "assets/facts/demo_forget.jsonl"
 RETAIN = ROOT / "assets/facts/demo_retain.jsonl"
@@ -34,10 +37,6 @@ def cli(*args) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "meow_app", *map(str, args)], check=True, cwd=ROOT, env=env)
     return time.perf_counter() - t
-
-
-def pct(x) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", help="facts files (JSONL, JSON, CSV or hf:NAME)")
     ap.add_argument("--model", default=None, help="model spec for meow_app.models.load (default: embedded)")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=generation.MAX_NEW_TOKENS)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--show-answers", action="store_true", help="print the generated answers too")
     ap.add_argument("--require-all", action="store_true", help="exit 1 if any fact fails the bar")

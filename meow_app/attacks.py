@@ -1,6 +1,6 @@
 """Robustness attacks on an unlearned model: is the fact gone, or only hidden?
 
-Relearning (spec: EVALUATION.md): fine-tune the unlearned model briefly on one part of
+Relearning (the project's shared spec, ../shared/spec/EVALUATION.md): fine-tune the unlearned model briefly on one part of
 the forget set and measure how much of the *other* part comes back. Facts that were
 truly removed stay gone; facts only suppressed return after a few steps, because the
 training un-suppresses the whole neighbourhood. (Membership inference lives in
@@ -27,7 +27,7 @@ def split(facts: list, fraction: float = 0.5) -> tuple[list, list]:
     return train, test
 
 
-def relearn(unlearned, tokenizer, forget: list, fraction: float = 0.5, max_new_tokens: int = 48,
+def relearn(unlearned, tokenizer, forget: list, fraction: float = 0.5, max_new_tokens: int = scoring.MAX_NEW_TOKENS,
             on_event=None, **config) -> dict:
     """Scores on the held-out part of the forget set before and after relearning on the rest."""
     train, test = split(forget, fraction)

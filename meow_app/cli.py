@@ -24,12 +24,13 @@ import warnings
 
 from . import select
 from .errors import Cancelled, MeowError, MeowWarning
+from .stats import percent
 
 
 def _facts(path, args=None):
     """Facts from a file with the limits of the command line; what the reader noticed
     (repeated facts) is printed as notes, the first few of them."""
-    from .facts import load_facts
+    from .facts import NOTES_SHOWN, load_facts
 
     mb = getattr(args, "max_file_mb", None)
     facts = load_facts(path, getattr(args, "max_facts", None), None if mb is None else int(mb * 1e6),
@@ -39,9 +40,6 @@ def _facts(path, args=None):
     if len(facts.notes) > NOTES_SHOWN:
         print(f"note: ... and {len(facts.notes) - NOTES_SHOWN} more like these", file=sys.stderr)
     return facts
-
-
-NOTES_SHOWN = 3
 
 
 def _add_limits(p):
@@ -139,38 +137,16 @@ def _print_event(event):
               f"epoch {event['epoch']}  loss {event['loss']:.4f}", file=sys.stderr, flush=True)
     elif kind == "probe":
         para = event["paraphrase_hit_rate"]
-        para = "n/a" if para is None else f"{para:.0%}"
+        para = percent(para)
         print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, paraphrases {para}",
               file=sys.stderr, flush=True)
     elif kind == "note":
         print(f"note: {event['text']}", file=sys.stderr, flush=True)
 
 
-# Training settings offered as options: every TrainConfig field that takes a value.
+# Training settings offered as options: every TrainConfig field that takes a value; each
+# option's help is its field's `help` metadata (meow_app/train.py).
 # Left unset, each method's own default applies (`python -m meow_app methods -v`).
-TRAIN_HELP = {
-    "epochs": "passes over the forget set (an upper bound with early stopping; --min-steps can raise it for a small forget set)",
-    "min_steps": "at least this many optimiser steps may run: more epochs for a small forget set (0 = off)",
-    "num_batch": "copies of each fact per epoch (MEOW: cycling its inverted answers)",
-    "anchors": "general prompts answered by the original model, trained on to keep the rest intact (0 = off)",
-    "neighbours": "questions from a shipped general pool nearest to the forget questions (at least 2 per fact), answered by the original model and trained on to keep similar questions intact (0 = off)",
-    "train_only": "full fine-tuning: train only parameters whose name matches this regular expression ('' = all)",
-    "retain_weight": "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)",
-    "kl_weight": "weight of the retain KL (kl, meow_kl)",
-    "beta": "NPO inverse temperature",
-    "rho": "Sophia clipping threshold",
-    "hessian_every": "Sophia: steps between curvature refreshes",
-    "fisher_backend": "Fisher curvature: diag or woodfisher (low rank + damping)",
-    "fisher_examples": "per-example gradients the Fisher is built from",
-    "fisher_layers": "woodfisher: only parameters whose name contains this (e.g. 'layers.2')",
-    "damping": "Fisher damping lambda, relative to the Fisher's mean diagonal",
-    "fisher_steps": "Newton steps at most",
-    "trust_region": "largest update norm per Newton step, relative to the weights' norm",
-    "eta_grid": "step sizes tried per Newton step (halving from the trust region)",
-    "retain_budget": "largest allowed rise of the retain NLL (nats per token) for Fisher methods",
-    "noise_std": "Fisher Forgetting: noise at the mean curvature",
-    "own_answers": "yes/no: train on the original model's own wording of each answer",
-}
 
 
 def _tuned_fields() -> list:
@@ -195,6 +171,22 @@ def _yes_no(name: str):
     return parse
 
 
+def _field_help(name: str) -> str:
+    """A TrainConfig field's one description, for the flags that are not tuned options."""
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
+
+
+def _max_new_tokens(args) -> int:
+    """--max-new-tokens, or the library's one answer length (generation.MAX_NEW_TOKENS)."""
+    from .generation import MAX_NEW_TOKENS
+
+    return MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+
+
 def _add_train_options(p, method: str):
     """One option per tuned TrainConfig field; its help shows the default `method` runs with
     (method defaults override TrainConfig's, e.g. meow trains at lr 1e-4, not 5e-5)."""
@@ -211,7 +203,7 @@ def _add_train_options(p, method: str):
             value = getattr(defaults, f.name)
             default = f"{'yes' if value else 'no'}" if isinstance(value, bool) else repr(value) if value == "" else value
             default = f"default for {method}: {default}"
-        text = f"{TRAIN_HELP[f.name]} ({default})" if f.name in TRAIN_HELP else f"({default})"
+        text = f"({default})" if f.metadata["obvious"] else f"{f.metadata['help']} ({default})"
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
                        help=text.replace("%", "%%"))
 
@@ -257,14 +249,11 @@ def cmd_unlearn(args):
     s = run["summary"]
     b, a = s["before"]["forget"], s["after"]["forget"]
 
-    def pct(x):
-        return "n/a" if x is None else f"{x:.0%}"
-
     print(f"saved {args.out}/model ({run['method']}, {run['seconds_total']:.0f} s)")
-    print(f"forget hit rate {pct(b['hit_rate'])} -> {pct(a['hit_rate'])}; "
-          f"paraphrases {pct(b['paraphrase_hit_rate'])} -> {pct(a['paraphrase_hit_rate'])}")
+    print(f"forget hit rate {percent(b['hit_rate'])} -> {percent(a['hit_rate'])}; "
+          f"paraphrases {percent(b['paraphrase_hit_rate'])} -> {percent(a['paraphrase_hit_rate'])}")
     if s["after"]["retain"]:
-        print(f"retain hit rate {pct(s['before']['retain']['hit_rate'])} -> {pct(s['after']['retain']['hit_rate'])}")
+        print(f"retain hit rate {percent(s['before']['retain']['hit_rate'])} -> {percent(s['after']['retain']['hit_rate'])}")
     print(f"other knowledge ({s['everyday']['asked']} everyday questions): {probes.kept_lost_words(s['everyday'])}")
 
 
@@ -280,7 +269,7 @@ def cmd_ask(args):
     answers = []
     for spec in specs:
         lm = models.load(spec, args.device)
-        answers.append(generation.answer(lm.model, lm.tokenizer, questions, args.max_new_tokens))
+        answers.append(generation.answer(lm.model, lm.tokenizer, questions, _max_new_tokens(args)))
     for i, q in enumerate(questions):
         print(f"Q: {q}")
         for spec, a in zip(specs, answers):
@@ -356,7 +345,7 @@ def cmd_evaluate(args):
         raise MeowError("--forget FILE is required")
     retain = _facts(args.retain, args) if args.retain else None
     holdout = _facts(args.holdout, args) if args.holdout else None
-    args.max_new_tokens = evaluate.MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
+    args.max_new_tokens = _max_new_tokens(args)
     if args.max_new_tokens < 1:
         raise MeowError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     t = time.perf_counter()
@@ -375,7 +364,7 @@ def cmd_evaluate(args):
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(report.html(result), encoding="utf-8")
     for set_name, sides in result["sets"].items():
-        line = "; ".join(f"{side}: hit rate {_pct(s['aggregate']['hit_rate'])}, ROUGE-L {s['aggregate']['rougeL_recall']:.2f}, "
+        line = "; ".join(f"{side}: hit rate {percent(s['aggregate']['hit_rate'])}, ROUGE-L {s['aggregate']['rougeL_recall']:.2f}, "
                          f"p(answer) {s['aggregate']['answer_prob']:.2f}" for side, s in sides.items())
         print(f"{set_name}: {line}")
     if result["verdicts"].get("forget"):
@@ -402,16 +391,16 @@ def cmd_attack(args):
     if args.samples < 1:
         raise MeowError(f"--samples must be at least 1, got {args.samples}")
     lm = models.load(args.model, args.device)
-    result = extraction.run(lm.model, lm.tokenizer, forget, which, args.samples, args.max_new_tokens, args.seed,
+    result = extraction.run(lm.model, lm.tokenizer, forget, which, args.samples, _max_new_tokens(args), args.seed,
                             on_event=_print_event)
     result["model"] = args.model
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-    print(f"{'greedy':<11} leak rate {_pct(result['greedy']['leak_rate'])}")
+    print(f"{'greedy':<11} leak rate {percent(result['greedy']['leak_rate'])}")
     for name in which:
         r = result[name]
-        before = f" (before relearning {_pct(r['leak_rate_before'])})" if name == "relearn" else ""
-        print(f"{name:<11} leak rate {_pct(r['leak_rate'])} of {r['facts_asked']} facts{before}")
+        before = f" (before relearning {percent(r['leak_rate_before'])})" if name == "relearn" else ""
+        print(f"{name:<11} leak rate {percent(r['leak_rate'])} of {r['facts_asked']} facts{before}")
     print(f"wrote {args.out}")
 
 
@@ -457,10 +446,6 @@ def cmd_push(args):
     print(f"commit: {result['commit_url']}")
 
 
-def _pct(x):
-    return "n/a" if x is None else f"{x:.0%}"
-
-
 def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     """The command line; `method`: whose defaults `unlearn --help` shows."""
     parser = argparse.ArgumentParser(prog="python -m meow_app", description="MEOW Studio: make an LLM forget facts.")
@@ -498,16 +483,15 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
                    help="an unlearning method (`methods -v` lists them); the defaults below are this method's")
     p.add_argument("--inverted", default=None, help="a file from `invert` (skips generation)")
     p.add_argument("--retain", default=None, help="facts to keep (needed by *_grad_diff, *_kl)")
-    p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged on save)")
+    p.add_argument("--lora", action="store_true", help=_field_help("lora"))
     p.add_argument("--top-k", type=int, default=3, help="inverted answers kept per fact (default 3)")
     p.add_argument("--selection", choices=select.STRATEGIES, default="largest",
                    help="which inverted answers to keep by MEMO (default largest; all: every one given)")
     p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
     _add_train_options(p, method)
     p.add_argument("--no-early-stop", action="store_true")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (faster only on a CPU with bf16 matmuls: AVX512-BF16, AMX or ARM bf16; slower elsewhere)")
-    p.add_argument("--low-memory", action="store_true",
-                   help="gradient checkpointing: ~1 GiB less peak memory on the embedded model, ~1/4 slower steps")
+    p.add_argument("--bf16", action="store_true", help=_field_help("bf16"))
+    p.add_argument("--low-memory", action="store_true", help=_field_help("low_memory"))
     _add_model(p)
     _add_generator(p)
     _add_limits(p)
@@ -517,7 +501,7 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("question", nargs="*")
     p.add_argument("--facts", default=None, help="ask every question in this facts file")
     p.add_argument("--compare", default=None, help="a second model to answer beside the first")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None)
     _add_model(p)
     _add_limits(p)
     p.set_defaults(func=cmd_ask)
@@ -549,7 +533,7 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("--attacks", default="all",
                    help="comma-separated, from paraphrase, prefix, few_shot, sampling, relearn (default: all)")
     p.add_argument("--samples", type=int, default=10, help="samples per question at temperature 1 (default 10)")
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     _add_model(p)
     _add_limits(p)

@@ -15,7 +15,7 @@ import time
 
 from . import attacks, metrics, stats
 from .facts import Fact
-from .scoring import MAX_NEW_TOKENS, aggregate, score_set, truth_ratio_answers  # noqa: F401 (evaluate's API)
+from .scoring import MAX_NEW_TOKENS, MEMO_STRIDE, aggregate, score_set, truth_ratio_answers  # noqa: F401 (evaluate's API)
 
 AGGREGATES = ["rougeL_recall", "answer_prob", "keyword_hit_rate", "hit_rate", "paraphrase_hit_rate",
               "truth_ratio", "extraction_strength", "exact_memorization", "memo"]
@@ -56,8 +56,8 @@ def mia(forget_rows: list[dict], holdout_rows: list[dict]) -> dict:
 
 def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fact] | None = None,
             holdout: list[Fact] | None = None, *, names: dict | None = None, general: bool = True,
-            with_memo: bool = True, max_new_tokens: int = MAX_NEW_TOKENS, relearn: dict | None = None,
-            on_event=None) -> dict:
+            with_memo: bool = True, max_new_tokens: int = MAX_NEW_TOKENS, memo_stride: int = MEMO_STRIDE,
+            relearn: dict | None = None, on_event=None) -> dict:
     """The report: every set scored on the original and the unlearned model side by side.
 
     `unlearned=None` scores one model only (side "model"). `relearn` (keyword arguments of
@@ -70,7 +70,7 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
     sets = {"forget": forget, "retain": retain, "holdout": holdout}
     report = {"format": "meow-evaluation/1", "sides": list(sides),
               "models": {k: (names or {}).get(k, k) for k in sides},
-              "settings": {"max_new_tokens": max_new_tokens, "memo": with_memo, "memo_stride": 5,
+              "settings": {"max_new_tokens": max_new_tokens, "memo": with_memo, "memo_stride": memo_stride,
                            "mia_min_k": metrics.MIN_K},
               "sets": {}, "timings": {}}
     for set_name, facts in sets.items():
@@ -81,7 +81,7 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
             emit({"type": "stage", "stage": f"score {set_name} on {side}"})
             t = time.perf_counter()
             report["sets"][set_name][side] = score_set(model, tokenizer, facts, max_new_tokens,
-                                                       with_memo and set_name == "forget")
+                                                       with_memo and set_name == "forget", memo_stride)
             report["timings"][f"{set_name}/{side}"] = round(time.perf_counter() - t, 2)
     if holdout:
         report["mia"] = {side: mia(report["sets"]["forget"][side]["rows"], report["sets"]["holdout"][side]["rows"])

@@ -48,14 +48,14 @@ def _result(rows: list[dict]) -> dict:
             "prompts": len(rows), "rows": rows}
 
 
-def paraphrase(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48) -> dict:
+def paraphrase(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS) -> dict:
     asked = [(i, p) for i, f in enumerate(facts) for p in f.paraphrases]
     answers = generation.answer(model, tokenizer, [p for _, p in asked], max_new_tokens)
     rows = [{"fact": i, "prompt": p, "answer": a, "leak": probes.leaks(a, facts[i])} for (i, p), a in zip(asked, answers)]
     return _result(rows)
 
 
-def prefix(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48, shots: int = 0) -> dict:
+def prefix(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS, shots: int = 0) -> dict:
     prompts = [plain(f.question, shots_for(f, shots) if shots else ()) for f in facts]
     answers = _continue(model, tokenizer, prompts, max_new_tokens)
     rows = [{"fact": i, "prompt": f.question, "answer": a, "leak": probes.leaks(a, f)}
@@ -63,7 +63,7 @@ def prefix(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48, shots:
     return _result(rows)
 
 
-def sampling(model, tokenizer, facts: list[Fact], samples: int = 10, max_new_tokens: int = 48,
+def sampling(model, tokenizer, facts: list[Fact], samples: int = 10, max_new_tokens: int = generation.MAX_NEW_TOKENS,
              temperature: float = 1.0, seed: int = 0) -> dict:
     prompts = [generation.chat_prompt(tokenizer, f.question) for f in facts for _ in range(samples)]
     ids = generation.generate_ids(model, tokenizer, [generation.encode(tokenizer, p) for p in prompts],
@@ -76,14 +76,14 @@ def sampling(model, tokenizer, facts: list[Fact], samples: int = 10, max_new_tok
     return out
 
 
-def relearn(model, tokenizer, facts: list[Fact], max_new_tokens: int = 48, on_event=None, **config) -> dict:
+def relearn(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS, on_event=None, **config) -> dict:
     result = attacks.relearn(model, tokenizer, facts, max_new_tokens=max_new_tokens, on_event=on_event, **config)
     return {"leak_rate_before": result["before"]["hit_rate"], "leak_rate": result["after"]["hit_rate"],
             "facts_asked": len(result["rows"]), "trained_on": result["trained_on"], "settings": result["settings"],
             "rows": result["rows"]}
 
 
-def run(model, tokenizer, facts: list[Fact], which=ATTACKS, samples: int = 10, max_new_tokens: int = 48,
+def run(model, tokenizer, facts: list[Fact], which=ATTACKS, samples: int = 10, max_new_tokens: int = generation.MAX_NEW_TOKENS,
         seed: int = 0, on_event=None, relearn_config: dict | None = None) -> dict:
     """Every attack named in `which` on one model: {"greedy": ..., attack: {"leak_rate", "rows", ...}}.
     "greedy" is the plain probe (the question in the chat template), the baseline."""

@@ -58,6 +58,10 @@ class Fact:
         return row
 
 
+# How many of a file's notes the CLI and the app show; the rest are counted.
+NOTES_SHOWN = 3
+
+
 class FactList(list):
     """Facts as read, with `notes`: what the reader noticed and the user should know
     (repeated facts), one line each, naming file and line."""

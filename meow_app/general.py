@@ -45,7 +45,7 @@ def multiple_choice(model, tokenizer, items: list[dict]) -> list[int]:
     return picks
 
 
-def score(model, tokenizer, max_new_tokens: int = 48) -> dict:
+def score(model, tokenizer, max_new_tokens: int = generation.MAX_NEW_TOKENS) -> dict:
     """Accuracy on the shipped questions and multiple-choice items, with the rows."""
     questions = load_facts(ASSETS / "questions.jsonl")
     answers = generation.answer(model, tokenizer, [f.question for f in questions], max_new_tokens)

@@ -108,6 +108,13 @@ def _sampled(model, prompts, limits, eos, pad_id, device, banned, do_sample, tem
 
 
 # A shared prompt start shorter than this is not worth its own forward pass.
+# Greedy answer length, everywhere a model answers a fact's question (probes, scoring,
+# attacks, the general set, the CLI). The spec's ROUGE budget is 200 new tokens (what
+# `tofu` uses on a GPU); on CPU one rambling answer makes its whole batch run that long,
+# and a fact leaks in the first sentence, so 48: the evaluation's verdicts then agree with
+# the run's own before/after probes.
+MAX_NEW_TOKENS = 48
+
 MIN_SHARED = 8
 
 # Generation settings that change greedy decoding, with their neutral values: a model whose
@@ -209,7 +216,7 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def answer(model, tokenizer, questions: list[str], max_new_tokens: int = 48, batch_size: int = 32,
+def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32,
            system: str | None = None) -> list[str]:
     """Greedy chat answers to questions, in a batch."""
     prompts = [encode(tokenizer, chat_prompt(tokenizer, q, system)) for q in questions]

@@ -1,4 +1,5 @@
-"""Per-fact measures of how well a model still knows an answer (spec: EVALUATION.md).
+"""Per-fact measures of how well a model still knows an answer (spec: the project's shared
+spec, ../shared/spec/EVALUATION.md next to the repository).
 
 Everything that needs the model's likelihoods comes from ONE teacher-forced forward pass
 per (question, answer) pair, batched and left-padded with the training code's own

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .stats import percent
+
 TEMPLATE = """---
 {{ card_data }}
 ---
@@ -74,7 +76,7 @@ fact. Lower is better for forgetting; for facts to keep, higher is better.
 
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
+    return percent(x, missing="–")
 
 
 def _results(summary: dict, evaluation: dict | None) -> list[tuple[str, str, str]]:

@@ -11,12 +11,10 @@ from __future__ import annotations
 from . import generation, memo, metrics, probes, stats
 from .errors import MeowError
 from .facts import Fact
+from .generation import MAX_NEW_TOKENS
 
-# Greedy answer length. The spec's ROUGE budget is 200 new tokens (what `tofu` uses on a
-# GPU); on CPU one rambling answer makes its whole batch run that long, and a fact leaks
-# in the first sentence, so the default is the unlearning probes' 48: the verdicts then
-# agree with the run's own before/after probes.
-MAX_NEW_TOKENS = 48
+MEMO_STRIDE = 5  # characters between MEMO's cuts of an answer
+
 
 
 def truth_ratio_answers(fact: Fact) -> tuple[str, list[str], str] | None:
@@ -35,7 +33,7 @@ def truth_ratio_answers(fact: Fact) -> tuple[str, list[str], str] | None:
 
 
 def score_set(model, tokenizer, facts: list[Fact], max_new_tokens: int = MAX_NEW_TOKENS, with_memo: bool = True,
-              memo_stride: int = 5, batch_size: int = 16) -> dict:
+              memo_stride: int = MEMO_STRIDE, batch_size: int = 16) -> dict:
     """Every per-fact measure of every fact, and the set's aggregates: {"aggregate", "rows"}."""
     if not facts:
         raise MeowError("nothing to evaluate: the fact set is empty")

@@ -9,6 +9,12 @@ def mean(values) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def percent(x, missing: str = "n/a") -> str:
+    """A share (0.37) as a whole percentage ("37%"); `missing` when it is None. The one
+    formatter of the CLI, the app, the model card and bench/."""
+    return missing if x is None else f"{x:.0%}"
+
+
 def harmonic_mean(values) -> float:
     """n / sum(1/x): dominated by the weakest number, which is why TOFU's utility uses it.
     Any zero makes it zero."""

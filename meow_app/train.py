@@ -29,75 +29,79 @@ from .sophia import Sophia
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def _setting(default, help: str, obvious: bool = False):
+    """A TrainConfig field whose `help` is its one description (read by the CLI, as TRL's configs do).
+    `obvious`: the option's name says it (--lr), so the CLI's help shows only the default."""
+    return field(default=default, metadata={"help": help, "obvious": obvious})
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 6               # an upper bound: early stopping usually ends sooner
-    # At least this many optimiser steps may run (more epochs when the forget set is small):
-    # a step budget that does not shrink with the number of facts, so a learning rate
-    # tuned on 8 facts also forgets 1-3. 0 = epochs alone decide.
-    min_steps: int = 0
-    lr: float = 5e-5
-    batch_size: int = 16
-    weight_decay: float = 0.01
-    num_batch: int = 8            # MEOW: copies of each fact, cycling its inverted answers
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    # Full fine-tuning leaves the (tied) embeddings / output layer and the norms frozen:
-    # moving them shifts every answer's token probabilities at once, not just the fact's.
-    train_embeddings: bool = False
-    # Only the MLP blocks (where transformers store most factual associations) are trained
-    # by default: on the embedded model this kept ~5-25 points more unrelated facts than
-    # training every layer, at the same forgetting (docs/forgetting.md). "" = all layers;
-    # a regular expression searched in parameter names, e.g. r"layers\.(1[0-9])\.mlp".
-    train_only: str = "mlp"
-    retain_weight: float = 1.0    # weight of the retain NLL (grad-diff variants)
-    kl_weight: float = 1.0        # weight of the retain KL (KL variants)
-    beta: float = 0.1             # NPO
-    # Sophia (SOUL): step -lr * sign(m) * min(|m| / (rho * h + eps), 1), h an EMA of a
-    # sampled-label (Gauss-Newton-Bartlett) diagonal curvature estimate.
-    rho: float = 0.04
-    beta1: float = 0.9
-    beta2: float = 0.95
-    hessian_every: int = 2        # refresh h every this many steps (one extra forward/backward)
-    # Fisher Removal / Forgetting (methods/fisher_removal.py): Newton-style steps
-    # theta + eta F^-1 g_forget, F a damped empirical Fisher of the retain data.
-    fisher_backend: str = "diag"  # diag | woodfisher (low rank + damping)
-    fisher_examples: int = 32     # per-example gradients the Fisher is built from (m)
-    fisher_layers: str = ""       # woodfisher: only parameters whose name contains this
-    damping: float = 0.01         # lambda, relative to the Fisher's mean diagonal
-    fisher_steps: int = 10        # Newton steps at most (g_forget recomputed each time)
-    trust_region: float = 1e-3    # largest update norm per step, relative to the trained weights' norm
-    eta_grid: int = 4             # step sizes tried per step: trust_region * 2^-k, k < eta_grid
-    retain_budget: float = 0.3    # the largest rise in retain NLL (nats/token) the steps may cause
-    noise_std: float = 0.0        # Fisher Forgetting: per-coordinate noise at the mean curvature
-    noise_clamp: float = 3.0      # ... clamped at this many noise_std
-    # Anchors: the original model's own answers to general prompts (assets/anchor_prompts.txt),
-    # trained on beside the forget set so the rest of its behaviour stays put. No user
-    # data needed; 0 turns it off (the published MEOW recipe).
-    anchors: int = 0
-    # Neighbours: this many of the questions from a shipped pool nearest to the forget
-    # questions (meow_app/neighbours.py; shared out over the facts, at least 2 each),
-    # answered by the original model and trained on like the anchors, to hold the answers
-    # to questions shaped like the forgotten ones. 0 = off.
-    neighbours: int = 0
-    anchor_weight: float = 1.0
-    # Train (and, for Fisher methods, measure) on the original model's own greedy answers
-    # where they state the fact ("The capital of France is Paris."), not the dataset's
-    # reference answer ("Paris"): that wording is what the model knows and would say.
-    # On the forget side the words before the fact ("The capital of France is") become
-    # context, so losses that push the truth away (ga, npo, fisher_*) hit the fact, not
-    # the sentence pattern every similar answer shares.
-    own_answers: bool = True
-    max_grad_norm: float = 1.0
-    early_stop: bool = True       # stop when no forget question or paraphrase leaks
-    min_epochs: int = 1
-    seed: int = 0
-    bf16: bool = False            # autocast to bfloat16 (always on for CUDA)
-    # Gradient checkpointing: keep only each layer's input and recompute the rest in the
-    # backward pass. Off by default: on the embedded model it cuts the training peak by
-    # ~1 GiB (docs/benchmarks.md item 5) for ~1/4 more time a step.
-    low_memory: bool = False
+    """Every training setting, each documented once in its `help` (the CLI's option help
+    is built from it, followed by the chosen method's default)."""
+
+    epochs: int = _setting(6, "passes over the forget set: an upper bound (early stopping usually ends sooner; "
+                              "min_steps can add epochs on a small forget set)")
+    min_steps: int = _setting(0, "at least this many optimiser steps may run (more epochs on a small forget set): a step "
+                                 "budget that does not shrink with the number of facts, so a learning rate tuned on 8 "
+                                 "facts also forgets 1-3 (0 = off: epochs alone decide)")
+    lr: float = _setting(5e-5, "learning rate", obvious=True)
+    batch_size: int = _setting(16, "forget examples per optimiser step", obvious=True)
+    weight_decay: float = _setting(0.01, "weight decay of the optimiser (AdamW or Sophia)", obvious=True)
+    num_batch: int = _setting(8, "copies of each fact per epoch (MEOW: cycling its inverted answers)")
+    lora: bool = _setting(False, "train LoRA adapters (merged on save) instead of the weights themselves")
+    lora_r: int = _setting(16, "LoRA rank", obvious=True)
+    lora_alpha: int = _setting(32, "LoRA alpha (the adapters' scale is alpha / r)", obvious=True)
+    train_embeddings: bool = _setting(False, "full fine-tuning: also train the (tied) embeddings / output layer and the "
+                                             "norms; frozen by default, since moving them shifts every answer's token "
+                                             "probabilities at once, not just the fact's")
+    train_only: str = _setting("mlp", "full fine-tuning: train only parameters whose name matches this regular "
+                                      "expression, e.g. 'layers\\.(1[0-9])\\.mlp' ('' = all layers). Only the MLP "
+                                      "blocks (where transformers store most factual associations) by default: on the "
+                                      "embedded model this kept ~5-25 points more unrelated facts than training every "
+                                      "layer, at the same forgetting (docs/forgetting.md)")
+    retain_weight: float = _setting(1.0, "weight of the retain NLL (gd, npo, idk, sophia_*, meow_grad_diff)")
+    kl_weight: float = _setting(1.0, "weight of the retain KL (kl, meow_kl)")
+    beta: float = _setting(0.1, "NPO inverse temperature")
+    rho: float = _setting(0.04, "Sophia (SOUL) clipping threshold: step -lr * sign(m) * min(|m| / (rho * h + eps), "
+                                "1), h an EMA of a sampled-label (Gauss-Newton-Bartlett) diagonal curvature estimate")
+    beta1: float = _setting(0.9, "Sophia: EMA rate of the gradient m", obvious=True)
+    beta2: float = _setting(0.95, "Sophia: EMA rate of the curvature h", obvious=True)
+    hessian_every: int = _setting(2, "Sophia: steps between curvature refreshes (one extra forward/backward each)")
+    fisher_backend: str = _setting("diag", "Fisher curvature: diag or woodfisher (low rank + damping). Fisher Removal / "
+                                           "Forgetting (methods/fisher_removal.py) take Newton-style steps theta + eta "
+                                           "F^-1 g_forget, F a damped empirical Fisher of the retain data")
+    fisher_examples: int = _setting(32, "per-example gradients the Fisher is built from (m)")
+    fisher_layers: str = _setting("", "woodfisher: only parameters whose name contains this (e.g. 'layers.2')")
+    damping: float = _setting(0.01, "Fisher damping lambda, relative to the Fisher's mean diagonal")
+    fisher_steps: int = _setting(10, "Newton steps at most (g_forget recomputed each time)")
+    trust_region: float = _setting(1e-3, "largest update norm per Newton step, relative to the trained weights' norm")
+    eta_grid: int = _setting(4, "step sizes tried per Newton step: trust_region * 2^-k, k < eta_grid")
+    retain_budget: float = _setting(0.3, "largest allowed rise of the retain NLL (nats per token) for Fisher methods")
+    noise_std: float = _setting(0.0, "Fisher Forgetting: per-coordinate noise at the mean curvature")
+    noise_clamp: float = _setting(3.0, "Fisher Forgetting: the noise is clamped at this many noise_std", obvious=True)
+    anchors: int = _setting(0, "general prompts (assets/anchor_prompts.txt) answered by the original model, trained on "
+                               "beside the forget set so the rest of its behaviour stays put; no user data needed "
+                               "(0 = off, the published MEOW recipe)")
+    neighbours: int = _setting(0, "questions from a shipped general pool nearest to the forget questions "
+                                  "(meow_app/neighbours.py; at least 2 per fact), answered by the original model and "
+                                  "trained on like the anchors, to keep similar questions intact (0 = off)")
+    anchor_weight: float = _setting(1.0, "weight of the anchor and neighbour loss", obvious=True)
+    own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
+                                       "Fisher methods, measure on it) where it states the fact ('The capital of "
+                                       "France is Paris.'), not the dataset's reference answer ('Paris'). On the "
+                                       "forget side the words before the fact become context, so losses that push "
+                                       "the truth away (ga, npo, fisher_*) hit the fact, not the sentence pattern "
+                                       "every similar answer shares")
+    max_grad_norm: float = _setting(1.0, "gradient clipping: the largest gradient norm of a step", obvious=True)
+    early_stop: bool = _setting(True, "stop when no forget question or paraphrase leaks")
+    min_epochs: int = _setting(1, "early stopping waits at least this many epochs", obvious=True)
+    seed: int = _setting(0, "random seed (batch order, sampling, initialisation)")
+    bf16: bool = _setting(False, "autocast to bfloat16 (always on for CUDA; on a CPU faster only with bf16 matmuls: "
+                                 "AVX512-BF16, AMX or ARM bf16; slower elsewhere)")
+    low_memory: bool = _setting(False, "gradient checkpointing: keep only each layer's input and recompute the rest "
+                                       "in the backward pass; on the embedded model ~1 GiB less peak memory (docs/"
+                                       "benchmarks.md item 5) for ~1/4 slower steps")
 
     def check(self) -> None:
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):

@@ -9,7 +9,7 @@ import pandas as pd
 
 from meow_app import facts as facts_mod
 from meow_app.errors import MeowError
-from meow_app.facts import Fact
+from meow_app.facts import NOTES_SHOWN, Fact
 
 from .invert_tab import INVERT_COLUMNS
 from .memo_tab import SELECT_COLUMNS
@@ -32,9 +32,6 @@ BUNDLED = {
 }
 RETAIN_CHOICES = ["None"] + list(BUNDLED)
 FACT_COLUMNS = ["question", "answer", "keywords", "paraphrases"]
-NOTES_SHOWN = 3
-
-
 def facts_to_table(items: list[Fact]) -> pd.DataFrame:
     return pd.DataFrame([[f.question, f.answer, "; ".join(f.keywords), "; ".join(f.paraphrases)] for f in items],
                         columns=FACT_COLUMNS)

@@ -12,6 +12,7 @@ import pandas as pd
 from meow_app import methods, models, pipeline, probes, runs
 from meow_app import progress as progress_mod
 from meow_app.errors import Cancelled, MeowError
+from meow_app.stats import percent
 from meow_app.train import TrainConfig
 
 from .compare_tab import verdict_table
@@ -106,7 +107,7 @@ def unlearn_job(s, method, hp_table, lora, inv_settings, sel_settings, inv_table
 
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.0f}%"
+    return percent(x, missing="–")
 
 
 def run_summary(run: dict) -> str:
