@@ -20,12 +20,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_app(env: dict, port: int) -> subprocess.Popen:
-    """`python app.py` on 127.0.0.1:port; its output goes to MEOW_HOME/app-PORT.log (`proc.log_path`)."""
+def start_app(env: dict, port: int, command: list[str] | None = None, cwd: Path = ROOT,
+              inherit_env: bool = True) -> subprocess.Popen:
+    """`python app.py` (or `command`) on 127.0.0.1:port; its output goes to MEOW_HOME/app-PORT.log
+    (`proc.log_path`). inherit_env=False: only `env` (a program name is looked up on its PATH)."""
     log_path = Path(env.get("MEOW_HOME", "/tmp")) / f"app-{port}.log"
     with open(log_path, "a") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **env, "PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"})
+        proc = subprocess.Popen(command or [sys.executable, "app.py"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**(os.environ if inherit_env else {}), **env, "PORT": str(port),
+                                     "GRADIO_ANALYTICS_ENABLED": "False"})
     proc.log_path = log_path
     return proc
 
@@ -55,9 +58,10 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def running_app(env: dict, timeout: float = 180):
+def running_app(env: dict, timeout: float = 180, **start):
+    """The app serving on a free port for the `with` block; `start`: start_app's options."""
     port = free_port()
-    proc = start_app(env, port)
+    proc = start_app(env, port, **start)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(proc, url, timeout)

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,35 @@ from tiny import save_tiny  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data" / "tofu"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# The only tests CI may skip: opt-in ones, each switched on by an environment variable.
+# Any other skip there (a missing browser, data set or tool) fails the run, so a test that
+# stopped running cannot pass unnoticed; `-ra` (pytest.ini) lists every skip with its reason.
+OPT_IN = {"tests/test_tofu.py::test_tofu_cli_reduced_protocol_on_the_embedded_model": "MEOW_TOFU_TEST"}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def _unexpected_skips(config) -> list[str]:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    return sorted({r.nodeid for r in skipped} - set(OPT_IN))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    unexpected = _unexpected_skips(config)
+    if unexpected and in_ci():
+        terminalreporter.section("skips CI does not allow", red=True)
+        terminalreporter.write_line(f"{len(unexpected)} skipped beyond the opt-in ones ({', '.join(OPT_IN)}):")
+        for nodeid in unexpected:
+            terminalreporter.write_line(f"  {nodeid}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if in_ci() and exitstatus == 0 and _unexpected_skips(session.config):
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import pytest
+import torch
 
 import app
 from meow_app import methods
@@ -18,6 +19,12 @@ def sess(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("MEOW_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MEOW_MODEL", tiny_dir)
     return session.new_session()
+
+
+def skipped(output) -> bool:
+    """The callback left this component as it was: gr.skip(), a plain {"__type__": "update"}
+    (a new one each call, so compared with ==, never with `is`)."""
+    return isinstance(output, dict) and output == gr.skip()
 
 
 def _loaded(s, n=2):
@@ -50,7 +57,7 @@ def test_upload_errors_are_inline_and_keep_the_table(sess, tmp_path):
     bad.write_text('{"question": "Q1", "answer": "A1"}\n{"question": "Q2"}\n')
     s2, table, msg, inv, sel = facts_tab.upload_facts(s, str(bad))
     assert msg.startswith("⚠️") and "mine.jsonl" in msg and "line 2" in msg and "answer" in msg
-    assert table is gr.skip() or isinstance(table, dict)  # the table is left as it was
+    assert skipped(table) and skipped(inv) and skipped(sel)  # the tables are left as they were
     assert len(s2["facts"]) == 2
     good = tmp_path / "mine.csv"
     good.write_text("question,answer,keywords\nWho wrote Hamlet?,Shakespeare,Shakespeare\nCapital of Peru?,Lima,\n")
@@ -110,7 +117,7 @@ def test_invert_api_errors_are_inline(sess, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     s, _ = _loaded(sess)
     s, inv, msg = invert_tab.run_invert(s, "OpenAI-compatible API", 2, "", "", "")
-    assert inv is gr.skip() or isinstance(inv, dict)
+    assert skipped(inv)  # the candidates table is left as it was
     assert msg.startswith("⚠️") and "model name" in msg
     s, inv, msg = invert_tab.run_invert(s, "OpenAI-compatible API", 2, "", "gpt-x", "")
     assert "no API key" in msg
@@ -161,7 +168,10 @@ def test_unlearn_streams_progress_saves_a_run_and_compares(sess, tmp_path):
     assert set(final[4]["verdict"]) <= {"forgotten", "still known", "leaks under paraphrase", "not known before"}
     run_dir = s["run_dir"]
     assert run_dir.startswith(str(tmp_path / "home" / "runs" / s["id"]))
-    assert (Path(run_dir) / "model" / "config.json").is_file() and s["unlearned"] is not None
+    assert (Path(run_dir) / "model" / "config.json").is_file()
+    # The unlearned model shown in Compare is the trained one, beside the unchanged original.
+    new, original = s["unlearned"].model.state_dict(), session._original(s).model.state_dict()
+    assert sorted(new) == sorted(original) and any(not torch.equal(new[k], original[k]) for k in new)
     # Compare: the same prompt goes to both models, streamed, multi-turn.
     chunks = list(compare_tab.send_chat(s, "Who wrote Hamlet?"))
     s, left, right, box = chunks[-1]
@@ -215,13 +225,21 @@ def test_chat_before_unlearning_uses_only_the_original(sess):
     assert msg.startswith("⚠️")  # no facts loaded yet
 
 
+# Every (kind, leaked before, leaked after) case. A fact the model did not give before
+# but gives after unlearning is reported as what it shows now (still known / leaks / kept).
+VERDICTS = {
+    ("question", True, False): "forgotten", ("question", True, True): "still known",
+    ("question", False, False): "not known before", ("question", False, True): "still known",
+    ("paraphrase", True, False): "forgotten", ("paraphrase", True, True): "leaks under paraphrase",
+    ("paraphrase", False, False): "not known before", ("paraphrase", False, True): "leaks under paraphrase",
+    ("unrelated", True, False): "lost", ("unrelated", True, True): "kept",
+    ("unrelated", False, False): "not known before", ("unrelated", False, True): "kept",
+}
+
+
 def test_verdicts():
-    assert compare_tab.verdict("question", True, False) == "forgotten"
-    assert compare_tab.verdict("question", True, True) == "still known"
-    assert compare_tab.verdict("paraphrase", True, True) == "leaks under paraphrase"
-    assert compare_tab.verdict("question", False, False) == "not known before"
-    assert compare_tab.verdict("unrelated", True, False) == "lost"
-    assert compare_tab.verdict("unrelated", True, True) == "kept"
+    assert len(VERDICTS) == 12
+    assert {case: compare_tab.verdict(*case) for case in VERDICTS} == VERDICTS
 
 
 def test_sessions_are_separate(sess):

@@ -5,18 +5,22 @@ fresh virtual environment (the image's filesystem mapped under a temporary folde
 README's front matter, which makes the repository a Gradio Space."""
 
 import fnmatch
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from gradio_client import Client
 
 import app
+from apprunner import running_app
 from conftest import ROOT
 
 IMAGE_HOME = "/home/user"
@@ -61,6 +65,12 @@ def test_dockerfile_follows_docker_spaces_conventions():
     assert ".venv" in ignored and "runs/" in ignored
 
 
+def _text(message) -> str:
+    """Chatbot content as the API sends it: a string, or a list of {"type": "text", "text"} parts."""
+    c = message["content"]
+    return c if isinstance(c, str) else "".join(part.get("text", "") for part in c)
+
+
 def _context_files() -> list[str]:
     """The build context: tracked files less .dockerignore's patterns."""
     patterns = [p for p in (ROOT / ".dockerignore").read_text().split() if not p.startswith("#")]
@@ -69,6 +79,7 @@ def _context_files() -> list[str]:
 
 
 @pytest.mark.embedded
+@pytest.mark.timeout(2700)  # a fresh venv: pip installs torch and the rest (from pip's cache after the first run)
 def test_dockerfile_steps_run_in_a_fresh_venv_and_the_app_starts_offline(tmp_path):
     root = tmp_path / "image"
 
@@ -111,12 +122,21 @@ def test_dockerfile_steps_run_in_a_fresh_venv_and_the_app_starts_offline(tmp_pat
             assert r.returncode == 0, f"RUN {args}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     meow_home = host(env_of(instructions(ROOT / "Dockerfile"))["MEOW_HOME"])
     assert (workdir / ".venv" / "bin" / "python").is_file() and (meow_home / "models").is_dir()
-    # CMD: the app builds with every download switched off, on the model converted at build time.
-    check = ("import app; from meow_app import models; app.build(); "
-             "print(models.load('embedded').describe())")
-    r = subprocess.run([str(workdir / ".venv" / "bin" / "python"), "-c", check], cwd=workdir, capture_output=True,
-                       text=True, timeout=600, env={**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    assert r.returncode == 0 and "SmolLM2-135M-Instruct" in r.stdout, r.stderr[-3000:]
+    # CMD, as the container runs it: the image's `python app.py`, with every download switched
+    # off and any other connection sent to a closed port (a proxy that is not there), on the
+    # model converted at build time. A user's first request answers with the embedded model.
+    command = json.loads(instructions(ROOT / "Dockerfile")[-1][1])
+    assert shutil.which(command[0], path=env["PATH"]) == str(workdir / ".venv" / "bin" / "python")
+    dead = "http://127.0.0.1:9"
+    offline = {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HTTP_PROXY": dead, "HTTPS_PROXY": dead,
+               "http_proxy": dead, "https_proxy": dead, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    with running_app(offline, timeout=300, command=command, cwd=workdir, inherit_env=False) as url:
+        assert "MEOW" in urllib.request.urlopen(url, timeout=30).read().decode()
+        left, right, box = Client(url, verbose=False).predict("What is the capital of France?", api_name="/chat")
+    assert left[1]["role"] == "assistant" and "Paris" in _text(left[1]), left
+    assert _text(right[1]) == app.NO_UNLEARNED  # nothing unlearned yet in this session
+    (log,) = meow_home.glob("app-*.log")
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 def test_readme_front_matter_makes_a_gradio_space():

@@ -1,4 +1,5 @@
 import hashlib
+import re
 
 import pytest
 import torch
@@ -74,9 +75,14 @@ def test_early_stopping_when_nothing_leaks(tiny, inverted_facts):
     assert max(e["epoch"] for e in events if e["type"] == "step") == 1
 
 
-@pytest.mark.parametrize("bad", [dict(lr=0), dict(lr=float("nan")), dict(epochs=0), dict(batch_size=0)])
-def test_bad_settings_are_refused(tiny, inverted_facts, bad):
-    with pytest.raises(MeowError):
+@pytest.mark.parametrize("bad,message", [
+    (dict(lr=0), "learning rate must be a positive number, got 0"),
+    (dict(lr=float("nan")), "learning rate must be a positive number, got nan"),
+    (dict(epochs=0), "epochs must be at least 1, got 0"),
+    (dict(batch_size=0), "batch_size must be at least 1, got 0"),
+])
+def test_bad_settings_are_refused(tiny, inverted_facts, bad, message):
+    with pytest.raises(MeowError, match=f"^{re.escape(message)}$"):
         run(tiny, inverted_facts, **bad)
 
 
