@@ -32,10 +32,10 @@ def test_sigkill_mid_training_leaves_no_run_and_the_next_run_works(tmp_path, tin
                             env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 300
     try:
-        for line in proc.stderr:  # progress lines: "  step   1  epoch 1  loss ..."
-            if line.startswith("  step") or time.time() > deadline:
+        for line in proc.stderr:  # progress lines: "  [#---] step 1 of at most 4000, ...  epoch 1  loss ..."
+            if "] step 1 of" in line or time.time() > deadline:
                 break
-        assert proc.poll() is None and line.startswith("  step"), "training never started"
+        assert proc.poll() is None and "] step 1 of" in line, "training never started"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
