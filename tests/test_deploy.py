@@ -20,6 +20,7 @@ import yaml
 from gradio_client import Client
 
 import app
+from studio import compare_tab
 from apprunner import running_app
 from conftest import ROOT
 
@@ -134,7 +135,7 @@ def test_dockerfile_steps_run_in_a_fresh_venv_and_the_app_starts_offline(tmp_pat
         assert "MEOW" in urllib.request.urlopen(url, timeout=30).read().decode()
         left, right, box = Client(url, verbose=False).predict("What is the capital of France?", api_name="/chat")
     assert left[1]["role"] == "assistant" and "Paris" in _text(left[1]), left
-    assert _text(right[1]) == app.NO_UNLEARNED  # nothing unlearned yet in this session
+    assert _text(right[1]) == compare_tab.NO_UNLEARNED  # nothing unlearned yet in this session
     (log,) = meow_home.glob("app-*.log")
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 

@@ -33,7 +33,7 @@ def test_ties_keep_input_order_and_k_is_capped():
 
 
 def test_bad_settings():
-    with pytest.raises(MeowError, match="^selection must be one of largest, smallest, random, got 'middle'$"):
+    with pytest.raises(MeowError, match="^selection must be one of largest, smallest, random, all, got 'middle'$"):
         select([0.1], 1, "middle")
     with pytest.raises(MeowError, match="^top-k must be at least 1, got 0$"):
         select([0.1], 0)
