@@ -222,7 +222,6 @@ def method_in(argv) -> str:
 
 def cmd_unlearn(args):
     from . import methods, probes
-    from .facts import load_facts
     from .pipeline import SelectSettings, unlearn
     from .train import TrainConfig
 

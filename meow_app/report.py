@@ -159,7 +159,7 @@ def summary_table(report: dict) -> str:
 def html(report: dict) -> str:
     """The whole report page."""
     sides = report["sides"]
-    parts = [f"<h1>Verification report</h1><p>Models: "
+    parts = ["<h1>Verification report</h1><p>Models: "
              + ", ".join(f"<b>{e(s)}</b> = {e(str(report['models'][s]))}" for s in sides) + "</p>"]
     notes = report.get("notes") or []
     if notes:

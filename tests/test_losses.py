@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from meow_app import batches, generation, losses
+from meow_app import batches, losses
 from tiny import sharp_tiny_model, tiny_model, tiny_tokenizer
 
 

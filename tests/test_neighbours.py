@@ -1,7 +1,7 @@
 """Neighbour questions (meow_app/neighbours.py) on the tiny random model."""
 
 from meow_app import neighbours, pipeline
-from meow_app.facts import Fact, read_lines
+from meow_app.facts import read_lines
 from meow_app.train import TrainConfig
 
 

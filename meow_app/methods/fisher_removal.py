@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 import time
 
-import torch
 
 from .. import fisher, generation
 from ..batches import collate, to_device
