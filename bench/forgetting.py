@@ -52,7 +52,6 @@ import common  # noqa: E402
 ASSETS = common.ROOT / "assets"
 SETS = {name: tuple(common.FACTS / f"{name}_{part}.jsonl" for part in ("forget", "retain", "unseen"))
         for name in ("eval_a", "eval_b")}
-POOLS = [ASSETS / "neighbour_questions.txt", ASSETS / "anchor_prompts.txt"]
 GENERAL = [ASSETS / "general" / "questions.jsonl", ASSETS / "general" / "multiple_choice.jsonl"]
 SAMPLES = 10
 
@@ -141,7 +140,7 @@ def near(a: str, b: str) -> bool:
     return bool(wa | wb) and len(wa & wb) / len(wa | wb) >= 0.75
 
 
-def pool_questions(paths=POOLS) -> list[str]:
+def pool_questions(paths) -> list[str]:
     """The questions of the shipped pools (text files one a line, or JSONL with a 'question')."""
     out = []
     for path in paths:
@@ -165,11 +164,12 @@ def check_sets(sets: dict = SETS) -> list[str]:
     training pool or the general set, in another shipped fact set, or in two of the new
     sets; keywords in their own questions; a retain or unseen fact about a forget answer."""
     from meow_app.facts import load_facts
+    from meow_app.general import TRAINING_POOLS
 
     problems = []
     ours = {p for files in sets.values() for p in files}
     shipped = [p for p in sorted(common.FACTS.glob("*.jsonl")) if p not in ours]
-    pools = pool_questions(POOLS)
+    pools = pool_questions(TRAINING_POOLS)
     general = pool_questions(GENERAL)
     shipped_q = [q for p in shipped for q in set_questions(load_facts(p))]
     loaded = {p: load_facts(p) for p in sorted(ours)}

@@ -445,37 +445,46 @@ def cmd_push(args):
     print(f"commit: {result['commit_url']}")
 
 
-def build_parser(method: str = "meow") -> argparse.ArgumentParser:
-    """The command line; `method`: whose defaults `unlearn --help` shows."""
-    parser = argparse.ArgumentParser(prog="python -m meow_app", description="MEOW Studio: make an LLM forget facts.")
-    sub = parser.add_subparsers(dest="verb", required=True)
+def _verb(sub, name: str, func, **kwargs) -> argparse.ArgumentParser:
+    """A verb's parser; `func` runs it."""
+    p = sub.add_parser(name, **kwargs)
+    p.set_defaults(func=func)
+    return p
 
-    p = sub.add_parser("check", help="validate a facts file")
+
+def _shared_options(p, *parts) -> None:
+    """The option groups verbs share (_add_model, _add_generator, _add_limits), after the verb's own."""
+    for add in parts:
+        add(p)
+
+
+def _check_verb(sub) -> None:
+    p = _verb(sub, "check", cmd_check, help="validate a facts file")
     p.add_argument("file", nargs="?")
     p.add_argument("--facts", default=None, help="the file (instead of the positional argument)")
-    _add_limits(p)
-    p.set_defaults(func=cmd_check)
+    _shared_options(p, _add_limits)
 
-    p = sub.add_parser("invert", help="generate inverted (false) answers for facts")
+
+def _invert_verb(sub) -> None:
+    p = _verb(sub, "invert", cmd_invert, help="generate inverted (false) answers for facts")
     p.add_argument("--facts", required=True)
     p.add_argument("--out", required=True)
-    _add_model(p)
-    _add_generator(p)
-    _add_limits(p)
-    p.set_defaults(func=cmd_invert)
+    _shared_options(p, _add_model, _add_generator, _add_limits)
 
-    p = sub.add_parser("memo", help="MEMO memorization scores of answers and inverted answers")
+
+def _memo_verb(sub) -> None:
+    p = _verb(sub, "memo", cmd_memo, help="MEMO memorization scores of answers and inverted answers")
     p.add_argument("--facts", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--mode", choices=["suffix", "prefix"], default="suffix")
     p.add_argument("--stride", type=int, default=5)
     p.add_argument("--length", default="target",
                    help="continuation length: 'target' (target tokens + 4, default) or a number (200 = published)")
-    _add_model(p)
-    _add_limits(p)
-    p.set_defaults(func=cmd_memo)
+    _shared_options(p, _add_model, _add_limits)
 
-    p = sub.add_parser("unlearn", help="make the model forget facts and save it to RUN_DIR")
+
+def _unlearn_verb(sub, method: str) -> None:
+    p = _verb(sub, "unlearn", cmd_unlearn, help="make the model forget facts and save it to RUN_DIR")
     p.add_argument("--forget", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--method", default="meow",
@@ -491,25 +500,25 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("--no-early-stop", action="store_true")
     p.add_argument("--bf16", action="store_true", help=_field_help("bf16"))
     p.add_argument("--low-memory", action="store_true", help=_field_help("low_memory"))
-    _add_model(p)
-    _add_generator(p)
-    _add_limits(p)
-    p.set_defaults(func=cmd_unlearn)
+    _shared_options(p, _add_model, _add_generator, _add_limits)
 
-    p = sub.add_parser("ask", help="ask a model questions (greedy)")
+
+def _ask_verb(sub) -> None:
+    p = _verb(sub, "ask", cmd_ask, help="ask a model questions (greedy)")
     p.add_argument("question", nargs="*")
     p.add_argument("--facts", default=None, help="ask every question in this facts file")
     p.add_argument("--compare", default=None, help="a second model to answer beside the first")
     p.add_argument("--max-new-tokens", type=int, default=None)
-    _add_model(p)
-    _add_limits(p)
-    p.set_defaults(func=cmd_ask)
+    _shared_options(p, _add_model, _add_limits)
 
-    p = sub.add_parser("methods", help="list unlearning methods")
+
+def _methods_verb(sub) -> None:
+    p = _verb(sub, "methods", cmd_methods, help="list unlearning methods")
     p.add_argument("-v", "--verbose", action="store_true", help="also show each method's key settings and defaults")
-    p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("evaluate", help="score forget/retain/holdout sets before and after; JSON + HTML report")
+
+def _evaluate_verb(sub) -> None:
+    p = _verb(sub, "evaluate", cmd_evaluate, help="score forget/retain/holdout sets before and after; JSON + HTML report")
     p.add_argument("--forget", default=None, help="facts to check (default with a RUN_DIR: its facts.jsonl)")
     p.add_argument("--retain", default=None, help="facts that should be kept")
     p.add_argument("--holdout", default=None, help="facts never trained on (membership-inference non-members)")
@@ -522,11 +531,11 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("--no-general", action="store_true", help="skip the shipped general-ability set")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="greedy answer length (default 48, as the unlearning probes; the TOFU spec uses 200)")
-    _add_model(p)
-    _add_limits(p)
-    p.set_defaults(func=cmd_evaluate)
+    _shared_options(p, _add_model, _add_limits)
 
-    p = sub.add_parser("attack", help="extraction attacks (paraphrase, prefix, few-shot, sampling, relearning): leak rates")
+
+def _attack_verb(sub) -> None:
+    p = _verb(sub, "attack", cmd_attack, help="extraction attacks (paraphrase, prefix, few-shot, sampling, relearning): leak rates")
     p.add_argument("--forget", default=None, help="facts to extract (default with a RUN_DIR: its facts.jsonl)")
     p.add_argument("--out", required=True, help="ATTACKS.json: leak rates and every prompt and answer")
     p.add_argument("--attacks", default="all",
@@ -534,11 +543,11 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=10, help="samples per question at temperature 1 (default 10)")
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    _add_model(p)
-    _add_limits(p)
-    p.set_defaults(func=cmd_attack)
+    _shared_options(p, _add_model, _add_limits)
 
-    p = sub.add_parser("tofu", help="TOFU protocol: fine-tune on fictitious authors, unlearn, forget quality + utility")
+
+def _tofu_verb(sub) -> None:
+    p = _verb(sub, "tofu", cmd_tofu, help="TOFU protocol: fine-tune on fictitious authors, unlearn, forget quality + utility")
     p.add_argument("--out", required=True, help="a new folder for report.json, report.html and run/")
     p.add_argument("--method", default="meow")
     p.add_argument("--split", choices=["forget01", "forget05", "forget10"], default="forget01")
@@ -551,10 +560,11 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--unlearn-epochs", type=int, default=None)
     p.add_argument("--unlearn-lr", type=float, default=None)
-    _add_model(p)
-    p.set_defaults(func=cmd_tofu)
+    _shared_options(p, _add_model)
 
-    p = sub.add_parser("push", help="publish a run to the Hugging Face Hub (model card, no forgotten text)",
+
+def _push_verb(sub) -> None:
+    p = _verb(sub, "push", cmd_push, help="publish a run to the Hugging Face Hub (model card, no forgotten text)",
                        description="The token comes from HF_TOKEN; HF_ENDPOINT picks another Hub.")
     p.add_argument("--run", required=True, help="the RUN_DIR written by `unlearn`")
     p.add_argument("--repo-id", required=True, help="USER/NAME on the Hub (created if missing)")
@@ -563,7 +573,22 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
     p.add_argument("--base-model", default=None, help="Hub id of the base model, when it was a local folder")
     p.add_argument("--dry-run", action="store_true", help="write the upload folder to --out instead of pushing")
     p.add_argument("--out", default=None, help="with --dry-run: a new folder for the files")
-    p.set_defaults(func=cmd_push)
+
+
+def build_parser(method: str = "meow") -> argparse.ArgumentParser:
+    """The command line; `method`: whose defaults `unlearn --help` shows."""
+    parser = argparse.ArgumentParser(prog="python -m meow_app", description="MEOW Studio: make an LLM forget facts.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    _check_verb(sub)
+    _invert_verb(sub)
+    _memo_verb(sub)
+    _unlearn_verb(sub, method)
+    _ask_verb(sub)
+    _methods_verb(sub)
+    _evaluate_verb(sub)
+    _attack_verb(sub)
+    _tofu_verb(sub)
+    _push_verb(sub)
     return parser
 
 

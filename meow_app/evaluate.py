@@ -11,10 +11,9 @@ scoring.score_set (re-exported here, with its helpers, as evaluate's API).
 
 from __future__ import annotations
 
-import time
-
 from . import attacks, metrics, stats
 from .facts import Fact
+from .progress import Stages
 from .scoring import MAX_NEW_TOKENS, MEMO_STRIDE, aggregate, score_set, truth_ratio_answers  # noqa: F401 (evaluate's API)
 
 AGGREGATES = ["rougeL_recall", "answer_prob", "keyword_hit_rate", "hit_rate", "paraphrase_hit_rate",
@@ -54,6 +53,29 @@ def mia(forget_rows: list[dict], holdout_rows: list[dict]) -> dict:
             for name in ("loss", "zlib", "min_k")}
 
 
+def new_report(sides: dict, names: dict | None, settings: dict) -> dict:
+    """The report's frame: its sides (side name -> model) and their display names, the settings."""
+    return {"format": "meow-evaluation/1", "sides": list(sides), "models": {k: (names or {}).get(k, k) for k in sides},
+            "settings": settings, "sets": {}}
+
+
+def score_sets(sides: dict, tokenizer, named_sets: dict, max_new_tokens: int = MAX_NEW_TOKENS,
+               with_memo: bool = False, memo_stride: int = MEMO_STRIDE, stages: Stages | None = None) -> dict:
+    """Every named fact set scored on every side: {set: {side: score_set(...)}}. Empty sets are
+    left out; MEMO (with_memo) only on the set named "forget"."""
+    stages = stages or Stages()
+    out = {}
+    for set_name, facts in named_sets.items():
+        if not facts:
+            continue
+        out[set_name] = {}
+        for side, model in sides.items():
+            with stages(f"score {set_name} on {side}", key=f"{set_name}/{side}"):
+                out[set_name][side] = score_set(model, tokenizer, facts, max_new_tokens,
+                                                with_memo and set_name == "forget", memo_stride)
+    return out
+
+
 def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fact] | None = None,
             holdout: list[Fact] | None = None, *, names: dict | None = None, general: bool = True,
             with_memo: bool = True, max_new_tokens: int = MAX_NEW_TOKENS, memo_stride: int = MEMO_STRIDE,
@@ -63,26 +85,14 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
     `unlearned=None` scores one model only (side "model"). `relearn` (keyword arguments of
     attacks.relearn, {} for the defaults) runs the relearning attack on the unlearned model.
     """
-    emit = on_event or (lambda event: None)
+    stages = Stages(on_event)
     if relearn is not None and unlearned is not None:
         attacks.split(forget, relearn.get("fraction", 0.5))  # fail now, not after the whole evaluation
     sides = {"original": original, "unlearned": unlearned} if unlearned is not None else {"model": original}
-    sets = {"forget": forget, "retain": retain, "holdout": holdout}
-    report = {"format": "meow-evaluation/1", "sides": list(sides),
-              "models": {k: (names or {}).get(k, k) for k in sides},
-              "settings": {"max_new_tokens": max_new_tokens, "memo": with_memo, "memo_stride": memo_stride,
-                           "mia_min_k": metrics.MIN_K},
-              "sets": {}, "timings": {}}
-    for set_name, facts in sets.items():
-        if not facts:
-            continue
-        report["sets"][set_name] = {}
-        for side, model in sides.items():
-            emit({"type": "stage", "stage": f"score {set_name} on {side}"})
-            t = time.perf_counter()
-            report["sets"][set_name][side] = score_set(model, tokenizer, facts, max_new_tokens,
-                                                       with_memo and set_name == "forget", memo_stride)
-            report["timings"][f"{set_name}/{side}"] = round(time.perf_counter() - t, 2)
+    report = new_report(sides, names, {"max_new_tokens": max_new_tokens, "memo": with_memo,
+                                       "memo_stride": memo_stride, "mia_min_k": metrics.MIN_K})
+    named_sets = {"forget": forget, "retain": retain, "holdout": holdout}
+    report["sets"] = score_sets(sides, tokenizer, named_sets, max_new_tokens, with_memo, memo_stride, stages)
     if holdout:
         report["mia"] = {side: mia(report["sets"]["forget"][side]["rows"], report["sets"]["holdout"][side]["rows"])
                          for side in sides}
@@ -91,15 +101,13 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
 
         report["general"] = {}
         for side, model in sides.items():
-            emit({"type": "stage", "stage": f"general ability on {side}"})
-            t = time.perf_counter()
-            report["general"][side] = general_mod.score(model, tokenizer)
-            report["timings"][f"general/{side}"] = round(time.perf_counter() - t, 2)
+            with stages(f"general ability on {side}", key=f"general/{side}"):
+                report["general"][side] = general_mod.score(model, tokenizer)
     if relearn is not None and unlearned is not None:
-        emit({"type": "stage", "stage": "relearning attack"})
-        t = time.perf_counter()
-        report["relearn"] = attacks.relearn(unlearned, tokenizer, forget, max_new_tokens=max_new_tokens, **relearn)
-        report["timings"]["relearn"] = round(time.perf_counter() - t, 2)
+        with stages("relearning attack", key="relearn"):
+            report["relearn"] = attacks.relearn(unlearned, tokenizer, forget, max_new_tokens=max_new_tokens,
+                                                **relearn)
+    report["timings"] = stages.rounded()
     report["verdicts"] = verdicts(report)
     report["timings"]["total"] = round(sum(report["timings"].values()), 2)
     return report

@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import generation, metrics, probes
+from . import generation, metrics, neighbours, probes
 from .facts import Fact, load_facts, read_lines
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "general"
+# General prompts whose original answers the methods train on as anchors (TrainConfig.anchors).
+ANCHOR_PROMPTS = ASSETS.parent / "anchor_prompts.txt"
 # Pools a method trains on (neighbour questions, anchor prompts): a question from them says
 # nothing about what a run kept, so the default check leaves them out.
-TRAINING_POOLS = (ASSETS.parent / "neighbour_questions.txt", ASSETS.parent / "anchor_prompts.txt")
+TRAINING_POOLS = (neighbours.POOL, ANCHOR_PROMPTS)
 
 
 def held_out_questions(forget: list[Fact] = ()) -> list[Fact]:

@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from . import general, generation, memo, methods, models, probes, select
 from . import neighbours as neighbours_mod
 from .errors import MeowError
 from .facts import Fact, write_jsonl
+from .progress import Stages
 from .train import TrainConfig, Trainer
 
 
@@ -94,16 +94,13 @@ def capped_note(selection: list[dict], settings: SelectSettings) -> str | None:
             f"(fact {short[0][0]}: {short[0][1]}): all of theirs are used")
 
 
-ANCHOR_PROMPTS = Path(__file__).resolve().parents[1] / "assets" / "anchor_prompts.txt"
-
-
 def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, neighbours: int = 0) -> list[Fact]:
     """General prompts (TrainConfig.anchors) and the forget questions' nearest neighbour
     questions (TrainConfig.neighbours) with the original model's own answers, leaving out
     any that mention a fact being forgotten."""
     from .facts import read_lines
 
-    prompts = read_lines(ANCHOR_PROMPTS)[:count] if count > 0 else []
+    prompts = read_lines(general.ANCHOR_PROMPTS)[:count] if count > 0 else []
     if neighbours > 0 and forget:
         # Shared out over the facts, at least 2 each: a few facts get many neighbours each,
         # which is what holds a whole family of questions (all "capital of ...") in place.
@@ -192,121 +189,137 @@ def save_adapter(adapter: tuple, folder: Path) -> None:
     save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
 
 
+def _check_job(forget, method: str, model, retain, config, inv, sel):
+    """Everything that can be refused before any work starts (a bad model name included)."""
+    method_obj = methods.get(method)
+    config = config or TrainConfig(**method_obj.defaults)
+    config.check()
+    if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
+        raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")
+    if method_obj.needs_retain and not retain:
+        raise MeowError(f"method '{method}' needs a retain set (--retain FILE)")
+    return method_obj, config
+
+
+def probe_sets(model, tokenizer, forget: list[Fact] | None, retain: list[Fact] | None, everyday: list[Fact]) -> dict:
+    """Greedy answers on the forget set (with paraphrases), the retain set and the everyday questions."""
+    return {"forget": probes.probe(model, tokenizer, forget) if forget is not None else None,
+            "retain": probes.probe(model, tokenizer, retain, paraphrases=False) if retain else None,
+            "everyday": probes.probe(model, tokenizer, everyday, paraphrases=False)}
+
+
+def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: SelectSettings, seed: int,
+                      own_answers_before: dict, stages, emit) -> tuple[list[dict], list[str]]:
+    """Inverted answers for the facts that have none, MEMO selection, then the answer style
+    (in place on `forget`). Returns the selection rows and the notes for run.json."""
+    if not all(f.inverted for f in forget):
+        with stages("invert"):
+            report = invert_mod.invert([f for f in forget if not f.inverted], make_generator(inv, loaded), inv.n,
+                                       seed=seed)
+        emit({"type": "inverted", "from_generator": report.from_generator, "from_fallback": report.from_fallback})
+    with stages("memo", key="memo_select"):
+        selection = score_and_select(loaded, forget, sel, seed)
+    notes = []
+    if capped := capped_note(selection, sel):
+        notes.append(capped)
+        emit({"type": "note", "text": capped})
+    if inv.answer_style:
+        own = {r["fact"]: r["answer"] for r in own_answers_before["rows"] if r["kind"] == "question"}
+        for i, f in enumerate(forget):
+            f.inverted = [invert_mod.in_answer_style(c, f, own[i]) or c for c in f.inverted]
+    return selection, notes
+
+
+def _rates(p: dict | None) -> dict | None:
+    return None if p is None else {"hit_rate": p["hit_rate"], "paraphrase_hit_rate": p["paraphrase_hit_rate"]}
+
+
+def run_record(method: str, loaded, forget, retain, config: TrainConfig, inv: InvertSettings, sel: SelectSettings,
+               seconds: dict, result, before: dict, after: dict, notes: list[str]) -> dict:
+    """run.json: numbers and settings only (no fact text)."""
+    return {
+        "method": method,
+        "model": loaded.name,
+        "n_forget": len(forget),
+        "n_retain": len(retain or []),
+        "settings": {"train": config.to_dict(), "invert": inv.to_dict(), "select": asdict(sel)},
+        "seed": config.seed,
+        "device": loaded.device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "timings": seconds,
+        "seconds_total": round(sum(seconds.values()), 2),
+        "steps": result.steps,
+        "probes": result.probes,
+        "stopped_early": result.stopped_early,
+        "method_info": result.info,
+        "summary": {"before": {"forget": _rates(before["forget"]), "retain": _rates(before["retain"])},
+                    "after": {"forget": _rates(after["forget"]), "retain": _rates(after["retain"])},
+                    "everyday": probes.kept_lost(before["everyday"], after["everyday"])},
+        "notes": notes,
+    }
+
+
+def write_run_files(folder: Path, run: dict, forget: list[Fact], selection: list[dict] | None,
+                    before: dict, after: dict) -> None:
+    """run.json, facts.jsonl (facts with their inverted answers and selection) and probes.json."""
+    _write_json(folder / "run.json", run)
+    write_jsonl([{**f.to_dict(), **(selection[i] if selection else {})} for i, f in enumerate(forget)],
+                folder / "facts.jsonl")
+    rows = {k: p and p["rows"] for k, p in (("before", before["forget"]), ("after", after["forget"]),
+                                            ("retain_before", before["retain"]), ("retain_after", after["retain"]),
+                                            ("everyday_before", before["everyday"]),
+                                            ("everyday_after", after["everyday"]))}
+    _write_json(folder / "probes.json", rows)
+
+
 def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None = None,
             retain: list[Fact] | None = None, config: TrainConfig | None = None,
             invert_settings: InvertSettings | None = None, select_settings: SelectSettings | None = None,
             loaded: models.LoadedModel | None = None, on_event=None, should_stop=None) -> dict:
     """Run one unlearning job end to end and return the contents of run.json."""
     emit = on_event or (lambda event: None)
-    method_obj = methods.get(method)
-    config = config or TrainConfig(**method_obj.defaults)
-    config.check()
     inv = invert_settings or InvertSettings()
     sel = select_settings or SelectSettings()
-    if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
-        raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")
-    if method_obj.needs_retain and not retain:
-        raise MeowError(f"method '{method}' needs a retain set (--retain FILE)")
+    method_obj, config = _check_job(forget, method, model, retain, config, inv, sel)
     if loaded is None:
         models.resolve(model)  # a bad model name fails here, before anything is written
     out_dir = Path(out_dir)
     partial = _prepare_out_dir(out_dir)
     forget = [Fact(**{**asdict(f), "inverted": list(f.inverted)}) for f in forget]  # the caller's stay as they were
-    timings: dict[str, float] = {}
-
-    def stage(name):
-        emit({"type": "stage", "stage": name})
-        return time.perf_counter()
-
+    stages = Stages(emit)
     try:
-        t = stage("load")
-        loaded = loaded or models.load_shared(model)
-        timings["load"] = time.perf_counter() - t
-        t = stage("probe_before")
-        before = probes.probe(loaded.model, loaded.tokenizer, forget)
-        before_retain = probes.probe(loaded.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
+        with stages("load"):
+            loaded = loaded or models.load_shared(model)
         # Everyday questions, asked before and after: collateral damage shows without a keep set.
         everyday = general.held_out_questions(forget)
-        before_general = probes.probe(loaded.model, loaded.tokenizer, everyday, paraphrases=False)
-        timings["probe_before"] = time.perf_counter() - t
+        with stages("probe_before"):
+            before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday)
         selection, notes = None, []
         if method_obj.needs_inverted:
-            if not all(f.inverted for f in forget):
-                t = stage("invert")
-                todo = [f for f in forget if not f.inverted]
-                report = invert_mod.invert(todo, make_generator(inv, loaded), inv.n, seed=config.seed)
-                timings["invert"] = time.perf_counter() - t
-                emit({"type": "inverted", "from_generator": report.from_generator, "from_fallback": report.from_fallback})
-            t = stage("memo")
-            selection = score_and_select(loaded, forget, sel, config.seed)
-            timings["memo_select"] = time.perf_counter() - t
-            if capped := capped_note(selection, sel):
-                notes.append(capped)
-                emit({"type": "note", "text": capped})
-            if inv.answer_style:
-                own = {r["fact"]: r["answer"] for r in before["rows"] if r["kind"] == "question"}
-                for i, f in enumerate(forget):
-                    f.inverted = [invert_mod.in_answer_style(c, f, own[i]) or c for c in f.inverted]
-        t = stage("train")
-        anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours)
-        train_forget, train_retain = forget, retain
-        if config.own_answers:
-            train_forget, train_retain = own_answers(forget, before, split=True), own_answers(retain, before_retain)
-        trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
-                          should_stop, anchors, probe_facts=forget)
-        result = trainer.train()
-        timings["train"] = time.perf_counter() - t
-        t = stage("probe_after")
-        # The loop probed the final model already (LoRA merging and the dtype cast do not
-        # change greedy answers in fp32); otherwise probe it now.
-        after = result.last_probe if result.last_probe and loaded.dtype == torch.float32 and not config.lora \
-            else probes.probe(result.model, loaded.tokenizer, forget)
-        after_retain = probes.probe(result.model, loaded.tokenizer, retain, paraphrases=False) if retain else None
-        after_general = probes.probe(result.model, loaded.tokenizer, everyday, paraphrases=False)
-        timings["probe_after"] = time.perf_counter() - t
-        t = stage("save")
-        save_checkpoint(result.model, loaded.tokenizer, partial / "model")
-        if result.adapter:
-            save_adapter(result.adapter, partial / "adapter")
-        timings["save"] = time.perf_counter() - t
-
-        def rates(p):
-            return None if p is None else {"hit_rate": p["hit_rate"], "paraphrase_hit_rate": p["paraphrase_hit_rate"]}
-
-        run = {
-            "method": method,
-            "model": loaded.name,
-            "n_forget": len(forget),
-            "n_retain": len(retain or []),
-            "settings": {"train": config.to_dict(), "invert": inv.to_dict(), "select": asdict(sel)},
-            "seed": config.seed,
-            "device": loaded.device.type,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "timings": {k: round(v, 2) for k, v in timings.items()},
-            "seconds_total": round(sum(timings.values()), 2),
-            "steps": result.steps,
-            "probes": result.probes,
-            "stopped_early": result.stopped_early,
-            "method_info": result.info,
-            "summary": {"before": {"forget": rates(before), "retain": rates(before_retain)},
-                        "after": {"forget": rates(after), "retain": rates(after_retain)},
-                        "everyday": probes.kept_lost(before_general, after_general)},
-            "notes": notes,
-        }
-        _write_json(partial / "run.json", run)
-        rows = []
-        for i, f in enumerate(forget):
-            row = f.to_dict()
-            if selection:
-                row.update(selection[i])
-            rows.append(row)
-        write_jsonl(rows, partial / "facts.jsonl")
-        _write_json(partial / "probes.json", {"before": before["rows"], "after": after["rows"],
-                                              "retain_before": before_retain and before_retain["rows"],
-                                              "retain_after": after_retain and after_retain["rows"],
-                                              "everyday_before": before_general["rows"],
-                                              "everyday_after": after_general["rows"]})
+            selection, notes = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"], stages, emit)
+        with stages("train"):
+            anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours)
+            train_forget, train_retain = forget, retain
+            if config.own_answers:
+                train_forget = own_answers(forget, before["forget"], split=True)
+                train_retain = own_answers(retain, before["retain"])
+            result = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
+                             should_stop, anchors, probe_facts=forget).train()
+        with stages("probe_after"):
+            # The loop probed the final model already (LoRA merging and the dtype cast do not
+            # change greedy answers in fp32); otherwise probe it now.
+            reuse = result.last_probe and loaded.dtype == torch.float32 and not config.lora
+            after = probe_sets(result.model, loaded.tokenizer, None if reuse else forget, retain, everyday)
+            if reuse:
+                after["forget"] = result.last_probe
+        with stages("save"):
+            save_checkpoint(result.model, loaded.tokenizer, partial / "model")
+            if result.adapter:
+                save_adapter(result.adapter, partial / "adapter")
+        run = run_record(method, loaded, forget, retain, config, inv, sel, stages.rounded(), result, before, after,
+                         notes)
+        write_run_files(partial, run, forget, selection, before, after)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above
         os.replace(partial, out_dir)

@@ -4,6 +4,9 @@ loop's step events (train.py), so they always agree."""
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 
 def seconds_left(elapsed: float | None, done: int, total: int) -> float | None:
     """Time for the remaining steps at the mean pace so far (None before a step has ended).
@@ -29,3 +32,22 @@ def step_text(event: dict) -> str:
 def bar(done: int, total: int, width: int = 20) -> str:
     filled = min(width, round(width * done / total)) if total else width
     return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+class Stages:
+    """Named stages of a job, timed: `with stages("train"): ...` tells the listener the stage
+    began (a {"type": "stage"} event) and records its seconds in `stages.seconds`."""
+
+    def __init__(self, on_event=None):
+        self.emit = on_event or (lambda event: None)
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, key: str | None = None):
+        self.emit({"type": "stage", "stage": name})
+        start = time.perf_counter()
+        yield
+        self.seconds[key or name] = time.perf_counter() - start
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.seconds.items()}

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import leak_check, methods, model_card, models
+from . import leak_check, methods, model_card, models, runs
 from .errors import MeowError
 
 # Model files copied next to an adapter: the tokenizer, so the repo loads on its own.
@@ -40,12 +40,10 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def _read_run(run_dir: Path) -> dict:
-    if not (run_dir / "run.json").is_file() or not (run_dir / "model" / "config.json").is_file():
+    run = runs.run_json(run_dir)
+    if run is None or not (run_dir / "model" / "config.json").is_file():
         raise MeowError(f"{run_dir} is not a run folder (it needs run.json and model/ from `unlearn`)")
-    try:
-        return json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise MeowError(f"{run_dir}/run.json: cannot read ({e})") from None
+    return run
 
 
 def base_model_id(run: dict, override: str | None = None) -> str | None:

@@ -37,6 +37,7 @@ RECIPE_CPU = dict(epochs=3, lr=5e-4, batch_size=16, weight_decay=0.01, train_onl
 # Unlearning on the reduced CPU version: 2 copies per fact (MEOW's num_batch) and at most
 # 3 epochs instead of 8 and 6, so `--authors 4` takes minutes, not an hour.
 UNLEARN_CPU = dict(num_batch=2, epochs=3)
+EVAL_SETS = ("forget", "retain_eval", "real_authors", "world_facts")
 
 
 def default_data_dir() -> Path:
@@ -123,12 +124,60 @@ def truth_ratios(model, tokenizer, facts) -> list[float]:
     return out
 
 
+def reference_models(base, tok, sets: dict, recipe: dict, data_dir, model: str, split: str, authors, emit):
+    """The target (fine-tuned on `full`) and the retain model's forget-split truth ratios
+    (TOFU's own logs where they exist, else a retain model trained here), with notes."""
+    from . import finetune
+
+    emit({"type": "stage", "stage": f"fine-tune target on {len(sets['full'])} questions"})
+    target = finetune.finetune(base.model, tok, sets["full"], TrainConfig(**recipe), emit)
+    reference = None if authors is not None else reference_truth_ratios(data_dir, model, split)
+    if reference:
+        return target, reference[0], reference[1], f"Retain-model truth ratios from TOFU's log {reference[1]}."
+    emit({"type": "stage", "stage": f"fine-tune retain model on {len(sets['retain_train'])} questions"})
+    retain_model = finetune.finetune(base.model, tok, sets["retain_train"], TrainConfig(**recipe), emit)
+    return (target, truth_ratios(retain_model, tok, sets["forget"]), "trained here",
+            "Retain model trained here (same recipe, retain questions only).")
+
+
+def unlearn_target(target_lm, sets: dict, out_dir: Path, method: str, authors, overrides: dict | None, emit) -> dict:
+    """Unlearn the target with any method. TOFU's perturbed answers are ready-made false
+    answers, so inverting methods train on those (no generation); MEMO selection is kept
+    short (few cuts, 8 tokens) because TOFU answers are long."""
+    from . import methods
+    from .pipeline import InvertSettings, SelectSettings, unlearn
+
+    method_obj = methods.get(method)
+    forget = sets["forget"]
+    for f in forget:
+        f.inverted = list(f.extra["perturbed_answer"])
+    emit({"type": "stage", "stage": f"unlearn with {method}"})
+    small = UNLEARN_CPU if authors is not None else {}
+    config = TrainConfig(**{**method_obj.defaults, **method_obj.tofu_defaults, **small, **(overrides or {})})
+    retain = sets["retain_train"][:len(forget) * 4] if method_obj.uses_retain else None
+    return unlearn(forget, out_dir, method, retain=retain, config=config,
+                   invert_settings=InvertSettings(answer_style=False),
+                   select_settings=SelectSettings(top_k=3, memo_stride=50, memo_length=8),
+                   loaded=target_lm, on_event=emit)
+
+
+def protocol_numbers(report: dict, retain_tr: list[float]) -> dict:
+    """Forget quality and model utility of each side of a report scored on the TOFU sets."""
+    out = {}
+    for side in report["sides"]:
+        tr = [r["truth_ratio"] for r in report["sets"]["forget"][side]["rows"]]
+        out[f"forget_quality_{side}"] = stats.ks_pvalue(tr, retain_tr)
+        utility = model_utility({k: report["sets"][k][side] for k in ("retain_eval", "real_authors", "world_facts")})
+        out[f"model_utility_{side}"] = utility["model_utility"]
+        out[f"utility_parts_{side}"] = utility
+    return out
+
+
 def run(out_dir, model: str = "embedded", method: str = "meow", split: str = "forget01", authors: int | None = None,
         data_dir=None, device: str | None = None, eval_rows: int = 20, recipe: dict | None = None,
         unlearn_overrides: dict | None = None, on_event=None) -> dict:
     """The whole protocol; writes OUT/report.json (+ OUT/run/, the unlearned model) and returns the report."""
-    from . import finetune, methods
-    from .pipeline import InvertSettings, SelectSettings, unlearn
+    from . import methods
 
     emit = on_event or (lambda event: None)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -137,72 +186,35 @@ def run(out_dir, model: str = "embedded", method: str = "meow", split: str = "fo
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MeowError(f"{out_dir} already exists and is not empty: choose a new folder")
-    method_obj = methods.get(method)
+    methods.get(method)  # an unknown method fails before the fine-tuning
     sets = load_sets(data_dir, split, authors, eval_rows)
     base = models.load(model, device)
-    on_gpu = base.device.type == "cuda"
     recipe = {**(RECIPE_GPU if authors is None else RECIPE_CPU), **(recipe or {})}
-    max_new = 200 if on_gpu else evaluate.MAX_NEW_TOKENS
+    max_new = 200 if base.device.type == "cuda" else evaluate.MAX_NEW_TOKENS
     tok = base.tokenizer
     notes = []
     if authors is not None:
         notes.append(f"Reduced TOFU for a CPU: {authors} authors ({len(sets['forget'])} forget questions, "
                      f"{len(sets['retain_train'])} retain questions), at most {eval_rows} rows per utility set. "
                      "Not comparable with published TOFU numbers.")
-
-    emit({"type": "stage", "stage": f"fine-tune target on {len(sets['full'])} questions"})
-    target = finetune.finetune(base.model, tok, sets["full"], TrainConfig(**recipe), emit)
-    reference = None if authors is not None else reference_truth_ratios(data_dir, model, split)
-    if reference:
-        retain_tr, source = reference
-        notes.append(f"Retain-model truth ratios from TOFU's log {source}.")
-    else:
-        emit({"type": "stage", "stage": f"fine-tune retain model on {len(sets['retain_train'])} questions"})
-        retain_model = finetune.finetune(base.model, tok, sets["retain_train"], TrainConfig(**recipe), emit)
-        retain_tr = truth_ratios(retain_model, tok, sets["forget"])
-        del retain_model
-        notes.append("Retain model trained here (same recipe, retain questions only).")
+    target, retain_tr, reference, note = reference_models(base, tok, sets, recipe, data_dir, model, split, authors, emit)
+    notes.append(note)
     del base
-
-    # Unlearn the target with any method. TOFU's perturbed answers are ready-made false
-    # answers, so inverting methods train on those (no generation); MEMO selection is
-    # kept short (few cuts, 8 tokens) because TOFU answers are long.
-    forget = sets["forget"]
-    for f in forget:
-        f.inverted = list(f.extra["perturbed_answer"])
-    emit({"type": "stage", "stage": f"unlearn with {method}"})
     target_lm = models.LoadedModel(target, tok, f"{model} fine-tuned on TOFU", next(target.parameters()).device)
-    small = UNLEARN_CPU if authors is not None else {}
-    config = TrainConfig(**{**method_obj.defaults, **method_obj.tofu_defaults, **small, **(unlearn_overrides or {})})
-    retain_for_method = sets["retain_train"][:len(forget) * 4] if method_obj.uses_retain else None
-    run_info = unlearn(forget, out_dir / "run", method, retain=retain_for_method, config=config,
-                       invert_settings=InvertSettings(answer_style=False),
-                       select_settings=SelectSettings(top_k=3, memo_stride=50, memo_length=8),
-                       loaded=target_lm, on_event=emit)
+    run_info = unlearn_target(target_lm, sets, out_dir / "run", method, authors, unlearn_overrides, emit)
     unlearned = models.load(str(out_dir / "run"), device).model
 
     emit({"type": "stage", "stage": "evaluate"})
-    eval_sets = {"forget": forget, "retain_eval": sets["retain_eval"], "real_authors": sets["real_authors"],
-                 "world_facts": sets["world_facts"]}
-    report = {"format": "meow-evaluation/1", "sides": ["original", "unlearned"],
-              "models": {"original": f"{model} fine-tuned on TOFU ({'full' if authors is None else f'{authors} authors'})",
-                         "unlearned": f"the same after {method} on {split}"},
-              "settings": {"max_new_tokens": max_new, "recipe": recipe, "method": method, "split": split,
-                           "authors": authors}, "sets": {}, "notes": notes}
-    for name, facts in eval_sets.items():
-        report["sets"][name] = {side: evaluate.score_set(m, tok, facts, max_new, with_memo=False)
-                                for side, m in (("original", target), ("unlearned", unlearned))}
-    tofu = {"split": split, "authors": authors, "method": method,
-            "retain_reference": reference[1] if reference else "trained here"}
-    for side in ("original", "unlearned"):
-        tr = [r["truth_ratio"] for r in report["sets"]["forget"][side]["rows"]]
-        tofu[f"forget_quality_{side}"] = stats.ks_pvalue(tr, retain_tr)
-        utility = model_utility({k: report["sets"][k][side] for k in ("retain_eval", "real_authors", "world_facts")})
-        tofu[f"model_utility_{side}"] = utility["model_utility"]
-        tofu[f"utility_parts_{side}"] = utility
-    tofu["retain_model_truth_ratios"] = retain_tr
-    tofu["unlearn_seconds"] = run_info["seconds_total"]
-    report["tofu"] = tofu
+    sides = {"original": target, "unlearned": unlearned}
+    names = {"original": f"{model} fine-tuned on TOFU ({'full' if authors is None else f'{authors} authors'})",
+             "unlearned": f"the same after {method} on {split}"}
+    report = evaluate.new_report(sides, names, {"max_new_tokens": max_new, "recipe": recipe, "method": method,
+                                                "split": split, "authors": authors})
+    report["notes"] = notes
+    report["sets"] = evaluate.score_sets(sides, tok, {k: sets[k] for k in EVAL_SETS}, max_new)
+    report["tofu"] = {"split": split, "authors": authors, "method": method, "retain_reference": reference,
+                      **protocol_numbers(report, retain_tr), "retain_model_truth_ratios": retain_tr,
+                      "unlearn_seconds": run_info["seconds_total"]}
     report["verdicts"] = evaluate.verdicts({**report, "sets": {"forget": report["sets"]["forget"]}})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")

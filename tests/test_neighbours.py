@@ -1,6 +1,6 @@
 """Neighbour questions (meow_app/neighbours.py) on the tiny random model."""
 
-from meow_app import neighbours, pipeline
+from meow_app import general, neighbours, pipeline
 from meow_app.facts import read_lines
 from meow_app.train import TrainConfig
 
@@ -49,7 +49,7 @@ def test_neighbours_become_anchors_answered_by_the_original_model(tiny, facts, m
     assert set(asked) <= set(read_lines(neighbours.POOL))
     asked.clear()
     both = pipeline.anchor_facts(tiny, facts, 2, 9)  # 3 each
-    assert len(both) == 11 and asked[:2] == read_lines(pipeline.ANCHOR_PROMPTS)[:2]
+    assert len(both) == 11 and asked[:2] == read_lines(general.ANCHOR_PROMPTS)[:2]
     # One that states a fact being forgotten is left out.
     monkeypatch.setattr(pipeline.generation, "answer", lambda m, t, qs, **kw: ["Lima, of course"] * len(qs))
     assert pipeline.anchor_facts(tiny, facts, 0, 6) == []

@@ -61,68 +61,43 @@ class FisherRemoval(Method):
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
         start = time.perf_counter()  # step events carry the time so far, as the shared loop's do
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if cfg.fisher_backend == "woodfisher" and cfg.fisher_layers:
-            named = [(n, p) for n, p in named if cfg.fisher_layers in n]
-        if not named:
-            raise MeowError("no parameters left to update: check --train-only / --fisher-layers")
-        params = [p for _, p in named]
-        dim = sum(p.numel() for p in params)
-        if cfg.fisher_backend == "woodfisher" and cfg.fisher_examples * dim * 4 > MAX_WOODFISHER_BYTES:
-            raise MeowError(f"WoodFisher would store {cfg.fisher_examples} x {dim:,} gradients "
-                            f"({cfg.fisher_examples * dim * 4 / 2**30:.1f} GiB): restrict it with --fisher-layers "
-                            "(e.g. 'layers.2') or --lora, or lower --fisher-examples")
-
+        params = updated_parameters(model, cfg)
         kept, source = curvature_facts(trainer)
         kept_ex = trainer.examples(kept)
         forget_ex = trainer.examples(trainer.forget)
-        rng = random.Random(cfg.seed)
-        sample = rng.sample(kept_ex, min(cfg.fisher_examples, len(kept_ex)))
+        sample = random.Random(cfg.seed).sample(kept_ex, min(cfg.fisher_examples, len(kept_ex)))
         pad = tok.pad_token_id
         model.eval()  # no dropout: the same weights give the same losses
+
+        def nll(examples):
+            with trainer.autocast():
+                return fisher.mean_nll(model, examples, pad, device)
 
         with trainer.autocast():
             curvature = fisher.BACKENDS[cfg.fisher_backend].from_grads(
                 fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
-            retain0 = fisher.mean_nll(model, kept_ex, pad, device)
-            forget0 = fisher.mean_nll(model, forget_ex, pad, device)
+        retain0, forget0 = nll(kept_ex), nll(forget_ex)
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
         result = TrainResult(model=model)
         info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
-                "lambda": curvature.damping, "parameters": dim, "retain_nll_before": retain0,
-                "forget_nll_before": forget0, "steps": []}
+                "lambda": curvature.damping, "parameters": sum(p.numel() for p in params),
+                "retain_nll_before": retain0, "forget_nll_before": forget0, "steps": []}
         forget_batch = to_device(collate(forget_ex, pad), device)
-        retain_nll = retain0
         for step in range(1, cfg.fisher_steps + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
             with trainer.autocast():
                 g, forget_nll = fisher.flat_grad(model, params, forget_batch)
             direction = curvature.solve(g)
-            base = fisher.flatten(params)
-            chosen = None
-            for k in range(cfg.eta_grid):
-                eta = radius / float(direction.norm().clamp(min=1e-30)) * 2.0 ** -k
-                fisher.assign(params, base + eta * direction)
-                with trainer.autocast():
-                    retain_nll = fisher.mean_nll(model, kept_ex, pad, device)
-                    if retain_nll - retain0 > cfg.retain_budget:
-                        continue
-                    # A long step can overshoot into a region where the forget loss falls again.
-                    forget_after = fisher.mean_nll(model, forget_ex, pad, device)
-                if forget_after > forget_nll:
-                    chosen = eta
-                    break
-            if chosen is None:
-                fisher.assign(params, base)
+            record = line_search(params, direction, radius, cfg, forget_nll, retain0,
+                                 lambda: nll(kept_ex), lambda: nll(forget_ex))
+            if record is None:
                 info["stopped"] = "no step size raised the forget loss within the retain budget"
                 break
-            record = {"eta": chosen, "update_norm": chosen * float(direction.norm()),
-                      "forget_nll": forget_after, "retain_nll": retain_nll}
             info["steps"].append(record)
             event = {"type": "step", "step": step, "epoch": step, "total_steps": cfg.fisher_steps,
-                     "loss": -forget_after, **record, "seconds": round(time.perf_counter() - start, 3)}
+                     "loss": -record["forget_nll"], **record, "seconds": round(time.perf_counter() - start, 3)}
             result.steps.append(event)
             trainer.on_event(event)
             self.after_step(trainer, model, params, curvature, info)
@@ -131,9 +106,7 @@ class FisherRemoval(Method):
                 break
         else:
             info.setdefault("stopped", "reached fisher_steps")
-        with trainer.autocast():
-            info["retain_nll_after"] = fisher.mean_nll(model, kept_ex, pad, device)
-            info["forget_nll_after"] = fisher.mean_nll(model, forget_ex, pad, device)
+        info["retain_nll_after"], info["forget_nll_after"] = nll(kept_ex), nll(forget_ex)
         info["update_norm_total"] = float((fisher.flatten(params) - theta0).norm())
         if result.last_probe is None:
             trainer.probe_and_check(model, len(info["steps"]), result)
@@ -142,3 +115,40 @@ class FisherRemoval(Method):
 
     def after_step(self, trainer, model, params, curvature, info) -> None:
         """Fisher Forgetting adds its noise here."""
+
+
+def updated_parameters(model, cfg) -> list:
+    """The parameters the Newton steps change (with WoodFisher, only --fisher-layers), checked
+    against WoodFisher's memory bound."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.fisher_backend == "woodfisher" and cfg.fisher_layers:
+        named = [(n, p) for n, p in named if cfg.fisher_layers in n]
+    if not named:
+        raise MeowError("no parameters left to update: check --train-only / --fisher-layers")
+    dim = sum(p.numel() for _, p in named)
+    if cfg.fisher_backend == "woodfisher" and cfg.fisher_examples * dim * 4 > MAX_WOODFISHER_BYTES:
+        raise MeowError(f"WoodFisher would store {cfg.fisher_examples} x {dim:,} gradients "
+                        f"({cfg.fisher_examples * dim * 4 / 2**30:.1f} GiB): restrict it with --fisher-layers "
+                        "(e.g. 'layers.2') or --lora, or lower --fisher-examples")
+    return [p for _, p in named]
+
+
+def line_search(params, direction, radius: float, cfg, forget_nll: float, retain0: float, retain_nll_now,
+                forget_nll_now) -> dict | None:
+    """The largest step along `direction` (from the trust region down, halving) whose retain NLL
+    rise stays within the budget and that raises the forget NLL; the weights are left there.
+    None (weights restored) when no step qualifies."""
+    base = fisher.flatten(params)
+    for k in range(cfg.eta_grid):
+        eta = radius / float(direction.norm().clamp(min=1e-30)) * 2.0 ** -k
+        fisher.assign(params, base + eta * direction)
+        retain_nll = retain_nll_now()
+        if retain_nll - retain0 > cfg.retain_budget:
+            continue
+        # A long step can overshoot into a region where the forget loss falls again.
+        forget_after = forget_nll_now()
+        if forget_after > forget_nll:
+            return {"eta": eta, "update_norm": eta * float(direction.norm()), "forget_nll": forget_after,
+                    "retain_nll": retain_nll}
+    fisher.assign(params, base)
+    return None
