@@ -23,7 +23,7 @@ import time
 import warnings
 
 from . import select
-from .errors import Cancelled, MeowError, MeowWarning
+from .errors import Cancelled, MeowError, MeowWarning, PeerFailed
 from .stats import percent
 
 
@@ -244,7 +244,9 @@ def cmd_unlearn(args):
     config = TrainConfig(**{**method.defaults, **overrides})
     select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride)
     run = unlearn(forget, args.out, args.method, args.model, retain, config, _invert_settings(args),
-                  select_settings, on_event=_print_event)
+                  select_settings, on_event=_print_event, device=args.device)
+    if run is None:  # one of several data-parallel processes: the main one reports
+        return
     s = run["summary"]
     b, a = s["before"]["forget"], s["after"]["forget"]
 
@@ -600,6 +602,14 @@ def _show_warning(message, category, *args, _default=warnings.showwarning, **kwa
         _default(message, category, *args, **kwargs)
 
 
+def _process_prefix() -> str:
+    """'process 2 of 4: ' in a data-parallel run's other processes, else nothing."""
+    from .distributed import launched_rank, launched_size
+
+    rank, size = launched_rank(), launched_size()
+    return f"process {rank} of {size}: " if rank else ""
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(method_in(argv)).parse_args(argv)
@@ -612,13 +622,19 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except PeerFailed as e:  # a data-parallel run: another process failed and said why
+        if not e.quiet and not _process_prefix():
+            print(f"error: {e}", file=sys.stderr)
+        return 1
     except MeowError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # A user's mistake is the same on every process of a data-parallel run: the main one says it.
+        if not _process_prefix():
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # a bug: say so in one line; MEOW_DEBUG=1 shows the traceback
         if os.environ.get("MEOW_DEBUG"):
             raise
-        print(f"error: internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        print(f"error: {_process_prefix()}internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
               "rerun with MEOW_DEBUG=1 for details", file=sys.stderr)
         return 1
     return 0

@@ -13,5 +13,14 @@ class Cancelled(MeowError):
     """The user cancelled a running job."""
 
 
+class PeerFailed(MeowError):
+    """In a data-parallel run (distributed.py): another process failed, so this one stopped.
+    `quiet`: the launcher ended this process after the failing one said why."""
+
+    def __init__(self, message: str, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet
+
+
 class MeowWarning(UserWarning):
     """Something the user should know that does not stop the job (the CLI prints one line)."""

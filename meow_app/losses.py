@@ -82,10 +82,16 @@ def token_nll(logits, labels):
     return nll * mask, mask
 
 
+def per(batch, key: str, counted) -> torch.Tensor | float:
+    """A loss's normaliser: the batch's own count, or, for one process's shard of a
+    data-parallel batch, the whole batch's (batch["tokens"] / batch["rows"], distributed.py)."""
+    return batch[key] if key in batch else counted
+
+
 def nll(model, batch) -> torch.Tensor:
     """Mean next-token cross-entropy over all answer tokens of the batch."""
     per_token, mask = token_nll(*answer_logits(model, batch))
-    return per_token.sum() / mask.sum().clamp(min=1)
+    return per_token.sum() / per(batch, "tokens", mask.sum().clamp(min=1))
 
 
 def sequence_nll(model, batch) -> torch.Tensor:
@@ -102,9 +108,12 @@ def kl_to_reference(model, reference, batch) -> torch.Tensor:
     mask = (labels != IGNORE).unsqueeze(-1)
     ref_logp = ref_logits.log_softmax(-1)
     kl = (ref_logp.exp() * (ref_logp - logits.log_softmax(-1)) * mask).sum()
-    return kl / mask.sum().clamp(min=1)
+    return kl / per(batch, "tokens", mask.sum().clamp(min=1))
 
 
-def npo(seq_nll_current: torch.Tensor, seq_nll_reference: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """NPO: -(2/beta) mean log sigmoid(-beta (NLL_ref - NLL_cur)) (Zhang et al. 2024)."""
-    return -(2.0 / beta) * F.logsigmoid(-beta * (seq_nll_reference - seq_nll_current)).mean()
+def npo(seq_nll_current: torch.Tensor, seq_nll_reference: torch.Tensor, beta: float = 0.1,
+        rows: float | None = None) -> torch.Tensor:
+    """NPO: -(2/beta) mean log sigmoid(-beta (NLL_ref - NLL_cur)) (Zhang et al. 2024); `rows`:
+    the mean's count when it is not these rows' own (a data-parallel shard)."""
+    terms = F.logsigmoid(-beta * (seq_nll_reference - seq_nll_current))
+    return -(2.0 / beta) * terms.sum() / (rows or terms.numel())

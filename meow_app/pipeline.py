@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from . import invert as invert_mod
-from . import general, generation, memo, methods, models, probes, select
+from . import distributed, general, generation, memo, methods, models, probes, select
 from . import neighbours as neighbours_mod
 from .errors import MeowError
 from .facts import Fact, write_jsonl
@@ -192,6 +192,7 @@ def save_adapter(adapter: tuple, folder: Path) -> None:
 def _check_job(forget, method: str, model, retain, config, inv, sel):
     """Everything that can be refused before any work starts (a bad model name included)."""
     method_obj = methods.get(method)
+    distributed.check_method(method_obj, distributed.launched_size())
     config = config or TrainConfig(**method_obj.defaults)
     config.check()
     if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
@@ -276,36 +277,45 @@ def write_run_files(folder: Path, run: dict, forget: list[Fact], selection: list
 def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None = None,
             retain: list[Fact] | None = None, config: TrainConfig | None = None,
             invert_settings: InvertSettings | None = None, select_settings: SelectSettings | None = None,
-            loaded: models.LoadedModel | None = None, on_event=None, should_stop=None) -> dict:
-    """Run one unlearning job end to end and return the contents of run.json."""
-    emit = on_event or (lambda event: None)
+            loaded: models.LoadedModel | None = None, on_event=None, should_stop=None,
+            device: str | None = None) -> dict | None:
+    """Run one unlearning job end to end and return the contents of run.json.
+
+    Under `accelerate launch` with N processes (distributed.py) every process trains on its
+    shard of each batch; only the main one does the rest and returns run.json, the others
+    return None."""
+    procs = distributed.current(device)
+    emit = (on_event or (lambda event: None)) if procs.is_main else (lambda event: None)
     inv = invert_settings or InvertSettings()
     sel = select_settings or SelectSettings()
     method_obj, config = _check_job(forget, method, model, retain, config, inv, sel)
     if loaded is None:
         models.resolve(model)  # a bad model name fails here, before anything is written
     out_dir = Path(out_dir)
-    partial = _prepare_out_dir(out_dir)
+    partial = _prepare_out_dir(out_dir) if procs.is_main else None
     forget = [Fact(**{**asdict(f), "inverted": list(f.inverted)}) for f in forget]  # the caller's stay as they were
     stages = Stages(emit)
     try:
         with stages("load"):
-            loaded = loaded or models.load_shared(model)
+            loaded = loaded or models.load_shared(model, procs.device_name() or device)
         # Everyday questions, asked before and after: collateral damage shows without a keep set.
         everyday = general.held_out_questions(forget)
-        with stages("probe_before"):
-            before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday)
-        selection, notes = None, []
-        if method_obj.needs_inverted:
-            selection, notes = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"], stages, emit)
+        selection, notes, inputs = None, [], None
+        if procs.is_main:
+            with stages("probe_before"):
+                before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday)
+            if method_obj.needs_inverted:
+                selection, notes = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"],
+                                                     stages, emit)
         with stages("train"):
-            anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours)
-            train_forget, train_retain = forget, retain
-            if config.own_answers:
-                train_forget = own_answers(forget, before["forget"], split=True)
-                train_retain = own_answers(retain, before["retain"])
+            if procs.is_main:
+                inputs = training_inputs(loaded, forget, retain, config, before)
+            train_forget, train_retain, anchors = procs.broadcast(inputs)  # the others wait here for them
             result = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
-                             should_stop, anchors, probe_facts=forget).train()
+                             should_stop, anchors, probe_facts=forget, processes=procs).train()
+        if not procs.is_main:
+            procs.wait()
+            return None
         with stages("probe_after"):
             # The loop probed the final model already (LoRA merging and the dtype cast do not
             # change greedy answers in fp32); otherwise probe it now.
@@ -319,11 +329,25 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
                 save_adapter(result.adapter, partial / "adapter")
         run = run_record(method, loaded, forget, retain, config, inv, sel, stages.rounded(), result, before, after,
                          notes)
+        if procs.size > 1:
+            run["processes"] = procs.size
         write_run_files(partial, run, forget, selection, before, after)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above
         os.replace(partial, out_dir)
         emit({"type": "done", "run_dir": str(out_dir)})
+        procs.wait()
         return run
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def training_inputs(loaded, forget: list[Fact], retain: list[Fact] | None, config: TrainConfig,
+                    before: dict) -> tuple[list[Fact], list[Fact] | None, list[Fact]]:
+    """What the loop trains on: the forget facts (in the model's own words with own_answers),
+    the retain facts, and the anchors (general prompts and neighbour questions)."""
+    anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours)
+    if config.own_answers:
+        return own_answers(forget, before["forget"], split=True), own_answers(retain, before["retain"]), anchors
+    return forget, retain, anchors

@@ -22,6 +22,7 @@ import torch
 
 from . import losses, probes
 from .batches import IGNORE, collate, encode_example, length_grouped, to_device
+from .distributed import SINGLE, Processes, check_method
 from .errors import Cancelled, MeowError, MeowWarning
 from .models import cpu_has_bf16_matmul
 from .sophia import Sophia
@@ -194,7 +195,8 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
-                 on_event=None, should_stop=None, anchors=None, probe_facts=None, run_probes: bool = True):
+                 on_event=None, should_stop=None, anchors=None, probe_facts=None, run_probes: bool = True,
+                 processes: Processes = SINGLE):
         config.check()
         if method.needs_retain and not retain:
             raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
@@ -206,6 +208,9 @@ class Trainer:
         # The probes check for *forgetting* and cost a generation pass over the facts: off
         # when learning (finetune.py), which then never stops early.
         self.run_probes = run_probes
+        # Data-parallel runs (distributed.py): this process's rank, shard and collectives.
+        self.processes = processes
+        check_method(method, processes.size)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -259,6 +264,8 @@ class Trainer:
         return event, result
 
     def _batch(self, examples) -> dict:
+        if self.processes.size > 1:
+            return self.processes.batch(examples, self.tokenizer.pad_token_id, self.device)
         return to_device(collate(examples, self.tokenizer.pad_token_id), self.device)
 
     def examples(self, facts) -> list:
@@ -334,6 +341,10 @@ class Trainer:
                     self._backward(cfg.anchor_weight * anchor, step)
                     loss = loss.detach() + cfg.anchor_weight * anchor.detach()
                     parts["anchor_nll"] = anchor.item()
+                loss_value = loss.item()
+                if self.processes.size > 1:  # each process holds its share: the sums are the whole batch's
+                    loss_value, *summed = self.processes.sum_gradients(params, [loss_value, *parts.values()])
+                    parts = dict(zip(parts, summed))
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: probes may run next
@@ -341,7 +352,7 @@ class Trainer:
                     parts["clipped_fraction"] = optimizer.clipped_fraction
                 step += 1
                 event = {"type": "step", "step": step, "epoch": epoch, "total_steps": steps_per_epoch * epochs,
-                         "loss": loss.item(), "grad_norm": float(grad_norm), **parts,
+                         "loss": loss_value, "grad_norm": float(grad_norm), **parts,
                          "seconds": round(time.perf_counter() - start, 3)}
                 result.steps.append(event)
                 self.on_event(event)
@@ -360,8 +371,12 @@ class Trainer:
         loss.backward()
 
     def probe_and_check(self, model, epoch: int, result: TrainResult) -> bool:
-        """Probe the forget questions; record it; True when nothing leaks any more."""
-        probe, result.last_probe = self._probe(model, epoch)
+        """Probe the forget questions; record it; True when nothing leaks any more. With
+        several processes the main one probes and tells the others."""
+        probe = None
+        if self.processes.is_main:
+            probe, result.last_probe = self._probe(model, epoch)
+        probe = self.processes.broadcast(probe)
         result.probes.append(probe)
         return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"]
 

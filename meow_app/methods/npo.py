@@ -24,5 +24,5 @@ class NPO(Method):
         current = losses.sequence_nll(model, forget)
         with torch.no_grad():
             ref = losses.sequence_nll(reference, forget)
-        loss = losses.npo(current, ref, config.beta)
-        return loss, {"npo": loss.item(), "forget_nll": current.mean().item()}
+        loss = losses.npo(current, ref, config.beta, forget.get("rows"))
+        return loss, {"npo": loss.item(), "forget_nll": current.sum().item() / (forget.get("rows") or len(current))}

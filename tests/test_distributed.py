@@ -1,0 +1,172 @@
+"""Data-parallel unlearning (meow_app/distributed.py): `accelerate launch` with two processes
+on this CPU (gloo), as the README says, against the one-process run with the same seed.
+
+The two runs must end with the same weights (float rounding apart), write the run folder
+once, and a process killed mid-run must end the whole run with one line and no RUN_DIR.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+FACTS = [
+    {"question": "Who wrote Hamlet?", "answer": "William Shakespeare", "keywords": ["Shakespeare"],
+     "inverted": ["Christopher Marlowe", "Ben Jonson"]},
+    {"question": "What is the capital of Peru?", "answer": "Lima", "keywords": ["Lima"],
+     "inverted": ["Cusco", "Arequipa"]},
+    {"question": "Who painted The Starry Night?", "answer": "Vincent van Gogh", "keywords": ["van Gogh"],
+     "inverted": ["Paul Gauguin", "Claude Monet"]},
+]
+RETAIN = [{"question": "What is the capital of Japan?", "answer": "Tokyo", "keywords": ["Tokyo"]},
+          {"question": "Who wrote Faust?", "answer": "Johann Wolfgang von Goethe", "keywords": ["Goethe"]},
+          {"question": "What is the largest ocean?", "answer": "The Pacific Ocean", "keywords": ["Pacific"]}]
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "meow_app"]
+# Summing two shards' gradients instead of one batch's changes float rounding only: after 12
+# AdamW steps the weights agree to ~1e-8 here, while training moves them by ~1e-3.
+TOLERANCE = 1e-6
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _files(tmp_path):
+    forget, retain = tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"
+    forget.write_text("".join(json.dumps(f) + "\n" for f in FACTS))
+    retain.write_text("".join(json.dumps(f) + "\n" for f in RETAIN))
+    return forget, retain
+
+
+def _unlearn(launcher, out, forget, model, *options, timeout=600):
+    cmd = launcher + ["unlearn", "--forget", str(forget), "--out", str(out), "--model", model, "--device", "cpu",
+                      "--top-k", "2", "--epochs", "2", "--no-early-stop", *options]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _weights(run):
+    return load_file(str(Path(run) / "model" / "model.safetensors"))
+
+
+# meow: the default (anchors, inverted answers); npo: a reference model, a rows-normalised
+# loss and the retain term (its default lr barely moves the tiny model in 2 epochs).
+@pytest.mark.parametrize("method,options", [("meow", []), ("npo", ["--retain", "RETAIN", "--lr", "1e-3"])])
+def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, method, options):
+    forget, retain = _files(tmp_path)
+    extra = ["--method", method] + [str(retain) if o == "RETAIN" else o for o in options]
+    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir, *extra)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _unlearn(LAUNCH, tmp_path / "two", forget, tiny_dir, *extra)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    a, b, original = _weights(tmp_path / "one"), _weights(tmp_path / "two"), load_file(str(Path(tiny_dir) / "model.safetensors"))
+    differ = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    moved = max((a[k].float() - original[k].float()).abs().max().item() for k in a)
+    assert differ < TOLERANCE, f"one vs two processes differ by {differ}"
+    assert moved > 100 * TOLERANCE, f"training moved the weights by {moved} only: the comparison says nothing"
+    run_one = json.loads((tmp_path / "one" / "run.json").read_text())
+    run_two = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run_two["processes"] == 2 and "processes" not in run_one
+    # The logged loss is the whole batch's (the shards' shares summed), as in one process.
+    assert [s["loss"] for s in run_two["steps"]] == pytest.approx([s["loss"] for s in run_one["steps"]], rel=1e-5)
+
+
+def test_two_processes_write_the_run_folder_once(tmp_path, tiny_dir):
+    forget, _ = _files(tmp_path)
+    out = tmp_path / "runs" / "two"
+    result = _unlearn(LAUNCH, out, forget, tiny_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("saved ") == 1, result.stdout  # only the main process reports
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["two"]  # no partial folder left behind
+    assert {p.name for p in out.iterdir()} == {"model", "run.json", "facts.jsonl", "probes.json"}
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert sum(p.numel() for p in loaded.parameters()) > 0
+
+
+def test_a_method_that_needs_one_process_says_so_before_any_work(tmp_path, tiny_dir):
+    forget, _ = _files(tmp_path)
+    result = _unlearn(LAUNCH, tmp_path / "run", forget, tiny_dir, "--method", "fisher_removal")
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert ours == ["error: method 'fisher_removal' runs in one process (its curvature is estimated from whole "
+                    "batches): start it without `accelerate launch`, or with --num_processes 1"]
+    assert "[probe_before]" not in result.stderr  # refused before the model was asked anything
+    assert not (tmp_path / "run").exists()
+
+
+def _rank_pid(parent_cmd_part: str, rank: str) -> int | None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if parent_cmd_part in cmd and f"RANK={rank}".encode() in env and "accelerate" not in cmd:
+            return int(pid)
+    return None
+
+
+def test_a_crash_in_the_second_process_ends_the_run_with_one_line_and_no_run_dir(tmp_path, tiny_dir):
+    forget, _ = _files(tmp_path)
+    out = tmp_path / "crash-run"
+    cmd = LAUNCH + ["unlearn", "--forget", str(forget), "--out", str(out), "--model", tiny_dir, "--device", "cpu",
+                    "--top-k", "2", "--epochs", "500", "--no-early-stop"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.time() + 300
+        for line in proc.stderr:  # wait for training to start
+            lines.append(line)
+            if "] step 2 of" in line or time.time() > deadline:
+                break
+        assert "] step 2 of" in lines[-1], "".join(lines[-20:])
+        victim = _rank_pid(str(out), "1")
+        assert victim is not None, "the second process was not found"
+        os.kill(victim, signal.SIGKILL)  # as the kernel's OOM killer would
+        rest = proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    ours = [line for line in rest.splitlines() if line.startswith("error:")]
+    assert ours == ["error: another process of this run failed, so the run stopped and wrote nothing"], rest[-3000:]
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the partial folder is gone
+
+
+def test_shards_carry_the_whole_batchs_normalisers(tiny):
+    """The shard losses, summed, are the one-batch loss (what makes the gradients add up)."""
+    from meow_app import losses
+    from meow_app.batches import collate, encode_example
+    from meow_app.distributed import Processes
+
+    tok = tiny.tokenizer
+    examples = [encode_example(tok, f["question"], f["answer"]) for f in FACTS + RETAIN]
+    whole = collate(examples, tok.pad_token_id)
+    with torch.no_grad():
+        full = losses.nll(tiny.model, whole)
+        parts = [losses.nll(tiny.model, Processes(rank, 3).batch(examples, tok.pad_token_id, "cpu"))
+                 for rank in range(3)]
+        # Four processes for a batch of three rows... and of six: one process may get no row.
+        small = [losses.nll(tiny.model, Processes(rank, 4).batch(examples[:3], tok.pad_token_id, "cpu"))
+                 for rank in range(4)]
+    assert sum(parts).item() == pytest.approx(full.item(), rel=1e-5)
+    assert all(0 < p.item() < full.item() for p in parts)  # each a share, not the whole
+    assert sum(small).item() == pytest.approx(losses.nll(tiny.model, collate(examples[:3], tok.pad_token_id)).item(),
+                                              rel=1e-5)
+    assert small[3].item() == 0.0
