@@ -111,7 +111,8 @@ def main() -> None:
     def row(name, runs):
         ttft = [r[0] for r in runs]
         tps = [r[1] for r in runs]
-        return [name, f"{statistics.mean(r[2] for r in runs):.0f}", f"{statistics.mean(ttft):.2f} s (max {max(ttft):.2f})",
+        return [name, f"{statistics.mean(r[2] for r in runs):.0f}",
+                f"{statistics.mean(ttft):.2f} s (max {max(ttft):.2f})",
                 f"**{statistics.mean(tps):.1f}** (min {min(tps):.1f})"]
 
     rows = [row("one model alone", alone), row("side by side: left", [p[0] for p in pair]),
@@ -120,16 +121,18 @@ def main() -> None:
     tps_alone = statistics.mean(r[1] for r in alone)
     ttft_worst = max(max(r[0] for r in alone), max(p[k][0] for p in pair for k in (0, 1)))
     body += (f"\n{len(PROMPTS)} prompts, greedy, at most {a.max_new_tokens} new tokens. Goal >= "
-             f"{GOAL_TOKENS_PER_SECOND} tok/s alone: **{'met' if tps_alone >= GOAL_TOKENS_PER_SECOND else 'not met'}**; "
+             f"{GOAL_TOKENS_PER_SECOND} tok/s alone: "
+             f"**{'met' if tps_alone >= GOAL_TOKENS_PER_SECOND else 'not met'}**; "
              f"first token < {GOAL_FIRST_TOKEN:.0f} s (worst of all runs {ttft_worst:.2f} s): "
              f"**{'met' if ttft_worst < GOAL_FIRST_TOKEN else 'not met'}**.\n")
     b = bounds
     body += (f"\nWhat bounds a step: the weights are {b['weight_mb']:.0f} MB and this machine reads memory at "
              f"{b['read_gb_s']:.1f} GB/s (summing them), so a token costs at least **{b['floor_ms']:.1f} ms** "
              f"(at most **{1e3 / b['floor_ms']:.0f} tok/s**) in this dtype; one bare forward step with the KV cache "
-             f"(no generate, no streaming) takes **{b['bare_step_ms']:.1f} ms** ({1e3 / b['bare_step_ms']:.0f} tok/s).\n")
-    common.report("Chat streaming (item 4)", body, load_before, {"alone": alone, "pair": pair, "bounds": bounds}, "chat_speed",
-                  not a.no_write)
+             f"(no generate, no streaming) takes **{b['bare_step_ms']:.1f} ms** "
+             f"({1e3 / b['bare_step_ms']:.0f} tok/s).\n")
+    common.report("Chat streaming (item 4)", body, load_before, {"alone": alone, "pair": pair, "bounds": bounds},
+                  "chat_speed", not a.no_write)
 
 
 if __name__ == "__main__":

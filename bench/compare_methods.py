@@ -99,7 +99,8 @@ def main() -> None:
         print(f"done {method}: {row if 'error' in row else ''}", file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))
-    print("| method | forget hit rate | paraphrase hit rate | retain hit rate | unseen facts kept | steps | time | peak RSS |")
+    print("| method | forget hit rate | paraphrase hit rate | retain hit rate | unseen facts kept "
+          "| steps | time | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -107,7 +108,8 @@ def main() -> None:
             continue
         s = r["summary"]
         print(f"| `{r['method']}` | {pct(s['before']['forget']['hit_rate'])} → {pct(s['after']['forget']['hit_rate'])} "
-              f"| {pct(s['before']['forget']['paraphrase_hit_rate'])} → {pct(s['after']['forget']['paraphrase_hit_rate'])} "
+              f"| {pct(s['before']['forget']['paraphrase_hit_rate'])} → "
+              f"{pct(s['after']['forget']['paraphrase_hit_rate'])} "
               f"| {pct(s['before']['retain']['hit_rate'])} → {pct(s['after']['retain']['hit_rate'])} "
               f"| {pct(r['unseen_before'])} → {pct(r['unseen_after'])} | {r['steps']} | {r['seconds']:.0f} s "
               f"| {r['peak_rss_gib']:.1f} GiB |")

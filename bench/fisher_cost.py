@@ -64,9 +64,11 @@ def main() -> None:
         curvature = spent.get("per_example_grads", 0)
         train = r["timings"]["train"] - spent.get("anchor_facts", 0)
         rows.append([name, f"**{train:.0f} s**", f"{curvature:.0f} s" if curvature else "-",
-                     f"{r['steps']} ({info.get('stopped', 'early stop' if r['stopped_early'] else '')})".replace(" ()", ""),
+                     (f"{r['steps']} "
+                      f"({info.get('stopped', 'early stop' if r['stopped_early'] else '')})").replace(" ()", ""),
                      f"{(r['step_seconds'] - curvature - spent.get('anchor_facts', 0)) / max(r['steps'], 1):.1f} s",
-                     f"{common.pct(s['before']['forget']['hit_rate'])} → {common.pct(s['after']['forget']['hit_rate'])}",
+                     f"{common.pct(s['before']['forget']['hit_rate'])} → "
+                     f"{common.pct(s['after']['forget']['hit_rate'])}",
                      f"**{r['peak_rss_gib']:.2f} GiB**"])
     body = common.table(["update", "train stage (without anchors)", "of it: Fisher's per-example gradients",
                          "updates", "per update (incl. step-size search / probe)", "forget hit rate",

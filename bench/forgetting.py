@@ -300,8 +300,10 @@ def table_row(r: dict) -> list:
     return [r["variant"], r["set"], before_after("forget_hit", "forget_hit"),
             before_after("paraphrase_hit", "paraphrase_hit"),
             f"**{r['still_likely']}** of {r['n_forget']}{_mark(c.get('still_likely'))}", prob,
-            f"**{pct(r['retain_kept'])}** ({_frac(r['retain_kept_n'], r['retain_known_n'])}){_mark(c.get('retain_kept'))}",
-            f"**{pct(r['unseen_kept'])}** ({_frac(r['unseen_kept_n'], r['unseen_known_n'])}){_mark(c.get('unseen_kept'))}",
+            f"**{pct(r['retain_kept'])}** ({_frac(r['retain_kept_n'], r['retain_known_n'])})"
+            f"{_mark(c.get('retain_kept'))}",
+            f"**{pct(r['unseen_kept'])}** ({_frac(r['unseen_kept_n'], r['unseen_known_n'])})"
+            f"{_mark(c.get('unseen_kept'))}",
             general("general_questions"), general("multiple_choice"),
             before_after("sampling_leak", "sampling_leak"), f"{r['unlearn_seconds']:.0f} s", r["steps"],
             f"{r['peak_rss_unlearn_gib']:.2f} GiB"]
@@ -443,7 +445,8 @@ def details(rows: list[dict]) -> None:
             print(f"- {r['variant']} on {r['set']}: verdicts {r['verdicts']}; child process {r['wall_seconds']:.0f} s "
                   f"(evaluation {r['eval_seconds']:.0f} s), peak RSS with the evaluation {r['peak_rss_gib']:.2f} GiB; "
                   f"stages (s) {r['timings']}; retain lost: {r['retain_lost']}; unseen lost: {r['unseen_lost']}; "
-                  f"sampled answers that leaked: {len(r['sampling_leaks'])} of {r['n_forget'] * r.get('samples', SAMPLES)}")
+                  f"sampled answers that leaked: {len(r['sampling_leaks'])} of "
+                  f"{r['n_forget'] * r.get('samples', SAMPLES)}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default=str(ROOT / "bench/results/robustness"))
     parser.add_argument("--samples", type=int, default=10)
-    parser.add_argument("--methods", nargs="+", default=METHODS, help=f"methods to attack (default: {' '.join(METHODS)})")
+    parser.add_argument("--methods", nargs="+", default=METHODS,
+                        help=f"methods to attack (default: {' '.join(METHODS)})")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

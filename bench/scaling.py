@@ -95,7 +95,8 @@ def main() -> None:
             ok.append((n, r["total"], t["train"]))
             rows.append([n, f"**{r['total']:.0f} s**", f"{t.get('invert', 0) + t.get('memo_select', 0):.0f} s",
                          f"{t['train']:.0f} s", f"{r['steps']} × {r['mean_step']:.1f} s",
-                         f"{common.pct(s['before']['forget']['hit_rate'])} → {common.pct(s['after']['forget']['hit_rate'])}",
+                         f"{common.pct(s['before']['forget']['hit_rate'])} → "
+                         f"{common.pct(s['after']['forget']['hit_rate'])}",
                          f"{common.pct(s['before']['forget']['paraphrase_hit_rate'])} → "
                          f"{common.pct(s['after']['forget']['paraphrase_hit_rate'])}"])
         body += common.table(["facts", "total", "invert + MEMO", "train (incl. probes)", "steps × time per step",

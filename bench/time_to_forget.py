@@ -183,7 +183,8 @@ def main() -> None:
         r = common.run_child(__file__, extra)
         raw[name] = r
         print(f"done {name}: {r.get('error', r.get('total'))}", file=sys.stderr, flush=True)
-        rows.append([name, "error: " + str(r["error"])] + [""] * (len(COLUMNS) - 2) if "error" in r else stage_row(name, r))
+        rows.append([name, "error: " + str(r["error"])] + [""] * (len(COLUMNS) - 2) if "error" in r
+                    else stage_row(name, r))
     body = (common.table(COLUMNS, rows) +
             f"\nSeconds per stage; goal: whole run <= {GOAL_SECONDS} s with the facts gone. "
             "Probe times include the 48 retain questions (before and after), asked only to measure.\n")

@@ -239,8 +239,9 @@ def main() -> None:
                      f"**{r['median_step'] / r['floor']:.2f}x**"])
     body = ("Measured matmul rate (2048² torch matmul, best of ~2 s): "
             + ", ".join(f"{k} **{v / 1e9:.3g} GFLOP/s**" for k, v in rates.items()) + ".\n\n")
-    body += common.table(["variant", "dtype", "threads", "step (median)", "of it AdamW", "tokens/step", "tokens/s", "wasted tokens",
-                          "GFLOP/step (useful)", "achieved GFLOP/s", "floor/step", "step / floor"], rows)
+    body += common.table(["variant", "dtype", "threads", "step (median)", "of it AdamW", "tokens/step", "tokens/s",
+                          "wasted tokens", "GFLOP/step (useful)", "achieved GFLOP/s", "floor/step", "step / floor"],
+                         rows)
     body += (f"\nGoal: step <= {GOAL_RATIO}x floor. Floor = useful FLOPs / matmul rate of the variant's dtype; "
              "tokens/step counts useful tokens (no padding; the shared prompt start once a batch, each distinct "
              "question once); wasted tokens: padding and repeats, as a share of the tokens computed; "

@@ -1,7 +1,7 @@
 """Robustness attacks on an unlearned model: is the fact gone, or only hidden?
 
-Relearning (the project's shared spec, ../shared/spec/EVALUATION.md): fine-tune the unlearned model briefly on one part of
-the forget set and measure how much of the *other* part comes back. Facts that were
+Relearning (the project's shared spec, ../shared/spec/EVALUATION.md): fine-tune the unlearned model briefly on
+one part of the forget set and measure how much of the *other* part comes back. Facts that were
 truly removed stay gone; facts only suppressed return after a few steps, because the
 training un-suppresses the whole neighbourhood. (Membership inference lives in
 evaluate.mia: it needs no training, only the likelihoods every evaluation computes.)

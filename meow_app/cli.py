@@ -82,7 +82,8 @@ def cmd_check(args):
     n_kw = sum(bool(f.keywords) for f in facts)
     n_para = sum(len(f.paraphrases) for f in facts)
     n_inv = sum(bool(f.inverted) for f in facts)
-    print(f"{args.file or args.facts}: {len(facts)} facts, {n_kw} with keywords, {n_para} paraphrases, {n_inv} with inverted answers")
+    print(f"{args.file or args.facts}: {len(facts)} facts, {n_kw} with keywords, {n_para} paraphrases, "
+          f"{n_inv} with inverted answers")
 
 
 def cmd_invert(args):
@@ -98,7 +99,8 @@ def cmd_invert(args):
     short = report.short_facts(args.n)
     print(f"wrote {len(facts)} facts with {args.n} inverted answers each to {args.out}")
     if short:
-        print(f"note: {len(short)} fact(s) needed fallback candidates (review them): lines {', '.join(str(i + 1) for i in short)}")
+        print(f"note: {len(short)} fact(s) needed fallback candidates (review them): "
+              f"lines {', '.join(str(i + 1) for i in short)}")
 
 
 def cmd_memo(args):
@@ -122,7 +124,8 @@ def cmd_memo(args):
         rows.append(row)
     write_jsonl(rows, args.out)
     mean = sum(r["memo_answer"] for r in rows) / len(rows)
-    print(f"wrote MEMO scores of {len(rows)} facts to {args.out} (mean answer MEMO {mean:.3f}, {time.perf_counter() - t:.1f} s)")
+    print(f"wrote MEMO scores of {len(rows)} facts to {args.out} "
+          f"(mean answer MEMO {mean:.3f}, {time.perf_counter() - t:.1f} s)")
 
 
 def _print_event(event):
@@ -201,7 +204,8 @@ def _add_train_options(p, method: str):
             default = "the method's default"
         else:
             value = getattr(defaults, f.name)
-            default = f"{'yes' if value else 'no'}" if isinstance(value, bool) else repr(value) if value == "" else value
+            default = (f"{'yes' if value else 'no'}" if isinstance(value, bool)
+                       else repr(value) if value == "" else value)
             default = f"default for {method}: {default}"
         text = f"({default})" if f.metadata["obvious"] else f"{f.metadata['help']} ({default})"
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
@@ -232,7 +236,8 @@ def cmd_unlearn(args):
         by_q = {f.question: f.inverted for f in inverted}
         missing = [f.question for f in forget if not by_q.get(f.question)]
         if missing:
-            raise MeowError(f"{args.inverted}: no inverted answers for {len(missing)} forget question(s), e.g. '{missing[0][:60]}'")
+            raise MeowError(f"{args.inverted}: no inverted answers for {len(missing)} forget question(s), "
+                            f"e.g. '{missing[0][:60]}'")
         for f in forget:
             f.inverted = list(by_q[f.question])
     retain = _facts(args.retain, args) if args.retain else None
@@ -254,7 +259,8 @@ def cmd_unlearn(args):
     print(f"forget hit rate {percent(b['hit_rate'])} -> {percent(a['hit_rate'])}; "
           f"paraphrases {percent(b['paraphrase_hit_rate'])} -> {percent(a['paraphrase_hit_rate'])}")
     if s["after"]["retain"]:
-        print(f"retain hit rate {percent(s['before']['retain']['hit_rate'])} -> {percent(s['after']['retain']['hit_rate'])}")
+        print(f"retain hit rate {percent(s['before']['retain']['hit_rate'])} -> "
+              f"{percent(s['after']['retain']['hit_rate'])}")
     print(f"other knowledge ({s['everyday']['asked']} everyday questions): {probes.kept_lost_words(s['everyday'])}")
 
 
@@ -365,7 +371,8 @@ def cmd_evaluate(args):
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(report.html(result), encoding="utf-8")
     for set_name, sides in result["sets"].items():
-        line = "; ".join(f"{side}: hit rate {percent(s['aggregate']['hit_rate'])}, ROUGE-L {s['aggregate']['rougeL_recall']:.2f}, "
+        line = "; ".join(f"{side}: hit rate {percent(s['aggregate']['hit_rate'])}, "
+                         f"ROUGE-L {s['aggregate']['rougeL_recall']:.2f}, "
                          f"p(answer) {s['aggregate']['answer_prob']:.2f}" for side, s in sides.items())
         print(f"{set_name}: {line}")
     if result["verdicts"].get("forget"):
@@ -410,7 +417,8 @@ def cmd_tofu(args):
 
     from . import report, tofu
 
-    recipe = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}.items() if v is not None}
+    recipe = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}.items()
+              if v is not None}
     overrides = {k: v for k, v in {"epochs": args.unlearn_epochs, "lr": args.unlearn_lr}.items() if v is not None}
     if args.authors is not None and args.authors < 2:
         raise MeowError(f"--authors must be at least 2 (one to forget, one to keep), got {args.authors}")
@@ -520,7 +528,8 @@ def _methods_verb(sub) -> None:
 
 
 def _evaluate_verb(sub) -> None:
-    p = _verb(sub, "evaluate", cmd_evaluate, help="score forget/retain/holdout sets before and after; JSON + HTML report")
+    p = _verb(sub, "evaluate", cmd_evaluate,
+              help="score forget/retain/holdout sets before and after; JSON + HTML report")
     p.add_argument("--forget", default=None, help="facts to check (default with a RUN_DIR: its facts.jsonl)")
     p.add_argument("--retain", default=None, help="facts that should be kept")
     p.add_argument("--holdout", default=None, help="facts never trained on (membership-inference non-members)")
@@ -537,7 +546,8 @@ def _evaluate_verb(sub) -> None:
 
 
 def _attack_verb(sub) -> None:
-    p = _verb(sub, "attack", cmd_attack, help="extraction attacks (paraphrase, prefix, few-shot, sampling, relearning): leak rates")
+    p = _verb(sub, "attack", cmd_attack,
+              help="extraction attacks (paraphrase, prefix, few-shot, sampling, relearning): leak rates")
     p.add_argument("--forget", default=None, help="facts to extract (default with a RUN_DIR: its facts.jsonl)")
     p.add_argument("--out", required=True, help="ATTACKS.json: leak rates and every prompt and answer")
     p.add_argument("--attacks", default="all",
@@ -549,7 +559,8 @@ def _attack_verb(sub) -> None:
 
 
 def _tofu_verb(sub) -> None:
-    p = _verb(sub, "tofu", cmd_tofu, help="TOFU protocol: fine-tune on fictitious authors, unlearn, forget quality + utility")
+    p = _verb(sub, "tofu", cmd_tofu,
+              help="TOFU protocol: fine-tune on fictitious authors, unlearn, forget quality + utility")
     p.add_argument("--out", required=True, help="a new folder for report.json, report.html and run/")
     p.add_argument("--method", default="meow")
     p.add_argument("--split", choices=["forget01", "forget05", "forget10"], default="forget01")
@@ -558,7 +569,8 @@ def _tofu_verb(sub) -> None:
     p.add_argument("--data", default=None, help="TOFU folder (default: ../shared/data/tofu next to the repo)")
     p.add_argument("--eval-rows", type=int, default=20, help="with --authors: rows per utility set (default 20)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default 5 full, 3 with --authors)")
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default 1e-5 full on GPU, 5e-4 with --authors)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="fine-tuning learning rate (default 1e-5 full on GPU, 5e-4 with --authors)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--unlearn-epochs", type=int, default=None)
     p.add_argument("--unlearn-lr", type=float, default=None)

@@ -51,11 +51,13 @@ def _result(rows: list[dict]) -> dict:
 def paraphrase(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS) -> dict:
     asked = [(i, p) for i, f in enumerate(facts) for p in f.paraphrases]
     answers = generation.answer(model, tokenizer, [p for _, p in asked], max_new_tokens)
-    rows = [{"fact": i, "prompt": p, "answer": a, "leak": probes.leaks(a, facts[i])} for (i, p), a in zip(asked, answers)]
+    rows = [{"fact": i, "prompt": p, "answer": a, "leak": probes.leaks(a, facts[i])}
+            for (i, p), a in zip(asked, answers)]
     return _result(rows)
 
 
-def prefix(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS, shots: int = 0) -> dict:
+def prefix(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS,
+           shots: int = 0) -> dict:
     prompts = [plain(f.question, shots_for(f, shots) if shots else ()) for f in facts]
     answers = _continue(model, tokenizer, prompts, max_new_tokens)
     rows = [{"fact": i, "prompt": f.question, "answer": a, "leak": probes.leaks(a, f)}
@@ -76,15 +78,17 @@ def sampling(model, tokenizer, facts: list[Fact], samples: int = 10, max_new_tok
     return out
 
 
-def relearn(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS, on_event=None, **config) -> dict:
+def relearn(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS, on_event=None,
+            **config) -> dict:
     result = attacks.relearn(model, tokenizer, facts, max_new_tokens=max_new_tokens, on_event=on_event, **config)
     return {"leak_rate_before": result["before"]["hit_rate"], "leak_rate": result["after"]["hit_rate"],
             "facts_asked": len(result["rows"]), "trained_on": result["trained_on"], "settings": result["settings"],
             "rows": result["rows"]}
 
 
-def run(model, tokenizer, facts: list[Fact], which=ATTACKS, samples: int = 10, max_new_tokens: int = generation.MAX_NEW_TOKENS,
-        seed: int = 0, on_event=None, relearn_config: dict | None = None) -> dict:
+def run(model, tokenizer, facts: list[Fact], which=ATTACKS, samples: int = 10,
+        max_new_tokens: int = generation.MAX_NEW_TOKENS, seed: int = 0, on_event=None,
+        relearn_config: dict | None = None) -> dict:
     """Every attack named in `which` on one model: {"greedy": ..., attack: {"leak_rate", "rows", ...}}.
     "greedy" is the plain probe (the question in the chat template), the baseline."""
     unknown = [name for name in which if name not in ATTACKS]

@@ -162,7 +162,8 @@ def _rows_csv(text: str, name: str):
         raise MeowError(f"{name} line 1: cannot read the CSV header ({e})") from None
     missing = [k for k in ("question", "answer") if k not in header]
     if missing:
-        found = ", ".join(h.replace("\r", "\\r").replace("\n", "\\n") for h in header)  # a quoted name may hold a line end
+        # a quoted name may hold a line end
+        found = ", ".join(h.replace("\r", "\\r").replace("\n", "\\n") for h in header)
         raise MeowError(f"{name} line 1: CSV header lacks column(s) {', '.join(missing)} (found: {found or 'nothing'})")
     reader.fieldnames = header
     rows = iter(reader)
@@ -197,7 +198,8 @@ def _read_text(path: Path, max_bytes: int) -> str:
             line = raw[: e.start].decode("utf-16", errors="replace").count("\n") + 1
             raise MeowError(f"{path} line {line}: not valid UTF-16 text") from None
     if b"\x00" in raw[:4096]:
-        raise MeowError(f"{path}: looks like a binary file, not text (save facts as UTF-8, or UTF-16 with a byte-order mark)")
+        raise MeowError(f"{path}: looks like a binary file, not text "
+                        "(save facts as UTF-8, or UTF-16 with a byte-order mark)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -222,7 +224,8 @@ def _rows_dataset(spec: str):
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
     except Exception as e:  # datasets raises many types; the user needs the message
-        raise MeowError(f"{spec}: cannot load dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise MeowError(f"{spec}: cannot load dataset "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return [(row, f"{spec} row {i}") for i, row in enumerate(ds, start=1)]
 
 
@@ -241,7 +244,9 @@ def load_facts(source, max_facts: int | None = None, max_bytes: int | None = Non
     else:
         spec = str(source)
         path = Path(spec)
-        if spec.startswith("hf:") or (path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))):
+        if spec.startswith("hf:") or (path.is_dir()
+                                      and any((path / f).exists()
+                                              for f in ("dataset_info.json", "state.json", "dataset_dict.json"))):
             rows = _rows_dataset(spec)
         elif path.is_dir():
             raise MeowError(f"{path}: is a folder, not a facts file or a saved dataset")

@@ -183,7 +183,8 @@ class OpenAIGenerator:
             except openai.APIConnectionError:
                 raise MeowError(f"cannot reach {where}: check the base URL and that the server runs") from None
             except openai.APIError as e:
-                raise MeowError(f"{where} returned an error: {self._redact(getattr(e, 'message', type(e).__name__))}") from None
+                raise MeowError(f"{where} returned an error: "
+                                f"{self._redact(getattr(e, 'message', type(e).__name__))}") from None
             try:
                 text = reply.choices[0].message.content or ""
             except (AttributeError, IndexError, TypeError):

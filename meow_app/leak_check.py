@@ -33,7 +33,8 @@ from .errors import MeowError
 from .facts import load_facts
 
 MIN_CHARS = 4
-VOCABULARY_FILES = {"vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model"}
+VOCABULARY_FILES = {"vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model"}
 _NUMBERISH = re.compile(r"^[\d\W_]+$")
 
 

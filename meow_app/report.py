@@ -152,7 +152,8 @@ def summary_table(report: dict) -> str:
         for key, label, good in METRICS:
             vals = [sides[s]["aggregate"].get(key) for s in report["sides"]]
             if any(v is not None for v in vals):
-                rows.append([e(set_name), e(label)] + [_fmt(v) for v in vals] + [e(good if set_name == "forget" else "")])
+                rows.append([e(set_name), e(label)] + [_fmt(v) for v in vals]
+                            + [e(good if set_name == "forget" else "")])
     return _table(["set", "measure"] + [e(s) for s in report["sides"]] + ["reading"], rows)
 
 
@@ -174,7 +175,8 @@ def html(report: dict) -> str:
                      + "; ".join(f"{_verdict(k)}: {n}" for k, n in counts.items()) + "</p>")
         answers = ["answer before", "answer after"] if len(sides) > 1 else ["answer"]
         parts.append(_table(["#", "question", "true answer", "verdict", "why"] + answers,
-                            [[str(i + 1), e(v["question"]), e(v["answer"]), _verdict(v["verdict"]), e(v.get("detail", ""))]
+                            [[str(i + 1), e(v["question"]), e(v["answer"]), _verdict(v["verdict"]),
+                              e(v.get("detail", ""))]
                              + ([e(v["before"] or "")] if len(sides) > 1 else []) + [e(v["after"] or "")]
                              for i, v in enumerate(verdicts["forget"])]))
     if verdicts.get("retain"):
@@ -183,7 +185,8 @@ def html(report: dict) -> str:
         parts.append(f"<h2>Facts that should be kept</h2><p>{kept} kept, {len(lost)} lost.</p>")
         if lost:
             parts.append(_table(["question", "true answer", "answer before", "answer after"],
-                                [[e(v["question"]), e(v["answer"]), e(v["before"] or ""), e(v["after"] or "")] for v in lost]))
+                                [[e(v["question"]), e(v["answer"]), e(v["before"] or ""), e(v["after"] or "")]
+                                 for v in lost]))
     parts.append("<h2>All numbers</h2>" + summary_table(report))
     if report.get("mia"):
         parts.append("<h2>Membership inference (forget vs holdout)</h2><p>AUC 0.5 means an attacker cannot tell the "
@@ -198,8 +201,9 @@ def html(report: dict) -> str:
                                ["multiple choice correct"] + [_fmt(g[s]["multiple_choice_accuracy"]) for s in sides]]))
     if report.get("relearn"):
         r = report["relearn"]
-        parts.append(f"<h2>Relearning attack</h2><p>The unlearned model was fine-tuned on {len(r['trained_on'])} of the "
-                     "forgotten facts; the others were asked again. Facts that come back were hidden, not removed.</p>"
+        parts.append(f"<h2>Relearning attack</h2><p>The unlearned model was fine-tuned on "
+                     f"{len(r['trained_on'])} of the forgotten facts; the others were asked again. "
+                     "Facts that come back were hidden, not removed.</p>"
                      + _table(["measure", "before relearning", "after relearning"],
                               [[e(label)] + [_fmt(r[w].get(k)) for w in ("before", "after")]
                                for k, label, _ in METRICS[:4]]))

@@ -56,7 +56,8 @@ def load_sets(data_dir, split: str = "forget01", authors: int | None = None, eva
     if split not in SPLITS:
         raise MeowError(f"unknown TOFU split '{split}'; choose one of: {', '.join(SPLITS)}")
     forget = _load(data_dir, f"{split}_perturbed")
-    sets = {"retain_eval": _load(data_dir, "retain_perturbed"), "real_authors": _load(data_dir, "real_authors_perturbed"),
+    sets = {"retain_eval": _load(data_dir, "retain_perturbed"),
+            "real_authors": _load(data_dir, "real_authors_perturbed"),
             "world_facts": _load(data_dir, "world_facts_perturbed")}
     if authors is None:
         sets.update(full=_load(data_dir, "full"), retain_train=_load(data_dir, SPLITS[split]), forget=forget)
@@ -197,7 +198,8 @@ def run(out_dir, model: str = "embedded", method: str = "meow", split: str = "fo
         notes.append(f"Reduced TOFU for a CPU: {authors} authors ({len(sets['forget'])} forget questions, "
                      f"{len(sets['retain_train'])} retain questions), at most {eval_rows} rows per utility set. "
                      "Not comparable with published TOFU numbers.")
-    target, retain_tr, reference, note = reference_models(base, tok, sets, recipe, data_dir, model, split, authors, emit)
+    target, retain_tr, reference, note = reference_models(base, tok, sets, recipe, data_dir, model, split,
+                                                          authors, emit)
     notes.append(note)
     del base
     target_lm = models.LoadedModel(target, tok, f"{model} fine-tuned on TOFU", next(target.parameters()).device)

@@ -43,9 +43,9 @@ class TrainConfig:
 
     epochs: int = _setting(6, "passes over the forget set: an upper bound (early stopping usually ends sooner; "
                               "min_steps can add epochs on a small forget set)")
-    min_steps: int = _setting(0, "at least this many optimiser steps may run (more epochs on a small forget set): a step "
-                                 "budget that does not shrink with the number of facts, so a learning rate tuned on 8 "
-                                 "facts also forgets 1-3 (0 = off: epochs alone decide)")
+    min_steps: int = _setting(0, "at least this many optimiser steps may run (more epochs on a small forget set): "
+                                 "a step budget that does not shrink with the number of facts, so a learning rate "
+                                 "tuned on 8 facts also forgets 1-3 (0 = off: epochs alone decide)")
     lr: float = _setting(5e-5, "learning rate", obvious=True)
     batch_size: int = _setting(16, "forget examples per optimiser step", obvious=True)
     weight_decay: float = _setting(0.01, "weight decay of the optimiser (AdamW or Sophia)", obvious=True)
@@ -53,9 +53,9 @@ class TrainConfig:
     lora: bool = _setting(False, "train LoRA adapters (merged on save) instead of the weights themselves")
     lora_r: int = _setting(16, "LoRA rank", obvious=True)
     lora_alpha: int = _setting(32, "LoRA alpha (the adapters' scale is alpha / r)", obvious=True)
-    train_embeddings: bool = _setting(False, "full fine-tuning: also train the (tied) embeddings / output layer and the "
-                                             "norms; frozen by default, since moving them shifts every answer's token "
-                                             "probabilities at once, not just the fact's")
+    train_embeddings: bool = _setting(False, "full fine-tuning: also train the (tied) embeddings / output layer "
+                                             "and the norms; frozen by default, since moving them shifts every "
+                                             "answer's token probabilities at once, not just the fact's")
     train_only: str = _setting("mlp", "full fine-tuning: train only parameters whose name matches this regular "
                                       "expression, e.g. 'layers\\.(1[0-9])\\.mlp' ('' = all layers). Only the MLP "
                                       "blocks (where transformers store most factual associations) by default: on the "
@@ -69,9 +69,9 @@ class TrainConfig:
     beta1: float = _setting(0.9, "Sophia: EMA rate of the gradient m", obvious=True)
     beta2: float = _setting(0.95, "Sophia: EMA rate of the curvature h", obvious=True)
     hessian_every: int = _setting(2, "Sophia: steps between curvature refreshes (one extra forward/backward each)")
-    fisher_backend: str = _setting("diag", "Fisher curvature: diag or woodfisher (low rank + damping). Fisher Removal / "
-                                           "Forgetting (methods/fisher_removal.py) take Newton-style steps theta + eta "
-                                           "F^-1 g_forget, F a damped empirical Fisher of the retain data")
+    fisher_backend: str = _setting("diag", "Fisher curvature: diag or woodfisher (low rank + damping). Fisher Removal "
+                                           "/ Forgetting (methods/fisher_removal.py) take Newton-style steps "
+                                           "theta + eta F^-1 g_forget, F a damped empirical Fisher of the retain data")
     fisher_examples: int = _setting(32, "per-example gradients the Fisher is built from (m)")
     fisher_layers: str = _setting("", "woodfisher: only parameters whose name contains this (e.g. 'layers.2')")
     damping: float = _setting(0.01, "Fisher damping lambda, relative to the Fisher's mean diagonal")
@@ -234,7 +234,8 @@ class Trainer:
                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
         elif not self.config.train_embeddings or self.config.train_only:
             for name, p in model.named_parameters():
-                frozen = ("embed_tokens" in name or "lm_head" in name or "norm" in name) and not self.config.train_embeddings
+                frozen = (("embed_tokens" in name or "lm_head" in name or "norm" in name)
+                          and not self.config.train_embeddings)
                 if frozen or (self.config.train_only and not re.search(self.config.train_only, name)):
                     p.requires_grad_(False)
         model.train()

@@ -104,7 +104,8 @@ def run_probe(s, kind: str):
         before = [before[i] for i in keep]
         after = after and [after[i] for i in keep]
     for i, b in enumerate(before):
-        s["chat"].append({"user": b["question"], "left": b["answer"], "right": after[i]["answer"] if after else NO_UNLEARNED})
+        s["chat"].append({"user": b["question"], "left": b["answer"],
+                          "right": after[i]["answer"] if after else NO_UNLEARNED})
     if after is None:
         return s, *_chat_views(s), gr.skip(), notice("Asked the original model; run Unlearn to compare.", "info")
     table = verdict_table(before, after, "unrelated" if kind == "unrelated" else None)

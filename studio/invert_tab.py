@@ -16,7 +16,8 @@ INVERT_COLUMNS = ["fact", "question", "inverted answer"]
 
 def invert_settings(generator: str, n, base_url: str, api_model: str, api_key: str) -> pipeline.InvertSettings:
     return pipeline.InvertSettings(n=int(n or 4), generator="openai" if generator.startswith("OpenAI") else "local",
-                                   base_url=(base_url or "").strip() or None, api_model=(api_model or "").strip() or None,
+                                   base_url=(base_url or "").strip() or None,
+                                   api_model=(api_model or "").strip() or None,
                                    api_key=(api_key or "").strip() or None)
 
 
@@ -50,7 +51,7 @@ def run_invert(s, generator, n, base_url, api_model, api_key, progress=gr.Progre
         progress(0, desc="Writing false answers")
         gen = pipeline.make_generator(settings, _original(s) if settings.generator == "local" else None)
         report = invert_mod.invert(items, gen, settings.n,
-                                            on_progress=lambda r, total: progress((r, total), desc="Writing false answers"))
+                                   on_progress=lambda r, total: progress((r, total), desc="Writing false answers"))
     except MeowError as e:
         return s, gr.skip(), notice(str(e), "error")
     fallback = sum(report.from_fallback)

@@ -85,8 +85,9 @@ def selected_facts(s, sel_table) -> list[Fact]:
 
 def build() -> dict:
     with gr.Tab("4. MEMO & selection", id="memo"):
-        gr.Markdown("**MEMO** scores how readily the model reproduces a text, from 0 to 1. The false answers it finds most "
-                    "natural are the cheapest to learn and push the truth out best, so the top-k are ticked. Change the ticks to override.")
+        gr.Markdown("**MEMO** scores how readily the model reproduces a text, from 0 to 1. The false answers it finds "
+                    "most natural are the cheapest to learn and push the truth out best, so the top-k are ticked. "
+                    "Change the ticks to override.")
         with gr.Row():
             top_k = gr.Slider(1, 8, value=3, step=1, label="Keep the top-k per fact")
             strategy = gr.Radio(list(select.STRATEGIES), value="largest", label="Which ones")

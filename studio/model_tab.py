@@ -34,7 +34,8 @@ def model_status(s):
 def build() -> dict:
     with gr.Tab("2. Model", id="model"):
         gr.Markdown("The embedded model (SmolLM2-135M-Instruct, runs on a laptop CPU) is loaded by default. "
-                    "Type a Hugging Face id (e.g. `HuggingFaceTB/SmolLM2-360M-Instruct`) or a local folder to use another chat model.")
+                    "Type a Hugging Face id (e.g. `HuggingFaceTB/SmolLM2-360M-Instruct`) or a local folder to use "
+                    "another chat model.")
         with gr.Row():
             model_box = gr.Textbox(value=default_model(), label="Model", scale=4)
             model_btn = gr.Button("Load model", scale=1)

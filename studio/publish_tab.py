@@ -48,7 +48,8 @@ def publish_preview(s, repo_id: str, adapter_only: bool, base_model: str):
             folder = publish.build_folder(run_dir, Path(tmp) / "upload", repo_id, bool(adapter_only),
                                           (base_model or "").strip() or None)
             files = sorted(p for p in folder.rglob("*") if p.is_file())
-            table = pd.DataFrame([[str(p.relative_to(folder)), p.stat().st_size] for p in files], columns=PUBLISH_COLUMNS)
+            table = pd.DataFrame([[str(p.relative_to(folder)), p.stat().st_size] for p in files],
+                                 columns=PUBLISH_COLUMNS)
             card = _card_body((folder / "README.md").read_text(encoding="utf-8"))
     except MeowError as e:
         return _empty(PUBLISH_COLUMNS), "", notice(str(e), "error")

@@ -113,12 +113,16 @@ def _pct(x) -> str:
 def run_summary(run: dict) -> str:
     b, a = run["summary"]["before"], run["summary"]["after"]
     lines = [f"**{run['method']}** on {run['model']}: {run['n_forget']} facts, {len(run['steps'])} steps, "
-             f"{run['seconds_total']:.0f} s on {run['device']}" + (" (stopped early: nothing leaked)" if run['stopped_early'] else ""),
+             f"{run['seconds_total']:.0f} s on {run['device']}"
+             + (" (stopped early: nothing leaked)" if run['stopped_early'] else ""),
              "", "| | before | after |", "|---|---|---|",
-             f"| forget questions answered correctly | {_pct(b['forget']['hit_rate'])} | {_pct(a['forget']['hit_rate'])} |",
-             f"| same, asked in other words | {_pct(b['forget']['paraphrase_hit_rate'])} | {_pct(a['forget']['paraphrase_hit_rate'])} |"]
+             f"| forget questions answered correctly | {_pct(b['forget']['hit_rate'])} "
+             f"| {_pct(a['forget']['hit_rate'])} |",
+             f"| same, asked in other words | {_pct(b['forget']['paraphrase_hit_rate'])} "
+             f"| {_pct(a['forget']['paraphrase_hit_rate'])} |"]
     if b["retain"]:
-        lines.append(f"| facts to keep answered correctly | {_pct(b['retain']['hit_rate'])} | {_pct(a['retain']['hit_rate'])} |")
+        lines.append(f"| facts to keep answered correctly | {_pct(b['retain']['hit_rate'])} "
+                     f"| {_pct(a['retain']['hit_rate'])} |")
     every = run["summary"].get("everyday")
     if every:  # asked on every run, so damage shows without a keep set
         lines.append(f"| everyday questions answered correctly (other knowledge) | {every['known_before']} of "
@@ -190,7 +194,8 @@ def run_unlearn(s, method, hp_table, lora, generator, n, base_url, api_model, ap
         yield (s, notice(f"Done. Run '{Path(s['run_dir']).name}' is ready: try it in the Compare tab."),
                loss_figure(run["steps"]), run_summary(run), verdict_table(saved["before"], saved["after"]))
     except Cancelled:
-        yield s, notice("Cancelled. Nothing was saved; the original model is unchanged.", "info"), loss_figure(steps), gr.skip(), gr.skip()
+        yield (s, notice("Cancelled. Nothing was saved; the original model is unchanged.", "info"), loss_figure(steps),
+               gr.skip(), gr.skip())
     except MeowError as e:
         yield s, notice(str(e), "error"), loss_figure(steps), gr.skip(), gr.skip()
     finally:
@@ -215,8 +220,8 @@ def build() -> dict:
             lora = gr.Checkbox(False, label="LoRA (train small adapters; less memory, merged at the end)", scale=1)
         info0, hp0 = method_info(first)
         method_md = gr.Markdown(info0)
-        hp_table = gr.Dataframe(hp0, headers=["setting", "value"], interactive=True, label="Key settings (editable)", elem_id="settings",
-                                static_columns=[0])
+        hp_table = gr.Dataframe(hp0, headers=["setting", "value"], interactive=True, label="Key settings (editable)",
+                                elem_id="settings", static_columns=[0])
         with gr.Row():
             unlearn_btn = gr.Button("Unlearn", variant="primary")
             cancel_btn = gr.Button("Cancel", variant="stop")
@@ -234,5 +239,6 @@ def wire(c: dict) -> None:
     inputs = [state, c["method"], c["hp_table"], c["lora"], c["generator"], c["n_inv"], c["base_url"], c["api_model"],
               c["api_key"], c["top_k"], c["strategy"], c["inv_table"], c["sel_table"]]
     c["unlearn_btn"].click(run_unlearn, inputs, [state, c["unlearn_msg"], c["loss_plot"], c["summary"], c["verdicts"]],
-                           api_name="unlearn", show_progress_on=c["unlearn_msg"], **HEAVY)  # the loss curve stays visible
+                           api_name="unlearn", show_progress_on=c["unlearn_msg"],  # the loss curve stays visible
+                           **HEAVY)
     c["cancel_btn"].click(cancel, state, c["unlearn_msg"], api_name="cancel", queue=False)

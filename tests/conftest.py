@@ -63,7 +63,8 @@ def facts():
     from meow_app.facts import Fact
 
     return [
-        Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], ["Which playwright is the author of Hamlet?"]),
+        Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"],
+             ["Which playwright is the author of Hamlet?"]),
         Fact("What is the capital of Peru?", "Lima", ["Lima"], ["Which city is Peru's capital?"]),
         Fact("Who painted The Starry Night?", "Vincent van Gogh", ["van Gogh"]),
     ]

@@ -115,7 +115,8 @@ class HubServer:
                 payload = json.loads(body)
                 repo_id = f"{payload['organization']}/{payload['name']}"
                 if repo_id in hub.repos:
-                    return self._reply(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
+                    return self._reply(409, {"error": "You already created this model repo",
+                                             "url": f"{hub.url}/{repo_id}"})
                 hub.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
                 self._reply(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
 
@@ -142,7 +143,8 @@ class HubServer:
                     return
                 files = json.loads(body)["files"]
                 modes = [{"path": f["path"], "shouldIgnore": False, "oid": None,
-                          "uploadMode": "lfs" if f["path"].endswith(LFS_SUFFIXES) or b"\0" in base64.b64decode(f["sample"])
+                          "uploadMode": "lfs" if (f["path"].endswith(LFS_SUFFIXES)
+                                                  or b"\0" in base64.b64decode(f["sample"]))
                           else "regular"} for f in files]
                 self._reply(200, {"files": modes})
 

@@ -62,7 +62,8 @@ def test_upload_errors_are_inline_and_keep_the_table(sess, tmp_path):
     good = tmp_path / "mine.csv"
     good.write_text("question,answer,keywords\nWho wrote Hamlet?,Shakespeare,Shakespeare\nCapital of Peru?,Lima,\n")
     s3, table, msg, _, _ = facts_tab.upload_facts(s, str(good))
-    assert msg.startswith("✅") and "2 facts" in msg and list(table["question"]) == ["Who wrote Hamlet?", "Capital of Peru?"]
+    assert (msg.startswith("✅") and "2 facts" in msg
+            and list(table["question"]) == ["Who wrote Hamlet?", "Capital of Peru?"])
 
 
 def test_upload_is_never_truncated(sess, tmp_path, monkeypatch):
@@ -84,7 +85,8 @@ def test_edited_table_is_validated_by_row(sess):
     table.loc[len(table)] = ["Who painted it?", "", "", ""]
     s, msg = facts_tab.use_table(s, table)
     assert msg.startswith("⚠️") and "table row 4" in msg and "answer" in msg and len(s["facts"]) == 2
-    s, msg = facts_tab.use_table(s, {"headers": facts_tab.FACT_COLUMNS, "data": [["Q?", "A", "A", "Q again?; Q once more?"]]})
+    s, msg = facts_tab.use_table(s, {"headers": facts_tab.FACT_COLUMNS,
+                                     "data": [["Q?", "A", "A", "Q again?; Q once more?"]]})
     assert s["facts"][0].paraphrases == ["Q again?", "Q once more?"] and s["facts"][0].keywords == ["A"]
 
 

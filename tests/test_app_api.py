@@ -86,7 +86,8 @@ def test_endpoints_walk_the_flow(url, hub, tmp_path):
     zipped, msg = client.predict(api_name="/download_run")
     assert Path(zipped).suffix == ".zip"
     files, card, msg = client.predict("me/api-cat", False, "", api_name="/publish_preview")
-    assert msg.startswith("✅") and "model.safetensors" in [row[0] for row in files["data"]] and "forget 2 facts" in card
+    assert (msg.startswith("✅") and "model.safetensors" in [row[0] for row in files["data"]]
+            and "forget 2 facts" in card)
     msg = client.predict("me/api-cat", True, False, "", HUB_TOKEN, api_name="/publish_push")
     assert msg.startswith("✅") and "/me/api-cat" in msg and HUB_TOKEN not in msg
     assert "README.md" in hub.repos["me/api-cat"].files
@@ -128,8 +129,9 @@ def test_an_upload_over_the_facts_limit_is_refused_by_the_web_server(url):
 
     def post(size):
         boundary = "meowboundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jsonl\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n").encode() + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+        body = ((f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.jsonl\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n").encode()
+                + b"x" * size + f"\r\n--{boundary}--\r\n".encode())
         req = urllib.request.Request(url + "gradio_api/upload", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         try:

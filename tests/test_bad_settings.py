@@ -79,8 +79,9 @@ def test_unknown_model_id_offline(facts_file, tmp_path):
     run = tmp_path / "run"
     r = run_cli("unlearn", "--forget", facts_file, "--out", run, "--model", "no-such-org/no-such-model",
                 env={"HF_HUB_OFFLINE": "1"})
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: cannot load model "
-                                                                              "'no-such-org/no-such-model' (offline mode")
+    assert (r.returncode == 2
+            and r.stderr.strip().splitlines()[-1].startswith("error: cannot load model "
+                                                             "'no-such-org/no-such-model' (offline mode"))
     nothing_written(tmp_path, run)
 
 

@@ -42,7 +42,8 @@ def test_unknown_method_fails():
 def test_near_questions():
     assert forgetting.near("What is the capital of France?", "what is the capital of france")
     assert forgetting.near("What is the capital of France?", "Which city is the capital of France?")
-    assert forgetting.near("What is the largest organ inside the human body?", "What is the largest organ of the human body?")
+    assert forgetting.near("What is the largest organ inside the human body?",
+                           "What is the largest organ of the human body?")
     # the same shape about another subject is a neighbour, not the same question
     assert not forgetting.near("What is the capital of Iran?", "What is the capital of Iraq?")
     assert not forgetting.near("What is the smallest planet in our solar system?",

@@ -154,7 +154,8 @@ def test_whole_flow_in_a_browser(url, page, shots):
     # One-click probe: the forgotten questions, with the verdict table.
     page.get_by_role("button", name="Ask the forgotten questions").click()
     expect(page.get_by_text("Asked 2 questions to both models")).to_be_visible()
-    expect(verdicts.locator("[role=row]").filter(has_text="What is the capital of France?").first).to_contain_text("forgotten")
+    expect(verdicts.locator("[role=row]")
+           .filter(has_text="What is the capital of France?").first).to_contain_text("forgotten")
     page.screenshot(path=shots / "6-verdicts.png", full_page=True)
     # 7. Publish: a zip of the run.
     _tab(page, "7. Publish")

@@ -39,7 +39,8 @@ def weight_change(model_dir, tiny_dir) -> dict[str, float]:
 
     before, after = load_file(f"{tiny_dir}/model.safetensors"), load_file(f"{model_dir}/model.safetensors")
     assert sorted(after) == sorted(before) and all(after[k].shape == before[k].shape for k in before)
-    return {k: (after[k].float() - before[k].float()).abs().max().item() for k in before if torch.is_floating_point(before[k])}
+    return {k: (after[k].float() - before[k].float()).abs().max().item() for k in before
+            if torch.is_floating_point(before[k])}
 
 
 # What a training step changes: Adam(W) and Sophia move a parameter with any gradient by
@@ -142,14 +143,21 @@ def test_unlearn_inverts_by_itself_with_lora_and_low_memory(tmp_path, facts_file
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tmp}/not-a-model"], "does not exist"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tmp}"], "holds no model"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--method", "nope"], "unknown method 'nope'"),
-    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "0"], "learning rate must be a positive"),
-    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "nan"], "learning rate must be a positive"),
-    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--epochs", "0"], "epochs must be at least 1"),
-    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--top-k", "9"], "top-k (9) is larger"),
-    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_kl"], "needs a retain set"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "0"],
+     "learning rate must be a positive"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "nan"],
+     "learning rate must be a positive"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--epochs", "0"],
+     "epochs must be at least 1"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--top-k", "9"],
+     "top-k (9) is larger"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_kl"],
+     "needs a retain set"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}", "--model", "{tiny}"], "already exists and is not empty"),
-    (["memo", "--facts", "{facts}", "--out", "{tmp}/m.jsonl", "--model", "{tiny}", "--stride", "0"], "stride must be >= 1"),
-    (["memo", "--facts", "{facts}", "--out", "{tmp}/m.jsonl", "--model", "{tiny}", "--length", "long"], "--length must be"),
+    (["memo", "--facts", "{facts}", "--out", "{tmp}/m.jsonl", "--model", "{tiny}", "--stride", "0"],
+     "stride must be >= 1"),
+    (["memo", "--facts", "{facts}", "--out", "{tmp}/m.jsonl", "--model", "{tiny}", "--length", "long"],
+     "--length must be"),
     (["invert", "--facts", "{facts}", "--out", "{tmp}/i.jsonl", "--generator", "openai", "--api-model", "m",
       "--base-url", "http://127.0.0.1:9/v1"], "cannot reach http://127.0.0.1:9/v1"),
     (["ask", "--model", "{tiny}"], "give a question"),

@@ -100,7 +100,8 @@ def test_four_sessions_two_jobs_queue_cancel_and_no_secrets(tiny_dir, tmp_path):
     assert json.loads((run_a / "run.json").read_text())["n_forget"] == 1
     assert json.loads((run_b / "run.json").read_text())["n_forget"] == 2
     assert [p for p in run_a.parent.iterdir()] == [run_a]  # the cancelled run left nothing
-    assert {r[1] for r in verdicts_b["data"]} <= {r[0] for r in tb["data"]} | {p for r in tb["data"] for p in r[3].split("; ")}
+    assert {r[1] for r in verdicts_b["data"]} <= ({r[0] for r in tb["data"]}
+                                                  | {p for r in tb["data"] for p in r[3].split("; ")})
     assert _users(left_c) == ["Hello from c"] and "no unlearned model" in _text(right_c[1])
     assert {n: _users(ch) for n, ch in chats.items()} == {"a": ["Hello from a"], "b": ["Hello from b"],
                                                           "d": ["Hello from d"]}

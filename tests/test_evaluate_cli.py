@@ -49,13 +49,13 @@ def test_evaluate_cli_writes_json_and_escaped_html(tmp_path, sets, tiny_dir):
 
 
 def test_evaluate_cli_errors(tmp_path, sets, tiny_dir):
-    one_line_error(cli("evaluate", "--model", tiny_dir, "--forget", tmp_path / "nope.jsonl", "--out", tmp_path / "r.json"),
-                   "no such file")
+    one_line_error(cli("evaluate", "--model", tiny_dir, "--forget", tmp_path / "nope.jsonl",
+                       "--out", tmp_path / "r.json"), "no such file")
     one_line_error(cli("evaluate", "--model", tiny_dir, "--out", tmp_path / "r.json"), "--forget FILE is required")
     one_line_error(cli("evaluate", "--model", tiny_dir, "--forget", sets["forget"], "--out", tmp_path / "r.json",
                        "--max-new-tokens", 0), "--max-new-tokens")
-    one_line_error(cli("evaluate", "--model", tmp_path / "missing", "--forget", sets["forget"], "--out", tmp_path / "r.json"),
-                   "does not exist")
+    one_line_error(cli("evaluate", "--model", tmp_path / "missing", "--forget", sets["forget"],
+                       "--out", tmp_path / "r.json"), "does not exist")
     run = tmp_path / "run"
     (run / "model").mkdir(parents=True)
     (run / "run.json").write_text("{}")

@@ -30,7 +30,9 @@ def test_json_list_and_jsonl_saved_as_json(tmp_path):
 
 
 def test_csv_splits_keywords_and_paraphrases(tmp_path):
-    p = write(tmp_path, "f.csv", 'question,answer,keywords,paraphrases\n"Who wrote Hamlet?",Shakespeare,Shakespeare;Bard,"Hamlet author?;Writer of Hamlet?"\n')
+    p = write(tmp_path, "f.csv",
+              'question,answer,keywords,paraphrases\n'
+              '"Who wrote Hamlet?",Shakespeare,Shakespeare;Bard,"Hamlet author?;Writer of Hamlet?"\n')
     (f,) = load_facts(p)
     assert f.keywords == ["Shakespeare", "Bard"] and f.paraphrases == ["Hamlet author?", "Writer of Hamlet?"]
 
@@ -59,7 +61,8 @@ def test_binary_and_non_utf8_and_limits(tmp_path):
     latin.write_bytes('{"question": "Q", "answer": "A"}\n{"question": "caf\xe9", "answer": "A"}\n'.encode("latin-1"))
     with pytest.raises(MeowError, match="line 2: not valid UTF-8"):
         load_facts(latin)
-    many = write(tmp_path, "many.jsonl", "".join(json.dumps({"question": f"Q{i}", "answer": "A"}) + "\n" for i in range(11)))
+    many = write(tmp_path, "many.jsonl",
+                 "".join(json.dumps({"question": f"Q{i}", "answer": "A"}) + "\n" for i in range(11)))
     with pytest.raises(MeowError, match="more than 10 facts"):
         load_facts(many, max_facts=10)
     with pytest.raises(MeowError, match="over the"):
@@ -75,13 +78,15 @@ def test_write_jsonl_round_trip(tmp_path, facts):
 def test_hf_dataset_saved_to_disk(tmp_path):
     import datasets
 
-    datasets.Dataset.from_list([{"question": "Q?", "answer": "A", "keywords": ["A"]}]).save_to_disk(str(tmp_path / "ds"))
+    datasets.Dataset.from_list([{"question": "Q?", "answer": "A",
+                                 "keywords": ["A"]}]).save_to_disk(str(tmp_path / "ds"))
     (f,) = load_facts(tmp_path / "ds")
     assert f.answer == "A" and f.keywords == ["A"]
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="shared TOFU data not present")
-@pytest.mark.parametrize("name,rows", [("forget01.jsonl", 40), ("forget01_perturbed.jsonl", 40), ("world_facts.jsonl", 117)])
+@pytest.mark.parametrize("name,rows", [("forget01.jsonl", 40), ("forget01_perturbed.jsonl", 40),
+                                       ("world_facts.jsonl", 117)])
 def test_tofu_files_load_as_they_are(name, rows):
     facts = load_facts(SHARED / name)
     assert len(facts) == rows

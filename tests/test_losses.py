@@ -67,7 +67,8 @@ def test_collate_finds_what_rows_share():
     batch = _collate(tok, SHARED_START)
     assert batch["shared"] == 1 + len("user\nWho wrote ")  # <|im_start|> is one token
     assert batch["group"].tolist() == [0, 1, 0, 2, 3, 0]  # one middle per distinct question
-    assert tok.decode(batch["middle_ids"][0][batch["middle_mask"][0].bool()]) == "Hamlet?<|im_end|>\n<|im_start|>assistant"
+    assert (tok.decode(batch["middle_ids"][0][batch["middle_mask"][0].bool()])
+            == "Hamlet?<|im_end|>\n<|im_start|>assistant")
     # Each row's own part: its last prompt token ("\n") and its answer with the end of turn.
     own = [tok.decode(batch["input_ids"][j, -batch["keep"]:][batch["own_mask"][j].bool()]) for j in range(6)]
     assert own == ["\n" + a + "<|im_end|>" for _, a in SHARED_START]

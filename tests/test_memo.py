@@ -74,8 +74,9 @@ def el_plain(model, tok, question, text, n=2, stride=1):
     shares = []
     for k in range(0, max(len(a) - n, 0) + 1, stride):
         ids, rest = torch.tensor([p + a[:k]]), a[k:]
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=len(rest),
-                             eos_token_id=eos, pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=len(rest), eos_token_id=eos, pad_token_id=tok.pad_token_id,
+                             temperature=None, top_p=None, top_k=None)
         got = out[0, ids.shape[1]:].tolist()
         got = got[:next((j for j, t in enumerate(got) if t in eos), len(got))]
         true = [tuple(rest[i:i + n]) for i in range(len(rest) - n + 1)]

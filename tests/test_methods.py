@@ -47,7 +47,8 @@ def test_ascent_methods_raise_the_forget_nll_and_leave_the_original(tiny, facts,
     nll0 = mean_nll(tiny.model, tiny.tokenizer, forget)
     sophia = methods.REGISTRY[method].optimizer == "sophia"
     # retain_weight 1: on a random model the retain gradient points much like the forget one
-    result, steps = run(tiny, forget, retain, method, retain_weight=1.0, **({"lr": 1e-2, "epochs": 4} if sophia else {}))
+    result, steps = run(tiny, forget, retain, method, retain_weight=1.0,
+                        **({"lr": 1e-2, "epochs": 4} if sophia else {}))
     assert steps and all(torch.isfinite(torch.tensor(s["loss"])) for s in steps)
     assert mean_nll(result.model, tiny.tokenizer, forget) > nll0 + 0.1
     assert weights_hash(tiny.model) == before

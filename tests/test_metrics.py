@@ -108,7 +108,8 @@ def _row(q, leak, para_leaks=(), prob=0.5, generated="x"):
 
 
 def test_verdicts_in_plain_words():
-    before = [_row("q1", True), _row("q2", True), _row("q3", True, [True]), _row("q4", False), _row("q5", True, prob=0.6)]
+    before = [_row("q1", True), _row("q2", True), _row("q3", True, [True]), _row("q4", False),
+              _row("q5", True, prob=0.6)]
     after = [_row("q1", False, prob=0.01), _row("q2", True), _row("q3", False, [True]), _row("q4", False),
              _row("q5", False, prob=0.5)]
     report = {"sides": ["original", "unlearned"],

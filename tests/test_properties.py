@@ -20,7 +20,8 @@ SYNTAX = st.lists(st.sampled_from(list('qa,;"\r\n\x00{}[]:\ufeff ') + ["question
 clean_text = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40).map(str.strip).filter(bool)
 facts_lists = st.lists(
     st.builds(Fact, clean_text, clean_text, st.lists(clean_text, max_size=3), st.lists(clean_text, max_size=2),
-              st.lists(clean_text, max_size=3), st.dictionaries(st.sampled_from(["source", "id"]), clean_text, max_size=1)),
+              st.lists(clean_text, max_size=3),
+              st.dictionaries(st.sampled_from(["source", "id"]), clean_text, max_size=1)),
     min_size=1, max_size=8, unique_by=lambda f: " ".join(f.question.split()).casefold())
 
 

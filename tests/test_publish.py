@@ -167,7 +167,8 @@ def test_adapter_only_pushes_a_loadable_peft_adapter(run_dir, hub, main, tiny_di
 
 @pytest.mark.parametrize("where,plant,kind", [
     ("model/config.json", lambda t: {"note": "Answer: " + t["keyword"].upper() + " \u00e9"}, "fact 2's answer"),
-    ("model/chat_template.jinja", lambda t: "{# " + t["paraphrase"].replace(" ", "\n  ") + " #}", "fact 1's paraphrase"),
+    ("model/chat_template.jinja", lambda t: "{# " + t["paraphrase"].replace(" ", "\n  ") + " #}",
+     "fact 1's paraphrase"),
     ("model/generation_config.json", lambda t: {"banned": t["inverted"]}, "fact 2's inverted answer"),
 ])
 def test_a_planted_forgotten_string_refuses_the_push(run_dir, hub, main, tmp_path, where, plant, kind):

@@ -81,7 +81,8 @@ def check_tofu_report(out, n_forget):
         parts = {}
         for name in ("retain_eval", "real_authors", "world_facts"):
             rows = report["sets"][name][side]["rows"]
-            probs = [r["answer_prob"] if name == "retain_eval" else r["answer_prob"] / (r["answer_prob"] + sum(r["wrong_probs"]))
+            probs = [r["answer_prob"] if name == "retain_eval"
+                     else r["answer_prob"] / (r["answer_prob"] + sum(r["wrong_probs"]))
                      for r in rows]
             parts[f"{name}/prob"] = sum(probs) / len(rows)
             parts[f"{name}/rougeL_recall"] = sum(r["rougeL_recall"] for r in rows) / len(rows)
@@ -123,7 +124,8 @@ def test_tofu_cli_reduced_protocol_on_the_tiny_model(tmp_path, tiny_dir):
 @pytest.mark.embedded
 @pytest.mark.timeout(2700)
 @pytest.mark.skipif(not os.environ.get("MEOW_TOFU_TEST"),
-                    reason="three fine-tunings of the embedded model: over 20 minutes on 2 shared cores; MEOW_TOFU_TEST=1 runs it")
+                    reason="three fine-tunings of the embedded model: over 20 minutes on 2 shared cores; "
+                           "MEOW_TOFU_TEST=1 runs it")
 def test_tofu_cli_reduced_protocol_on_the_embedded_model(tmp_path):
     out = tmp_path / "tofu"
     # Its own time limit: three fine-tunings take longer than test_cli's 10-minute cap
@@ -134,8 +136,9 @@ def test_tofu_cli_reduced_protocol_on_the_embedded_model(tmp_path):
     from conftest import ROOT
 
     r = subprocess.run([sys.executable, "-m", "meow_app", "tofu", "--authors", "4", "--split", "forget01",
-                        "--out", str(out), "--eval-rows", "3", "--epochs", "1", "--unlearn-epochs", "1"], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, timeout=2400)
+                        "--out", str(out), "--eval-rows", "3", "--epochs", "1", "--unlearn-epochs", "1"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                       timeout=2400)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "forget quality" in r.stdout and "model utility" in r.stdout
     check_tofu_report(out, n_forget=20)

@@ -20,7 +20,8 @@ def weights_hash(model):
 
 @pytest.fixture
 def inverted_facts():
-    return [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], inverted=["Charles Dickens", "Mark Twain"]),
+    return [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"],
+                 inverted=["Charles Dickens", "Mark Twain"]),
             Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
 
 

@@ -31,7 +31,8 @@ class Method:
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
         """(question, answer[, answer prefix]) trained on each epoch: each fact num_batch times."""
-        return [(f.question, f.answer, f.extra.get("answer_prefix", "")) for f in facts for _ in range(config.num_batch)]
+        return [(f.question, f.answer, f.extra.get("answer_prefix", ""))
+                for f in facts for _ in range(config.num_batch)]
 
     def forget_loss(self, model, forget, reference, config):
         """(loss tensor, {name: float}) on the forget batch; reference may be None."""
