@@ -646,7 +646,8 @@ def main(argv=None) -> int:
     except Exception as e:  # a bug: say so in one line; MEOW_DEBUG=1 shows the traceback
         if os.environ.get("MEOW_DEBUG"):
             raise
-        print(f"error: {_process_prefix()}internal error ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: {_process_prefix()}internal error ({type(e).__name__}: {first}); "
               "rerun with MEOW_DEBUG=1 for details", file=sys.stderr)
         return 1
     return 0

@@ -69,7 +69,8 @@ def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, meth
     two = _unlearn(LAUNCH, tmp_path / "two", forget, tiny_dir, *extra)
     assert two.returncode == 0, two.stderr[-3000:]
 
-    a, b, original = _weights(tmp_path / "one"), _weights(tmp_path / "two"), load_file(str(Path(tiny_dir) / "model.safetensors"))
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    original = load_file(str(Path(tiny_dir) / "model.safetensors"))
     differ = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     moved = max((a[k].float() - original[k].float()).abs().max().item() for k in a)
     assert differ < TOLERANCE, f"one vs two processes differ by {differ}"
