@@ -157,7 +157,7 @@ def _tuned_fields() -> list:
 
     from .train import TrainConfig
 
-    skip = {"lora", "early_stop", "bf16", "low_memory", "seed", "train_embeddings"}  # flags, or set elsewhere
+    skip = {"lora", "early_stop", "bf16", "low_memory", "shard", "seed", "train_embeddings"}  # flags, or set elsewhere
     return [f for f in fields(TrainConfig) if f.name not in skip]
 
 
@@ -245,6 +245,7 @@ def cmd_unlearn(args):
         **{f.name: getattr(args, f.name) for f in _tuned_fields()},
         "seed": args.seed, "lora": args.lora or None, "early_stop": False if args.no_early_stop else None,
         "bf16": args.bf16 or None, "low_memory": args.low_memory or None,
+        "shard": args.shard or None,
     }.items() if v is not None}
     config = TrainConfig(**{**method.defaults, **overrides})
     select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride)
@@ -275,7 +276,7 @@ def cmd_ask(args):
     specs = [args.model] + ([args.compare] if args.compare else [])
     answers = []
     for spec in specs:
-        lm = models.load(spec, args.device)
+        lm = models.load(spec, args.device, spread=True)
         answers.append(generation.answer(lm.model, lm.tokenizer, questions, _max_new_tokens(args)))
     for i, q in enumerate(questions):
         print(f"Q: {q}")
@@ -356,8 +357,9 @@ def cmd_evaluate(args):
     if args.max_new_tokens < 1:
         raise MeowError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     t = time.perf_counter()
-    original = models.load(original_spec, args.device)
-    unlearned = models.load(unlearned_spec, args.device) if unlearned_spec else None
+    spread = not args.relearn  # the relearning attack trains a copy: one device
+    original = models.load(original_spec, args.device, spread=spread)
+    unlearned = models.load(unlearned_spec, args.device, spread=spread) if unlearned_spec else None
     names = {"original": original_spec, "unlearned": unlearned_spec, "model": original_spec}
     result = evaluate.compare(original.model, unlearned and unlearned.model, (unlearned or original).tokenizer,
                               forget, retain, holdout, names=names, general=not args.no_general,
@@ -510,6 +512,7 @@ def _unlearn_verb(sub, method: str) -> None:
     p.add_argument("--no-early-stop", action="store_true")
     p.add_argument("--bf16", action="store_true", help=_field_help("bf16"))
     p.add_argument("--low-memory", action="store_true", help=_field_help("low_memory"))
+    p.add_argument("--shard", action="store_true", help=_field_help("shard"))
     _shared_options(p, _add_model, _add_generator, _add_limits)
 
 
@@ -634,8 +637,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except PeerFailed as e:  # a data-parallel run: another process failed and said why
-        if not e.quiet and not _process_prefix():
+    except PeerFailed as e:  # a data-parallel run: another process failed; the main process says so
+        if not _process_prefix():
             print(f"error: {e}", file=sys.stderr)
         return 1
     except MeowError as e:

@@ -14,8 +14,8 @@ How the N-process run equals the one-process run (same seed, same global batch):
 
 Only the main process inverts, scores, probes, prints and writes RUN_DIR; it broadcasts
 the training inputs and each early-stopping decision (pipeline.py, train.py). When any
-process fails, the launcher ends the others: a process that stops because another one
-failed says so in one line and leaves no RUN_DIR.
+process fails, the launcher ends the others; the main process says so in one line (a
+mistake in the command is said once, by the main process) and leaves no RUN_DIR.
 
 The wiring is Accelerate's (PartialState: process group, device per process, gloo on a
 CPU, NCCL on GPUs); the collectives are accelerate.utils' reduce and broadcast.
@@ -68,7 +68,7 @@ class Processes:
         extra = list(extra or [])
         grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
                  for p in params]
-        flat = torch.cat(grads + [torch.tensor(extra, dtype=grads[0].dtype, device=grads[0].device)])
+        flat = torch.cat(grads + [torch.tensor(extra, dtype=torch.float32, device=self.device or "cpu")])
         flat = self._collective(_reduce, flat)
         at = 0
         for p in params:
@@ -94,7 +94,7 @@ class Processes:
         try:
             return fn(value)
         except RuntimeError:  # gloo/NCCL: a peer closed the connection or timed out
-            raise PeerFailed("another process of this run failed, so the run stopped and wrote nothing") from None
+            raise PeerFailed(PEER_FAILED) from None
 
 
 def _reduce(tensor):
@@ -116,6 +116,7 @@ def _barrier(_):
 
 
 SINGLE = Processes()
+PEER_FAILED = "another process of this run failed, so the run stopped and wrote nothing"
 
 
 def check_method(method, size: int) -> None:
@@ -153,4 +154,4 @@ def launched_rank() -> int:
 
 
 def _stop_on_sigterm(signum, frame):
-    raise PeerFailed("stopped by the launcher: another process of this run failed", quiet=True)
+    raise PeerFailed(PEER_FAILED)

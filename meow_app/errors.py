@@ -14,12 +14,7 @@ class Cancelled(MeowError):
 
 
 class PeerFailed(MeowError):
-    """In a data-parallel run (distributed.py): another process failed, so this one stopped.
-    `quiet`: the launcher ended this process after the failing one said why."""
-
-    def __init__(self, message: str, quiet: bool = False):
-        super().__init__(message)
-        self.quiet = quiet
+    """In a data-parallel run (distributed.py): another process failed, so this one stopped."""
 
 
 class MeowWarning(UserWarning):

@@ -30,7 +30,13 @@ def _can_share(model, batch) -> bool:
         return False
     rows, groups = batch["input_ids"].shape[0], batch["middle_ids"].shape[0]
     return (rows > 1 and (batch["shared"] > 0 or groups < rows)
-            and generation.full_attention(model.config) and not _checkpointing(model))
+            and generation.full_attention(model.config) and not _checkpointing(model) and not _sharded(model))
+
+
+def _sharded(model) -> bool:
+    # FSDP2 frees each layer's gathered weights after its forward; the three passes of the
+    # shared forward then leave the backward pass without them.
+    return type(model).__name__.startswith("FSDP")
 
 
 def _checkpointing(model) -> bool:

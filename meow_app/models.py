@@ -222,8 +222,17 @@ def check_hub_id(repo_id: str) -> None:
                         f"({type(e).__name__}) and the model is not in the cache") from None
 
 
-def load(spec: str | None = None, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load a model for inference (eval mode). Errors become one clear MeowError."""
+def spreads(device: str | None, spread: bool) -> bool:
+    """Whether load() spreads the model over every GPU (device_map="auto"): asked for, and
+    several GPUs, no single one named."""
+    return spread and device in (None, "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1
+
+
+def load(spec: str | None = None, device: str | None = None, dtype: torch.dtype | None = None,
+         spread: bool = False) -> LoadedModel:
+    """Load a model for inference (eval mode). Errors become one clear MeowError.
+    `spread`: with several GPUs, place its layers over all of them (a model larger than one
+    GPU answers questions; training works on one device per process, see distributed.py)."""
     from transformers import AutoModelForCausalLM
 
     where = resolve(spec)
@@ -233,14 +242,18 @@ def load(spec: str | None = None, device: str | None = None, dtype: torch.dtype 
     dtype = dtype or default_dtype(dev)
     try:
         tokenizer = load_tokenizer(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False)
+        placement = {"device_map": "auto"} if spreads(device, spread) else {}
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False, **placement)
     except MeowError:
         raise
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = " (offline mode is on: only cached models can load)" if _offline() else ""
         raise MeowError(f"cannot load model '{spec}'{hint}: {first}") from None
-    model.to(dev)
+    if spreads(device, spread):
+        dev = next(model.parameters()).device  # where inputs go: the first layer's GPU
+    else:
+        model.to(dev)
     model.eval()
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

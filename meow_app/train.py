@@ -103,6 +103,9 @@ class TrainConfig:
     low_memory: bool = _setting(False, "gradient checkpointing: keep only each layer's input and recompute the rest "
                                        "in the backward pass; on the embedded model ~1 GiB less peak memory (docs/"
                                        "benchmarks.md item 5) for ~1/4 slower steps")
+    shard: bool = _setting(False, "with several processes (accelerate launch): shard the trained weights, their "
+                                  "gradients and the optimiser's state over them (FSDP2), so each process holds "
+                                  "1/N of them; no early stopping (the forget probes run once, after training)")
 
     def check(self) -> None:
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -193,6 +196,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def shard_model(model) -> None:
+    """FSDP2 over the processes: each decoder layer one unit (its weights gathered just for its
+    forward and backward), the rest in the root unit. Gradients are summed, not averaged: each
+    process's loss is already its share of the whole batch's (distributed.Processes.batch)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module)
+    fully_shard(model)
+    model.set_gradient_divide_factor(1.0)
+
+
+def gathered_model(sharded, original, is_main: bool):
+    """The whole trained model on the main process (None elsewhere): every process must call this."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main:
+        return None
+    model = copy.deepcopy(original).float()
+    model.load_state_dict(state)
+    return model
+
+
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
                  on_event=None, should_stop=None, anchors=None, probe_facts=None, run_probes: bool = True,
@@ -211,6 +239,13 @@ class Trainer:
         # Data-parallel runs (distributed.py): this process's rank, shard and collectives.
         self.processes = processes
         check_method(method, processes.size)
+        self.sharded = config.shard and processes.size > 1
+        if self.sharded:
+            if config.lora:
+                raise MeowError("shard and lora do not go together: LoRA's adapters are small enough to keep whole")
+            # Generating from a sharded model needs every process in every forward pass:
+            # the main process probes once, on the gathered model, after training.
+            self.run_probes = False
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -238,6 +273,8 @@ class Trainer:
                           and not self.config.train_embeddings)
                 if frozen or (self.config.train_only and not re.search(self.config.train_only, name)):
                     p.requires_grad_(False)
+        if self.sharded:
+            shard_model(model)
         model.train()
         return model
 
@@ -279,7 +316,7 @@ class Trainer:
         # The fused kernel does the same update in one pass over each tensor; the default
         # per-tensor loop on CPU makes a dozen temporaries per tensor and took ~8x longer
         # (docs/benchmarks.md, item 2). Results agree to float rounding.
-        fused = self.device.type in ("cpu", "cuda")
+        fused = self.device.type in ("cpu", "cuda") and not self.sharded  # (no fused kernel for sharded tensors)
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
     def _update_curvature(self, model, optimizer, batch) -> None:
@@ -344,9 +381,12 @@ class Trainer:
                     parts["anchor_nll"] = anchor.item()
                 loss_value = loss.item()
                 if self.processes.size > 1:  # each process holds its share: the sums are the whole batch's
-                    loss_value, *summed = self.processes.sum_gradients(params, [loss_value, *parts.values()])
+                    # (sharded: FSDP has summed the gradients already, in its reduce-scatter)
+                    loss_value, *summed = self.processes.sum_gradients([] if self.sharded else params,
+                                                                       [loss_value, *parts.values()])
                     parts = dict(zip(parts, summed))
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: probes may run next
                 if isinstance(optimizer, Sophia):
@@ -382,6 +422,10 @@ class Trainer:
         return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"]
 
     def finish(self, result: TrainResult, start: float) -> TrainResult:
+        if self.sharded:  # every process sends its shards; the main one gets the whole model
+            result.model = gathered_model(result.model, self.original, self.processes.is_main)
+            if result.model is None:
+                return result
         model = result.model
         if self.config.lora:
             from peft import get_peft_model_state_dict

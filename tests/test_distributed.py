@@ -59,12 +59,18 @@ def _weights(run):
 
 
 # meow: the default (anchors, inverted answers); npo: a reference model, a rows-normalised
-# loss and the retain term (its default lr barely moves the tiny model in 2 epochs).
-@pytest.mark.parametrize("method,options", [("meow", []), ("npo", ["--retain", "RETAIN", "--lr", "1e-3"])])
-def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, method, options):
+# loss and the retain term (its default lr barely moves the tiny model in 2 epochs); shard:
+# FSDP2 (its reduce-scatter and the unfused AdamW round differently: a looser tolerance).
+@pytest.mark.parametrize("method,options,tolerance", [
+    ("meow", [], TOLERANCE),
+    ("npo", ["--retain", "RETAIN", "--lr", "1e-3"], TOLERANCE),
+    ("meow", ["--shard"], 1e-4),
+])
+def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, method, options, tolerance):
     forget, retain = _files(tmp_path)
     extra = ["--method", method] + [str(retain) if o == "RETAIN" else o for o in options]
-    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir, *extra)
+    one_process = [o for o in extra if o != "--shard"]
+    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir, *one_process)
     assert one.returncode == 0, one.stderr[-2000:]
     two = _unlearn(LAUNCH, tmp_path / "two", forget, tiny_dir, *extra)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -73,11 +79,12 @@ def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, meth
     original = load_file(str(Path(tiny_dir) / "model.safetensors"))
     differ = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     moved = max((a[k].float() - original[k].float()).abs().max().item() for k in a)
-    assert differ < TOLERANCE, f"one vs two processes differ by {differ}"
-    assert moved > 100 * TOLERANCE, f"training moved the weights by {moved} only: the comparison says nothing"
+    assert differ < tolerance, f"one vs two processes differ by {differ}"
+    assert moved > 10 * tolerance, f"training moved the weights by {moved} only: the comparison says nothing"
     run_one = json.loads((tmp_path / "one" / "run.json").read_text())
     run_two = json.loads((tmp_path / "two" / "run.json").read_text())
     assert run_two["processes"] == 2 and "processes" not in run_one
+    assert run_two["settings"]["train"]["shard"] == ("--shard" in options)
     # The logged loss is the whole batch's (the shards' shares summed), as in one process.
     assert [s["loss"] for s in run_two["steps"]] == pytest.approx([s["loss"] for s in run_one["steps"]], rel=1e-5)
 
@@ -171,3 +178,34 @@ def test_shards_carry_the_whole_batchs_normalisers(tiny):
     assert sum(small).item() == pytest.approx(losses.nll(tiny.model, collate(examples[:3], tok.pad_token_id)).item(),
                                               rel=1e-5)
     assert small[3].item() == 0.0
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA GPUs (bench/gpu_check.sh runs it on a machine with them)")
+@pytest.mark.parametrize("shard", [False, True])
+def test_two_gpus_end_with_the_one_gpu_weights(tmp_path, tiny_dir, shard):
+    forget, _ = _files(tmp_path)
+    extra = ["--shard"] if shard else []
+    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(LAUNCH + ["unlearn", "--forget", str(forget), "--out", str(tmp_path / "two"), "--model",
+                                   tiny_dir, "--device", "cuda", "--top-k", "2", "--epochs", "2", "--no-early-stop",
+                                   *extra], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    # bf16 autocast on the GPU rounds far more than the fp32 CPU run: compare with it loosely.
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus() < 2, reason="needs 2 CUDA GPUs (bench/gpu_check.sh runs it on a machine with them)")
+def test_a_model_is_spread_over_every_gpu_for_answers(tiny_dir):
+    from meow_app import generation, models
+
+    lm = models.load(tiny_dir, spread=True)
+    assert getattr(lm.model, "hf_device_map", None), "device_map='auto' was not used"
+    assert generation.answer(lm.model, lm.tokenizer, ["Who wrote Hamlet?"], 4)
