@@ -23,6 +23,7 @@ CPU, NCCL on GPUs); the collectives are accelerate.utils' reduce and broadcast.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 from dataclasses import dataclass
@@ -85,14 +86,11 @@ class Processes:
             return value
         return self._collective(_broadcast, value)
 
-    def wait(self) -> None:
-        """Every process waits here until all have arrived."""
-        if self.size > 1:
-            self._collective(_barrier, None)
-
     def _collective(self, fn, value):
         try:
             return fn(value)
+        except torch.OutOfMemoryError:  # this process's own failure, not a peer's
+            raise
         except RuntimeError:  # gloo/NCCL: a peer closed the connection or timed out
             raise PeerFailed(PEER_FAILED) from None
 
@@ -107,12 +105,6 @@ def _broadcast(value):
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value])[0]
-
-
-def _barrier(_):
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
 
 
 SINGLE = Processes()
@@ -141,7 +133,9 @@ def current(device: str | None = None) -> Processes:
     cpu = device == "cpu" or not torch.cuda.is_available()
     if device not in (None, "cpu", "cuda"):
         raise MeowError(f"--device {device}: a multi-process run uses 'cpu' or 'cuda' (one GPU per process)")
-    state = PartialState(cpu=cpu)
+    # The others wait in a broadcast while the main process probes, inverts and scores:
+    # minutes on a large model, longer than NCCL's 10-minute default.
+    state = PartialState(cpu=cpu, timeout=datetime.timedelta(hours=2))
     # The launcher ends the others with SIGTERM when one fails: leave through the clean-up
     # (`finally` removes the partial run folder) instead of dying on the spot.
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -154,4 +148,5 @@ def launched_rank() -> int:
 
 
 def _stop_on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the clean-up short
     raise PeerFailed(PEER_FAILED)

@@ -315,8 +315,7 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             train_forget, train_retain, anchors = procs.broadcast(inputs)  # the others wait here for them
             result = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
                              should_stop, anchors, probe_facts=forget, processes=procs).train()
-        if not procs.is_main:
-            procs.wait()
+        if not procs.is_main:  # no collective follows the training: the main one finishes alone
             return None
         with stages("probe_after"):
             # The loop probed the final model already (LoRA merging and the dtype cast do not
@@ -338,7 +337,6 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             out_dir.rmdir()  # checked empty above
         os.replace(partial, out_dir)
         emit({"type": "done", "run_dir": str(out_dir)})
-        procs.wait()
         return run
     finally:
         if partial is not None:

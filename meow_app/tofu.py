@@ -55,6 +55,8 @@ def load_sets(data_dir, split: str = "forget01", authors: int | None = None, eva
     """Training and evaluation sets of the protocol, cut to `authors` when given."""
     if split not in SPLITS:
         raise MeowError(f"unknown TOFU split '{split}'; choose one of: {', '.join(SPLITS)}")
+    if eval_rows < 1:
+        raise MeowError(f"--eval-rows must be at least 1, got {eval_rows}")
     forget = _load(data_dir, f"{split}_perturbed")
     sets = {"retain_eval": _load(data_dir, "retain_perturbed"),
             "real_authors": _load(data_dir, "real_authors_perturbed"),

@@ -200,13 +200,16 @@ def shard_model(model) -> None:
     """FSDP2 over the processes: each decoder layer one unit (its weights gathered just for its
     forward and backward), the rest in the root unit. Gradients are summed, not averaged: each
     process's loss is already its share of the whole batch's (distributed.Processes.batch)."""
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     for module in model.modules():
         if type(module).__name__.endswith("DecoderLayer"):
             fully_shard(module)
     fully_shard(model)
-    model.set_gradient_divide_factor(1.0)
+    for module in model.modules():  # each unit reduces its own gradients: tell every one
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
 
 
 def gathered_model(sharded, original, is_main: bool):
@@ -240,6 +243,8 @@ class Trainer:
         self.processes = processes
         check_method(method, processes.size)
         self.sharded = config.shard and processes.size > 1
+        if config.shard and processes.size == 1:
+            warnings.warn(MeowWarning("shard has no effect in one process: start the run with `accelerate launch`"))
         if self.sharded:
             if config.lora:
                 raise MeowError("shard and lora do not go together: LoRA's adapters are small enough to keep whole")

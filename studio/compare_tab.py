@@ -10,7 +10,7 @@ from meow_app import chat, evaluate, facts as facts_mod, probes
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
 
-from .session import FACTS_DIR, HEAVY, _empty, _original, gpu, notice, session
+from .session import FACTS_DIR, HEAVY, _empty, _original, answering, gpu, notice, session
 
 VERDICT_COLUMNS = ["kind", "question", "original model", "unlearned model", "verdict"]
 UNRELATED_DEFAULT = 6  # unrelated questions asked when the user gave no keep set
@@ -40,7 +40,7 @@ def _chat_views(s) -> tuple[list[dict], list[dict]]:
     return _history(s, "left"), _history(s, "right")
 
 
-@gpu
+@gpu(duration=answering(lambda s, *rest: 4))  # two models, streamed: longer answers
 def send_chat(s, message: str):
     """Send one prompt to both models; yields (session, left chat, right chat, textbox) as they stream."""
     s = session(s)
@@ -87,7 +87,7 @@ def probe_questions(s, kind: str) -> tuple[list[Fact], bool]:
     return items, False
 
 
-@gpu
+@gpu(duration=answering(lambda s, *rest: 4))  # questions and paraphrases, both models
 def run_probe(s, kind: str):
     """Ask a set of questions to both models (greedy, batched); add them to both chats and
     fill the before/after verdict table."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from meow_app import invert as invert_mod, pipeline
+from meow_app import budget, pipeline
+from meow_app import invert as invert_mod
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
 
-from .session import HEAVY, _empty, _facts_or_error, _original, _rows, gpu, notice, session
+from .session import HEAVY, _empty, _facts_or_error, _original, _rows, answering, gpu, notice, session
 
 INVERT_COLUMNS = ["fact", "question", "inverted answer"]
 
@@ -42,7 +43,7 @@ def table_to_candidates(table, n_facts: int) -> list[list[str]]:
     return out
 
 
-@gpu
+@gpu(duration=answering(lambda s, generator, n, *rest: 1 + len(s["facts"]) * int(n or 4) / budget.BATCH))
 def run_invert(s, generator, n, base_url, api_model, api_key, progress=gr.Progress()):
     s = session(s)
     try:

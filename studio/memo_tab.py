@@ -5,13 +5,13 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from meow_app import pipeline, select
+from meow_app import budget, pipeline, select
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
 from meow_app.train import YES
 
 from .invert_tab import table_to_candidates
-from .session import HEAVY, _empty, _facts_or_error, _original, _rows, gpu, notice, session
+from .session import HEAVY, _empty, _facts_or_error, _original, _rows, answering, gpu, notice, session
 
 SELECT_COLUMNS = ["fact", "question", "inverted answer", "MEMO", "MEMO of true answer", "use"]
 
@@ -50,7 +50,7 @@ def _truthy(v) -> bool:
     return v is True or str(v).strip().lower() in YES + ("x", "✓")
 
 
-@gpu
+@gpu(duration=answering(lambda s, *rest: 1 + len(s["facts"]) * 8 / budget.BATCH))  # answers x cuts, scored
 def run_score(s, inv_table, top_k, strategy, progress=gr.Progress()):
     s = session(s)
     try:

@@ -17,17 +17,39 @@ from pathlib import Path
 
 import pandas as pd
 
-from meow_app import models
+from meow_app import budget, models
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
 
 try:  # On Hugging Face Spaces with ZeroGPU, GPU-bound functions must be decorated.
     import spaces
-
-    gpu = spaces.GPU
 except ImportError:
-    def gpu(f):
-        return f
+    spaces = None
+ZERO_GPU = spaces is not None
+
+
+def gpu(duration):
+    """spaces.GPU(duration=duration) on a ZeroGPU Space, the function as it is elsewhere.
+    `duration` takes the function's own arguments and returns the seconds to ask for
+    (meow_app.budget): the function runs in a separate process that is cut off after them,
+    so only what it returns or yields, and what it writes to disk, survives."""
+    def decorate(f):
+        return spaces.GPU(duration=duration)(f) if ZERO_GPU else f
+    return decorate
+
+
+def answering(passes):
+    """A ZeroGPU duration for a function that answers questions in `passes(s, *args)` batches
+    (sampling false answers, MEMO, chat and probes all generate or score in batches)."""
+    def duration(s, *args, **kwargs) -> int:
+        s = session(s)
+        return budget.zerogpu_duration(budget.answer_seconds(passes(s, *args), model_parameters(s), "cuda"))
+    return duration
+
+
+def model_parameters(s) -> int:
+    """The original model's parameter count (the budget's model size)."""
+    return sum(p.numel() for p in _original(s).model.parameters())
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTS_DIR = ROOT / "assets" / "facts"

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from meow_app import methods, models, pipeline, probes, runs
+from meow_app import budget, methods, models, pipeline, probes, runs
 from meow_app import progress as progress_mod
 from meow_app.errors import Cancelled, MeowError
 from meow_app.stats import percent
@@ -18,7 +18,8 @@ from meow_app.train import TrainConfig
 from .compare_tab import verdict_table
 from .invert_tab import invert_settings
 from .memo_tab import _facts_with_candidates, selected_facts
-from .session import HEAVY, _empty, _facts_or_error, _original, _rows, gpu, notice, runs_root, session
+from .session import (HEAVY, ZERO_GPU, _empty, _facts_or_error, _original, _rows, gpu, model_parameters, notice,
+                      runs_root, session)
 
 _STOP: dict[str, threading.Event] = {}  # session id -> cancel flag of its running job
 
@@ -170,11 +171,43 @@ def _event_status(item: dict, steps: list[dict], progress) -> str | None:
     return None
 
 
-@gpu
+def run_seconds(s, method, hp_table, lora) -> float:
+    """The run's estimated seconds at most (meow_app.budget), on the device it will use."""
+    cls = methods.REGISTRY[method]
+    device = "cuda" if ZERO_GPU else str(_original(s).device)
+    return budget.unlearn_seconds(len(s["facts"]), train_config(method, hp_table, lora), model_parameters(s),
+                                  device, custom_loop=cls.custom_loop, inverting=cls.needs_inverted)
+
+
+def unlearn_duration(s, method, hp_table, lora, *rest, **kwargs) -> int:
+    """ZeroGPU's duration for this run: the whole run happens in one call."""
+    try:
+        return budget.zerogpu_duration(run_seconds(session(s), method, hp_table, lora))
+    except (MeowError, KeyError):  # bad settings: the run refuses them at once
+        return budget.ZEROGPU_MIN_SECONDS
+
+
 def run_unlearn(s, method, hp_table, lora, generator, n, base_url, api_model, api_key, top_k, strategy,
                 inv_table, sel_table, progress=gr.Progress()):
-    """Yields (session, status, loss plot, summary, verdicts) as the run goes."""
+    """Yields (session, status, loss plot, summary, verdicts) as the run goes. On a ZeroGPU
+    Space a run that cannot finish within one GPU call is refused first, in plain words."""
     s = session(s)
+    if ZERO_GPU and s["facts"] and method in methods.REGISTRY:
+        try:
+            refusal = budget.too_long(run_seconds(s, method, hp_table, lora))
+        except MeowError as e:
+            refusal = str(e)
+        if refusal:
+            yield s, notice(refusal, "error"), loss_figure([]), gr.skip(), gr.skip()
+            return
+    yield from unlearn_on_gpu(s, method, hp_table, lora, generator, n, base_url, api_model, api_key, top_k,
+                              strategy, inv_table, sel_table, progress)
+
+
+@gpu(duration=unlearn_duration)
+def unlearn_on_gpu(s, method, hp_table, lora, generator, n, base_url, api_model, api_key, top_k, strategy,
+                   inv_table, sel_table, progress=gr.Progress()):
+    """The whole run, in one GPU call on ZeroGPU."""
     stop = _STOP[s["id"]] = threading.Event()
     steps: list[dict] = []
     try:

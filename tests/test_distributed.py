@@ -48,8 +48,8 @@ def _files(tmp_path):
     return forget, retain
 
 
-def _unlearn(launcher, out, forget, model, *options, timeout=600):
-    cmd = launcher + ["unlearn", "--forget", str(forget), "--out", str(out), "--model", model, "--device", "cpu",
+def _unlearn(launcher, out, forget, model, *options, timeout=600, device="cpu"):
+    cmd = launcher + ["unlearn", "--forget", str(forget), "--out", str(out), "--model", model, "--device", device,
                       "--top-k", "2", "--epochs", "2", "--no-early-stop", *options]
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -60,13 +60,14 @@ def _weights(run):
 
 # meow: the default (anchors, inverted answers); npo: a reference model, a rows-normalised
 # loss and the retain term (its default lr barely moves the tiny model in 2 epochs); shard:
-# FSDP2 (its reduce-scatter and the unfused AdamW round differently: a looser tolerance).
-@pytest.mark.parametrize("method,options,tolerance", [
-    ("meow", [], TOLERANCE),
-    ("npo", ["--retain", "RETAIN", "--lr", "1e-3"], TOLERANCE),
-    ("meow", ["--shard"], 1e-4),
+# FSDP2 (every unit's reduce-scatter must sum, as the plain all-reduce does).
+@pytest.mark.parametrize("method,options", [
+    ("meow", []),
+    ("npo", ["--retain", "RETAIN", "--lr", "1e-3"]),
+    ("meow", ["--shard"]),
 ])
-def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, method, options, tolerance):
+def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, method, options):
+    tolerance = TOLERANCE
     forget, retain = _files(tmp_path)
     extra = ["--method", method] + [str(retain) if o == "RETAIN" else o for o in options]
     one_process = [o for o in extra if o != "--shard"]
@@ -87,6 +88,9 @@ def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, meth
     assert run_two["settings"]["train"]["shard"] == ("--shard" in options)
     # The logged loss is the whole batch's (the shards' shares summed), as in one process.
     assert [s["loss"] for s in run_two["steps"]] == pytest.approx([s["loss"] for s in run_one["steps"]], rel=1e-5)
+    # So is the gradient's norm (clipping sees the same gradient): a mean over processes would halve it.
+    assert [s["grad_norm"] for s in run_two["steps"]] == pytest.approx([s["grad_norm"] for s in run_one["steps"]],
+                                                                       rel=1e-4)
 
 
 def test_two_processes_write_the_run_folder_once(tmp_path, tiny_dir):
@@ -189,16 +193,18 @@ def _gpus() -> int:
 @pytest.mark.parametrize("shard", [False, True])
 def test_two_gpus_end_with_the_one_gpu_weights(tmp_path, tiny_dir, shard):
     forget, _ = _files(tmp_path)
-    extra = ["--shard"] if shard else []
-    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir)
+    extra = ["--lr", "1e-3"] + (["--shard"] if shard else [])  # a larger step: the comparison must be able to fail
+    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir, "--lr", "1e-3",
+                   device="cuda")
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(LAUNCH + ["unlearn", "--forget", str(forget), "--out", str(tmp_path / "two"), "--model",
-                                   tiny_dir, "--device", "cuda", "--top-k", "2", "--epochs", "2", "--no-early-stop",
-                                   *extra], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    two = _unlearn(LAUNCH, tmp_path / "two", forget, tiny_dir, *extra, device="cuda")
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    # bf16 autocast on the GPU rounds far more than the fp32 CPU run: compare with it loosely.
-    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 5e-3
+    original = load_file(str(Path(tiny_dir) / "model.safetensors"))
+    differ = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    moved = max((a[k].float() - original[k].float()).abs().max().item() for k in a)
+    # bf16 autocast on GPUs rounds far more than fp32 on a CPU: a tenth of the move, not 1e-6.
+    assert differ < 0.1 * moved, f"one vs two GPUs differ by {differ}, training moved the weights by {moved}"
 
 
 @pytest.mark.gpu
@@ -207,5 +213,6 @@ def test_a_model_is_spread_over_every_gpu_for_answers(tiny_dir):
     from meow_app import generation, models
 
     lm = models.load(tiny_dir, spread=True)
-    assert getattr(lm.model, "hf_device_map", None), "device_map='auto' was not used"
+    placed = set(getattr(lm.model, "hf_device_map", {}).values())
+    assert len(placed) > 1, f"device_map='auto' placed the model on {placed or 'one device'}"
     assert generation.answer(lm.model, lm.tokenizer, ["Who wrote Hamlet?"], 4)

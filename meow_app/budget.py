@@ -1,0 +1,84 @@
+"""How long a job will take, estimated before it starts, from its size alone: the facts, the
+training steps, the model's parameters and the device.
+
+A ZeroGPU Space runs each GPU function in a separate process for at most the duration it
+asked for (`spaces.GPU(duration=...)`, 60 s unless told, at most ZEROGPU_MAX_SECONDS): a
+run that outlives it is cut off and loses everything. The app asks for what the job needs
+and, when a job cannot fit, says so before starting it.
+
+The speeds are coarse on purpose (a margin, not a promise): GPU ones are an H200 slice's
+order of magnitude for models up to a few billion parameters, CPU ones were measured on
+this project's 2-core machines (docs/benchmarks.md item 1: ~9 s a default MEOW step and
+~10 s a probe pass on the 135M embedded model).
+"""
+
+from __future__ import annotations
+
+import math
+
+ZEROGPU_MAX_SECONDS = 300  # the longest call a ZeroGPU Space may ask for (5 minutes)
+ZEROGPU_MIN_SECONDS = 30
+MARGIN = 1.5               # asked for = estimate x MARGIN: being cut off costs the whole run
+
+# (fixed, per billion parameters) seconds: one optimiser step of a default batch; one
+# generated token for a batch of questions; loading the weights.
+SPEEDS = {
+    "cuda": {"step": (0.08, 0.3), "token": (0.02, 0.01), "load": (5.0, 2.0)},
+    "cpu": {"step": (1.0, 60.0), "token": (0.1, 1.5), "load": (3.0, 10.0)},
+}
+ANSWER_TOKENS = 48  # generation.MAX_NEW_TOKENS: the longest greedy answer a probe waits for
+BATCH = 32          # questions answered together in one pass
+
+
+def _cost(device: str, kind: str, billions: float) -> float:
+    fixed, per_billion = SPEEDS["cuda" if device.startswith("cuda") else "cpu"][kind]
+    return fixed + per_billion * billions
+
+
+def answer_seconds(passes: float, n_params: int, device: str) -> float:
+    """Batched greedy answering: `passes` batches of questions, each up to ANSWER_TOKENS long."""
+    return passes * ANSWER_TOKENS * _cost(device, "token", n_params / 1e9)
+
+
+def epochs_run(n_facts: int, config) -> int:
+    """The epochs the shared loop runs at most (train.py: min_steps can add some on few facts)."""
+    per_epoch = math.ceil(n_facts * config.num_batch / config.batch_size)
+    return max(config.epochs, math.ceil(config.min_steps / per_epoch))
+
+
+def training_steps(n_facts: int, config, custom_loop: bool = False) -> int:
+    """Optimiser steps at most (early stopping can end sooner); one-shot second-order methods
+    count their line search's forward passes as steps."""
+    if custom_loop:
+        return config.fisher_steps * (2 + math.ceil(config.eta_grid / 2))
+    return epochs_run(n_facts, config) * math.ceil(n_facts * config.num_batch / config.batch_size)
+
+
+def unlearn_seconds(n_facts: int, config, n_params: int, device: str, custom_loop: bool = False,
+                    inverting: bool = True, n_inverted: int = 4) -> float:
+    """A whole unlearning run (load, probes, inversion, MEMO, training, probes, save), at most."""
+    billions = n_params / 1e9
+    probe = math.ceil(n_facts * 3 / BATCH)                # a forget probe: the questions and their paraphrases
+    epochs = config.fisher_steps if custom_loop else epochs_run(n_facts, config)
+    passes = (probe + 2                                   # forget, retain, everyday before
+              + (2 * math.ceil(n_facts * n_inverted / BATCH) if inverting else 0)  # false answers, MEMO
+              + (1 if config.anchors or config.neighbours else 0)  # the anchors' own answers
+              + probe * (epochs if config.early_stop else 1)       # a probe per epoch (early stopping) or one
+              + 2)                                        # retain and everyday after
+    steps = training_steps(n_facts, config, custom_loop)
+    return (_cost(device, "load", billions) + answer_seconds(passes, n_params, device)
+            + steps * _cost(device, "step", billions))
+
+
+def zerogpu_duration(seconds: float) -> int:
+    """What to ask ZeroGPU for: the estimate with its margin, within the Space's bounds."""
+    return int(min(ZEROGPU_MAX_SECONDS, max(ZEROGPU_MIN_SECONDS, math.ceil(seconds * MARGIN))))
+
+
+def too_long(seconds: float, limit: int = ZEROGPU_MAX_SECONDS) -> str | None:
+    """In plain words, why a job cannot run in one call of at most `limit` seconds; None when it fits."""
+    if seconds * MARGIN <= limit:
+        return None
+    return (f"This run would need about {math.ceil(seconds * MARGIN / 60)} minutes of GPU time, and this Space "
+            f"can give one run at most {limit // 60} minutes: it would be cut off and lose everything. Forget "
+            "fewer facts or lower the epochs, or run MEOW Studio on your own machine (see the README).")
