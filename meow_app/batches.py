@@ -20,13 +20,14 @@ IGNORE = -100
 class Example:
     ids: list[int]
     labels: list[int]  # IGNORE on the prompt, the token ids on the answer (+ end of turn)
+    unlikely: bool = False  # an answer to make less likely (losses.nll_or_unlikelihood), not to learn
 
 
-def encode_example(tokenizer, question: str, answer: str, prefix: str = "") -> Example:
+def encode_example(tokenizer, question: str, answer: str, prefix: str = "", unlikely: bool = False) -> Example:
     """`prefix`: the start of the answer, given as context (masked) rather than trained on."""
     prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, question) + prefix)
     target = generation.encode(tokenizer, answer) + [tokenizer.eos_token_id]
-    return Example(prompt + target, [IGNORE] * len(prompt) + target)
+    return Example(prompt + target, [IGNORE] * len(prompt) + target, unlikely)
 
 
 def collate(examples: list[Example], pad_id: int) -> dict:
@@ -62,7 +63,8 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels,
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "keep": keep,
             "shared": shared, "group": torch.tensor(group), "middle_ids": middle_ids, "middle_mask": middle_mask,
-            "own_mask": (torch.arange(keep) >= keep - torch.tensor(own)[:, None]).long()}
+            "own_mask": (torch.arange(keep) >= keep - torch.tensor(own)[:, None]).long(),
+            "unlikely": torch.tensor([e.unlikely for e in examples])}
 
 
 def to_device(batch: dict, device) -> dict:

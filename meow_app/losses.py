@@ -101,6 +101,24 @@ def nll(model, batch) -> torch.Tensor:
     return per_token.sum() / per(batch, "tokens", mask.sum().clamp(min=1))
 
 
+def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0) -> tuple[torch.Tensor, float, float]:
+    """NLL on the rows to learn and, on the rows marked `unlikely` (batches.Example), the
+    unlikelihood -log(1 - p) of each answer token but the closing end-of-turn (Welleck et
+    al. 2020), times `truth_weight`: it pushes the true answer down and fades as its
+    probability nears 0, so, unlike gradient ascent, it does not grow without bound.
+    Returns (loss, the NLL part, the unlikelihood part), both over all answer tokens."""
+    logits, labels = answer_logits(model, batch)
+    per_token, mask = token_nll(logits, labels)
+    unlikely = batch["unlikely"].to(mask.device)[:, None] & mask
+    last = mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)  # each row's end of turn
+    p = torch.exp(-per_token).clamp(max=1 - 1e-6)
+    ul = -torch.log1p(-p) * (unlikely & ~last)
+    learn = per_token * ~unlikely
+    count = per(batch, "tokens", mask.sum().clamp(min=1))
+    nll_part, ul_part = learn.sum() / count, ul.sum() / count
+    return nll_part + truth_weight * ul_part, nll_part.item(), ul_part.item()
+
+
 def sequence_nll(model, batch) -> torch.Tensor:
     """Summed answer NLL per sequence, shape (batch,) (what NPO compares)."""
     per_token, _ = token_nll(*answer_logits(model, batch))

@@ -88,6 +88,7 @@ class TrainConfig:
                                   "(meow_app/neighbours.py; at least 2 per fact), answered by the original model and "
                                   "trained on like the anchors, to keep similar questions intact (0 = off)")
     anchor_weight: float = _setting(1.0, "weight of the anchor and neighbour loss", obvious=True)
+    truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "
@@ -130,7 +131,7 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise MeowError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight",
+        for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight", "truth_weight",
                      "retain_budget", "noise_std", "noise_clamp"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -143,3 +145,45 @@ def test_kl_and_lora_go_through_the_shared_parts_unchanged(monkeypatch):
     assert len(g_shared) == len(g_plain) == 8  # LoRA A and B of q and v in both layers
     for a, b in zip(g_shared, g_plain):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_unlikelihood_rows_push_the_truth_down_and_match_a_plain_loop():
+    """meow_ul's loss (losses.nll_or_unlikelihood) against a row-by-row reference: NLL on the
+    rows to learn, -log(1 - p) on the unlikely rows' answer tokens but their end of turn."""
+    from meow_app.batches import collate, encode_example
+
+    tok = tiny_tokenizer()
+    model = sharp_tiny_model(tok).train()
+    rows = [("Who wrote Hamlet?", "Ben Jonson", False), ("Who wrote Hamlet?", "William Shakespeare", True),
+            ("What is the capital of Peru?", "Cusco", False), ("What is the capital of Peru?", "Lima", True)]
+    examples = [encode_example(tok, q, a, "", u) for q, a, u in rows]
+    batch = collate(examples, tok.pad_token_id)
+    loss, nll_part, ul_part = losses.nll_or_unlikelihood(model, batch, truth_weight=2.0)
+
+    total, tokens = 0.0, 0
+    for ex in examples:  # one row at a time, token by token
+        one = collate([ex], tok.pad_token_id)
+        with torch.no_grad():
+            logits, labels = losses.answer_logits(model, one)
+        logp = logits.log_softmax(-1)[0]
+        answer = [(k, int(t)) for k, t in enumerate(labels[0]) if t != -100]
+        for n, (k, t) in enumerate(answer):
+            p = logp[k, t].exp().item()
+            tokens += 1
+            if not ex.unlikely:
+                total += -math.log(p)
+            elif n < len(answer) - 1:  # not the end of turn
+                total += 2.0 * -math.log(1 - p)
+    assert loss.item() == pytest.approx(total / tokens, rel=1e-4)
+    assert ul_part > 0 and nll_part > 0  # both kinds of rows counted (the comparison is not vacuous)
+
+    def truth_nll():
+        with torch.no_grad():
+            return losses.nll(model, collate([examples[1], examples[3]], tok.pad_token_id)).item()
+
+    before = truth_nll()
+    only_truth = collate([examples[1], examples[3]], tok.pad_token_id)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses.nll_or_unlikelihood(model, only_truth)[0].backward()
+    optimizer.step()
+    assert truth_nll() > before  # the true answers became less likely

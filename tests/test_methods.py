@@ -33,7 +33,7 @@ def mean_nll(model, tok, facts):
 
 
 def test_every_method_is_listed_with_a_description():
-    for name in ASCENT + FISHER + ["idk", "sophia_idk", "meow", "meow_grad_diff", "meow_kl"]:
+    for name in ASCENT + FISHER + ["idk", "sophia_idk", "meow", "meow_grad_diff", "meow_kl", "meow_ul"]:
         cls = methods.REGISTRY[name]
         assert cls.description and cls.hyperparameters
         for field in cls.hyperparameters:
@@ -86,6 +86,8 @@ def plain_loss(name, model, forget, retain, reference, cfg):
         with torch.no_grad():
             ref = losses.sequence_nll(reference, forget)
         loss = losses.npo(current, ref, cfg.beta)
+    elif name == "meow_ul":  # its own loss: checked against a plain loop in test_losses.py
+        loss = losses.nll_or_unlikelihood(model, forget, cfg.truth_weight)[0]
     else:
         loss = FORGET_SIGN[name] * losses.nll(model, forget)
     if retain is None or name not in RETAIN:
@@ -115,7 +117,7 @@ def test_shared_retain_term_gives_each_methods_own_loss_and_gradients(tiny, fact
     import copy
 
     m = methods.get(method)
-    assert set(LOSS_METHODS) == set(FORGET_SIGN) | {"npo", "sophia_npo"}  # a new method needs its plain loss here
+    assert set(LOSS_METHODS) == set(FORGET_SIGN) | {"npo", "sophia_npo", "meow_ul"}  # a new method needs its plain loss
     assert m.retain_loss == RETAIN.get(method, "")
     tok, reference = tiny.tokenizer, tiny.model
     model = copy.deepcopy(reference).train().requires_grad_(True)
@@ -248,3 +250,16 @@ def test_own_answers_train_on_the_fact_not_the_sentence_pattern(tiny):
     part = encode_example(tok, fact.question, " Paris.", "The capital of France is")
     assert part.ids == whole.ids  # same tokens, only fewer of them trained on
     assert sum(t != -100 for t in part.labels) < sum(t != -100 for t in whole.labels)
+
+
+def test_meow_ul_trains_on_the_false_answers_and_marks_the_truth_to_push_down(facts):
+    from meow_app.methods.meow_ul import TRUTH_COPIES
+
+    for f in facts:
+        f.inverted = ["Somebody else", "Another one"]
+    cfg = TrainConfig(num_batch=4)
+    pairs = methods.get("meow_ul").forget_pairs(facts, cfg)
+    truth = [p for p in pairs if len(p) == 4 and p[3]]
+    assert len(pairs) == len(facts) * (4 + TRUTH_COPIES) and len(truth) == len(facts) * TRUTH_COPIES
+    assert {p[1] for p in truth} == {f.answer for f in facts}
+    assert {p[1] for p in pairs if p not in truth} == {"Somebody else", "Another one"}

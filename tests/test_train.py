@@ -32,7 +32,7 @@ def run(tiny, facts, retain=None, method="meow", **cfg):
     return result, events
 
 
-@pytest.mark.parametrize("method", ["meow", "meow_grad_diff", "meow_kl"])
+@pytest.mark.parametrize("method", ["meow", "meow_grad_diff", "meow_kl", "meow_ul"])
 def test_loss_goes_down_and_original_is_untouched(tiny, inverted_facts, facts, method):
     before = weights_hash(tiny.model)
     result, events = run(tiny, inverted_facts, retain=facts, method=method, lr=3e-3, epochs=4,
