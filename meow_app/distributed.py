@@ -55,7 +55,7 @@ class Processes:
         A process left without rows (a batch smaller than N) computes on one row with zero
         weight: every process must take part in the step's all-reduce."""
         own = examples[self.rank::self.size]
-        tokens = float(sum(label != IGNORE for ex in examples for label in ex.labels[1:]))
+        tokens = float(sum(label != IGNORE for ex in examples for label in ex.labels))
         rows = float(len(examples))
         if not own:
             own, tokens, rows = examples[:1], float("inf"), float("inf")

@@ -240,9 +240,10 @@ def load(spec: str | None = None, device: str | None = None, dtype: torch.dtype 
         check_hub_id(where)
     dev = pick_device(device)
     dtype = dtype or default_dtype(dev)
+    spread = spreads(device, spread)
     try:
         tokenizer = load_tokenizer(where)
-        placement = {"device_map": "auto"} if spreads(device, spread) else {}
+        placement = {"device_map": "auto"} if spread else {}
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=False, **placement)
     except MeowError:
         raise
@@ -250,7 +251,7 @@ def load(spec: str | None = None, device: str | None = None, dtype: torch.dtype 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = " (offline mode is on: only cached models can load)" if _offline() else ""
         raise MeowError(f"cannot load model '{spec}'{hint}: {first}") from None
-    if spreads(device, spread):
+    if spread:
         dev = next(model.parameters()).device  # where inputs go: the first layer's GPU
     else:
         model.to(dev)

@@ -191,8 +191,8 @@ def save_adapter(adapter: tuple, folder: Path) -> None:
     save_file(weights, folder / "adapter_model.safetensors", metadata={"format": "pt"})
 
 
-def _check_job(forget, method: str, model, retain, config, inv, sel):
-    """Everything that can be refused before any work starts (a bad model name included)."""
+def _check_job(forget, method: str, retain, config, inv, sel):
+    """What can be refused before any work starts (the model name is checked by the caller)."""
     method_obj = methods.get(method)
     distributed.check_method(method_obj, distributed.launched_size())
     config = config or TrainConfig(**method_obj.defaults)
@@ -290,7 +290,7 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
     emit = (on_event or (lambda event: None)) if procs.is_main else (lambda event: None)
     inv = invert_settings or InvertSettings()
     sel = select_settings or SelectSettings()
-    method_obj, config = _check_job(forget, method, model, retain, config, inv, sel)
+    method_obj, config = _check_job(forget, method, retain, config, inv, sel)
     if loaded is None:
         models.resolve(model)  # a bad model name fails here, before anything is written
     out_dir = Path(out_dir)

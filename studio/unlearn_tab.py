@@ -171,18 +171,20 @@ def _event_status(item: dict, steps: list[dict], progress) -> str | None:
     return None
 
 
-def run_seconds(s, method, hp_table, lora) -> float:
-    """The run's estimated seconds at most (meow_app.budget), on the device it will use."""
+def run_seconds(s, method, hp_table, lora, n=None) -> float:
+    """The run's estimated seconds at most (meow_app.budget), on the device it will use;
+    `n`: inverted answers written per fact."""
     cls = methods.REGISTRY[method]
     device = "cuda" if ZERO_GPU else str(_original(s).device)
     return budget.unlearn_seconds(len(s["facts"]), train_config(method, hp_table, lora), model_parameters(s),
-                                  device, custom_loop=cls.custom_loop, inverting=cls.needs_inverted)
+                                  device, custom_loop=cls.custom_loop, inverting=cls.needs_inverted,
+                                  n_inverted=int(n or 4))
 
 
-def unlearn_duration(s, method, hp_table, lora, *rest, **kwargs) -> int:
+def unlearn_duration(s, method, hp_table, lora, generator=None, n=None, *rest, **kwargs) -> int:
     """ZeroGPU's duration for this run: the whole run happens in one call."""
     try:
-        return budget.zerogpu_duration(run_seconds(session(s), method, hp_table, lora))
+        return budget.zerogpu_duration(run_seconds(session(s), method, hp_table, lora, n))
     except (MeowError, KeyError):  # bad settings: the run refuses them at once
         return budget.ZEROGPU_MIN_SECONDS
 
@@ -194,7 +196,7 @@ def run_unlearn(s, method, hp_table, lora, generator, n, base_url, api_model, ap
     s = session(s)
     if ZERO_GPU and s["facts"] and method in methods.REGISTRY:
         try:
-            refusal = budget.too_long(run_seconds(s, method, hp_table, lora))
+            refusal = budget.too_long(run_seconds(s, method, hp_table, lora, n))
         except MeowError as e:
             refusal = str(e)
         if refusal:
