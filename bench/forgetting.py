@@ -86,11 +86,16 @@ def _coerce(field, text: str):
     return text
 
 
+INVERT_FIELDS = ("generator", "n", "answer_style")  # inversion settings a variant may change
+
+
 def parse_variant(spec: str) -> dict:
     """'NAME:METHOD:FIELD=VALUE,...' (or 'METHOD', or 'NAME:METHOD') -> {"name", "method", "overrides"}.
-    FIELD is a TrainConfig field; the value is read as that field's type. The method and
-    the fields are checked here, before anything runs."""
+    FIELD is a TrainConfig field, or `generator` / `n` / `answer_style` of the inversion
+    (pipeline.InvertSettings); the value is read as that field's type. The method and the
+    fields are checked here, before anything runs."""
     from meow_app import methods
+    from meow_app.pipeline import InvertSettings
     from meow_app.train import TrainConfig
 
     parts = spec.split(":", 2)
@@ -101,6 +106,7 @@ def parse_variant(spec: str) -> dict:
         raise ValueError(f"variant '{spec}': expected NAME:METHOD[:FIELD=VALUE,...]")
     methods.get(method)  # an unknown method fails now
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    fields.update({f.name: f for f in dataclasses.fields(InvertSettings) if f.name in INVERT_FIELDS})
     overrides = {}
     for item in (parts[2].split(",") if len(parts) == 3 and parts[2].strip() else []):
         key, eq, value = item.partition("=")
@@ -108,7 +114,7 @@ def parse_variant(spec: str) -> dict:
         if not eq:
             raise ValueError(f"variant '{spec}': '{item}' is not FIELD=VALUE")
         if key not in fields:
-            raise ValueError(f"variant '{spec}': '{key}' is not a TrainConfig field")
+            raise ValueError(f"variant '{spec}': '{key}' is not a TrainConfig field nor one of {INVERT_FIELDS}")
         overrides[key] = _coerce(fields[key], value.strip())
     return {"name": name, "method": method, "overrides": overrides}
 
@@ -331,11 +337,13 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
 
     method = methods.get(variant["method"])
     forget, retain, unseen = load_facts(forget_path), load_facts(retain_path), load_facts(unseen_path)
-    config = TrainConfig(**{**method.defaults, **variant["overrides"]})
+    train = {k: v for k, v in variant["overrides"].items() if k not in INVERT_FIELDS}
+    config = TrainConfig(**{**method.defaults, **train})
+    inv = pipeline.InvertSettings(**{k: v for k, v in variant["overrides"].items() if k in INVERT_FIELDS})
     out = Path(tempfile.mkdtemp(prefix="meow-bench-")) / "run"
     start = time.perf_counter()
     loaded = models.load(model)
-    run = pipeline.unlearn(forget, out, variant["method"], config=config, loaded=loaded,
+    run = pipeline.unlearn(forget, out, variant["method"], config=config, loaded=loaded, invert_settings=inv,
                            retain=retain if (method.needs_retain or method.uses_retain) else None)
     wall = time.perf_counter() - start
     peak_unlearn = common.peak_rss_gib()

@@ -58,7 +58,10 @@ def _add_model(p):
 
 def _add_generator(p):
     p.add_argument("--n", type=int, default=4, help="inverted answers per fact (default 4)")
-    p.add_argument("--generator", choices=["local", "openai"], default="local")
+    p.add_argument("--generator", choices=("local", "lead_in", "openai"), default="local",
+                   help="local: the model writes false answers from a few-shot prompt (default); lead_in: the model "
+                        "continues its own answer's lead-in with the truth forbidden (same-type answers); openai: "
+                        "an OpenAI-compatible API")
     p.add_argument("--generator-model", default=None,
                    help="local generator model (default: the --model being used)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
@@ -93,7 +96,7 @@ def cmd_invert(args):
 
     facts = _facts(args.facts, args)
     settings = _invert_settings(args)
-    loaded = models.load(args.generator_model or args.model, args.device) if args.generator == "local" else None
+    loaded = models.load(args.generator_model or args.model, args.device) if args.generator != "openai" else None
     report = invert.invert(facts, make_generator(settings, loaded), args.n, seed=args.seed)
     write_jsonl(facts, args.out)
     short = report.short_facts(args.n)

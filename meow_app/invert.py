@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .errors import MeowError
 from .facts import Fact
-from . import generation
+from . import generation, probes
 from .prompts import invert_messages, invert_raw
 
 # Last resort, shown to the user as editable text rather than hidden.
@@ -135,6 +135,101 @@ class LocalGenerator:
             lines = text.splitlines()
             out.append(lines[:-1] if len(t) >= limit else lines)  # the last line was cut short
         return out
+
+
+# Where a false answer ends: punctuation (not the full stop of an initial, "J. R. R."), a clause.
+_CUT = re.compile(r"(?<!\b[A-Z])\.|[,;:!?()\n\"]| (?:and|which|who|that|is|was|has|had|in the) ")
+_STOPWORDS = {"the", "a", "an", "of", "is", "was", "who", "what", "which", "in", "by", "and", "to", "for", "on",
+              "did", "does", "do", "are", "were", "it", "its", "name", "called", "known"}
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOPWORDS and len(w) > 2}
+
+
+def lead_in_candidate(continuation: str, fact: Fact, lead_in: str) -> str | None:
+    """The false answer in a sampled continuation of the model's lead-in ("The capital of
+    Ukraine is" -> " Lviv, a city in ..." -> "Lviv"), or None for a non-answer: nothing,
+    words of the question or of the lead-in again (a restated question, "The capital of
+    France"), or longer than the true answer by more than two words."""
+    c = _CUT.split(continuation, maxsplit=1)[0].strip().strip("'\"*").strip()
+    if len(re.findall(r"[A-Za-z0-9]", c)) < 3:  # nothing, or a lone initial
+        return None
+    longest = max([len(t.split()) for t in [*fact.keywords, fact.answer] if t.strip()] or [1])
+    if len(c.split()) > min(longest, 6) + 2:
+        return None
+    if _content_words(c) & (_content_words(fact.question) | _content_words(lead_in)):
+        return None
+    return c
+
+
+class LeadInGenerator:
+    """Same-type false answers from the model's own distribution: after its own lead-in to the
+    answer ("The capital of Ukraine is"), with the truth's tokens forbidden, sampled at T=1.
+    What comes first there is what the model finds most plausible in the truth's place
+    (another city, another author), not an invented word or a restated question, and it
+    costs a few tokens per candidate instead of a few-shot prompt."""
+
+    def __init__(self, model, tokenizer, answers: dict[str, str] | None = None, temperature: float = 0.8,
+                 top_p: float = 0.9, batch_size: int = 32):
+        self.model, self.tokenizer, self.answers = model, tokenizer, dict(answers or {})
+        self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
+
+    def lead_in(self, fact: Fact) -> str:
+        """The model's own answer up to where it starts to say the truth ('' when it never
+        does): before the whole answer if it is there ("... by Ray Bradbury" -> "... by"),
+        else before the first keyword."""
+        if fact.question not in self.answers:
+            self.answers[fact.question] = generation.answer(self.model, self.tokenizer, [fact.question])[0]
+        said = self.answers[fact.question]
+        whole = said.lower().find(fact.answer.lower().strip()) if fact.answer.strip() else -1
+        at = whole if whole >= 0 else probes.first_mention(said, fact)
+        return said[:at].rstrip() if at > 0 else ""
+
+    def banned(self, fact: Fact) -> list[int]:
+        """The truth's tokens, and the first token of each way it may start (" Dh" of " Dhaka"),
+        so the sample cannot start the truth and swerve into an invented word."""
+        tok = self.tokenizer
+        starts = {tok(v, add_special_tokens=False)["input_ids"][0]
+                  for t in [fact.answer, *fact.keywords] if t.strip() for v in (t, " " + t)}
+        return sorted(set(truth_token_ids(tok, fact)) | starts)
+
+    def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
+        tok = self.tokenizer
+        missing = [f.question for f in facts if f.question not in self.answers]
+        if missing:  # one batched greedy pass for the facts the caller had no answer for
+            self.answers.update(zip(missing, generation.answer(self.model, tok, missing)))
+        leads = [self.lead_in(f) for f in facts]
+        copies = 3 * n  # some samples are refused or repeat; the most likely n are kept
+        prompts, limits, banned = [], [], []
+        for f, lead in zip(facts, leads):
+            ids = generation.encode(tok, generation.chat_prompt(tok, f.question) + lead)
+            words = max(len(generation.encode(tok, t)) for t in [f.answer, *f.keywords] if t.strip())
+            prompts += [ids] * copies
+            limits += [words + 6] * copies
+            banned += [self.banned(f)] * copies
+        ids = generation.generate_ids(self.model, tok, prompts, limits, self.batch_size, do_sample=True,
+                                      temperature=self.temperature, top_p=self.top_p, generator_seed=seed,
+                                      banned=banned)
+        out = []
+        for k, (f, lead) in enumerate(zip(facts, leads)):
+            texts = [tok.decode(t, skip_special_tokens=True) for t in ids[k * copies:(k + 1) * copies]]
+            found = list(dict.fromkeys(c for c in (lead_in_candidate(t, f, lead) for t in texts) if c))
+            out.append(self.most_likely(f, lead, found)[:n])
+        return out
+
+    def most_likely(self, fact: Fact, lead: str, candidates: list[str]) -> list[str]:
+        """Candidates by the model's mean log-probability of their own tokens after the lead-in:
+        a real name of the right kind first, an invented word last."""
+        if len(candidates) < 2:
+            return candidates
+        from .metrics import teacher_forced
+
+        lead_tokens = len(teacher_forced(self.model, self.tokenizer, [(fact.question, lead)])[0].nll) if lead else 0
+        pairs = [(fact.question, f"{lead} {c}".strip()) for c in candidates]
+        scored = teacher_forced(self.model, self.tokenizer, pairs)
+        nll = [sum(s.nll[lead_tokens:]) / max(1, len(s.nll) - lead_tokens) for s in scored]
+        return [c for _, c in sorted(zip(nll, candidates), key=lambda x: x[0])]
 
 
 class OpenAIGenerator:

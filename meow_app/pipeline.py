@@ -36,7 +36,7 @@ from .train import TrainConfig, Trainer
 @dataclass
 class InvertSettings:
     n: int = 4                     # inverted candidates per fact
-    generator: str = "local"       # local | openai
+    generator: str = "local"       # local (few-shot prompt) | lead_in (after the model's own lead-in) | openai
     generator_model: str | None = None   # local generator: None = the model being unlearned
     base_url: str | None = None
     api_model: str | None = None
@@ -61,14 +61,23 @@ class SelectSettings:
     memo_length: str | int = "target"
 
 
-def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None = None):
+GENERATORS = ("local", "lead_in", "openai")
+
+
+def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None = None,
+                   answers: dict[str, str] | None = None):
+    """The inverted-answer generator the settings name; `answers` (question -> the model's
+    greedy answer), when known, spare lead_in a generation pass."""
     if settings.generator == "openai":
         return invert_mod.OpenAIGenerator(settings.api_model, settings.base_url, settings.api_key,
                                           timeout=settings.api_timeout)
-    if settings.generator != "local":
-        raise MeowError(f"generator must be 'local' or 'openai', got '{settings.generator}'")
+    if settings.generator not in GENERATORS:
+        raise MeowError(f"generator must be one of {', '.join(GENERATORS)}, got '{settings.generator}'")
     if loaded is None or (settings.generator_model and settings.generator_model != loaded.name):
         loaded = models.load_shared(settings.generator_model)
+        answers = None  # another model's answers: it finds its own lead-ins
+    if settings.generator == "lead_in":
+        return invert_mod.LeadInGenerator(loaded.model, loaded.tokenizer, answers)
     return invert_mod.LocalGenerator(loaded.model, loaded.tokenizer)
 
 
@@ -215,10 +224,11 @@ def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: Sele
                       own_answers_before: dict, stages, emit) -> tuple[list[dict], list[str]]:
     """Inverted answers for the facts that have none, MEMO selection, then the answer style
     (in place on `forget`). Returns the selection rows and the notes for run.json."""
+    own = {forget[r["fact"]].question: r["answer"] for r in own_answers_before["rows"] if r["kind"] == "question"}
     if not all(f.inverted for f in forget):
         with stages("invert"):
-            report = invert_mod.invert([f for f in forget if not f.inverted], make_generator(inv, loaded), inv.n,
-                                       seed=seed)
+            report = invert_mod.invert([f for f in forget if not f.inverted], make_generator(inv, loaded, own),
+                                       inv.n, seed=seed)
         emit({"type": "inverted", "from_generator": report.from_generator, "from_fallback": report.from_fallback})
     with stages("memo", key="memo_select"):
         selection = score_and_select(loaded, forget, sel, seed)
@@ -227,9 +237,8 @@ def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: Sele
         notes.append(capped)
         emit({"type": "note", "text": capped})
     if inv.answer_style:
-        own = {r["fact"]: r["answer"] for r in own_answers_before["rows"] if r["kind"] == "question"}
-        for i, f in enumerate(forget):
-            f.inverted = [invert_mod.in_answer_style(c, f, own[i]) or c for c in f.inverted]
+        for f in forget:
+            f.inverted = [invert_mod.in_answer_style(c, f, own[f.question]) or c for c in f.inverted]
     return selection, notes
 
 

@@ -25,6 +25,7 @@ from .batches import IGNORE, collate, encode_example, length_grouped, to_device
 from .distributed import SINGLE, Processes, check_method
 from .errors import Cancelled, MeowError, MeowWarning
 from .models import cpu_has_bf16_matmul
+from .null_space import NullSpace
 from .sophia import Sophia
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -88,6 +89,12 @@ class TrainConfig:
                                   "(meow_app/neighbours.py; at least 2 per fact), answered by the original model and "
                                   "trained on like the anchors, to keep similar questions intact (0 = off)")
     anchor_weight: float = _setting(1.0, "weight of the anchor and neighbour loss", obvious=True)
+    null_space: float = _setting(0.0, "locality by construction (AlphaEdit-style, meow_app/null_space.py): after "
+                                      "each step, each trained weight's change is projected onto the null space of "
+                                      "that layer's inputs on preserved text (the neighbour and anchor answers, a "
+                                      "retain set the method trains on), so that text goes through the model "
+                                      "unchanged; the share of those inputs' energy held fixed, e.g. 0.99 (1 = all "
+                                      "of it; 0 = off). anchor_weight 0 then skips training on that text")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
@@ -119,6 +126,10 @@ class TrainConfig:
             re.compile(self.train_only)
         except re.error as e:
             raise MeowError(f"train_only is not a valid regular expression ('{self.train_only}': {e})") from None
+        if not 0 <= self.null_space <= 1:
+            raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
+        if self.null_space and (self.lora or self.shard):
+            raise MeowError("null_space projects the change of whole weights: it does not go with lora or shard")
         for name in ("anchors", "neighbours", "min_steps"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -362,6 +373,7 @@ class Trainer:
         epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
         result = TrainResult(model=model)
         start = time.perf_counter()
+        projection = self._null_space(model, retain_ex + anchor_ex, result) if cfg.null_space else None
         step = 0
         for epoch in range(1, epochs + 1):
             for batch in length_grouped(forget_ex, cfg.batch_size, rng):
@@ -376,7 +388,7 @@ class Trainer:
                 with self.autocast():
                     loss, parts = self.method.loss(model, forget, retain, reference, cfg)
                 self._backward(loss, step)
-                if anchor_stream:
+                if anchor_stream and cfg.anchor_weight > 0:
                     # A second backward pass into the same gradients (the sum's gradient), so the
                     # anchor batch's activations are never held beside the forget batch's: the
                     # default meow step's peak memory drops by the smaller batch's share.
@@ -395,6 +407,8 @@ class Trainer:
                 grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: probes may run next
+                if projection:
+                    projection.project()
                 if isinstance(optimizer, Sophia):
                     parts["clipped_fraction"] = optimizer.clipped_fraction
                 step += 1
@@ -410,6 +424,18 @@ class Trainer:
                     break
         result.model = model
         return self.finish(result, start)
+
+    def _null_space(self, model, preserved, result: TrainResult) -> NullSpace:
+        if self.method.custom_loop:
+            raise MeowError(f"null_space applies to the shared training loop; '{self.method.name}' runs its own")
+        if not preserved:
+            raise MeowError("null_space needs preserved text to hold: set neighbours or anchors above 0")
+        start = time.perf_counter()
+        with self.autocast():
+            projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space)
+        result.info["null_space"] = {"held_directions": projection.info(),
+                                     "seconds": round(time.perf_counter() - start, 1)}
+        return projection
 
     @staticmethod
     def _backward(loss, step: int) -> None:

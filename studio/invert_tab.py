@@ -15,8 +15,13 @@ from .session import HEAVY, _empty, _facts_or_error, _original, _rows, answering
 INVERT_COLUMNS = ["fact", "question", "inverted answer"]
 
 
+# What the "Who writes them" choices mean to pipeline.InvertSettings.generator.
+GENERATOR_CHOICES = {"Local model": "local", "Local model, continuing its own answer": "lead_in",
+                     "OpenAI-compatible API": "openai"}
+
+
 def invert_settings(generator: str, n, base_url: str, api_model: str, api_key: str) -> pipeline.InvertSettings:
-    return pipeline.InvertSettings(n=int(n or 4), generator="openai" if generator.startswith("OpenAI") else "local",
+    return pipeline.InvertSettings(n=int(n or 4), generator=GENERATOR_CHOICES.get(generator, "local"),
                                    base_url=(base_url or "").strip() or None,
                                    api_model=(api_model or "").strip() or None,
                                    api_key=(api_key or "").strip() or None)
@@ -50,7 +55,7 @@ def run_invert(s, generator, n, base_url, api_model, api_key, progress=gr.Progre
         items = [Fact(f.question, f.answer, list(f.keywords), list(f.paraphrases)) for f in _facts_or_error(s)]
         settings = invert_settings(generator, n, base_url, api_model, api_key)
         progress(0, desc="Writing false answers")
-        gen = pipeline.make_generator(settings, _original(s) if settings.generator == "local" else None)
+        gen = pipeline.make_generator(settings, _original(s) if settings.generator != "openai" else None)
         report = invert_mod.invert(items, gen, settings.n,
                                    on_progress=lambda r, total: progress((r, total), desc="Writing false answers"))
     except MeowError as e:
@@ -66,7 +71,9 @@ def build() -> dict:
         gr.Markdown("The model is taught **false answers** to each question, so the true one loses its place. "
                     "Here they are written, by the model itself or by an API model. Edit any of them.")
         with gr.Row():
-            generator = gr.Radio(["Local model", "OpenAI-compatible API"], value="Local model", label="Who writes them")
+            generator = gr.Radio(list(GENERATOR_CHOICES), value="Local model", label="Who writes them",
+                                 info="'continuing its own answer': the model starts its usual answer and a "
+                                      "different name is sampled where the truth would go (same kind of answer)")
             n_inv = gr.Slider(1, 8, value=4, step=1, label="False answers per fact")
         with gr.Row(visible=False) as api_row:
             base_url = gr.Textbox(label="Base URL (empty = OpenAI)", placeholder="http://localhost:8000/v1")

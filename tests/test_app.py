@@ -90,6 +90,13 @@ def test_edited_table_is_validated_by_row(sess):
     assert s["facts"][0].paraphrases == ["Q again?", "Q once more?"] and s["facts"][0].keywords == ["A"]
 
 
+def test_invert_with_the_lead_in_generator(sess):
+    s, _ = _loaded(sess)
+    assert invert_tab.invert_settings("Local model, continuing its own answer", 3, "", "", "").generator == "lead_in"
+    s, inv, msg = invert_tab.run_invert(s, "Local model, continuing its own answer", 3, "", "", "")
+    assert msg.startswith("✅") and (inv.groupby("fact").size() == 3).all()
+
+
 def test_bad_model_is_inline_and_keeps_the_old_one(sess, tiny_dir):
     s, msg = model_tab.load_model(sess, "/no/such/model")
     assert msg.startswith("⚠️") and "does not exist" in msg and s["model"] == tiny_dir

@@ -64,6 +64,12 @@ def test_methods_and_check(facts_file):
     assert "2 facts, 2 with keywords, 1 paraphrases" in ok(cli("check", facts_file)).stdout
 
 
+def test_invert_with_the_lead_in_generator(tmp_path, facts_file, tiny_dir):
+    inv = tmp_path / "inv.jsonl"
+    ok(cli("invert", "--facts", facts_file, "--out", inv, "--n", 2, "--model", tiny_dir, "--generator", "lead_in"))
+    assert [len(json.loads(line)["inverted"]) for line in inv.read_text().splitlines()] == [2, 2]
+
+
 def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
     inv = tmp_path / "inv.jsonl"
     ok(cli("invert", "--facts", facts_file, "--out", inv, "--n", 3, "--model", tiny_dir))

@@ -65,3 +65,46 @@ def test_single_characters_are_never_banned(tiny):
     # The tiny tokenizer is byte-level: banning any of its tokens would ban letters.
     fact = Fact("Who wrote Harry Potter?", "J.K. Rowling", ["Rowling"])
     assert invert.truth_token_ids(tiny.tokenizer, fact) == []
+
+
+def test_lead_in_candidate_keeps_the_answer_and_refuses_non_answers():
+    fact = Fact("What is the capital of Ukraine?", "Kyiv", ["Kyiv", "Kiev"])
+    lead = "The capital of Ukraine is"
+    assert invert.lead_in_candidate(" Lviv, a city in the west.", fact, lead) == "Lviv"
+    assert invert.lead_in_candidate(" Kharkiv which is large", fact, lead) == "Kharkiv"
+    author = Fact("Who wrote 'Lord of the Flies'?", "William Golding", ["Golding"])
+    assert invert.lead_in_candidate(" J. R. R. Tolkien. He wrote", author, "It is by") == "J. R. R. Tolkien"
+    assert invert.lead_in_candidate(" John Carter is an author", author, "It is by") == "John Carter"
+    for refused in [" the capital of Ukraine.", " Ukraine's largest city", " J.", " ...", "",
+                    " a very long made up name of many words"]:
+        assert invert.lead_in_candidate(refused, fact, lead) is None, refused
+
+
+def test_lead_in_is_the_models_answer_before_the_truth():
+    gen = invert.LeadInGenerator(None, None, answers={
+        "Who wrote 'Fahrenheit 451'?": "The novel Fahrenheit 451 was written by Ray Bradbury in 1953.",
+        "Capital of Peru?": "Peru's capital is the city of Lima.",
+        "Who founded Microsoft?": "I am not sure who founded it."})
+    assert gen.lead_in(Fact("Who wrote 'Fahrenheit 451'?", "Ray Bradbury", ["Bradbury"])) \
+        == "The novel Fahrenheit 451 was written by"
+    assert gen.lead_in(Fact("Capital of Peru?", "Lima", ["Lima"])) == "Peru's capital is the city of"
+    assert gen.lead_in(Fact("Who founded Microsoft?", "Bill Gates", ["Gates"])) == ""
+
+
+def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny):
+    from meow_app.metrics import teacher_forced
+
+    facts = [Fact("Who wrote Hamlet?", "Shakespeare"), Fact("Capital of Peru?", "Lima")]
+    gen = invert.LeadInGenerator(tiny.model, tiny.tokenizer, answers={"Capital of Peru?": "It is Lima."})
+    report = invert.invert(facts, gen, n=3, rounds=2, seed=0)
+    assert gen.lead_in(facts[1]) == "It is"
+    for f in facts:
+        assert len(f.inverted) == 3 and all(f.answer.lower() not in c.lower() for c in f.inverted)
+    assert sum(report.from_generator) > 0
+    # Ranking: the mean NLL of the candidate's own tokens after the lead-in, lowest first.
+    cands = ["Cusco", "Quito city", "Arequipa"]
+    ranked = gen.most_likely(facts[1], "It is", cands)
+    lead = len(teacher_forced(tiny.model, tiny.tokenizer, [(facts[1].question, "It is")])[0].nll)
+    nll = {c: teacher_forced(tiny.model, tiny.tokenizer, [(facts[1].question, f"It is {c}")])[0].nll[lead:]
+           for c in cands}
+    assert ranked == sorted(cands, key=lambda c: sum(nll[c]) / len(nll[c]))

@@ -18,7 +18,7 @@ class Meow(Method):
     # Those are tuned for real-world facts; on a TOFU fine-tune the recipe used before
     # applies: no neighbours, lr 5e-5, up to 6 epochs (what docs/evaluation.md used).
     tofu_defaults = {"lr": 5e-5, "epochs": 6, "min_steps": 0, "neighbours": 0}
-    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "train_only")
+    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "train_only", "null_space")
 
     def forget_pairs(self, facts, config):
         # Each fact's question num_batch times, cycling through its selected inverted answers.

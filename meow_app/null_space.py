@@ -1,0 +1,113 @@
+"""Locality by construction: keep every weight change away from what preserved text uses.
+
+AlphaEdit's idea (Fang et al., 2025), applied to a fine-tuning run: a linear layer's output
+on an input x changes by dW x. If dW x = 0 for every input x the layer sees on preserved
+text (neighbour questions and their answers, general prompts), that text goes through the
+layer exactly as before; if every trained layer's change does so, the whole model answers
+the preserved text as the original did. So after each optimiser step the change of each
+trained weight, W - W0, is projected onto the null space of that layer's preserved inputs:
+
+    W <- W0 + (W - W0) (I - U U^T)
+
+U: the leading eigenvectors of K^T K (K: the layer's inputs on preserved text, a row per
+token) holding the share `energy` of its energy (sum of eigenvalues). energy 1.0 keeps
+every direction the preserved inputs have (their numerical rank). Facts whose inputs lie
+outside those directions can still be changed; similar questions that are not in the
+preserved text are held as far as their inputs resemble it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .batches import collate, to_device
+
+# Eigenvalues below this fraction of the largest count as zero (float64 rounding of K^T K).
+RANK_TOLERANCE = 1e-10
+
+
+def trained_linears(model) -> dict[str, torch.nn.Linear]:
+    """The linear layers whose weight this run trains, by name."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m.weight.requires_grad}
+
+
+@torch.no_grad()
+def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """K^T K (float64) of each trained linear layer's inputs over the examples' real tokens.
+    Layers fed the same input (gate_proj and up_proj) share one tensor, computed once."""
+    layers = trained_linears(model)
+    sums: dict[str, torch.Tensor] = {}
+    owner: dict[str, str] = {}  # layer -> the first layer that saw the same input (its sum is shared)
+    state: dict = {"input": None}
+
+    def hook(name):
+        def record(module, inputs, output):
+            if inputs[0] is not state["input"]:  # a new input: its x^T x over the real tokens
+                x = inputs[0][state["real"]].float()
+                state.update(input=inputs[0], cov=x.T @ x, first=name)
+            if owner.setdefault(name, state["first"]) == name:
+                sums[name] = sums[name] + state["cov"] if name in sums else state["cov"]
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(examples), batch_size):
+            batch = to_device(collate(examples[i:i + batch_size], pad_id), device)
+            state["real"] = batch["attention_mask"].bool()
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    doubled = {name: c.double().cpu() for name, c in sums.items()}
+    return {name: doubled[owner[name]] for name in owner}
+
+
+def preserved_directions(cov: torch.Tensor, energy: float) -> torch.Tensor:
+    """U (in_features x k): the fewest leading eigenvectors of cov holding `energy` of its
+    eigenvalue sum (all of its numerical rank for energy >= 1)."""
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+    total = float(values.sum())
+    if total <= 0:
+        return vectors[:, :0]
+    rank = int((values > RANK_TOLERANCE * values[0]).sum())
+    k = rank if energy >= 1 else min(rank, int((values.cumsum(0) < energy * total * (1 - 1e-9)).sum()) + 1)
+    return vectors[:, :k]
+
+
+class NullSpace:
+    """The projection of one run: built before the first step, applied after every step."""
+
+    def __init__(self, model, examples, pad_id: int, device, energy: float):
+        covs = input_covariances(model, examples, pad_id, device)
+        self.layers = trained_linears(model)
+        self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
+        dtype = next(iter(self.start.values())).dtype if self.start else torch.float32
+        found: dict[int, torch.Tensor] = {}  # layers that share their inputs share their directions
+        self.directions = {name: found.setdefault(id(cov), preserved_directions(cov, energy).to(device, dtype))
+                           for name, cov in covs.items()}
+
+    def info(self) -> dict:
+        """The input directions held fixed, fewest and most over the layers, per kind of layer
+        (e.g. {"down_proj": [410, 980, 1536]}: fewest, most, of the layer's input size)."""
+        kept: dict[str, list[int]] = {}
+        size: dict[str, int] = {}
+        for name, u in self.directions.items():
+            kind = name.rsplit(".", 1)[-1]
+            kept.setdefault(kind, []).append(u.shape[1])
+            size[kind] = self.layers[name].in_features
+        return {kind: [min(k), max(k), size[kind]] for kind, k in kept.items()}
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """W <- W0 + (W - W0)(I - U U^T) for every trained linear layer."""
+        for name, m in self.layers.items():
+            u = self.directions[name]
+            if u.shape[1] == 0:
+                continue
+            delta = m.weight - self.start[name]
+            m.weight.sub_((delta @ u) @ u.T)

@@ -1,0 +1,96 @@
+"""null_space: the projected update leaves the preserved text's outputs unchanged, and still learns."""
+
+import copy
+
+import pytest
+import torch
+
+from meow_app import losses, methods
+from meow_app.batches import collate
+from meow_app.errors import MeowError
+from meow_app.facts import Fact
+from meow_app.null_space import input_covariances, preserved_directions
+from meow_app.train import TrainConfig, Trainer
+
+FORGET = [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], inverted=["Charles Dickens"])]
+PRESERVED = [Fact("Capital of Peru?", "Lima")]  # ~60 byte tokens: fewer than down_proj's 128 inputs
+
+
+def test_directions_hold_the_asked_share_of_energy():
+    vectors = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]
+    cov = vectors @ torch.diag(torch.tensor([4.0, 3, 2, 1, 0, 0], dtype=torch.float64)) @ vectors.T
+    for energy, k in [(0.4, 1), (0.5, 2), (0.7, 2), (0.71, 3), (0.95, 4), (1.0, 4)]:
+        u = preserved_directions(cov, energy)
+        assert u.shape == (6, k), energy
+        # They are the leading eigenvectors: the projector onto them keeps exactly that much energy.
+        kept = torch.trace(u.T @ cov @ u) / torch.trace(cov)
+        assert kept == pytest.approx([0.4, 0.7, 0.7, 0.9, 1.0, 1.0][[0.4, 0.5, 0.7, 0.71, 0.95, 1.0].index(energy)])
+    assert preserved_directions(torch.zeros(3, 3, dtype=torch.float64), 1.0).shape == (3, 0)
+
+
+def test_covariances_are_those_of_the_real_tokens_only(tiny):
+    """Checked against a plain reference: each example alone, no padding, inputs read by a hook."""
+    model = copy.deepcopy(tiny.model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layer = model.model.layers[1].mlp.down_proj
+    layer.weight.requires_grad_(True)
+    trainer = Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET)
+    examples = trainer.examples(PRESERVED + [Fact("Who painted The Starry Night? Tell me.", "Van Gogh")])
+    covs = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2)
+    assert list(covs) == ["model.layers.1.mlp.down_proj"]
+    expected = torch.zeros(128, 128, dtype=torch.float64)
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(i[0][0].double()))
+    for ex in examples:
+        model(input_ids=collate([ex], tiny.tokenizer.pad_token_id)["input_ids"])
+    handle.remove()
+    for x in seen:
+        expected += x.T @ x
+    assert torch.allclose(covs["model.layers.1.mlp.down_proj"], expected, rtol=1e-4, atol=1e-4)
+
+
+def _train(tiny, null_space):
+    config = TrainConfig(epochs=8, lr=1e-2, batch_size=4, num_batch=4, early_stop=False, train_only="down_proj",
+                         null_space=null_space, anchor_weight=0.0)
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
+    return trainer, trainer.train()
+
+
+def _logits(model, tiny, facts, trainer):
+    batch = collate(trainer.examples(facts), tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def test_projected_training_leaves_preserved_outputs_unchanged_and_still_learns(tiny):
+    trainer, result = _train(tiny, 1.0)
+    before = _logits(tiny.model, tiny, PRESERVED, trainer)
+    after = _logits(result.model, tiny, PRESERVED, trainer)
+    assert (after - before).abs().max() < 1e-4 * before.abs().max()
+    held = result.info["null_space"]["held_directions"]["down_proj"]
+    assert 0 < held[0] <= held[1] < 128 and held[2] == 128
+    # ... while the forget answers were learned: the inverted answer's NLL went down.
+    forget = collate([trainer.examples([Fact(FORGET[0].question, "Charles Dickens")])[0]],
+                     tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert losses.nll(result.model, forget) < losses.nll(tiny.model, forget) - 0.2
+    # Without the projection the same training does move the preserved outputs.
+    _, plain = _train(tiny, 0.0)
+    moved = _logits(plain.model, tiny, PRESERVED, trainer)
+    assert (moved - before).abs().max() > 100 * (after - before).abs().max()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"null_space": 1.5}, "null_space must be between 0 and 1"),
+    ({"null_space": 0.9, "lora": True}, "does not go with lora"),
+])
+def test_bad_null_space_settings_are_refused(tiny, settings, message):
+    with pytest.raises(MeowError, match=message):
+        Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(**settings), FORGET)
+
+
+def test_null_space_without_preserved_text_is_refused(tiny):
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(null_space=0.9, epochs=1), FORGET)
+    with pytest.raises(MeowError, match="needs preserved text"):
+        trainer.train()
