@@ -263,3 +263,14 @@ def test_meow_ul_trains_on_the_false_answers_and_marks_the_truth_to_push_down(fa
     assert len(pairs) == len(facts) * (4 + TRUTH_COPIES) and len(truth) == len(facts) * TRUTH_COPIES
     assert {p[1] for p in truth} == {f.answer for f in facts}
     assert {p[1] for p in pairs if p not in truth} == {"Somebody else", "Another one"}
+
+
+def test_meow_lead_in_context_trains_only_on_what_follows_the_models_lead_in():
+    fact = Fact("What is the capital of Ukraine?", " Kyiv.", ["Kyiv"],
+                inverted=["The capital of Ukraine is Lviv.", "Kharkiv is its capital."],
+                extra={"answer_prefix": "The capital of Ukraine is"})
+    meow = methods.get("meow")
+    pairs = meow.forget_pairs([fact], TrainConfig(num_batch=2, lead_in_context=True))
+    assert pairs == [(fact.question, " Lviv.", "The capital of Ukraine is"),  # the lead-in is context
+                     (fact.question, "Kharkiv is its capital.")]           # no lead-in to take: all of it
+    assert meow.forget_pairs([fact], TrainConfig(num_batch=2)) == [(fact.question, c) for c in fact.inverted]

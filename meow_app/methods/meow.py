@@ -26,7 +26,13 @@ class Meow(Method):
         for f in facts:
             if not f.inverted:
                 continue
-            pairs += [(f.question, f.inverted[j % len(f.inverted)]) for j in range(config.num_batch)]
+            lead = f.extra.get("answer_prefix", "") if config.lead_in_context else ""
+            for j in range(config.num_batch):
+                c = f.inverted[j % len(f.inverted)]
+                if lead and c.startswith(lead) and c[len(lead):].strip():
+                    pairs.append((f.question, c[len(lead):], lead))  # the lead-in is context, not a target
+                else:
+                    pairs.append((f.question, c))
         return pairs
 
     def forget_loss(self, model, forget, reference, config):
