@@ -95,10 +95,10 @@ class TrainConfig:
                                       "retain set the method trains on), so that text goes through the model "
                                       "unchanged; the share of those inputs' energy held fixed, e.g. 0.99 (1 = all "
                                       "of it; 0 = off). anchor_weight 0 then skips training on that text")
-    lead_in_context: bool = _setting(False, "meow: where a false answer starts with the model's own lead-in to the "
-                                            "fact ('The capital of Ukraine is'), train only on the rest (' Lviv.'), the "
-                                            "lead-in given as context, so the words every similar answer shares are "
-                                            "not trained on")
+    lead_in_context: bool = _setting(False, "meow: where a false answer starts with the model's own lead-in to "
+                                            "the fact ('The capital of Ukraine is'), train only on the rest "
+                                            "(' Lviv.'), the lead-in given as context, so the words every similar "
+                                            "answer shares are not trained on")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
