@@ -108,6 +108,10 @@ class TrainConfig:
                                        "every similar answer shares")
     max_grad_norm: float = _setting(1.0, "gradient clipping: the largest gradient norm of a step", obvious=True)
     early_stop: bool = _setting(True, "stop when no forget question or paraphrase leaks")
+    stop_depth: float = _setting(0.0, "early stopping also waits until each forget fact's true answer has at most "
+                                      "this share of its original probability (e.g. 0.5: what the evaluation calls "
+                                      "forgotten rather than 'hidden, but still likely'); 0 = the greedy answers "
+                                      "alone decide, which can stop once the fact is hidden but still likely")
     min_epochs: int = _setting(1, "early stopping waits at least this many epochs", obvious=True)
     seed: int = _setting(0, "random seed (batch order, sampling, initialisation)")
     bf16: bool = _setting(False, "autocast to bfloat16 (always on for CUDA; on a CPU faster only with bf16 matmuls: "
@@ -130,6 +134,8 @@ class TrainConfig:
             re.compile(self.train_only)
         except re.error as e:
             raise MeowError(f"train_only is not a valid regular expression ('{self.train_only}': {e})") from None
+        if not 0 <= self.stop_depth <= 1:
+            raise MeowError(f"stop_depth must be between 0 and 1, got {self.stop_depth}")
         if not 0 <= self.null_space <= 1:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
         if self.null_space and (self.lora or self.shard):
@@ -207,6 +213,12 @@ class TrainResult:
     adapter: tuple | None = None                 # LoRA only: (peft config, adapter weights), kept before merging
 
 
+def still_likely_count(before: list[float], after: list[float], depth: float) -> int:
+    """Facts whose answer probability is still above `depth` x its original one; as in the
+    evaluation's verdicts, facts the original found unlikely (p <= 0.05) never count."""
+    return sum(b > 0.05 and a > depth * b for b, a in zip(before, after))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -267,6 +279,7 @@ class Trainer:
             # Generating from a sharded model needs every process in every forward pass:
             # the main process probes once, on the gathered model, after training.
             self.run_probes = False
+        self._before_probs = None  # the forget answers' probabilities under the original (stop_depth)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -453,9 +466,25 @@ class Trainer:
         probe = None
         if self.processes.is_main:
             probe, result.last_probe = self._probe(model, epoch)
+            if self.config.stop_depth and self.run_probes:
+                probe["still_likely"] = self.still_likely(model)
         probe = self.processes.broadcast(probe)
         result.probes.append(probe)
-        return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"]
+        return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"] and not probe.get("still_likely")
+
+    def still_likely(self, model) -> int:
+        """Forget facts whose true answer keeps more than stop_depth of its original probability
+        (facts the original found unlikely, p <= 0.05, as the evaluation's verdicts, don't count)."""
+        from .metrics import answer_prob, teacher_forced
+
+        pairs = [(f.question, f.answer) for f in self.probe_facts]
+        if self._before_probs is None:
+            self._before_probs = [answer_prob(s) for s in teacher_forced(self.original, self.tokenizer, pairs)]
+        model.eval()
+        with self.autocast():
+            after = [answer_prob(s) for s in teacher_forced(model, self.tokenizer, pairs)]
+        model.train()
+        return still_likely_count(self._before_probs, after, self.config.stop_depth)
 
     def finish(self, result: TrainResult, start: float) -> TrainResult:
         if self.sharded:  # every process sends its shards; the main one gets the whole model

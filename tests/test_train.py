@@ -76,6 +76,21 @@ def test_early_stopping_when_nothing_leaks(tiny, inverted_facts):
     assert max(e["epoch"] for e in events if e["type"] == "step") == 1
 
 
+def test_stop_depth_waits_until_the_truth_is_unlikely_too(tiny, inverted_facts, monkeypatch):
+    from meow_app import train
+
+    assert train.still_likely_count([0.8, 0.8, 0.04, 0.3], [0.5, 0.3, 0.04, 0.1], 0.5) == 1  # only the first
+    assert train.still_likely_count([0.8], [0.5], 0.7) == 0
+    # Nothing leaks from the first probe on, but a fact stays likely: no early stop, every epoch runs.
+    monkeypatch.setattr(Trainer, "still_likely", lambda self, model: 1)
+    result, _ = run(tiny, inverted_facts, early_stop=True, epochs=3, stop_depth=0.5)
+    assert not result.stopped_early and len(result.probes) == 3 and result.probes[0]["still_likely"] == 1
+    monkeypatch.undo()
+    # The real measure on the tiny model: its answers were never likely (p <= 0.05), so it stops at once.
+    result, _ = run(tiny, inverted_facts, early_stop=True, epochs=3, stop_depth=0.5)
+    assert result.stopped_early and result.probes[0]["still_likely"] == 0
+
+
 @pytest.mark.parametrize("bad,message", [
     (dict(lr=0), "learning rate must be a positive number, got 0"),
     (dict(lr=float("nan")), "learning rate must be a positive number, got nan"),
