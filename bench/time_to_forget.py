@@ -31,7 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 # name -> unlearn options (TrainConfig fields) that differ from the method's defaults
-VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_memory": {"low_memory": True}}
+# (the inversion's `generator` is an InvertSettings field, the rest TrainConfig fields)
+VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_memory": {"low_memory": True},
+            # issue 19's candidate: plausible targets, null-space projection, stop when the truth is unlikely
+            "local_deep": {"generator": "lead_in", "null_space": 0.99, "anchor_weight": 0.0, "lr": 5e-4,
+                           "stop_depth": 0.5}}
+INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.
 SHAPES = {"1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
@@ -75,13 +80,16 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
 
     forget = [f for path in facts_files for f in load_facts(path)][:n_facts]
     retain = load_facts(retain_file) if retain_file else None
-    config = TrainConfig(**{**methods.get(method).defaults, **overrides})
+    train = {k: v for k, v in overrides.items() if k not in INVERT_FIELDS}
+    config = TrainConfig(**{**methods.get(method).defaults, **train})
+    invert = pipeline.InvertSettings(**{k: v for k, v in overrides.items() if k in INVERT_FIELDS})
     t = time.perf_counter()
     loaded = models.load(model)
     load_seconds = time.perf_counter() - t
     out = Path(tempfile.mkdtemp()) / "run"
     try:
-        run = pipeline.unlearn(forget, out, method, retain=retain, config=config, loaded=loaded, on_event=on_event)
+        run = pipeline.unlearn(forget, out, method, retain=retain, config=config, loaded=loaded, on_event=on_event,
+                               invert_settings=invert)
     finally:
         watch.restore()
     steps, last, in_train = [], None, 0

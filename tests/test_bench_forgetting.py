@@ -19,6 +19,9 @@ def test_variant_syntax():
     assert v["name"] == "fast" and v["method"] == "meow"
     assert v["overrides"] == {"lr": 2e-4, "epochs": 4, "lora": True, "train_only": ""}
     assert isinstance(v["overrides"]["epochs"], int) and isinstance(v["overrides"]["lr"], float)
+    # The inversion's generator is a variant's setting too (pipeline.InvertSettings).
+    v = forgetting.parse_variant("plausible:meow:generator=lead_in,null_space=0.99")
+    assert v["overrides"] == {"generator": "lead_in", "null_space": 0.99}
 
 
 @pytest.mark.parametrize("spec,message", [
