@@ -341,6 +341,16 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     config = TrainConfig(**{**method.defaults, **train})
     inv = pipeline.InvertSettings(**{k: v for k, v in variant["overrides"].items() if k in INVERT_FIELDS})
     out = Path(tempfile.mkdtemp(prefix="meow-bench-")) / "run"
+    # The questions the run trains on beside the forget set (neighbours, siblings, anchors): a
+    # retain or unseen question among them is held by training, not by locality: counted apart.
+    trained, anchor_facts = [], pipeline.anchor_facts
+
+    def recording(*args, **kwargs):
+        got = anchor_facts(*args, **kwargs)
+        trained.extend(got)
+        return got
+
+    pipeline.anchor_facts = recording
     start = time.perf_counter()
     loaded = models.load(model)
     run = pipeline.unlearn(forget, out, variant["method"], config=config, loaded=loaded, invert_settings=inv,
@@ -363,6 +373,10 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     before_u, after_u = report["sets"]["holdout"]["original"]["rows"], report["sets"]["holdout"]["unlearned"]["rows"]
     row["unseen_lost"] = [b["question"] for b, a in zip(before_u, after_u) if b["leak"] and not a["leak"]]
     row["sampling_leaks"] = [r["answer"] for r in sampling["unlearned"]["rows"] if r["leak"]]
+    row["retain_trained_on"] = [f.question for f in retain if any(near(f.question, t.question) for t in trained)]
+    untrained = [v for v in report["verdicts"].get("retain", []) if v["question"] not in row["retain_trained_on"]
+                 and v["verdict"] in (evaluate.KEPT, evaluate.LOST)]
+    row["retain_kept_untrained"] = [sum(v["verdict"] == evaluate.KEPT for v in untrained), len(untrained)]
     row["samples"] = samples
     return row
 
@@ -454,7 +468,10 @@ def details(rows: list[dict]) -> None:
                   f"(evaluation {r['eval_seconds']:.0f} s), peak RSS with the evaluation {r['peak_rss_gib']:.2f} GiB; "
                   f"stages (s) {r['timings']}; retain lost: {r['retain_lost']}; unseen lost: {r['unseen_lost']}; "
                   f"sampled answers that leaked: {len(r['sampling_leaks'])} of "
-                  f"{r['n_forget'] * r.get('samples', SAMPLES)}")
+                  f"{r['n_forget'] * r.get('samples', SAMPLES)}"
+                  + (f"; retain questions the run trained on: {r['retain_trained_on']} (kept of the others: "
+                     f"{r['retain_kept_untrained'][0]}/{r['retain_kept_untrained'][1]})" if r.get("retain_trained_on")
+                     else ""))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def unlearn_seconds(n_facts: int, config, n_params: int, device: str, custom_loo
     epochs = config.fisher_steps if custom_loop else epochs_run(n_facts, config)
     passes = (probe + 2                                   # forget, retain, everyday before
               + (2 * math.ceil(n_facts * n_inverted / BATCH) if inverting else 0)  # false answers, MEMO
-              + (1 if config.anchors or config.neighbours else 0)  # the anchors' own answers
+              + (1 if config.anchors or config.neighbours or config.siblings else 0)  # the anchors' own answers
               + probe * (epochs if config.early_stop else 1)       # a probe per epoch (early stopping) or one
               + 2)                                        # retain and everyday after
     steps = training_steps(n_facts, config, custom_loop)

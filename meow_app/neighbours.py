@@ -15,6 +15,7 @@ the pool's mean (raw mean-pooled states of a causal LM share one large common di
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -61,3 +62,52 @@ def nearest(model, tokenizer, questions: list[str], pool: list[str], per_questio
                 chosen.append(q)
                 counts[i] += 1
     return chosen
+
+
+# --- siblings: the same question about other subjects, proposed by the model itself ---------------
+
+_SUBJECT_START = re.compile(r"""\s(?=["'‘“]?[A-Z0-9])""")
+
+
+def question_frame(question: str) -> str:
+    """The question up to its subject: the words before the first capitalised (or quoted, or
+    numeric) word after the first one. "What is the capital of Iran?" -> "What is the capital
+    of"; "Who wrote 'Fahrenheit 451'?" -> "Who wrote"; '' when there is no such word."""
+    m = _SUBJECT_START.search(question.strip(), 1)
+    return question.strip()[:m.start()] if m else ""
+
+
+def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: int = 32) -> list[str]:
+    """Questions of the same frame about other subjects ("What is the capital of Iraq?" for
+    Iran), sampled from the model after the frame with the fact's subject and answer tokens
+    forbidden: the subjects it places nearest, which a forgetting run most easily drags
+    along. per_fact each at most, none naming a forgotten subject or answer."""
+    from .invert import truth_token_ids
+
+    frames = [question_frame(f.question) for f in facts]
+    subjects = [f.question.strip()[len(fr):].strip(" ?") for f, fr in zip(facts, frames)]
+    copies = 3 * per_fact
+    prompts, banned, owners = [], [], []
+    for i, (f, frame, subject) in enumerate(zip(facts, frames, subjects)):
+        if not frame or per_fact <= 0:
+            continue
+        # The question itself first: the model then proposes subjects near this one (Iraq for Iran).
+        ids = generation.encode(tokenizer, f"{f.question.strip()}\n{frame}")
+        stop = truth_token_ids(tokenizer, f) + truth_token_ids(tokenizer, type(f)(f.question, subject))
+        prompts += [ids] * copies
+        banned += [sorted(set(stop))] * copies
+        owners += [i] * copies
+    if not prompts:
+        return []
+    texts = generation.generate_ids(model, tokenizer, prompts, 10, batch_size, do_sample=True, temperature=0.8,
+                                    top_p=0.9, generator_seed=seed, banned=banned)
+    forgotten = [w.lower() for f, s in zip(facts, subjects) for w in [s, f.answer, *f.keywords] if w.strip()]
+    out: dict[int, list[str]] = {}
+    for i, t in zip(owners, texts):
+        tail = tokenizer.decode(t, skip_special_tokens=True).split("?")[0].split("\n")[0].strip()
+        q = f"{frames[i]} {tail}?"
+        if (not tail or len(tail.split()) > 6 or not _SUBJECT_START.match(" " + tail)
+                or any(w in q.lower() for w in forgotten) or q in out.get(i, []) or len(out.get(i, [])) >= per_fact):
+            continue
+        out.setdefault(i, []).append(q)
+    return list(dict.fromkeys(q for i in sorted(out) for q in out[i]))

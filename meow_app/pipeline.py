@@ -105,9 +105,11 @@ def capped_note(selection: list[dict], settings: SelectSettings) -> str | None:
             f"(fact {short[0][0]}: {short[0][1]}): all of theirs are used")
 
 
-def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, neighbours: int = 0) -> list[Fact]:
+def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, neighbours: int = 0,
+                 siblings: int = 0, seed: int = 0) -> list[Fact]:
     """General prompts (TrainConfig.anchors) and the forget questions' nearest neighbour
-    questions (TrainConfig.neighbours) with the original model's own answers, leaving out
+    questions (TrainConfig.neighbours) and their siblings (TrainConfig.siblings: the same
+    question about other subjects) with the original model's own answers, leaving out
     any that mention a fact being forgotten."""
     from .facts import read_lines
 
@@ -119,6 +121,9 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
         near = neighbours_mod.nearest(loaded.model, loaded.tokenizer, [f.question for f in forget],
                                       read_lines(neighbours_mod.POOL), per_fact)
         prompts += [q for q in near if q not in prompts]
+    if siblings > 0 and forget:
+        prompts += [q for q in neighbours_mod.siblings(loaded.model, loaded.tokenizer, forget, siblings, seed)
+                    if q not in prompts]
     if not prompts:
         return []
     answers = generation.answer(loaded.model, loaded.tokenizer, prompts)
@@ -356,7 +361,7 @@ def training_inputs(loaded, forget: list[Fact], retain: list[Fact] | None, confi
                     before: dict) -> tuple[list[Fact], list[Fact] | None, list[Fact]]:
     """What the loop trains on: the forget facts (in the model's own words with own_answers),
     the retain facts, and the anchors (general prompts and neighbour questions)."""
-    anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours)
+    anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed)
     if config.own_answers:
         return own_answers(forget, before["forget"], split=True), own_answers(retain, before["retain"]), anchors
     return forget, retain, anchors

@@ -88,6 +88,9 @@ class TrainConfig:
     neighbours: int = _setting(0, "questions from a shipped general pool nearest to the forget questions "
                                   "(meow_app/neighbours.py; at least 2 per fact), answered by the original model and "
                                   "trained on like the anchors, to keep similar questions intact (0 = off)")
+    siblings: int = _setting(0, "per fact, questions of the same form about other subjects, proposed by the model "
+                                "itself ('What is the capital of Iraq?' for Iran; meow_app/neighbours.py siblings), "
+                                "answered by the original model and used like the neighbour questions (0 = off)")
     anchor_weight: float = _setting(1.0, "weight of the anchor and neighbour loss", obvious=True)
     null_space: float = _setting(0.0, "locality by construction (AlphaEdit-style, meow_app/null_space.py): after "
                                       "each step, each trained weight's change is projected onto the null space of "
@@ -140,7 +143,7 @@ class TrainConfig:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
         if self.null_space and (self.lora or self.shard):
             raise MeowError("null_space projects the change of whole weights: it does not go with lora or shard")
-        for name in ("anchors", "neighbours", "min_steps"):
+        for name in ("anchors", "neighbours", "siblings", "min_steps"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.fisher_backend not in ("diag", "woodfisher"):
@@ -446,7 +449,7 @@ class Trainer:
         if self.method.custom_loop:
             raise MeowError(f"null_space applies to the shared training loop; '{self.method.name}' runs its own")
         if not preserved:
-            raise MeowError("null_space needs preserved text to hold: set neighbours or anchors above 0")
+            raise MeowError("null_space needs preserved text to hold: set neighbours, siblings or anchors above 0")
         start = time.perf_counter()
         with self.autocast():
             projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space)

@@ -1,7 +1,7 @@
 """Neighbour questions (meow_app/neighbours.py) on the tiny random model."""
 
 from meow_app import general, neighbours, pipeline
-from meow_app.facts import read_lines
+from meow_app.facts import Fact, read_lines
 from meow_app.train import TrainConfig
 
 
@@ -62,3 +62,33 @@ def test_a_negative_count_is_refused():
 
     with pytest.raises(MeowError, match="neighbours must be 0 or more"):
         TrainConfig(neighbours=-1).check()
+
+
+def test_question_frame_is_the_question_up_to_its_subject():
+    assert neighbours.question_frame("What is the capital of Iran?") == "What is the capital of"
+    assert neighbours.question_frame("Who wrote 'Fahrenheit 451'?") == "Who wrote"
+    assert neighbours.question_frame("Who founded the Ford Motor Company?") == "Who founded the"
+    assert neighbours.question_frame("In 1969, who walked on the moon?") == "In"
+    assert neighbours.question_frame("what is the boiling point of water?") == ""
+
+
+def test_siblings_ask_the_same_thing_about_other_subjects(tiny, monkeypatch):
+    from meow_app import generation
+
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"]), Fact("what is water made of?", "H2O")]
+    seen = {}
+    real = generation.generate_ids
+
+    def generate_ids(model, tokenizer, prompts, *args, **kw):
+        seen["prompts"] = [tokenizer.decode(p) for p in prompts]
+        seen["banned"] = kw["banned"]
+        real(model, tokenizer, prompts, *args, **kw)  # the real sampler runs; its random bytes are replaced
+        tails = [" Chile? And", " Peru?", " Lima?", " chile?", " Bolivia", " Chile?"]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in tails]
+
+    monkeypatch.setattr(generation, "generate_ids", generate_ids)
+    got = neighbours.siblings(tiny.model, tiny.tokenizer, facts, per_fact=2)
+    # Only the first fact has a frame; its question comes first, so the model proposes near subjects.
+    assert seen["prompts"] == ["What is the capital of Peru?\nWhat is the capital of"] * 6
+    # Repeats, the forgotten subject and answer, and a lower-case (not a name) tail are dropped.
+    assert got == ["What is the capital of Chile?", "What is the capital of Bolivia?"]
