@@ -33,9 +33,8 @@ import common  # noqa: E402
 # name -> unlearn options (TrainConfig fields) that differ from the method's defaults
 # (the inversion's `generator` is an InvertSettings field, the rest TrainConfig fields)
 VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_memory": {"low_memory": True},
-            # issue 19's candidate: plausible targets, null-space projection, stop when the truth is unlikely
-            "local_deep": {"generator": "lead_in", "null_space": 0.99, "anchor_weight": 0.0, "lr": 5e-4,
-                           "stop_depth": 0.5}}
+            # meow's recipe before issue 19 (few-shot false answers, neighbours trained on, greedy stop)
+            "previous": {"generator": "local", "null_space": 0.0, "anchor_weight": 1.0, "lr": 1e-4, "stop_depth": 0.0}}
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.

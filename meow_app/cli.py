@@ -58,10 +58,10 @@ def _add_model(p):
 
 def _add_generator(p):
     p.add_argument("--n", type=int, default=4, help="inverted answers per fact (default 4)")
-    p.add_argument("--generator", choices=("local", "lead_in", "openai"), default="local",
-                   help="local: the model writes false answers from a few-shot prompt (default); lead_in: the model "
-                        "continues its own answer's lead-in with the truth forbidden (same-type answers); openai: "
-                        "an OpenAI-compatible API")
+    p.add_argument("--generator", choices=("lead_in", "local", "openai"), default="lead_in",
+                   help="lead_in (default): the model continues its own answer's lead-in ('The capital of Ukraine "
+                        "is') with the truth forbidden, so false answers are of the same kind; local: the model "
+                        "writes them from a few-shot prompt; openai: an OpenAI-compatible API")
     p.add_argument("--generator-model", default=None,
                    help="local generator model (default: the --model being used)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")

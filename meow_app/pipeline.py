@@ -36,7 +36,9 @@ from .train import TrainConfig, Trainer
 @dataclass
 class InvertSettings:
     n: int = 4                     # inverted candidates per fact
-    generator: str = "local"       # local (few-shot prompt) | lead_in (after the model's own lead-in) | openai
+    # lead_in (default): the model continues its own lead-in to the answer with the truth
+    # forbidden (same-type answers); local: a few-shot prompt to the model; openai: an API.
+    generator: str = "lead_in"
     generator_model: str | None = None   # local generator: None = the model being unlearned
     base_url: str | None = None
     api_model: str | None = None

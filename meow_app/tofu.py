@@ -159,7 +159,7 @@ def unlearn_target(target_lm, sets: dict, out_dir: Path, method: str, authors, o
     config = TrainConfig(**{**method_obj.defaults, **method_obj.tofu_defaults, **small, **(overrides or {})})
     retain = sets["retain_train"][:len(forget) * 4] if method_obj.uses_retain else None
     return unlearn(forget, out_dir, method, retain=retain, config=config,
-                   invert_settings=InvertSettings(answer_style=False),
+                   invert_settings=InvertSettings(answer_style=False, generator="local"),
                    select_settings=SelectSettings(top_k=3, memo_stride=50, memo_length=8),
                    loaded=target_lm, on_event=emit)
 

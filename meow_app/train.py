@@ -141,8 +141,6 @@ class TrainConfig:
             raise MeowError(f"stop_depth must be between 0 and 1, got {self.stop_depth}")
         if not 0 <= self.null_space <= 1:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
-        if self.null_space and (self.lora or self.shard):
-            raise MeowError("null_space projects the change of whole weights: it does not go with lora or shard")
         for name in ("anchors", "neighbours", "siblings", "min_steps"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -283,6 +281,13 @@ class Trainer:
             # the main process probes once, on the gathered model, after training.
             self.run_probes = False
         self._before_probs = None  # the forget answers' probabilities under the original (stop_depth)
+        # The null-space projection acts on whole weights: not on LoRA adapters nor on shards.
+        # There the neighbour answers are trained on instead, so they are still held.
+        self.project, self.anchor_weight = config.null_space > 0, config.anchor_weight
+        if self.project and (config.lora or self.sharded):
+            warnings.warn(MeowWarning("null_space does not apply to LoRA adapters or sharded weights: the neighbour "
+                                      "answers are trained on instead"))
+            self.project, self.anchor_weight = False, config.anchor_weight or 1.0
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -393,7 +398,7 @@ class Trainer:
         epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
         result = TrainResult(model=model)
         start = time.perf_counter()
-        projection = self._null_space(model, retain_ex + anchor_ex, result) if cfg.null_space else None
+        projection = self._null_space(model, retain_ex + anchor_ex, result) if self.project else None
         step = 0
         for epoch in range(1, epochs + 1):
             for batch in length_grouped(forget_ex, cfg.batch_size, rng):
@@ -408,14 +413,14 @@ class Trainer:
                 with self.autocast():
                     loss, parts = self.method.loss(model, forget, retain, reference, cfg)
                 self._backward(loss, step)
-                if anchor_stream and cfg.anchor_weight > 0:
+                if anchor_stream and self.anchor_weight > 0:
                     # A second backward pass into the same gradients (the sum's gradient), so the
                     # anchor batch's activations are never held beside the forget batch's: the
                     # default meow step's peak memory drops by the smaller batch's share.
                     with self.autocast():
                         anchor = losses.nll(model, self._batch(next(anchor_stream)))
-                    self._backward(cfg.anchor_weight * anchor, step)
-                    loss = loss.detach() + cfg.anchor_weight * anchor.detach()
+                    self._backward(self.anchor_weight * anchor, step)
+                    loss = loss.detach() + self.anchor_weight * anchor.detach()
                     parts["anchor_nll"] = anchor.item()
                 loss_value = loss.item()
                 if self.processes.size > 1:  # each process holds its share: the sums are the whole batch's
@@ -445,11 +450,14 @@ class Trainer:
         result.model = model
         return self.finish(result, start)
 
-    def _null_space(self, model, preserved, result: TrainResult) -> NullSpace:
+    def _null_space(self, model, preserved, result: TrainResult) -> NullSpace | None:
         if self.method.custom_loop:
             raise MeowError(f"null_space applies to the shared training loop; '{self.method.name}' runs its own")
-        if not preserved:
-            raise MeowError("null_space needs preserved text to hold: set neighbours, siblings or anchors above 0")
+        if not preserved:  # none asked for (neighbours 0), or every answer was empty or named a forgotten fact
+            warnings.warn(MeowWarning("null_space has no preserved text to hold (no neighbour, sibling or anchor "
+                                      "answers): training without the projection"))
+            result.info["null_space"] = {"held_directions": None, "seconds": 0.0}
+            return None
         start = time.perf_counter()
         with self.autocast():
             projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space)

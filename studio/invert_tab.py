@@ -16,12 +16,13 @@ INVERT_COLUMNS = ["fact", "question", "inverted answer"]
 
 
 # What the "Who writes them" choices mean to pipeline.InvertSettings.generator.
-GENERATOR_CHOICES = {"Local model": "local", "Local model, continuing its own answer": "lead_in",
+GENERATOR_CHOICES = {"Local model, continuing its own answer": "lead_in", "Local model": "local",
                      "OpenAI-compatible API": "openai"}
+DEFAULT_GENERATOR = "Local model, continuing its own answer"
 
 
 def invert_settings(generator: str, n, base_url: str, api_model: str, api_key: str) -> pipeline.InvertSettings:
-    return pipeline.InvertSettings(n=int(n or 4), generator=GENERATOR_CHOICES.get(generator, "local"),
+    return pipeline.InvertSettings(n=int(n or 4), generator=GENERATOR_CHOICES.get(generator, "lead_in"),
                                    base_url=(base_url or "").strip() or None,
                                    api_model=(api_model or "").strip() or None,
                                    api_key=(api_key or "").strip() or None)
@@ -71,9 +72,10 @@ def build() -> dict:
         gr.Markdown("The model is taught **false answers** to each question, so the true one loses its place. "
                     "Here they are written, by the model itself or by an API model. Edit any of them.")
         with gr.Row():
-            generator = gr.Radio(list(GENERATOR_CHOICES), value="Local model", label="Who writes them",
+            generator = gr.Radio(list(GENERATOR_CHOICES), value=DEFAULT_GENERATOR, label="Who writes them",
                                  info="'continuing its own answer': the model starts its usual answer and a "
-                                      "different name is sampled where the truth would go (same kind of answer)")
+                                      "different name is sampled where the truth would go (same kind of answer); "
+                                      "'Local model': it writes them from examples of false answers")
             n_inv = gr.Slider(1, 8, value=4, step=1, label="False answers per fact")
         with gr.Row(visible=False) as api_row:
             base_url = gr.Textbox(label="Base URL (empty = OpenAI)", placeholder="http://localhost:8000/v1")

@@ -298,7 +298,7 @@ def test_the_settings_table_shows_what_the_method_runs_with():
         for key, value in table.values.tolist():
             assert value == str(getattr(runs, key)), (name, key, value)
     text, table = unlearn_tab.method_info("meow")
-    assert dict(table.values.tolist())["lr"] == "0.0001"  # meow's own default, not TrainConfig's 5e-05
+    assert dict(table.values.tolist())["lr"] == "0.0005"  # meow's own default, not TrainConfig's 5e-05
 
 
 def test_loss_figure_has_integer_steps_even_for_a_few():

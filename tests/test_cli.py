@@ -183,7 +183,7 @@ def test_unlearn_help_shows_the_defaults_the_chosen_method_runs_with():
     from meow_app import cli as cli_mod, methods
     from meow_app.train import TrainConfig
 
-    assert "--lr LR (default for meow: 0.0001)" in " ".join(ok(cli("unlearn", "--help")).stdout.split())
+    assert "--lr LR (default for meow: 0.0005)" in " ".join(ok(cli("unlearn", "--help")).stdout.split())
     assert "(default for ga: 1e-05)" in ok(cli("unlearn", "--method", "ga", "--help")).stdout
     for name, cls in methods.REGISTRY.items():
         sub = cli_mod.build_parser(name)._subparsers._group_actions[0].choices["unlearn"]

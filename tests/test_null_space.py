@@ -81,16 +81,25 @@ def test_projected_training_leaves_preserved_outputs_unchanged_and_still_learns(
     assert (moved - before).abs().max() > 100 * (after - before).abs().max()
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"null_space": 1.5}, "null_space must be between 0 and 1"),
-    ({"null_space": 0.9, "lora": True}, "does not go with lora"),
-])
-def test_bad_null_space_settings_are_refused(tiny, settings, message):
-    with pytest.raises(MeowError, match=message):
-        Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(**settings), FORGET)
+def test_a_share_outside_0_to_1_is_refused(tiny):
+    with pytest.raises(MeowError, match="null_space must be between 0 and 1"):
+        Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(null_space=1.5), FORGET)
 
 
-def test_null_space_without_preserved_text_is_refused(tiny):
-    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(null_space=0.9, epochs=1), FORGET)
-    with pytest.raises(MeowError, match="needs preserved text"):
-        trainer.train()
+def test_with_lora_the_neighbour_answers_are_trained_on_instead(tiny):
+    from meow_app.errors import MeowWarning
+
+    config = TrainConfig(null_space=0.9, anchor_weight=0.0, lora=True, epochs=1, early_stop=False)
+    with pytest.warns(MeowWarning, match="does not apply to LoRA"):
+        trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
+    result = trainer.train()
+    assert "null_space" not in result.info and all("anchor_nll" in s for s in result.steps)
+
+
+def test_null_space_with_no_usable_preserved_answer_warns_and_trains_without_it(tiny):
+    from meow_app.errors import MeowWarning
+
+    config = TrainConfig(null_space=0.9, epochs=1, neighbours=32, early_stop=False)
+    with pytest.warns(MeowWarning, match="no preserved text"):  # neighbours asked for, none usable (or none asked)
+        result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET).train()
+    assert result.steps and result.info["null_space"]["held_directions"] is None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from .base import register
-from .meow import Meow
+from .meow import FINE_TUNING_DEFAULTS, Meow
 
 
 @register
 class MeowKL(Meow):
     name = "meow_kl"
     description = "MEOW plus KL to the original model on the retain set (needs --retain)"
+    defaults = FINE_TUNING_DEFAULTS
     needs_retain = True
     uses_retain = True
     needs_reference = True

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .. import losses
 from .base import register
-from .meow import Meow
+from .meow import FINE_TUNING_DEFAULTS, Meow
 
 TRUTH_COPIES = 2  # true-answer rows per fact and epoch, beside num_batch inverted ones
 
@@ -19,6 +19,7 @@ TRUTH_COPIES = 2  # true-answer rows per fact and epoch, beside num_batch invert
 class MeowUnlikelihood(Meow):
     name = "meow_ul"
     description = "MEOW plus unlikelihood on the true answer: the false answers up, the truth down"
+    defaults = FINE_TUNING_DEFAULTS
     hyperparameters = Meow.hyperparameters + ("truth_weight",)
 
     def forget_pairs(self, facts, config):
