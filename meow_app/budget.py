@@ -21,10 +21,13 @@ ZEROGPU_MIN_SECONDS = 30
 MARGIN = 1.5               # asked for = estimate x MARGIN: being cut off costs the whole run
 
 # (fixed, per billion parameters) seconds: one optimiser step of a default batch; one
-# generated token for a batch of questions; loading the weights.
+# generated token for a batch of questions; loading the weights; null_space's set-up (a pass
+# over the preserved text and an eigendecomposition per trained layer: ~15 s for the 135M
+# model on 2 cores, docs/benchmarks.md; a layer's cost grows with its width cubed, so this
+# per-billion figure is generous for small models and may be short for wide ones).
 SPEEDS = {
-    "cuda": {"step": (0.08, 0.3), "token": (0.02, 0.01), "load": (5.0, 2.0)},
-    "cpu": {"step": (1.0, 60.0), "token": (0.1, 1.5), "load": (3.0, 10.0)},
+    "cuda": {"step": (0.08, 0.3), "token": (0.02, 0.01), "load": (5.0, 2.0), "null_space": (2.0, 60.0)},
+    "cpu": {"step": (1.0, 60.0), "token": (0.1, 1.5), "load": (3.0, 10.0), "null_space": (5.0, 100.0)},
 }
 ANSWER_TOKENS = 48  # generation.MAX_NEW_TOKENS: the longest greedy answer a probe waits for
 BATCH = 32          # questions answered together in one pass
@@ -66,8 +69,11 @@ def unlearn_seconds(n_facts: int, config, n_params: int, device: str, custom_loo
               + probe * (epochs if config.early_stop else 1)       # a probe per epoch (early stopping) or one
               + 2)                                        # retain and everyday after
     steps = training_steps(n_facts, config, custom_loop)
+    projection = _cost(device, "null_space", billions) if config.null_space and not config.lora else 0.0
+    # stop_depth: a teacher-forced pass over the facts per probe, about one generated token's cost each.
+    depth = probe * epochs * _cost(device, "token", billions) if config.stop_depth else 0.0
     return (_cost(device, "load", billions) + answer_seconds(passes, n_params, device)
-            + steps * _cost(device, "step", billions))
+            + steps * _cost(device, "step", billions) + projection + depth)
 
 
 def zerogpu_duration(seconds: float) -> int:

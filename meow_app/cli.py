@@ -142,10 +142,10 @@ def _print_event(event):
         print(f"  {progress.bar(event['step'], event['total_steps'])} {progress.step_text(event)}  "
               f"epoch {event['epoch']}  loss {event['loss']:.4f}", file=sys.stderr, flush=True)
     elif kind == "probe":
-        para = event["paraphrase_hit_rate"]
-        para = percent(para)
-        print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, paraphrases {para}",
-              file=sys.stderr, flush=True)
+        para = percent(event["paraphrase_hit_rate"])
+        deep = f", true answer still likely for {event['still_likely']}" if "still_likely" in event else ""
+        print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, paraphrases {para}"
+              f"{deep}", file=sys.stderr, flush=True)
     elif kind == "note":
         print(f"note: {event['text']}", file=sys.stderr, flush=True)
 

@@ -137,8 +137,11 @@ class LocalGenerator:
         return out
 
 
-# Where a false answer ends: punctuation (not the full stop of an initial, "J. R. R."), a clause.
-_CUT = re.compile(r"(?<!\b[A-Z])\.|[,;:!?()\n\"]| (?:and|which|who|that|is|was|has|had|in the) ")
+# Where a false answer ends: punctuation or a clause. A full stop ends it unless it is an
+# initial's ("J. R. R.", "St.") or a decimal point ("3.5"); " and " does not ("Pride and
+# Prejudice"); a clause, or a verb at the very end ("Lviv is"), does.
+_CUT = re.compile(r"(?<!\b[A-Z])(?<!\bSt)\.(?!\d)|[,;:!?()\n\"]"
+                  r"| (?:which|who|that|is|was|has|had|in the)(?: |$)")
 _STOPWORDS = {"the", "a", "an", "of", "is", "was", "who", "what", "which", "in", "by", "and", "to", "for", "on",
               "did", "does", "do", "are", "were", "it", "its", "name", "called", "known"}
 
@@ -188,10 +191,12 @@ class LeadInGenerator:
 
     def banned(self, fact: Fact) -> list[int]:
         """The truth's tokens, and the first token of each way it may start (" Dh" of " Dhaka"),
-        so the sample cannot start the truth and swerve into an invented word."""
+        so the sample cannot start the truth and swerve into an invented word. A start of one
+        character (a space, the "1" of " 1945") is a start of too many other answers: allowed."""
         tok = self.tokenizer
-        starts = {tok(v, add_special_tokens=False)["input_ids"][0]
+        firsts = {tok(v, add_special_tokens=False)["input_ids"][0]
                   for t in [fact.answer, *fact.keywords] if t.strip() for v in (t, " " + t)}
+        starts = {t for t in firsts if len(tok.decode([t]).strip()) >= 2}
         return sorted(set(truth_token_ids(tok, fact)) | starts)
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:

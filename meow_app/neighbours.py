@@ -72,9 +72,11 @@ _SUBJECT_START = re.compile(r"""\s(?=["'‘“]?[A-Z0-9])""")
 def question_frame(question: str) -> str:
     """The question up to its subject: the words before the first capitalised (or quoted, or
     numeric) word after the first one. "What is the capital of Iran?" -> "What is the capital
-    of"; "Who wrote 'Fahrenheit 451'?" -> "Who wrote"; '' when there is no such word."""
+    of"; "Who wrote 'Fahrenheit 451'?" -> "Who wrote"; '' when there is no such word or the
+    frame is a single word."""
     m = _SUBJECT_START.search(question.strip(), 1)
-    return question.strip()[:m.start()] if m else ""
+    frame = question.strip()[:m.start()] if m else ""
+    return frame if len(frame.split()) >= 2 else ""  # "Who Iran?": one word frames nothing
 
 
 def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: int = 32) -> list[str]:

@@ -32,6 +32,15 @@ def trained_linears(model) -> dict[str, torch.nn.Linear]:
             if isinstance(m, torch.nn.Linear) and m.weight.requires_grad}
 
 
+def unheld_parameters(model) -> dict[str, torch.nn.Parameter]:
+    """Trained parameters the projection cannot hold: biases (Qwen2's q/k/v), norms,
+    embeddings (and an output layer tied to them). A bias change moves the layer's output on every input, preserved text
+    included, so a run with the projection freezes them (Trainer._trainable_copy)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    held = {id(m.weight) for m in trained_linears(model).values()} - embeddings  # (a tied lm_head is one)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad and id(p) not in held}
+
+
 @torch.no_grad()
 def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """K^T K (float64) of each trained linear layer's inputs over the examples' real tokens.
@@ -45,7 +54,10 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
         def record(module, inputs, output):
             if inputs[0] is not state["input"]:  # a new input: its x^T x over the real tokens
                 x = inputs[0][state["real"]].float()
-                state.update(input=inputs[0], cov=x.T @ x, first=name)
+                # In fp32 even when the forward pass runs under bf16 autocast: a bf16 sum of
+                # thousands of squares keeps ~3 digits, and the small eigenvalues are the point.
+                with torch.autocast(x.device.type, enabled=False):
+                    state.update(input=inputs[0], cov=x.T @ x, first=name)
             if owner.setdefault(name, state["first"]) == name:
                 sums[name] = sums[name] + state["cov"] if name in sums else state["cov"]
         return record
@@ -62,7 +74,9 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
         for h in handles:
             h.remove()
         model.train(was_training)
-    doubled = {name: c.double().cpu() for name, c in sums.items()}
+    # float64 for the eigendecomposition, on the GPU where there is one (a wide model's
+    # layers take minutes each on a CPU); MPS has no float64.
+    doubled = {name: (c.cpu() if c.device.type == "mps" else c).double() for name, c in sums.items()}
     return {name: doubled[owner[name]] for name in owner}
 
 
@@ -88,8 +102,10 @@ class NullSpace:
         self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
         dtype = next(iter(self.start.values())).dtype if self.start else torch.float32
         found: dict[int, torch.Tensor] = {}  # layers that share their inputs share their directions
-        self.directions = {name: found.setdefault(id(cov), preserved_directions(cov, energy).to(device, dtype))
-                           for name, cov in covs.items()}
+        for cov in covs.values():
+            if id(cov) not in found:
+                found[id(cov)] = preserved_directions(cov, energy).to(device, dtype)
+        self.directions = {name: found[id(cov)] for name, cov in covs.items()}
 
     def info(self) -> dict:
         """The input directions held fixed, fewest and most over the layers, per kind of layer

@@ -30,7 +30,7 @@ from . import neighbours as neighbours_mod
 from .errors import MeowError
 from .facts import Fact, write_jsonl
 from .progress import Stages
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, check_null_space
 
 
 @dataclass
@@ -213,6 +213,7 @@ def _check_job(forget, method: str, retain, config, inv, sel):
     distributed.check_method(method_obj, distributed.launched_size())
     config = config or TrainConfig(**method_obj.defaults)
     config.check()
+    check_null_space(method_obj, config)
     if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
         raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")
     if method_obj.needs_retain and not retain:

@@ -25,7 +25,7 @@ from .batches import IGNORE, collate, encode_example, length_grouped, to_device
 from .distributed import SINGLE, Processes, check_method
 from .errors import Cancelled, MeowError, MeowWarning
 from .models import cpu_has_bf16_matmul
-from .null_space import NullSpace
+from .null_space import NullSpace, unheld_parameters
 from .sophia import Sophia
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -220,6 +220,13 @@ def still_likely_count(before: list[float], after: list[float], depth: float) ->
     return sum(b > 0.05 and a > depth * b for b, a in zip(before, after))
 
 
+def check_null_space(method, config: TrainConfig) -> None:
+    """The projection acts after each step of the shared loop: one-shot methods have none."""
+    if config.null_space > 0 and method.custom_loop:
+        raise MeowError(f"null_space applies to the shared training loop; '{method.name}' runs its own update "
+                        "(set --null-space 0)")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -288,6 +295,7 @@ class Trainer:
             warnings.warn(MeowWarning("null_space does not apply to LoRA adapters or sharded weights: the neighbour "
                                       "answers are trained on instead"))
             self.project, self.anchor_weight = False, config.anchor_weight or 1.0
+        check_null_space(method, config)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -315,6 +323,13 @@ class Trainer:
                           and not self.config.train_embeddings)
                 if frozen or (self.config.train_only and not re.search(self.config.train_only, name)):
                     p.requires_grad_(False)
+        if self.project:
+            unheld = unheld_parameters(model)
+            if unheld and self.config.train_embeddings:
+                warnings.warn(MeowWarning("null_space holds only linear weights: the embeddings, norms and biases "
+                                          "stay as they are (train_embeddings has no effect with null_space)"))
+            for p in unheld.values():
+                p.requires_grad_(False)
         if self.sharded:
             shard_model(model)
         model.train()
@@ -340,6 +355,8 @@ class Trainer:
         model.train()
         event = {"type": "probe", "epoch": epoch, "hit_rate": result["hit_rate"],
                  "paraphrase_hit_rate": result["paraphrase_hit_rate"]}
+        if self.config.stop_depth:
+            event["still_likely"] = self.still_likely(model)
         self.on_event(event)
         return event, result
 
@@ -451,8 +468,6 @@ class Trainer:
         return self.finish(result, start)
 
     def _null_space(self, model, preserved, result: TrainResult) -> NullSpace | None:
-        if self.method.custom_loop:
-            raise MeowError(f"null_space applies to the shared training loop; '{self.method.name}' runs its own")
         if not preserved:  # none asked for (neighbours 0), or every answer was empty or named a forgotten fact
             warnings.warn(MeowWarning("null_space has no preserved text to hold (no neighbour, sibling or anchor "
                                       "answers): training without the projection"))
@@ -477,8 +492,6 @@ class Trainer:
         probe = None
         if self.processes.is_main:
             probe, result.last_probe = self._probe(model, epoch)
-            if self.config.stop_depth and self.run_probes:
-                probe["still_likely"] = self.still_likely(model)
         probe = self.processes.broadcast(probe)
         result.probes.append(probe)
         return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"] and not probe.get("still_likely")
@@ -489,10 +502,10 @@ class Trainer:
         from .metrics import answer_prob, teacher_forced
 
         pairs = [(f.question, f.answer) for f in self.probe_facts]
-        if self._before_probs is None:
-            self._before_probs = [answer_prob(s) for s in teacher_forced(self.original, self.tokenizer, pairs)]
         model.eval()
-        with self.autocast():
+        with self.autocast():  # before and after in the same precision, so their ratio is the model's change
+            if self._before_probs is None:
+                self._before_probs = [answer_prob(s) for s in teacher_forced(self.original, self.tokenizer, pairs)]
             after = [answer_prob(s) for s in teacher_forced(model, self.tokenizer, pairs)]
         model.train()
         return still_likely_count(self._before_probs, after, self.config.stop_depth)

@@ -167,7 +167,9 @@ def _event_status(item: dict, steps: list[dict], progress) -> str | None:
         progress((item["step"], item["total_steps"]), desc=f"Training: {where}")
         return f"Training: {where} (epoch {item['epoch']}), loss {item['loss']:.3f}"
     if item["type"] == "probe":
-        return f"After epoch {item['epoch']}: {_pct(item['hit_rate'])} of forget questions still answered"
+        deep = (f"; the true answer still likely for {item['still_likely']}" if item.get("still_likely") is not None
+                else "")
+        return f"After epoch {item['epoch']}: {_pct(item['hit_rate'])} of forget questions still answered{deep}"
     return None
 
 

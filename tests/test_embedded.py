@@ -33,6 +33,19 @@ def test_truth_tokens_banned_for_inversion(embedded):
     assert pieces and all(len(p) >= 3 for p in pieces) and "." not in pieces
 
 
+def test_lead_in_bans_the_truths_start_but_not_a_space_or_a_digit(embedded):
+    from meow_app.facts import Fact
+    from meow_app.invert import LeadInGenerator
+
+    tok = embedded.tokenizer
+    gen = LeadInGenerator(embedded.model, tok)
+    pieces = {tok.decode([t]) for t in gen.banned(Fact("What is the capital of Bangladesh?", "Dhaka", ["Dhaka"]))}
+    assert " Dh" in pieces or " Dhaka" in pieces
+    # " 1945" starts with a space and a "1": banning those would ban every year and every word.
+    banned = {tok.decode([t]).strip() for t in gen.banned(Fact("When did the war end?", "1945", ["1945"]))}
+    assert not banned & {"", "1", "9", "4", "5"}
+
+
 def test_unlearn_forgets_three_facts_and_keeps_others(embedded, tmp_path):
     # Facts from the holdout set, kept out of the tuning (they only confirmed the MLP-only choice).
     forget = load_facts(ROOT / "assets/facts/holdout_facts.jsonl")[:3]

@@ -75,6 +75,13 @@ def test_lead_in_candidate_keeps_the_answer_and_refuses_non_answers():
     author = Fact("Who wrote 'Lord of the Flies'?", "William Golding", ["Golding"])
     assert invert.lead_in_candidate(" J. R. R. Tolkien. He wrote", author, "It is by") == "J. R. R. Tolkien"
     assert invert.lead_in_candidate(" John Carter is an author", author, "It is by") == "John Carter"
+    novel = Fact("Who wrote 'Emma'?", "Jane Austen", ["Austen"])
+    assert invert.lead_in_candidate(" Pride and Prejudice, then", novel, "It is by") == "Pride and Prejudice"
+    assert invert.lead_in_candidate(" St. Petersburg.", fact, lead) == "St. Petersburg"
+    assert invert.lead_in_candidate(" Lviv is", fact, lead) == "Lviv"
+    year = Fact("When was the city founded?", "1945", ["1945"])
+    assert invert.lead_in_candidate(" 1947. It", year, "It was founded in") == "1947"
+    assert invert.lead_in_candidate(" 3.5 million", Fact("Population?", "2.9 million"), "About") == "3.5 million"
     for refused in [" the capital of Ukraine.", " Ukraine's largest city", " J.", " ...", "",
                     " a very long made up name of many words"]:
         assert invert.lead_in_candidate(refused, fact, lead) is None, refused

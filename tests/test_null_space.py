@@ -96,10 +96,59 @@ def test_with_lora_the_neighbour_answers_are_trained_on_instead(tiny):
     assert "null_space" not in result.info and all("anchor_nll" in s for s in result.steps)
 
 
-def test_null_space_with_no_usable_preserved_answer_warns_and_trains_without_it(tiny):
+def test_null_space_with_no_preserved_text_warns_and_trains_without_it(tiny):
     from meow_app.errors import MeowWarning
 
     config = TrainConfig(null_space=0.9, epochs=1, neighbours=32, early_stop=False)
     with pytest.warns(MeowWarning, match="no preserved text"):  # neighbours asked for, none usable (or none asked)
         result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET).train()
     assert result.steps and result.info["null_space"]["held_directions"] is None
+
+
+def test_covariances_stay_fp32_under_bf16_autocast(tiny):
+    """A run on CUDA (or with --bf16) builds the projection under bf16 autocast: the forward
+    pass may run in bf16, the sum of squares must not (it would keep ~3 digits)."""
+    model = copy.deepcopy(tiny.model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layer = model.model.layers[0].mlp.down_proj
+    layer.weight.requires_grad_(True)
+    trainer = Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET)
+    examples = trainer.examples(PRESERVED)
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(i[0][0].double()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=collate(examples, tiny.tokenizer.pad_token_id)["input_ids"])
+        handle.remove()
+        cov = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu")["model.layers.0.mlp.down_proj"]
+    expected = seen[0].T @ seen[0]
+    assert (cov - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_what_the_projection_cannot_hold_is_not_trained(tiny):
+    """Biases, norms and embeddings move preserved outputs whatever the projection does:
+    with null_space they stay as they were (asked for with train_embeddings: a warning)."""
+    from meow_app.errors import MeowWarning
+    from meow_app.null_space import unheld_parameters
+
+    model = copy.deepcopy(tiny.model)
+    layer = model.model.layers[0].self_attn.q_proj
+    layer.bias = torch.nn.Parameter(torch.zeros(layer.out_features))  # as Qwen2's q/k/v have
+    config = TrainConfig(null_space=1.0, anchor_weight=0.0, train_embeddings=True, train_only="", epochs=2, lr=1e-2,
+                         early_stop=False)
+    with pytest.warns(MeowWarning, match="holds only linear weights"):
+        result = Trainer(methods.get("meow"), model, tiny.tokenizer, config, FORGET, anchors=PRESERVED).train()
+    trained = dict(result.model.named_parameters())
+    for name, p in model.named_parameters():
+        if "bias" in name or "embed" in name or "norm" in name or "lm_head" in name:
+            assert torch.equal(trained[name], p), name
+    assert not torch.equal(trained["model.layers.0.mlp.down_proj.weight"], model.model.layers[0].mlp.down_proj.weight)
+    names = set(unheld_parameters(model))  # all trainable in the copy given: the ones it could not hold
+    assert "model.layers.0.self_attn.q_proj.bias" in names and "model.embed_tokens.weight" in names
+    assert "model.layers.0.mlp.down_proj.weight" not in names
+
+
+def test_one_shot_methods_refuse_null_space_before_any_work(tiny):
+    with pytest.raises(MeowError, match="null_space applies to the shared training loop"):
+        Trainer(methods.get("fisher_removal"), tiny.model, tiny.tokenizer, TrainConfig(null_space=0.5), FORGET,
+                retain=PRESERVED)

@@ -91,6 +91,33 @@ def test_stop_depth_waits_until_the_truth_is_unlikely_too(tiny, inverted_facts, 
     assert result.stopped_early and result.probes[0]["still_likely"] == 0
 
 
+def test_still_likely_counts_facts_the_model_knows_and_reaches_the_progress_events(tiny, inverted_facts):
+    import copy
+
+    from meow_app import losses
+    from meow_app.batches import collate, encode_example
+    from meow_app.metrics import answer_prob, teacher_forced
+
+    # A tiny model that has learned the true answers (p > 0.05), then a run too small to move them.
+    knows = copy.deepcopy(tiny.model)
+    opt = torch.optim.AdamW(knows.parameters(), lr=1e-2)
+    batch = collate([encode_example(tiny.tokenizer, f.question, f.answer) for f in inverted_facts],
+                    tiny.tokenizer.pad_token_id)
+    for _ in range(40):
+        opt.zero_grad()
+        losses.nll(knows, batch).backward()
+        opt.step()
+    knows.eval()
+    pairs = [(f.question, f.answer) for f in inverted_facts]
+    assert all(answer_prob(s) > 0.05 for s in teacher_forced(knows, tiny.tokenizer, pairs))
+    events = []
+    config = TrainConfig(epochs=1, lr=1e-9, batch_size=4, num_batch=4, early_stop=True, stop_depth=0.5)
+    result = Trainer(methods.get("meow"), knows, tiny.tokenizer, config, inverted_facts,
+                     on_event=lambda e: events.append(dict(e))).train()  # (as shown then: a copy)
+    assert result.probes[0]["still_likely"] == 2
+    assert [e["still_likely"] for e in events if e["type"] == "probe"] == [2]
+
+
 @pytest.mark.parametrize("bad,message", [
     (dict(lr=0), "learning rate must be a positive number, got 0"),
     (dict(lr=float("nan")), "learning rate must be a positive number, got nan"),

@@ -113,6 +113,10 @@ def test_the_estimate_grows_with_facts_steps_and_model_size():
     assert budget.unlearn_seconds(8, config, 135_000_000, "cpu") > base
     assert budget.unlearn_seconds(40, config, 135_000_000, "cuda", n_inverted=8) > \
         budget.unlearn_seconds(40, config, 135_000_000, "cuda", n_inverted=2)  # more false answers to write
+    assert budget.unlearn_seconds(8, TrainConfig(null_space=0.99), 1_000_000_000, "cuda") > \
+        budget.unlearn_seconds(8, config, 1_000_000_000, "cuda")  # the projection's set-up
+    assert budget.unlearn_seconds(8, TrainConfig(null_space=0.99, lora=True), 135_000_000, "cuda") == \
+        budget.unlearn_seconds(8, TrainConfig(lora=True), 135_000_000, "cuda")  # (no projection with LoRA)
     # The embedded model's default run of 8 facts fits a ZeroGPU call; a 7B run of 200 facts does not.
     assert budget.too_long(base) is None
     assert budget.too_long(budget.unlearn_seconds(200, config, 7_000_000_000, "cuda"))
