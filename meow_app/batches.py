@@ -30,7 +30,16 @@ def encode_example(tokenizer, question: str, answer: str, prefix: str = "", unli
     return Example(prompt + target, [IGNORE] * len(prompt) + target, unlikely)
 
 
-def collate(examples: list[Example], pad_id: int) -> dict:
+def merged(examples: list[Example]) -> tuple[list[Example], list[int]]:
+    """The distinct rows, in first-seen order, and how many times each came: MEOW repeats
+    each (question, false answer) pair num_batch / top_k times, IDK and GA each question."""
+    found: dict[tuple, list] = {}
+    for e in examples:
+        found.setdefault((tuple(e.ids), tuple(e.labels), e.unlikely), [e, 0])[1] += 1
+    return [e for e, _ in found.values()], [n for _, n in found.values()]
+
+
+def collate(examples: list[Example], pad_id: int, merge: bool = False) -> dict:
     """Left-padded batch. Answers then all end at the last position, so the loss needs the
     vocabulary projection (a fifth of the model's compute) only on the last `keep` ones.
 
@@ -42,7 +51,14 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     num_batch times with different false answers), with `group` giving each row's. A
     row's own part is its last prompt token (whose logits predict the answer) and its
     answer: the last `keep` columns, where `own_mask` is set.
+
+    merge: identical rows are computed once, `weight` holding each one's count and `tokens`
+    the answer tokens of the whole batch; losses.nll weighs them back, so the loss and its
+    gradient are the unmerged batch's (tests/test_losses.py) for a fraction of the work.
     """
+    counts = None
+    if merge:
+        examples, counts = merged(examples)
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
@@ -60,11 +76,15 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     group = [middles.setdefault(tuple(e.ids[shared:max(p - 1, shared)]), len(middles))
              for e, p in zip(examples, prompt_lens)]
     middle_ids, middle_mask = generation.pad([list(m) for m in middles], pad_id, left=True)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels,
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "keep": keep,
             "shared": shared, "group": torch.tensor(group), "middle_ids": middle_ids, "middle_mask": middle_mask,
             "own_mask": (torch.arange(keep) >= keep - torch.tensor(own)[:, None]).long(),
             "unlikely": torch.tensor([e.unlikely for e in examples])}
+    if counts is not None:
+        batch["weight"] = torch.tensor(counts, dtype=torch.float32)
+        batch["tokens"] = float(sum(n * sum(t != IGNORE for t in e.labels) for e, n in zip(examples, counts)))
+    return batch
 
 
 def to_device(batch: dict, device) -> dict:

@@ -142,10 +142,13 @@ def _print_event(event):
         print(f"  {progress.bar(event['step'], event['total_steps'])} {progress.step_text(event)}  "
               f"epoch {event['epoch']}  loss {event['loss']:.4f}", file=sys.stderr, flush=True)
     elif kind == "probe":
-        para = percent(event["paraphrase_hit_rate"])
-        deep = f", true answer still likely for {event['still_likely']}" if "still_likely" in event else ""
-        print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, paraphrases {para}"
-              f"{deep}", file=sys.stderr, flush=True)
+        deep = f"true answer still likely for {event['still_likely']}" if "still_likely" in event else ""
+        if event["hit_rate"] is None:  # still likely: the greedy answers were not asked (train.Trainer._probe)
+            print(f"  probe after epoch {event['epoch']}: {deep}", file=sys.stderr, flush=True)
+        else:
+            print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, "
+                  f"paraphrases {percent(event['paraphrase_hit_rate'])}{', ' + deep if deep else ''}",
+                  file=sys.stderr, flush=True)
     elif kind == "note":
         print(f"note: {event['text']}", file=sys.stderr, flush=True)
 

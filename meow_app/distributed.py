@@ -50,16 +50,17 @@ class Processes:
             return None
         return "cpu" if self.device.type == "cpu" else str(self.device)
 
-    def batch(self, examples: list[Example], pad_id: int, device) -> dict:
+    def batch(self, examples: list[Example], pad_id: int, device, merge: bool = False) -> dict:
         """This process's shard of a global batch, carrying the whole batch's normalisers.
         A process left without rows (a batch smaller than N) computes on one row with zero
-        weight: every process must take part in the step's all-reduce."""
+        weight: every process must take part in the step's all-reduce. `merge`: the shard's
+        repeated rows computed once (batches.collate); the normalisers stay the whole batch's."""
         own = examples[self.rank::self.size]
         tokens = float(sum(label != IGNORE for ex in examples for label in ex.labels))
         rows = float(len(examples))
         if not own:
             own, tokens, rows = examples[:1], float("inf"), float("inf")
-        batch = to_device(collate(own, pad_id), device)
+        batch = to_device(collate(own, pad_id, merge), device)
         batch["tokens"], batch["rows"] = tokens, rows
         return batch
 

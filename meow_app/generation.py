@@ -73,9 +73,10 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     for rows in _length_sorted_batches(len(prompts), keys, batch_size):
         if max(limits[i] for i in rows) <= 0:
             continue
-        if not do_sample and not banned and _plain_greedy(model.generation_config):
-            got = _greedy(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device)
-        else:
+        if _plain_greedy(model.generation_config):
+            pick = _sampler([banned[i] for i in rows] if banned else None, do_sample, temperature, top_p)
+            got = _decode(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device, pick)
+        else:  # settings only `generate` applies (a repetition penalty, ...)
             got = _sampled(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device,
                            [banned[i] for i in rows] if banned else None, do_sample, temperature, top_p)
         for j, i in enumerate(rows):
@@ -83,8 +84,30 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     return out
 
 
+def _sampler(banned: list[list[int]] | None, do_sample: bool, temperature: float, top_p: float):
+    """The next-token choice of _decode, as `generate` makes it: banned tokens out, then
+    argmax, or temperature, nucleus (top_p) and a draw from the global torch RNG."""
+    def pick(logits, live: list[int]):
+        scores = logits.float()
+        if banned:
+            for k, j in enumerate(live):
+                if banned[j]:
+                    scores[k, banned[j]] = float("-inf")
+        if not do_sample:
+            return scores.argmax(-1)
+        scores = scores / temperature
+        if top_p < 1.0:  # keep the fewest most likely tokens holding top_p (transformers' TopPLogitsWarper)
+            ordered, order = torch.sort(scores, descending=False)
+            drop = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
+            drop[:, -1] = False
+            scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        return torch.multinomial(scores.softmax(-1), 1)[:, 0]
+    return pick
+
+
 def _sampled(model, prompts, limits, eos, pad_id, device, banned, do_sample, temperature, top_p):
-    """One batch through `model.generate` (sampling, or greedy with banned tokens)."""
+    """One batch through `model.generate` (sampling, or greedy with banned tokens): for
+    generation settings _decode does not apply, and as the reference it is tested against."""
     ids, mask = pad(prompts, pad_id, left=True)
     kwargs = dict(do_sample=do_sample, max_new_tokens=max(limits), pad_token_id=pad_id, eos_token_id=sorted(eos))
     if banned:
@@ -142,18 +165,26 @@ def full_attention(config) -> bool:
 
 
 def _greedy(model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, device) -> list[list[int]]:
-    """Greedy decoding of one batch: the same tokens as `model.generate(do_sample=False)`
-    for less work, by two savings.
+    """Greedy decoding of one batch: the same tokens as `model.generate(do_sample=False)`."""
+    return _decode(model, prompts, limits, eos, pad_id, device, _sampler(None, False, 1.0, 1.0))
+
+
+def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, device,
+            pick) -> list[list[int]]:
+    """Decoding of one batch, the next token chosen by `pick(logits, rows)` (_sampler): what
+    `model.generate` computes, for less work, by three savings.
 
     - Rows leave the batch (and the KV cache) as soon as they end, at EOS or at their own
       limit: the embedded model's answers end anywhere between a few and 48 tokens, and
       MEMO's rows have budgets of very different lengths, so `generate` spent about a
       third of its steps on rows already finished.
     - The start every prompt shares (the chat template's system prompt: about half of
-      each prompt) is encoded once and its KV cache copied to every row. The rows are
-      then padded between that start and their own tokens; the attention mask hides the
-      padding and positions count real tokens only, so each row computes what it would
-      alone.
+      each prompt; a few-shot prompt) is encoded once and its KV cache copied to every
+      row. The rows are then padded between that start and their own tokens; the
+      attention mask hides the padding and positions count real tokens only, so each row
+      computes what it would alone.
+    - A prompt asked several times (sampling a dozen continuations of each) is encoded
+      once and its cache copied to its rows.
     """
     from transformers import DynamicCache
 
@@ -163,21 +194,26 @@ def _greedy(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
         return out
     rows = [prompts[j] for j in live]
     shared = shared_start(rows) if full_attention(model.config) else 0
+    shared = shared if shared >= MIN_SHARED else 0
+    distinct: dict[tuple, int] = {}
+    group = [distinct.setdefault(tuple(r[shared:]), len(distinct)) for r in rows]
     cache = DynamicCache(config=model.config)
-    if shared >= MIN_SHARED:
+    if shared:
         start = torch.tensor([rows[0][:shared]], device=device)
         model(input_ids=start, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(len(rows))
-    else:
-        shared = 0
-    ids, mask = pad([r[shared:] for r in rows], pad_id, left=True)
-    ids, mask = ids.to(device), torch.cat([mask.new_ones((len(rows), shared)), mask], dim=1).to(device)
+        cache.batch_repeat_interleave(len(distinct))
+    ids, mask = pad([list(r) for r in distinct], pad_id, left=True)
+    ids, mask = ids.to(device), torch.cat([mask.new_ones((len(distinct), shared)), mask], dim=1).to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits
+    if len(distinct) < len(rows):
+        index = torch.tensor(group, device=device)
+        cache.batch_select_indices(index)
+        logits, mask, pos = logits[index], mask[index], pos[index]
     pos = pos[:, -1:]
     while True:
-        nxt = logits[:, -1].argmax(-1)
+        nxt = pick(logits[:, -1], live)
         keep = []
         for k, (j, t) in enumerate(zip(live, nxt.tolist())):
             if t in eos:

@@ -216,25 +216,40 @@ class LeadInGenerator:
         ids = generation.generate_ids(self.model, tok, prompts, limits, self.batch_size, do_sample=True,
                                       temperature=self.temperature, top_p=self.top_p, generator_seed=seed,
                                       banned=banned)
-        out = []
+        found = []
         for k, (f, lead) in enumerate(zip(facts, leads)):
             texts = [tok.decode(t, skip_special_tokens=True) for t in ids[k * copies:(k + 1) * copies]]
-            found = list(dict.fromkeys(c for c in (lead_in_candidate(t, f, lead) for t in texts) if c))
-            out.append(self.most_likely(f, lead, found)[:n])
-        return out
+            found.append(list(dict.fromkeys(c for c in (lead_in_candidate(t, f, lead) for t in texts) if c)))
+        return [ranked[:n] for ranked in self.ranked(facts, leads, found)]
 
     def most_likely(self, fact: Fact, lead: str, candidates: list[str]) -> list[str]:
         """Candidates by the model's mean log-probability of their own tokens after the lead-in:
         a real name of the right kind first, an invented word last."""
-        if len(candidates) < 2:
-            return candidates
+        return self.ranked([fact], [lead], [candidates])[0]
+
+    def ranked(self, facts: list[Fact], leads: list[str], found: list[list[str]]) -> list[list[str]]:
+        """most_likely for many facts, scored in one batched pass."""
         from .metrics import teacher_forced
 
-        lead_tokens = len(teacher_forced(self.model, self.tokenizer, [(fact.question, lead)])[0].nll) if lead else 0
-        pairs = [(fact.question, f"{lead} {c}".strip()) for c in candidates]
-        scored = teacher_forced(self.model, self.tokenizer, pairs)
-        nll = [sum(s.nll[lead_tokens:]) / max(1, len(s.nll) - lead_tokens) for s in scored]
-        return [c for _, c in sorted(zip(nll, candidates), key=lambda x: x[0])]
+        pairs, spans = [], []
+        for f, lead, cands in zip(facts, leads, found):
+            if len(cands) < 2:
+                spans.append(None)
+                continue
+            spans.append(len(pairs))
+            pairs += [(f.question, lead)] if lead else []
+            pairs += [(f.question, f"{lead} {c}".strip()) for c in cands]
+        scored = teacher_forced(self.model, self.tokenizer, pairs) if pairs else []
+        out = []
+        for lead, cands, at in zip(leads, found, spans):
+            if at is None:
+                out.append(cands)
+                continue
+            lead_tokens = len(scored[at].nll) if lead else 0
+            own = scored[at + (1 if lead else 0):][:len(cands)]
+            nll = [sum(s.nll[lead_tokens:]) / max(1, len(s.nll) - lead_tokens) for s in own]
+            out.append([c for _, c in sorted(zip(nll, cands), key=lambda x: x[0])])
+        return out
 
 
 class OpenAIGenerator:

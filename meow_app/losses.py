@@ -95,10 +95,15 @@ def per(batch, key: str, counted) -> torch.Tensor | float:
     return batch[key] if key in batch else counted
 
 
+def row_weight(batch) -> torch.Tensor | float:
+    """Each row's count in a merged batch (batches.collate(merge=True)), as a column; else 1."""
+    return batch["weight"][:, None] if "weight" in batch else 1.0
+
+
 def nll(model, batch) -> torch.Tensor:
     """Mean next-token cross-entropy over all answer tokens of the batch."""
     per_token, mask = token_nll(*answer_logits(model, batch))
-    return per_token.sum() / per(batch, "tokens", mask.sum().clamp(min=1))
+    return (per_token * row_weight(batch)).sum() / per(batch, "tokens", mask.sum().clamp(min=1))
 
 
 def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0) -> tuple[torch.Tensor, float, float]:
@@ -112,8 +117,9 @@ def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0) -> tuple[torch.
     unlikely = batch["unlikely"].to(mask.device)[:, None] & mask
     last = mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)  # each row's end of turn
     p = torch.exp(-per_token).clamp(max=1 - 1e-6)
-    ul = -torch.log1p(-p) * (unlikely & ~last)
-    learn = per_token * ~unlikely
+    weight = row_weight(batch)
+    ul = -torch.log1p(-p) * (unlikely & ~last) * weight
+    learn = per_token * ~unlikely * weight
     count = per(batch, "tokens", mask.sum().clamp(min=1))
     nll_part, ul_part = learn.sum() / count, ul.sum() / count
     return nll_part + truth_weight * ul_part, nll_part.item(), ul_part.item()

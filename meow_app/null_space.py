@@ -80,17 +80,25 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
     return {name: doubled[owner[name]] for name in owner}
 
 
-def preserved_directions(cov: torch.Tensor, energy: float) -> torch.Tensor:
-    """U (in_features x k): the fewest leading eigenvectors of cov holding `energy` of its
-    eigenvalue sum (all of its numerical rank for energy >= 1)."""
-    values, vectors = torch.linalg.eigh(cov)  # ascending
-    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+def eigen_split(cov: torch.Tensor, energy: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V): U (in_features x k) the fewest leading eigenvectors of cov holding `energy`
+    of its eigenvalue sum (all of its numerical rank for energy >= 1), V the other
+    eigenvectors, so that U U^T + V V^T = I."""
+    # A share below 1 needs only the leading directions, which float32 finds as well, in half
+    # the time; the numerical rank (energy >= 1) needs float64's small eigenvalues.
+    values, vectors = torch.linalg.eigh(cov if energy >= 1 else cov.float())  # ascending
+    values, vectors = values.double().flip(0).clamp(min=0), vectors.double().flip(1)
     total = float(values.sum())
     if total <= 0:
-        return vectors[:, :0]
+        return vectors[:, :0], vectors
     rank = int((values > RANK_TOLERANCE * values[0]).sum())
-    k = rank if energy >= 1 else min(rank, int((values.cumsum(0) < energy * total * (1 - 1e-9)).sum()) + 1)
-    return vectors[:, :k]
+    k = rank if energy >= 1 else min(rank, int((values.cumsum(0) < energy * total * (1 - 1e-6)).sum()) + 1)
+    return vectors[:, :k], vectors[:, k:]
+
+
+def preserved_directions(cov: torch.Tensor, energy: float) -> torch.Tensor:
+    """U of eigen_split: the input directions the projection holds fixed."""
+    return eigen_split(cov, energy)[0]
 
 
 class NullSpace:
@@ -101,20 +109,24 @@ class NullSpace:
         self.layers = trained_linears(model)
         self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
         dtype = next(iter(self.start.values())).dtype if self.start else torch.float32
-        found: dict[int, torch.Tensor] = {}  # layers that share their inputs share their directions
+        found: dict[int, tuple] = {}  # layers that share their inputs share their directions
         for cov in covs.values():
             if id(cov) not in found:
-                found[id(cov)] = preserved_directions(cov, energy).to(device, dtype)
-        self.directions = {name: found[id(cov)] for name, cov in covs.items()}
+                u, v = eigen_split(cov, energy)
+                # (I - U U^T) = V V^T: multiply by whichever basis is narrower (same result).
+                found[id(cov)] = (u.shape[1], (v, True) if v.shape[1] < u.shape[1] else (u, False))
+        self.held = {name: found[id(cov)][0] for name, cov in covs.items()}
+        self.bases = {name: (b.to(device, dtype), free) for name, cov in covs.items()
+                      for b, free in [found[id(cov)][1]]}
 
     def info(self) -> dict:
         """The input directions held fixed, fewest and most over the layers, per kind of layer
         (e.g. {"down_proj": [410, 980, 1536]}: fewest, most, of the layer's input size)."""
         kept: dict[str, list[int]] = {}
         size: dict[str, int] = {}
-        for name, u in self.directions.items():
+        for name, k in self.held.items():
             kind = name.rsplit(".", 1)[-1]
-            kept.setdefault(kind, []).append(u.shape[1])
+            kept.setdefault(kind, []).append(k)
             size[kind] = self.layers[name].in_features
         return {kind: [min(k), max(k), size[kind]] for kind, k in kept.items()}
 
@@ -122,8 +134,11 @@ class NullSpace:
     def project(self) -> None:
         """W <- W0 + (W - W0)(I - U U^T) for every trained linear layer."""
         for name, m in self.layers.items():
-            u = self.directions[name]
-            if u.shape[1] == 0:
+            basis, free = self.bases[name]
+            if self.held[name] == 0:
                 continue
             delta = m.weight - self.start[name]
-            m.weight.sub_((delta @ u) @ u.T)
+            if free:  # V: the directions left free
+                m.weight.copy_(torch.addmm(self.start[name], delta @ basis, basis.T))
+            else:
+                m.weight.sub_((delta @ basis) @ basis.T)

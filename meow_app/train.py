@@ -343,27 +343,33 @@ class Trainer:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _probe(self, model, epoch: int) -> tuple[dict, dict | None]:
-        """(the probe event, the full probe); without probes an event with no hit rates."""
+    def _probe(self, model, epoch: int, final: bool) -> tuple[dict, dict | None]:
+        """(the probe event, the full probe); without probes an event with no hit rates.
+        With stop_depth the cheap measure goes first: while a true answer is still likely the
+        run goes on whatever the greedy answers say, so they are not asked (hit rates None),
+        except after the last epoch, whose probe the pipeline reuses as its 'after'."""
+        event = {"type": "probe", "epoch": epoch, "hit_rate": None, "paraphrase_hit_rate": None}
         if not self.run_probes:
-            return {"type": "probe", "epoch": epoch, "hit_rate": None, "paraphrase_hit_rate": None}, None
+            return event, None
+        if self.config.stop_depth:
+            event["still_likely"] = self.still_likely(model)
+            if event["still_likely"] and not final:
+                self.on_event(event)
+                return event, None
         model.eval()
         model.config.use_cache = True
         with self.autocast():
             result = probes.probe(model, self.tokenizer, self.probe_facts)
         model.config.use_cache = False
         model.train()
-        event = {"type": "probe", "epoch": epoch, "hit_rate": result["hit_rate"],
-                 "paraphrase_hit_rate": result["paraphrase_hit_rate"]}
-        if self.config.stop_depth:
-            event["still_likely"] = self.still_likely(model)
+        event.update(hit_rate=result["hit_rate"], paraphrase_hit_rate=result["paraphrase_hit_rate"])
         self.on_event(event)
         return event, result
 
-    def _batch(self, examples) -> dict:
+    def _batch(self, examples, merge: bool = False) -> dict:
         if self.processes.size > 1:
-            return self.processes.batch(examples, self.tokenizer.pad_token_id, self.device)
-        return to_device(collate(examples, self.tokenizer.pad_token_id), self.device)
+            return self.processes.batch(examples, self.tokenizer.pad_token_id, self.device, merge)
+        return to_device(collate(examples, self.tokenizer.pad_token_id, merge), self.device)
 
     def examples(self, facts) -> list:
         return [encode_example(self.tokenizer, f.question, f.answer, f.extra.get("answer_prefix", "")) for f in facts]
@@ -416,12 +422,14 @@ class Trainer:
         result = TrainResult(model=model)
         start = time.perf_counter()
         projection = self._null_space(model, retain_ex + anchor_ex, result) if self.project else None
+        # Repeated forget rows computed once (Sophia's curvature samples labels per row: not there).
+        merge = self.method.merges_duplicates and not isinstance(optimizer, Sophia)
         step = 0
         for epoch in range(1, epochs + 1):
             for batch in length_grouped(forget_ex, cfg.batch_size, rng):
                 if self.should_stop():
                     raise Cancelled("cancelled by the user")
-                forget = self._batch(batch)
+                forget = self._batch(batch, merge)
                 retain = self._batch(next(retain_stream)) if retain_stream else None
                 if isinstance(optimizer, Sophia) and step % cfg.hessian_every == 0:
                     with self.autocast():
@@ -460,8 +468,9 @@ class Trainer:
                 result.steps.append(event)
                 self.on_event(event)
             if cfg.early_stop or epoch == epochs:
-                if self.probe_and_check(model, epoch, result) and cfg.early_stop and epoch >= cfg.min_epochs \
-                        and epoch < epochs:
+                final = epoch == epochs
+                if self.probe_and_check(model, epoch, result, final) and cfg.early_stop and epoch >= cfg.min_epochs \
+                        and not final:
                     result.stopped_early = True
                     break
         result.model = model
@@ -486,12 +495,12 @@ class Trainer:
             raise MeowError(f"the loss became {loss.item()} at step {step + 1}: lower the learning rate")
         loss.backward()
 
-    def probe_and_check(self, model, epoch: int, result: TrainResult) -> bool:
+    def probe_and_check(self, model, epoch: int, result: TrainResult, final: bool = True) -> bool:
         """Probe the forget questions; record it; True when nothing leaks any more. With
         several processes the main one probes and tells the others."""
         probe = None
         if self.processes.is_main:
-            probe, result.last_probe = self._probe(model, epoch)
+            probe, result.last_probe = self._probe(model, epoch, final)
         probe = self.processes.broadcast(probe)
         result.probes.append(probe)
         return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"] and not probe.get("still_likely")

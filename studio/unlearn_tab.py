@@ -167,9 +167,12 @@ def _event_status(item: dict, steps: list[dict], progress) -> str | None:
         progress((item["step"], item["total_steps"]), desc=f"Training: {where}")
         return f"Training: {where} (epoch {item['epoch']}), loss {item['loss']:.3f}"
     if item["type"] == "probe":
-        deep = (f"; the true answer still likely for {item['still_likely']}" if item.get("still_likely") is not None
-                else "")
-        return f"After epoch {item['epoch']}: {_pct(item['hit_rate'])} of forget questions still answered{deep}"
+        deep = (f"the true answer is still likely for {item['still_likely']} of the facts"
+                if item.get("still_likely") is not None else "")
+        if item["hit_rate"] is None:  # not asked while a true answer is still likely
+            return f"After epoch {item['epoch']}: {deep}, training goes on"
+        done = f"{_pct(item['hit_rate'])} of forget questions still answered"
+        return f"After epoch {item['epoch']}: {done}{'; ' + deep if deep else ''}"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Batched greedy decoding (generation._greedy) gives each row what `model.generate` gives it alone."""
+"""Batched decoding (generation._decode) gives each row what `model.generate` gives it alone."""
 
 import pytest
 import torch
@@ -59,16 +59,48 @@ def test_rows_stop_at_eos_and_leave_the_batch(model_and_tok):
     assert got == [alone(model, p, 16, {stop}) for p in prompts]
 
 
-def test_generate_ids_greedy_equals_hf_generate_in_batches(model_and_tok):
-    """The public entry point: greedy rows through _greedy, the same rows with a (no-op) ban
-    list through `model.generate`; identical, in the caller's order, across batches."""
+def test_generate_ids_with_banned_tokens_equals_hf_generate_in_batches(model_and_tok):
+    """The public entry point, greedy with tokens banned per row, against `model.generate`
+    with the same ban as a logits processor (generation._sampled): identical, in the
+    caller's order, across batches."""
     model, tok = model_and_tok
     prompts = [generation.encode(tok, generation.chat_prompt(tok, q)) for q in QUESTIONS * 3]
     limits = [3 + (7 * i) % 11 for i in range(len(prompts))]
-    fast = generation.generate_ids(model, tok, prompts, limits, batch_size=4)
-    slow = generation.generate_ids(model, tok, prompts, limits, batch_size=4, banned=[[] for _ in prompts])
-    assert fast == slow
-    assert [len(f) for f in fast] == limits
+    free = generation.generate_ids(model, tok, prompts, limits, batch_size=4)
+    banned = [sorted(set(f[:2])) for f in free]  # what each row would say first: it must swerve
+    fast = generation.generate_ids(model, tok, prompts, limits, batch_size=4, banned=banned)
+    eos = set(generation.eos_ids(model, tok))
+    slow = [generation._sampled(model, [p], [n], eos, tok.pad_token_id, "cpu", [b], False, 1.0, 1.0)[0]
+            for p, n, b in zip(prompts, limits, banned)]
+    assert fast == slow and fast != free
+    assert [len(f) for f in fast] == limits and not any(set(f) & set(b) for f, b in zip(fast, banned))
+
+
+def test_sampling_draws_from_the_models_distribution_minus_the_banned_tokens(model_and_tok, monkeypatch):
+    """Copies of one prompt are encoded once; their first tokens are drawn as the model's
+    softmax says (top_p 1), never a banned one; a tiny top_p leaves only the argmax."""
+    model, tok = model_and_tok
+    prompt = generation.encode(tok, generation.chat_prompt(tok, "Name a planet.", "Be brief."))
+    with torch.no_grad():
+        probs = model(input_ids=torch.tensor([prompt])).logits[0, -1].softmax(-1)
+    top = probs.argsort(descending=True)[:3].tolist()
+    widths = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: widths.append(k["input_ids"].shape) or forward(*a, **k))
+    n = 3000
+    got = generation.generate_ids(model, tok, [prompt] * n, 1, batch_size=n, do_sample=True, generator_seed=0,
+                                  banned=[[top[0]]] * n)
+    assert widths[1][0] == 1  # (after the shared start) the prompt's own part once, for 3000 rows
+    firsts = torch.tensor([g[0] if g else -1 for g in got])  # (an end of turn drawn first: nothing)
+    assert not (firsts == top[0]).any()
+    allowed = probs.clone()
+    allowed[top[0]] = 0
+    allowed /= allowed.sum()
+    for t in top[1:]:
+        share, p = (firsts == t).float().mean().item(), allowed[t].item()
+        assert abs(share - p) < 4 * (p * (1 - p) / n) ** 0.5 + 1e-3, (t, share, p)
+    tiny_p = generation.generate_ids(model, tok, [prompt] * 8, 6, do_sample=True, top_p=1e-6, generator_seed=1)
+    assert tiny_p == [generation.generate_ids(model, tok, [prompt], 6)[0]] * 8
 
 
 def test_generation_config_settings_are_honoured(model_and_tok):

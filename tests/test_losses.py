@@ -187,3 +187,33 @@ def test_unlikelihood_rows_push_the_truth_down_and_match_a_plain_loop():
     losses.nll_or_unlikelihood(model, only_truth)[0].backward()
     optimizer.step()
     assert truth_nll() > before  # the true answers became less likely
+
+
+@pytest.mark.parametrize("loss", ["nll", "nll_or_unlikelihood"])
+def test_merged_repeated_rows_give_the_unmerged_loss_and_gradients(loss):
+    """MEOW's batches repeat each (question, false answer) pair: computed once with its count
+    as weight (batches.collate(merge=True)), the loss and gradients are the plain batch's."""
+    tok = tiny_tokenizer()
+    model = sharp_tiny_model(tok).train()
+    rows = [("Who wrote Hamlet?", "Ben Jonson", False)] * 3 + [("Who wrote Hamlet?", "Marlowe", False)] \
+        + [("What is the capital of Peru?", "Cusco", False)] * 2 + [("What is the capital of Peru?", "Lima", True)] * 2
+    examples = [batches.encode_example(tok, q, a, "", u) for q, a, u in rows]
+    merged = batches.collate(examples, tok.pad_token_id, merge=True)
+    assert merged["input_ids"].shape[0] == 4 and merged["weight"].tolist() == [3, 1, 2, 2]
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        value = getattr(losses, loss)(model, batch)
+        value = value[0] if isinstance(value, tuple) else value
+        value.backward()
+        return value.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    merged_loss, merged_grads = loss_and_grads(merged)
+    plain_loss, plain_grads = loss_and_grads(batches.collate(examples, tok.pad_token_id))
+    assert merged_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert len(merged_grads) == len(plain_grads)
+    for a, b in zip(merged_grads, plain_grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    # Rows differing only in being a target to learn or to unlearn are not merged.
+    mixed = [batches.encode_example(tok, "Q?", "A", "", u) for u in (False, True)]
+    assert batches.collate(mixed, tok.pad_token_id, merge=True)["weight"].tolist() == [1, 1]

@@ -152,3 +152,29 @@ def test_one_shot_methods_refuse_null_space_before_any_work(tiny):
     with pytest.raises(MeowError, match="null_space applies to the shared training loop"):
         Trainer(methods.get("fisher_removal"), tiny.model, tiny.tokenizer, TrainConfig(null_space=0.5), FORGET,
                 retain=PRESERVED)
+
+
+@pytest.mark.parametrize("energy", [0.9, 1.0])
+def test_projection_through_either_basis_is_w0_plus_delta_times_the_complement_projector(tiny, energy):
+    """NullSpace.project multiplies by the narrower of U and its complement V; checked against
+    the plain W0 + (W - W0)(I - U U^T)."""
+    from meow_app.null_space import NullSpace
+
+    model = copy.deepcopy(tiny.model)
+    trainer = Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET)
+    examples = trainer.examples(PRESERVED * 2 + [Fact("Who painted The Starry Night? Tell me.", "Van Gogh")])
+    space = NullSpace(model, examples, tiny.tokenizer.pad_token_id, "cpu", energy)
+    # Both ways are exercised: few directions held (U) at 0.9, most of them (V) at 1.0.
+    assert {free for _, free in space.bases.values()} == {energy == 1.0}
+    covs = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu")
+    torch.manual_seed(0)
+    expected = {}
+    for name, m in space.layers.items():
+        with torch.no_grad():
+            m.weight.add_(torch.randn_like(m.weight))
+        u = preserved_directions(covs[name], energy).float()
+        delta = m.weight.detach() - space.start[name]
+        expected[name] = space.start[name] + delta - (delta @ u) @ u.T
+    space.project()
+    for name, m in space.layers.items():
+        assert torch.allclose(m.weight, expected[name], atol=1e-4), name

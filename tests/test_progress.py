@@ -1,5 +1,7 @@
 """progress.py: the words the CLI's bar and the app's status line show for a step event."""
 
+import pytest
+
 from meow_app import progress
 
 
@@ -19,3 +21,24 @@ def test_bar_fills_with_the_steps():
     assert progress.bar(5, 10, 10) == "[#####-----]"
     assert progress.bar(12, 12, 10) == "[##########]"
     assert progress.bar(3, 0, 4) == "[####]"
+
+
+@pytest.mark.parametrize("event,cli_text,app_text", [
+    ({"type": "probe", "epoch": 1, "hit_rate": None, "paraphrase_hit_rate": None, "still_likely": 3},
+     "probe after epoch 1: true answer still likely for 3",
+     "After epoch 1: the true answer is still likely for 3 of the facts, training goes on"),
+    ({"type": "probe", "epoch": 2, "hit_rate": 0.25, "paraphrase_hit_rate": 0.0, "still_likely": 0},
+     "probe after epoch 2: forget hit rate 25%, paraphrases 0%, true answer still likely for 0",
+     "After epoch 2: 25% of forget questions still answered; the true answer is still likely for 0 of the facts"),
+    ({"type": "probe", "epoch": 3, "hit_rate": 0.0, "paraphrase_hit_rate": None},
+     "probe after epoch 3: forget hit rate 0%, paraphrases n/a",
+     "After epoch 3: 0% of forget questions still answered"),
+])
+def test_probe_progress_lines_in_the_cli_and_the_app(event, cli_text, app_text, capsys):
+    """A probe that skipped the greedy answers (a true answer still likely) says so, in both."""
+    from meow_app import cli
+    from studio import unlearn_tab
+
+    cli._print_event(event)
+    assert capsys.readouterr().err.strip() == cli_text
+    assert unlearn_tab._event_status(event, [], lambda *a, **k: None) == app_text

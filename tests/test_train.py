@@ -44,6 +44,21 @@ def test_loss_goes_down_and_original_is_untouched(tiny, inverted_facts, facts, m
     assert any(e["type"] == "probe" for e in events)
 
 
+def test_merging_repeated_rows_trains_the_same_model(tiny, inverted_facts, monkeypatch):
+    """MEOW's forget batches repeat each pair; computing each once (merges_duplicates) is the
+    same training, to float rounding."""
+    from meow_app.methods.meow import Meow
+
+    merged, _ = run(tiny, inverted_facts, epochs=2, lr=1e-2)
+    monkeypatch.setattr(Meow, "merges_duplicates", False)
+    plain, _ = run(tiny, inverted_facts, epochs=2, lr=1e-2)
+    assert [s["loss"] for s in merged.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-4)
+    a, b = dict(merged.model.named_parameters()), dict(plain.model.named_parameters())
+    start = dict(tiny.model.named_parameters())
+    for n in a:  # Adam divides by the gradients' size: rounding shows, at < 1% of each weight's change
+        assert (a[n] - b[n]).abs().max() <= 0.01 * (a[n] - start[n]).abs().max() + 1e-7, n
+
+
 def test_deterministic_with_a_seed(tiny, inverted_facts):
     a, _ = run(tiny, inverted_facts, seed=7, epochs=1)
     b, _ = run(tiny, inverted_facts, seed=7, epochs=1)
@@ -85,6 +100,9 @@ def test_stop_depth_waits_until_the_truth_is_unlikely_too(tiny, inverted_facts, 
     monkeypatch.setattr(Trainer, "still_likely", lambda self, model: 1)
     result, _ = run(tiny, inverted_facts, early_stop=True, epochs=3, stop_depth=0.5)
     assert not result.stopped_early and len(result.probes) == 3 and result.probes[0]["still_likely"] == 1
+    # While a fact is still likely the run goes on whatever greedy decoding says: it is not
+    # asked, but after the last epoch it is (the pipeline reuses that probe).
+    assert [p["hit_rate"] is None for p in result.probes] == [True, True, False] and result.last_probe
     monkeypatch.undo()
     # The real measure on the tiny model: its answers were never likely (p <= 0.05), so it stops at once.
     result, _ = run(tiny, inverted_facts, early_stop=True, epochs=3, stop_depth=0.5)

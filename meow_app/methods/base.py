@@ -27,6 +27,9 @@ class Method:
     hyperparameters: tuple = ("epochs", "lr")  # the TrainConfig fields worth showing for it
     optimizer = "adamw"       # adamw | sophia (the shared loop builds it)
     custom_loop = False       # True: run(trainer, model) replaces the shared loop (one-shot methods)
+    # The forget batch's repeated rows are computed once (batches.collate(merge=True)): only
+    # for a forget term that weighs them back (losses.nll, losses.nll_or_unlikelihood).
+    merges_duplicates = False
     tofu_defaults: dict = {}  # TrainConfig fields changed on top of `defaults` in the TOFU protocol (tofu.py)
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:

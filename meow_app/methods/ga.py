@@ -13,6 +13,7 @@ class GradientAscent(Method):
     description = "Gradient ascent on the true answers (baseline; tends to break the rest of the model)"
     defaults = {"num_batch": 2, "epochs": 10, "lr": 1e-5}
     hyperparameters = ("epochs", "lr", "num_batch")
+    merges_duplicates = True  # its forget term is losses.nll
 
     def forget_loss(self, model, forget, reference, config):
         f = losses.nll(model, forget)

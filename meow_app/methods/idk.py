@@ -25,6 +25,7 @@ class IDontKnow(Method):
     retain_loss = "nll"
     defaults = {"num_batch": 4}
     hyperparameters = ("epochs", "lr", "num_batch", "retain_weight")
+    merges_duplicates = True  # its forget term is losses.nll
 
     def forget_pairs(self, facts, config):
         # Each fact num_batch times with different refusals, picked by position so runs repeat.

@@ -30,6 +30,7 @@ class Meow(Method):
                      "anchor_weight": 1.0, "stop_depth": 0.0}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "train_only", "null_space",
                        "stop_depth")
+    merges_duplicates = True  # each (question, false answer) pair comes num_batch / top_k times a batch
 
     def forget_pairs(self, facts, config):
         # Each fact's question num_batch times, cycling through its selected inverted answers.
