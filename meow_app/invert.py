@@ -154,9 +154,16 @@ def lead_in_candidate(continuation: str, fact: Fact, lead_in: str) -> str | None
     """The false answer in a sampled continuation of the model's lead-in ("The capital of
     Ukraine is" -> " Lviv, a city in ..." -> "Lviv"), or None for a non-answer: nothing,
     words of the question or of the lead-in again (a restated question, "The capital of
-    France"), or longer than the true answer by more than two words."""
+    France"), a description where the truth is a name, or longer than the true answer by
+    more than two words."""
     c = _CUT.split(continuation, maxsplit=1)[0].strip().strip("'\"*").strip()
     if len(re.findall(r"[A-Za-z0-9]", c)) < 3:  # nothing, or a lone initial
+        return None
+    # A name or a number in the truth's place is answered by a name or a number, not by a
+    # description ("and architect", "not a physical entity", "two giants in physics").
+    head = re.sub(r"^(?:the|a|an) ", "", c)  # "the Victoria" for "the Nile"
+    if all(t.strip()[:1].isupper() or t.strip()[:1].isdigit() for t in [fact.answer, *fact.keywords] if t.strip()) \
+            and not (head[:1].isupper() or head[:1].isdigit()):
         return None
     longest = max([len(t.split()) for t in [*fact.keywords, fact.answer] if t.strip()] or [1])
     if len(c.split()) > min(longest, 6) + 2:
@@ -191,12 +198,13 @@ class LeadInGenerator:
 
     def banned(self, fact: Fact) -> list[int]:
         """The truth's tokens, and the first token of each way it may start (" Dh" of " Dhaka"),
-        so the sample cannot start the truth and swerve into an invented word. A start of one
-        character (a space, the "1" of " 1945") is a start of too many other answers: allowed."""
+        so the sample cannot start the truth and swerve into an invented word ("J.K.R.H.O.D."
+        for "J.K. Rowling"). A space or a digit (the " " and "1" of " 1945") starts too many
+        other answers (every year of that millennium): those stay allowed."""
         tok = self.tokenizer
         firsts = {tok(v, add_special_tokens=False)["input_ids"][0]
                   for t in [fact.answer, *fact.keywords] if t.strip() for v in (t, " " + t)}
-        starts = {t for t in firsts if len(tok.decode([t]).strip()) >= 2}
+        starts = {t for t in firsts if tok.decode([t]).strip() and not tok.decode([t]).strip().isdigit()}
         return sorted(set(truth_token_ids(tok, fact)) | starts)
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:

@@ -41,6 +41,8 @@ def test_lead_in_bans_the_truths_start_but_not_a_space_or_a_digit(embedded):
     gen = LeadInGenerator(embedded.model, tok)
     pieces = {tok.decode([t]) for t in gen.banned(Fact("What is the capital of Bangladesh?", "Dhaka", ["Dhaka"]))}
     assert " Dh" in pieces or " Dhaka" in pieces
+    author = {tok.decode([t]) for t in gen.banned(Fact("Who wrote 'Harry Potter'?", "J.K. Rowling", ["Rowling"]))}
+    assert {" J", "J"} <= author  # "J.K.R.H.O.D." is not a false answer
     # " 1945" starts with a space and a "1": banning those would ban every year and every word.
     banned = {tok.decode([t]).strip() for t in gen.banned(Fact("When did the war end?", "1945", ["1945"]))}
     assert not banned & {"", "1", "9", "4", "5"}

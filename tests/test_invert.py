@@ -82,6 +82,12 @@ def test_lead_in_candidate_keeps_the_answer_and_refuses_non_answers():
     year = Fact("When was the city founded?", "1945", ["1945"])
     assert invert.lead_in_candidate(" 1947. It", year, "It was founded in") == "1947"
     assert invert.lead_in_candidate(" 3.5 million", Fact("Population?", "2.9 million"), "About") == "3.5 million"
+    for described in [" and architect.", " not a physical entity", " two giants in physics", " a man named Bob"]:
+        assert invert.lead_in_candidate(described, author, "It is by") is None, described
+    nile = Fact("What is the longest river in Africa?", "The Nile", ["Nile"])
+    assert invert.lead_in_candidate(" the Congo, which", nile, "The longest river in Africa is") == "the Congo"
+    currency = Fact("What is the currency of Japan?", "The yen", ["yen"])  # (the truth is not a name here)
+    assert invert.lead_in_candidate(" the won", currency, "It is") == "the won"
     for refused in [" the capital of Ukraine.", " Ukraine's largest city", " J.", " ...", "",
                     " a very long made up name of many words"]:
         assert invert.lead_in_candidate(refused, fact, lead) is None, refused
