@@ -42,9 +42,11 @@ def unheld_parameters(model) -> dict[str, torch.nn.Parameter]:
 
 
 @torch.no_grad()
-def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16) -> dict[str, torch.Tensor]:
+def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16,
+                      unit: bool = False) -> dict[str, torch.Tensor]:
     """K^T K (float64) of each trained linear layer's inputs over the examples' real tokens.
-    Layers fed the same input (gate_proj and up_proj) share one tensor, computed once."""
+    Layers fed the same input (gate_proj and up_proj) share one tensor, computed once.
+    unit: each token's input scaled to length 1 first (each token counts the same)."""
     layers = trained_linears(model)
     sums: dict[str, torch.Tensor] = {}
     owner: dict[str, str] = {}  # layer -> the first layer that saw the same input (its sum is shared)
@@ -54,6 +56,8 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
         def record(module, inputs, output):
             if inputs[0] is not state["input"]:  # a new input: its x^T x over the real tokens
                 x = inputs[0][state["real"]].float()
+                if unit:
+                    x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
                 # In fp32 even when the forward pass runs under bf16 autocast: a bf16 sum of
                 # thousands of squares keeps ~3 digits, and the small eigenvalues are the point.
                 with torch.autocast(x.device.type, enabled=False):
@@ -104,8 +108,8 @@ def preserved_directions(cov: torch.Tensor, energy: float) -> torch.Tensor:
 class NullSpace:
     """The projection of one run: built before the first step, applied after every step."""
 
-    def __init__(self, model, examples, pad_id: int, device, energy: float):
-        covs = input_covariances(model, examples, pad_id, device)
+    def __init__(self, model, examples, pad_id: int, device, energy: float, unit: bool = False):
+        covs = input_covariances(model, examples, pad_id, device, unit=unit)
         self.layers = trained_linears(model)
         self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
         dtype = next(iter(self.start.values())).dtype if self.start else torch.float32

@@ -98,6 +98,9 @@ class TrainConfig:
                                       "retain set the method trains on), so that text goes through the model "
                                       "unchanged; the share of those inputs' energy held fixed, e.g. 0.99 (1 = all "
                                       "of it; 0 = off). anchor_weight 0 then skips training on that text")
+    null_space_unit: bool = _setting(False, "null_space: count each preserved token's input as a unit vector, so "
+                                            "a few tokens with huge activations (e.g. 99.97% of one layer's "
+                                            "energy in one direction) do not decide which directions are held")
     lead_in_context: bool = _setting(False, "meow: where a false answer starts with the model's own lead-in to "
                                             "the fact ('The capital of Ukraine is'), train only on the rest "
                                             "(' Lviv.'), the lead-in given as context, so the words every similar "
@@ -484,7 +487,8 @@ class Trainer:
             return None
         start = time.perf_counter()
         with self.autocast():
-            projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space)
+            projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space,
+                                   unit=self.config.null_space_unit)
         result.info["null_space"] = {"held_directions": projection.info(),
                                      "seconds": round(time.perf_counter() - start, 1)}
         return projection
