@@ -50,11 +50,20 @@ def _truths(fact: Fact) -> list[str]:
     return [t.lower() for t in [fact.answer, *fact.keywords] if t.strip()]
 
 
-def clean(lines: list[str], fact: Fact, keep: list[str] | None = None) -> list[str]:
-    """Strip numbering and bullets; drop empties, the truth, repeats and the question."""
+def _names(fact: Fact) -> list[re.Pattern]:
+    """The words that give a fact away (its keywords, or a short answer), as whole words."""
+    words = list(fact.keywords) or ([fact.answer] if len(fact.answer.split()) <= 3 else [])
+    return [re.compile(rf"\b{re.escape(w.strip().lower())}\b") for w in words if w.strip()]
+
+
+def clean(lines: list[str], fact: Fact, keep: list[str] | None = None, others: list[Fact] = ()) -> list[str]:
+    """Strip numbering and bullets; drop empties, the truth, repeats and the question, and
+    the truth of any other fact being forgotten (training "the Israeli Lira" for the shekel
+    would teach "Lira" back to the Turkish lira being forgotten beside it)."""
     keep = list(keep or [])
     seen = {c.lower() for c in keep}
     truths = _truths(fact)
+    theirs = [p for o in others for p in _names(o)]
     # A wrong answer has the form of the right one: a name for a name, a sentence for a sentence.
     limit = max(40, 3 * len(fact.answer))
     for line in lines:
@@ -64,6 +73,8 @@ def clean(lines: list[str], fact: Fact, keep: list[str] | None = None) -> list[s
         if not c or len(c) > limit or low in seen or low == fact.question.lower():
             continue
         if any(t in low for t in truths) or low.rstrip(".") in {t.rstrip(".") for t in truths}:
+            continue
+        if any(p.search(low) for p in theirs):
             continue
         if c.endswith("?") or low.startswith(("question:", "answer:")):
             continue
@@ -328,7 +339,7 @@ def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 4, seed: int 
             break
         lines = generator.sample([facts[i] for i in todo], n, seed=seed * 1000 + r)
         for i, got in zip(todo, lines):
-            candidates[i] = clean(got, facts[i], candidates[i])
+            candidates[i] = clean(got, facts[i], candidates[i], others=facts[:i] + facts[i + 1:])
         if on_progress:
             on_progress(r + 1, rounds)
     rng = random.Random(seed)

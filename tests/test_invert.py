@@ -20,6 +20,16 @@ def test_clean_strips_numbering_and_drops_truth_repeats_and_empties():
     assert invert.clean(lines, fact) == ["Charles Dickens", "Jane Austen", "Mark Twain", "Leo Tolstoy"]
 
 
+def test_a_false_answer_is_never_the_truth_of_another_fact_being_forgotten():
+    shekel = Fact("What is the currency of Israel?", "The Israeli shekel", ["shekel"])
+    lira = Fact("What is the currency of Turkey?", "The Turkish lira", ["lira"])
+    lines = ["the Israeli Lira", "the Israeli dinar", "the liras of old"]
+    assert invert.clean(lines, shekel, others=[lira]) == ["the Israeli dinar", "the liras of old"]
+    gen = Lines([["the Israeli Lira", "the Israeli dinar"], ["the Turkish shekel", "the Turkish mark"]])
+    invert.invert([shekel, lira], gen, n=1, rounds=1)
+    assert shekel.inverted == ["the Israeli dinar"] and lira.inverted == ["the Turkish mark"]
+
+
 def test_invert_samples_again_then_tops_up_with_fallbacks():
     facts = [Fact("Capital of Peru?", "Lima"), Fact("Who wrote Hamlet?", "Shakespeare")]
     gen = Lines([["Cusco", "Lima", "Quito"], ["Marlowe"], ["Arequipa"], ["Ben Jonson"], [], []])

@@ -48,6 +48,12 @@ def test_covariances_are_those_of_the_real_tokens_only(tiny):
     for x in seen:
         expected += x.T @ x
     assert torch.allclose(covs["model.layers.1.mlp.down_proj"], expected, rtol=1e-4, atol=1e-4)
+    # unit: each token's input counts as a unit vector (K^T K's trace is the token count).
+    units = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2, unit=True)
+    expected = sum(torch.nn.functional.normalize(x, dim=-1).T @ torch.nn.functional.normalize(x, dim=-1)
+                   for x in seen)
+    assert torch.allclose(units["model.layers.1.mlp.down_proj"], expected, rtol=1e-4, atol=1e-5)
+    assert float(torch.trace(expected)) == pytest.approx(sum(len(x) for x in seen))
 
 
 def _train(tiny, null_space):
