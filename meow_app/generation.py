@@ -59,7 +59,9 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
 
     `max_new_tokens` is one int or one per prompt; each row is generated only as far as
     its own limit needs, so results do not depend on what else is in the batch.
-    `banned` (one list per prompt) holds token ids that row may never produce.
+    `banned` (one list per prompt) holds token ids that row may never produce. Greedy and
+    sampled rows go through _decode; `model.generate` only where the model's
+    generation_config asks for what _decode does not apply (a repetition penalty, min_p, ...).
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = next(model.parameters()).device
@@ -73,7 +75,7 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     for rows in _length_sorted_batches(len(prompts), keys, batch_size):
         if max(limits[i] for i in rows) <= 0:
             continue
-        if _plain_greedy(model.generation_config):
+        if _plain_greedy(model.generation_config) and not (do_sample and _sampling_extras(model.generation_config)):
             pick = _sampler([banned[i] for i in rows] if banned else None, do_sample, temperature, top_p)
             got = _decode(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device, pick)
         else:  # settings only `generate` applies (a repetition penalty, ...)
@@ -95,14 +97,21 @@ def _sampler(banned: list[list[int]] | None, do_sample: bool, temperature: float
                     scores[k, banned[j]] = float("-inf")
         if not do_sample:
             return scores.argmax(-1)
-        scores = scores / temperature
-        if top_p < 1.0:  # keep the fewest most likely tokens holding top_p (transformers' TopPLogitsWarper)
-            ordered, order = torch.sort(scores, descending=False)
-            drop = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
-            drop[:, -1] = False
-            scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-        return torch.multinomial(scores.softmax(-1), 1)[:, 0]
+        return torch.multinomial(warp(scores, temperature, top_p).softmax(-1), 1)[:, 0]
     return pick
+
+
+def warp(scores, temperature: float, top_p: float):
+    """Sampling scores as transformers' TemperatureLogitsWarper then TopPLogitsWarper leave
+    them: divided by the temperature, then all but the fewest most likely tokens holding
+    top_p of the probability set to -inf."""
+    scores = scores / temperature
+    if top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=False)
+        drop = ordered.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return scores
 
 
 def _sampled(model, prompts, limits, eos, pad_id, device, banned, do_sample, temperature, top_p):
@@ -147,6 +156,16 @@ _NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0)
             "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
             "sequence_bias": (None,), "encoder_repetition_penalty": (None, 1.0), "renormalize_logits": (None, False),
             "exponential_decay_length_penalty": (None,), "stop_strings": (None,)}
+
+
+# Sampling filters `generate` takes from a model's generation_config beyond temperature and
+# top_p (which callers set): a model that sets one samples through `generate`.
+_NEUTRAL_SAMPLING = {"min_p": (None, 0.0), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
+                     "eta_cutoff": (None, 0.0), "top_h": (None,)}
+
+
+def _sampling_extras(generation_config) -> bool:
+    return any(getattr(generation_config, k, None) not in neutral for k, neutral in _NEUTRAL_SAMPLING.items())
 
 
 def _plain_greedy(generation_config) -> bool:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .errors import MeowError
 from .facts import Fact
@@ -50,13 +52,19 @@ def _truths(fact: Fact) -> list[str]:
     return [t.lower() for t in [fact.answer, *fact.keywords] if t.strip()]
 
 
-def _names(fact: Fact) -> list[re.Pattern]:
+def _names(fact: Fact) -> tuple[re.Pattern, ...]:
     """The words that give a fact away (its keywords, or a short answer), as whole words."""
     words = list(fact.keywords) or ([fact.answer] if len(fact.answer.split()) <= 3 else [])
-    return [re.compile(rf"\b{re.escape(w.strip().lower())}\b") for w in words if w.strip()]
+    return _whole_words(tuple(w.strip().lower() for w in words if w.strip()))
 
 
-def clean(lines: list[str], fact: Fact, keep: list[str] | None = None, others: list[Fact] = ()) -> list[str]:
+@lru_cache(maxsize=4096)
+def _whole_words(words: tuple[str, ...]) -> tuple[re.Pattern, ...]:
+    # (?<!\w) rather than \b: a keyword may start or end with a non-word character ("C++", "U.S.")
+    return tuple(re.compile(rf"(?<!\w){re.escape(w)}(?!\w)") for w in words)
+
+
+def clean(lines: list[str], fact: Fact, keep: list[str] | None = None, others: Sequence[Fact] = ()) -> list[str]:
     """Strip numbering and bullets; drop empties, the truth, repeats and the question, and
     the truth of any other fact being forgotten (training "the Israeli Lira" for the shekel
     would teach "Lira" back to the Turkish lira being forgotten beside it)."""
@@ -172,9 +180,11 @@ def lead_in_candidate(continuation: str, fact: Fact, lead_in: str) -> str | None
         return None
     # A name or a number in the truth's place is answered by a name or a number, not by a
     # description ("and architect", "not a physical entity", "two giants in physics").
-    head = re.sub(r"^(?:the|a|an) ", "", c)  # "the Victoria" for "the Nile"
-    if all(t.strip()[:1].isupper() or t.strip()[:1].isdigit() for t in [fact.answer, *fact.keywords] if t.strip()) \
-            and not (head[:1].isupper() or head[:1].isdigit()):
+    def named(text: str) -> bool:  # a name or a number, after any article ("the Victoria" for "the Nile")
+        head = re.sub(r"^(?:the|a|an) ", "", text.strip(), flags=re.I)
+        return head[:1].isupper() or head[:1].isdigit()
+
+    if all(named(t) for t in [fact.answer, *fact.keywords] if t.strip()) and not named(c):
         return None
     longest = max([len(t.split()) for t in [*fact.keywords, fact.answer] if t.strip()] or [1])
     if len(c.split()) > min(longest, 6) + 2:
@@ -265,7 +275,8 @@ class LeadInGenerator:
                 out.append(cands)
                 continue
             lead_tokens = len(scored[at].nll) if lead else 0
-            own = scored[at + (1 if lead else 0):][:len(cands)]
+            first = at + (1 if lead else 0)
+            own = scored[first:first + len(cands)]
             nll = [sum(s.nll[lead_tokens:]) / max(1, len(s.nll) - lead_tokens) for s in own]
             out.append([c for _, c in sorted(zip(nll, cands), key=lambda x: x[0])])
         return out

@@ -100,6 +100,12 @@ def row_weight(batch) -> torch.Tensor | float:
     return batch["weight"][:, None] if "weight" in batch else 1.0
 
 
+def _unmerged(batch) -> None:
+    # A loss that does not weigh rows would count a merged row once instead of `weight` times.
+    if "weight" in batch:
+        raise ValueError("this loss does not weigh merged rows: set merges_duplicates = False on the method")
+
+
 def nll(model, batch) -> torch.Tensor:
     """Mean next-token cross-entropy over all answer tokens of the batch."""
     per_token, mask = token_nll(*answer_logits(model, batch))
@@ -127,12 +133,14 @@ def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0) -> tuple[torch.
 
 def sequence_nll(model, batch) -> torch.Tensor:
     """Summed answer NLL per sequence, shape (batch,) (what NPO compares)."""
+    _unmerged(batch)
     per_token, _ = token_nll(*answer_logits(model, batch))
     return per_token.sum(1)
 
 
 def kl_to_reference(model, reference, batch) -> torch.Tensor:
     """KL(reference || model) per answer token, averaged: stay close to the original."""
+    _unmerged(batch)
     logits, labels = answer_logits(model, batch)
     with torch.no_grad():
         ref_logits, _ = answer_logits(reference, batch)

@@ -34,8 +34,9 @@ def trained_linears(model) -> dict[str, torch.nn.Linear]:
 
 def unheld_parameters(model) -> dict[str, torch.nn.Parameter]:
     """Trained parameters the projection cannot hold: biases (Qwen2's q/k/v), norms,
-    embeddings (and an output layer tied to them). A bias change moves the layer's output on every input, preserved text
-    included, so a run with the projection freezes them (Trainer._trainable_copy)."""
+    embeddings (and an output layer tied to them). A bias change moves the layer's output
+    on every input, preserved text included, so a run with the projection freezes them
+    (Trainer._trainable_copy)."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     held = {id(m.weight) for m in trained_linears(model).values()} - embeddings  # (a tied lm_head is one)
     return {name: p for name, p in model.named_parameters() if p.requires_grad and id(p) not in held}
@@ -44,9 +45,10 @@ def unheld_parameters(model) -> dict[str, torch.nn.Parameter]:
 @torch.no_grad()
 def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16,
                       unit: bool = False) -> dict[str, torch.Tensor]:
-    """K^T K (float64) of each trained linear layer's inputs over the examples' real tokens.
-    Layers fed the same input (gate_proj and up_proj) share one tensor, computed once.
-    unit: each token's input scaled to length 1 first (each token counts the same)."""
+    """K^T K (float32, on the model's device) of each trained linear layer's inputs over the
+    examples' real tokens. Layers fed the same input (gate_proj and up_proj) share one
+    tensor, computed once. unit: each token's input scaled to length 1 first (each token
+    counts the same)."""
     layers = trained_linears(model)
     sums: dict[str, torch.Tensor] = {}
     owner: dict[str, str] = {}  # layer -> the first layer that saw the same input (its sum is shared)
@@ -78,20 +80,20 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
         for h in handles:
             h.remove()
         model.train(was_training)
-    # float64 for the eigendecomposition, on the GPU where there is one (a wide model's
-    # layers take minutes each on a CPU); MPS has no float64.
-    doubled = {name: (c.cpu() if c.device.type == "mps" else c).double() for name, c in sums.items()}
-    return {name: doubled[owner[name]] for name in owner}
+    return {name: sums[owner[name]] for name in owner}
 
 
 def eigen_split(cov: torch.Tensor, energy: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, V): U (in_features x k) the fewest leading eigenvectors of cov holding `energy`
     of its eigenvalue sum (all of its numerical rank for energy >= 1), V the other
     eigenvectors, so that U U^T + V V^T = I."""
-    # A share below 1 needs only the leading directions, which float32 finds as well, in half
-    # the time; the numerical rank (energy >= 1) needs float64's small eigenvalues.
-    values, vectors = torch.linalg.eigh(cov if energy >= 1 else cov.float())  # ascending
-    values, vectors = values.double().flip(0).clamp(min=0), vectors.double().flip(1)
+    # On the GPU where there is one (a wide model's layers take minutes each on a CPU; MPS
+    # has no float64). A share up to 0.99 needs only the leading directions, which float32
+    # finds as well in half the time (its rounding, ~n * 1e-7 of the largest eigenvalue, is
+    # far below the 1% left out); more, and the numerical rank, need float64.
+    cov = cov.cpu() if cov.device.type == "mps" else cov
+    values, vectors = torch.linalg.eigh(cov.double() if energy > 0.99 else cov.float())  # ascending
+    values, vectors = values.double().flip(0).clamp(min=0), vectors.flip(1).to(cov.dtype)
     total = float(values.sum())
     if total <= 0:
         return vectors[:, :0], vectors
@@ -113,15 +115,24 @@ class NullSpace:
         self.layers = trained_linears(model)
         self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
         dtype = next(iter(self.start.values())).dtype if self.start else torch.float32
-        found: dict[int, tuple] = {}  # layers that share their inputs share their directions
-        for cov in covs.values():
-            if id(cov) not in found:
-                u, v = eigen_split(cov, energy)
-                # (I - U U^T) = V V^T: multiply by whichever basis is narrower (same result).
-                found[id(cov)] = (u.shape[1], (v, True) if v.shape[1] < u.shape[1] else (u, False))
-        self.held = {name: found[id(cov)][0] for name, cov in covs.items()}
-        self.bases = {name: (b.to(device, dtype), free) for name, cov in covs.items()
-                      for b, free in [found[id(cov)][1]]}
+        shared: dict[int, list[str]] = {}  # layers that share their inputs share their directions
+        for name, cov in covs.items():
+            shared.setdefault(id(cov), []).append(name)
+        self.held: dict[str, int] = {}
+        self.bases: dict[str, tuple[torch.Tensor, bool]] = {}
+        for names in shared.values():
+            cov = covs[names[0]]
+            for name in names:  # one covariance at a time: a wide model's take GBs each
+                del covs[name]
+            u, v = eigen_split(cov, energy)
+            del cov
+            # (I - U U^T) = V V^T: multiply by whichever basis is narrower (same result); a
+            # compact copy, so the eigendecomposition's whole matrix is freed.
+            free = v.shape[1] < u.shape[1]
+            basis = (v if free else u).to(device=device, dtype=dtype, copy=True)
+            for name in names:
+                self.held[name], self.bases[name] = u.shape[1], (basis, free)
+            del u, v
 
     def info(self) -> dict:
         """The input directions held fixed, fewest and most over the layers, per kind of layer
@@ -136,7 +147,8 @@ class NullSpace:
 
     @torch.no_grad()
     def project(self) -> None:
-        """W <- W0 + (W - W0)(I - U U^T) for every trained linear layer."""
+        """W <- W0 + (W - W0)(I - U U^T) for every trained linear layer, as W - (W - W0) U U^T
+        or, where the free directions V are fewer, as W0 + (W - W0) V V^T."""
         for name, m in self.layers.items():
             basis, free = self.bases[name]
             if self.held[name] == 0:

@@ -307,7 +307,9 @@ class Trainer:
                                       "or AMX, ARM bf16): its matmuls are emulated, ~7x slower than fp32; "
                                       "leave bf16 off here"))
 
-    def _trainable_copy(self):
+    def _trainable_copy(self, project: bool = False):
+        """A float32 copy of the original with the trained parameters left trainable;
+        `project`: only what the null-space projection can hold (linear weights)."""
         seed_everything(self.config.seed)
         model = copy.deepcopy(self.original).float()  # fp32 master weights on every device
         model.config.use_cache = False
@@ -326,13 +328,16 @@ class Trainer:
                           and not self.config.train_embeddings)
                 if frozen or (self.config.train_only and not re.search(self.config.train_only, name)):
                     p.requires_grad_(False)
-        if self.project:
+        if project:
             unheld = unheld_parameters(model)
             if unheld and self.config.train_embeddings:
                 warnings.warn(MeowWarning("null_space holds only linear weights: the embeddings, norms and biases "
                                           "stay as they are (train_embeddings has no effect with null_space)"))
             for p in unheld.values():
                 p.requires_grad_(False)
+            if not any(p.requires_grad for p in model.parameters()):
+                raise MeowError("null_space holds only torch.nn.Linear weights and this model trains none "
+                                "(GPT-2's Conv1D layers, say): set --null-space 0")
         if self.sharded:
             shard_model(model)
         model.train()
@@ -412,19 +417,22 @@ class Trainer:
             raise MeowError(f"method '{self.method.name}' found nothing to train on (no inverted facts?)")
         forget_ex = [encode_example(tok, *pair) for pair in pairs]
         retain_ex = self.examples(self.retain) if self.method.uses_retain else []
-        model = self._trainable_copy()
+        anchor_ex = self.examples(self.anchors)
+        project = self.project and self._preserved(retain_ex + anchor_ex)
+        model = self._trainable_copy(project)
         reference = self.original if self.method.needs_reference else None
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params)
         rng = random.Random(cfg.seed)
         retain_stream = self._stream(retain_ex, rng) if retain_ex else None
-        anchor_ex = self.examples(self.anchors)
         anchor_stream = self._stream(anchor_ex, rng, max(1, cfg.batch_size // 2)) if anchor_ex else None
         steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
         epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
         result = TrainResult(model=model)
         start = time.perf_counter()
-        projection = self._null_space(model, retain_ex + anchor_ex, result) if self.project else None
+        if self.project and not project:
+            result.info["null_space"] = {"held_directions": None, "seconds": 0.0}
+        projection = self._null_space(model, retain_ex + anchor_ex, result) if project else None
         # Repeated forget rows computed once (Sophia's curvature samples labels per row: not there).
         merge = self.method.merges_duplicates and not isinstance(optimizer, Sophia)
         step = 0
@@ -479,12 +487,15 @@ class Trainer:
         result.model = model
         return self.finish(result, start)
 
-    def _null_space(self, model, preserved, result: TrainResult) -> NullSpace | None:
-        if not preserved:  # none asked for (neighbours 0), or every answer was empty or named a forgotten fact
+    @staticmethod
+    def _preserved(examples) -> bool:
+        """Whether there is preserved text for the projection to hold; warns when there is none."""
+        if not examples:  # none asked for (neighbours 0), or every answer was empty or named a forgotten fact
             warnings.warn(MeowWarning("null_space has no preserved text to hold (no neighbour, sibling or anchor "
                                       "answers): training without the projection"))
-            result.info["null_space"] = {"held_directions": None, "seconds": 0.0}
-            return None
+        return bool(examples)
+
+    def _null_space(self, model, preserved, result: TrainResult) -> NullSpace:
         start = time.perf_counter()
         with self.autocast():
             projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space,

@@ -182,6 +182,14 @@ def test_shards_carry_the_whole_batchs_normalisers(tiny):
     assert sum(small).item() == pytest.approx(losses.nll(tiny.model, collate(examples[:3], tok.pad_token_id)).item(),
                                               rel=1e-5)
     assert small[3].item() == 0.0
+    # Repeated rows (MEOW's) merged within each shard: the sum is still the whole batch's loss.
+    repeated = examples[:2] * 4
+    merged = [Processes(rank, 3).batch(repeated, tok.pad_token_id, "cpu", merge=True) for rank in range(3)]
+    assert any(b["weight"].max() > 1 for b in merged)
+    with torch.no_grad():
+        total = sum(losses.nll(tiny.model, b) for b in merged).item()
+        plain = losses.nll(tiny.model, collate(repeated, tok.pad_token_id)).item()
+    assert total == pytest.approx(plain, rel=1e-5)
 
 
 def _gpus() -> int:

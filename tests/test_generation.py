@@ -130,3 +130,30 @@ def test_sliding_window_models_are_only_left_padded(model_and_tok, monkeypatch):
     monkeypatch.setattr(generation, "shared_start", lambda rows: called.append(rows) or 0)
     generation.generate_ids(model, tok, prompts, 4)
     assert not called
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.9), (1.3, 0.5), (0.5, 0.05)])
+def test_sampling_scores_are_transformers_temperature_then_top_p(temperature, top_p):
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    want = TemperatureLogitsWarper(temperature)(None, logits.clone())
+    if top_p < 1.0:
+        want = TopPLogitsWarper(top_p)(None, want)
+    got = generation.warp(logits.clone(), temperature, top_p)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.allclose(got[~torch.isinf(got)], want[~torch.isinf(want)])
+
+
+def test_models_asking_for_other_sampling_filters_sample_through_generate(model_and_tok, monkeypatch):
+    model, tok = model_and_tok
+    prompt = generation.encode(tok, generation.chat_prompt(tok, "Name a planet."))
+    called = []
+    real = generation._sampled
+    monkeypatch.setattr(generation, "_sampled", lambda *a: called.append(1) or real(*a))
+    generation.generate_ids(model, tok, [prompt] * 2, 3, do_sample=True, generator_seed=0)
+    assert not called
+    monkeypatch.setattr(model.generation_config, "min_p", 0.1, raising=False)
+    generation.generate_ids(model, tok, [prompt] * 2, 3, do_sample=True, generator_seed=0)
+    assert called

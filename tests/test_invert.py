@@ -28,6 +28,17 @@ def test_a_false_answer_is_never_the_truth_of_another_fact_being_forgotten():
     gen = Lines([["the Israeli Lira", "the Israeli dinar"], ["the Turkish shekel", "the Turkish mark"]])
     invert.invert([shekel, lira], gen, n=1, rounds=1)
     assert shekel.inverted == ["the Israeli dinar"] and lira.inverted == ["the Turkish mark"]
+    cpp = Fact("Which language did Stroustrup create?", "C++", ["C++"])  # keywords need not end in a letter
+    microsoft = Fact("Which language did Microsoft create?", "C#")
+    assert invert.clean(["C++ again", "Visual Basic"], microsoft, others=[cpp]) == ["Visual Basic"]
+
+
+def test_ranking_many_facts_at_once_is_ranking_each_alone(tiny):
+    facts = [Fact("Capital of Peru?", "Lima"), Fact("Who wrote Hamlet?", "Shakespeare"), Fact("2+2?", "4")]
+    leads = ["It is", "", "The sum is"]
+    found = [["Cusco", "Quito city", "Arequipa"], ["Marlowe"], ["five", "3", "22"]]
+    gen = invert.LeadInGenerator(tiny.model, tiny.tokenizer)
+    assert gen.ranked(facts, leads, found) == [gen.most_likely(f, lead, c) for f, lead, c in zip(facts, leads, found)]
 
 
 def test_invert_samples_again_then_tops_up_with_fallbacks():
@@ -98,6 +109,7 @@ def test_lead_in_candidate_keeps_the_answer_and_refuses_non_answers():
     assert invert.lead_in_candidate(" the Congo, which", nile, "The longest river in Africa is") == "the Congo"
     currency = Fact("What is the currency of Japan?", "The yen", ["yen"])  # (the truth is not a name here)
     assert invert.lead_in_candidate(" the won", currency, "It is") == "the won"
+    assert invert.lead_in_candidate(" the won", Fact(currency.question, "The yen"), "It is") == "the won"
     for refused in [" the capital of Ukraine.", " Ukraine's largest city", " J.", " ...", "",
                     " a very long made up name of many words"]:
         assert invert.lead_in_candidate(refused, fact, lead) is None, refused

@@ -47,12 +47,12 @@ def test_covariances_are_those_of_the_real_tokens_only(tiny):
     handle.remove()
     for x in seen:
         expected += x.T @ x
-    assert torch.allclose(covs["model.layers.1.mlp.down_proj"], expected, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(covs["model.layers.1.mlp.down_proj"].double(), expected, rtol=1e-4, atol=1e-4)
     # unit: each token's input counts as a unit vector (K^T K's trace is the token count).
     units = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2, unit=True)
     expected = sum(torch.nn.functional.normalize(x, dim=-1).T @ torch.nn.functional.normalize(x, dim=-1)
                    for x in seen)
-    assert torch.allclose(units["model.layers.1.mlp.down_proj"], expected, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(units["model.layers.1.mlp.down_proj"].double(), expected, rtol=1e-4, atol=1e-5)
     assert float(torch.trace(expected)) == pytest.approx(sum(len(x) for x in seen))
 
 
@@ -105,10 +105,24 @@ def test_with_lora_the_neighbour_answers_are_trained_on_instead(tiny):
 def test_null_space_with_no_preserved_text_warns_and_trains_without_it(tiny):
     from meow_app.errors import MeowWarning
 
-    config = TrainConfig(null_space=0.9, epochs=1, neighbours=32, early_stop=False)
-    with pytest.warns(MeowWarning, match="no preserved text"):  # neighbours asked for, none usable (or none asked)
+    # neighbours asked for, none usable (or none asked): no projection, so nothing is frozen for it either
+    config = TrainConfig(null_space=0.9, epochs=1, neighbours=32, early_stop=False, train_only="",
+                         train_embeddings=True, lr=1e-2)
+    with pytest.warns(MeowWarning, match="no preserved text"):
         result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET).train()
     assert result.steps and result.info["null_space"]["held_directions"] is None
+    assert not torch.equal(result.model.model.norm.weight, tiny.model.model.norm.weight)
+
+
+def test_a_model_with_no_linear_weight_to_train_is_refused_in_one_line(tiny):
+    """(GPT-2's Conv1D layers, or here: only norms trained) the projection would leave nothing."""
+    config = TrainConfig(null_space=0.9, anchor_weight=0.0, train_only="norm", train_embeddings=True, epochs=1)
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
+    from meow_app.errors import MeowWarning
+
+    with pytest.warns(MeowWarning, match="holds only linear weights"), \
+            pytest.raises(MeowError, match="null_space holds only torch.nn.Linear weights"):
+        trainer.train()
 
 
 def test_covariances_stay_fp32_under_bf16_autocast(tiny):

@@ -47,16 +47,43 @@ def test_loss_goes_down_and_original_is_untouched(tiny, inverted_facts, facts, m
 def test_merging_repeated_rows_trains_the_same_model(tiny, inverted_facts, monkeypatch):
     """MEOW's forget batches repeat each pair; computing each once (merges_duplicates) is the
     same training, to float rounding."""
+    from meow_app import batches
     from meow_app.methods.meow import Meow
 
+    weights = []
+    collate = batches.collate
+
+    def spy(examples, pad_id, merge=False):
+        batch = collate(examples, pad_id, merge)
+        weights.append(batch["weight"].max().item() if "weight" in batch else None)
+        return batch
+
+    monkeypatch.setattr("meow_app.train.collate", spy)
     merged, _ = run(tiny, inverted_facts, epochs=2, lr=1e-2)
+    assert weights and all(w is not None and w > 1 for w in weights)  # every forget batch had repeats merged
     monkeypatch.setattr(Meow, "merges_duplicates", False)
+    weights.clear()
     plain, _ = run(tiny, inverted_facts, epochs=2, lr=1e-2)
+    assert weights and all(w is None for w in weights)
     assert [s["loss"] for s in merged.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-4)
     a, b = dict(merged.model.named_parameters()), dict(plain.model.named_parameters())
     start = dict(tiny.model.named_parameters())
     for n in a:  # Adam divides by the gradients' size: rounding shows, at < 1% of each weight's change
         assert (a[n] - b[n]).abs().max() <= 0.01 * (a[n] - start[n]).abs().max() + 1e-7, n
+
+
+@pytest.mark.parametrize("method,merges", [("meow_ul", True), ("idk", True), ("npo", False), ("sophia_idk", False)])
+def test_which_methods_merge_repeated_rows(tiny, inverted_facts, method, merges, monkeypatch):
+    """Only forget terms that weigh rows back (losses.nll, nll_or_unlikelihood) merge; NPO's
+    per-sequence term and Sophia's per-row curvature samples do not."""
+    from meow_app import batches
+
+    asked = []
+    collate = batches.collate
+    monkeypatch.setattr("meow_app.train.collate",
+                        lambda examples, pad_id, merge=False: asked.append(merge) or collate(examples, pad_id, merge))
+    run(tiny, inverted_facts, method=method, epochs=1)
+    assert asked and asked[0] is merges
 
 
 def test_deterministic_with_a_seed(tiny, inverted_facts):
