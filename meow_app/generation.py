@@ -183,11 +183,6 @@ def full_attention(config) -> bool:
     return not types or all(t == "full_attention" for t in types)
 
 
-def _greedy(model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, device) -> list[list[int]]:
-    """Greedy decoding of one batch: the same tokens as `model.generate(do_sample=False)`."""
-    return _decode(model, prompts, limits, eos, pad_id, device, _sampler(None, False, 1.0, 1.0))
-
-
 def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, device,
             pick) -> list[list[int]]:
     """Decoding of one batch, the next token chosen by `pick(logits, rows)` (_sampler): what

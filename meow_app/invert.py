@@ -15,7 +15,6 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from .errors import MeowError
 from .facts import Fact
@@ -52,26 +51,13 @@ def _truths(fact: Fact) -> list[str]:
     return [t.lower() for t in [fact.answer, *fact.keywords] if t.strip()]
 
 
-def _names(fact: Fact) -> tuple[re.Pattern, ...]:
-    """The words that give a fact away (its keywords, or a short answer), as whole words."""
-    words = list(fact.keywords) or ([fact.answer] if len(fact.answer.split()) <= 3 else [])
-    return _whole_words(tuple(w.strip().lower() for w in words if w.strip()))
-
-
-@lru_cache(maxsize=4096)
-def _whole_words(words: tuple[str, ...]) -> tuple[re.Pattern, ...]:
-    # (?<!\w) rather than \b: a keyword may start or end with a non-word character ("C++", "U.S.")
-    return tuple(re.compile(rf"(?<!\w){re.escape(w)}(?!\w)") for w in words)
-
-
 def clean(lines: list[str], fact: Fact, keep: list[str] | None = None, others: Sequence[Fact] = ()) -> list[str]:
     """Strip numbering and bullets; drop empties, the truth, repeats and the question, and
-    the truth of any other fact being forgotten (training "the Israeli Lira" for the shekel
-    would teach "Lira" back to the Turkish lira being forgotten beside it)."""
+    any line that gives away another fact being forgotten, as the probes judge it (training
+    "the Israeli Lira" for the shekel would teach "Lira" back to the Turkish lira)."""
     keep = list(keep or [])
     seen = {c.lower() for c in keep}
     truths = _truths(fact)
-    theirs = [p for o in others for p in _names(o)]
     # A wrong answer has the form of the right one: a name for a name, a sentence for a sentence.
     limit = max(40, 3 * len(fact.answer))
     for line in lines:
@@ -82,7 +68,7 @@ def clean(lines: list[str], fact: Fact, keep: list[str] | None = None, others: S
             continue
         if any(t in low for t in truths) or low.rstrip(".") in {t.rstrip(".") for t in truths}:
             continue
-        if any(p.search(low) for p in theirs):
+        if any(probes.leaks(c, o) for o in others):
             continue
         if c.endswith("?") or low.startswith(("question:", "answer:")):
             continue
@@ -225,7 +211,7 @@ class LeadInGenerator:
         tok = self.tokenizer
         firsts = {tok(v, add_special_tokens=False)["input_ids"][0]
                   for t in [fact.answer, *fact.keywords] if t.strip() for v in (t, " " + t)}
-        starts = {t for t in firsts if tok.decode([t]).strip() and not tok.decode([t]).strip().isdigit()}
+        starts = {t for t in firsts if (piece := tok.decode([t]).strip()) and not piece.isdigit()}
         return sorted(set(truth_token_ids(tok, fact)) | starts)
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:

@@ -102,11 +102,6 @@ def eigen_split(cov: torch.Tensor, energy: float) -> tuple[torch.Tensor, torch.T
     return vectors[:, :k], vectors[:, k:]
 
 
-def preserved_directions(cov: torch.Tensor, energy: float) -> torch.Tensor:
-    """U of eigen_split: the input directions the projection holds fixed."""
-    return eigen_split(cov, energy)[0]
-
-
 class NullSpace:
     """The projection of one run: built before the first step, applied after every step."""
 

@@ -17,6 +17,11 @@ QUESTIONS = ["Who wrote Hamlet?", "What is the capital of Peru?", "Name a planet
              "Who painted The Starry Night, and when?", "2+2?"]
 
 
+def greedy(model, prompts, limits, eos, pad_id, device):
+    """One batch through generation._decode, choosing the argmax."""
+    return generation._decode(model, prompts, limits, eos, pad_id, device, generation._sampler(None, False, 1.0, 1.0))
+
+
 def alone(model, prompt, limit, eos):
     """The reference: one prompt, no padding, `model.generate`, cut at the first EOS."""
     gen = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
@@ -39,7 +44,7 @@ def test_greedy_batch_matches_each_prompt_alone(model_and_tok, system):
     # With a system prompt the rows share a long start (encoded once); without, only the
     # template's few tokens, below the threshold for sharing.
     assert (generation.shared_start(prompts) >= generation.MIN_SHARED) == (system is not None)
-    got = generation._greedy(model, prompts, limits, eos, tok.pad_token_id, "cpu")
+    got = greedy(model, prompts, limits, eos, tok.pad_token_id, "cpu")
     want = [alone(model, p, n, eos) if n else [] for p, n in zip(prompts, limits)]
     assert got == want
     assert [len(g) for g in got] == limits  # a random model does not stop by itself here
@@ -48,11 +53,11 @@ def test_greedy_batch_matches_each_prompt_alone(model_and_tok, system):
 def test_rows_stop_at_eos_and_leave_the_batch(model_and_tok):
     model, tok = model_and_tok
     prompts = [generation.encode(tok, generation.chat_prompt(tok, q, "Be brief.")) for q in QUESTIONS]
-    free = generation._greedy(model, prompts, [16] * len(prompts), set(), tok.pad_token_id, "cpu")
+    free = greedy(model, prompts, [16] * len(prompts), set(), tok.pad_token_id, "cpu")
     # Declare a token the first row produces mid-way an end of sequence: that row must stop
     # right before it, the others wherever the same token (if ever) appears in theirs.
     stop = free[0][6]
-    got = generation._greedy(model, prompts, [16] * len(prompts), {stop}, tok.pad_token_id, "cpu")
+    got = greedy(model, prompts, [16] * len(prompts), {stop}, tok.pad_token_id, "cpu")
     assert got[0] == free[0][:free[0].index(stop)]
     for g, f in zip(got, free):
         assert g == (f[:f.index(stop)] if stop in f else f)

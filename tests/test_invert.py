@@ -23,12 +23,12 @@ def test_clean_strips_numbering_and_drops_truth_repeats_and_empties():
 def test_a_false_answer_is_never_the_truth_of_another_fact_being_forgotten():
     shekel = Fact("What is the currency of Israel?", "The Israeli shekel", ["shekel"])
     lira = Fact("What is the currency of Turkey?", "The Turkish lira", ["lira"])
-    lines = ["the Israeli Lira", "the Israeli dinar", "the liras of old"]
-    assert invert.clean(lines, shekel, others=[lira]) == ["the Israeli dinar", "the liras of old"]
+    lines = ["the Israeli Lira", "the Israeli dinar", "the liras of old"]  # ("liras" would count as a hit too)
+    assert invert.clean(lines, shekel, others=[lira]) == ["the Israeli dinar"]
     gen = Lines([["the Israeli Lira", "the Israeli dinar"], ["the Turkish shekel", "the Turkish mark"]])
     invert.invert([shekel, lira], gen, n=1, rounds=1)
     assert shekel.inverted == ["the Israeli dinar"] and lira.inverted == ["the Turkish mark"]
-    cpp = Fact("Which language did Stroustrup create?", "C++", ["C++"])  # keywords need not end in a letter
+    cpp = Fact("Which language did Stroustrup create?", "C++", ["C++"])  # ("C++": a hit as probes count it)
     microsoft = Fact("Which language did Microsoft create?", "C#")
     assert invert.clean(["C++ again", "Visual Basic"], microsoft, others=[cpp]) == ["Visual Basic"]
 

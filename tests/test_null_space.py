@@ -9,7 +9,7 @@ from meow_app import losses, methods
 from meow_app.batches import collate
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
-from meow_app.null_space import input_covariances, preserved_directions
+from meow_app.null_space import eigen_split, input_covariances
 from meow_app.train import TrainConfig, Trainer
 
 FORGET = [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], inverted=["Charles Dickens"])]
@@ -20,22 +20,27 @@ def test_directions_hold_the_asked_share_of_energy():
     vectors = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]
     cov = vectors @ torch.diag(torch.tensor([4.0, 3, 2, 1, 0, 0], dtype=torch.float64)) @ vectors.T
     for energy, k in [(0.4, 1), (0.5, 2), (0.7, 2), (0.71, 3), (0.95, 4), (1.0, 4)]:
-        u = preserved_directions(cov, energy)
+        u = eigen_split(cov, energy)[0]
         assert u.shape == (6, k), energy
         # They are the leading eigenvectors: the projector onto them keeps exactly that much energy.
         kept = torch.trace(u.T @ cov @ u) / torch.trace(cov)
         assert kept == pytest.approx([0.4, 0.7, 0.7, 0.9, 1.0, 1.0][[0.4, 0.5, 0.7, 0.71, 0.95, 1.0].index(energy)])
-    assert preserved_directions(torch.zeros(3, 3, dtype=torch.float64), 1.0).shape == (3, 0)
+    assert eigen_split(torch.zeros(3, 3, dtype=torch.float64), 1.0)[0].shape == (3, 0)
+
+
+def _one_trained_layer(tiny, layer_of):
+    """A copy of the tiny model with one linear layer trainable, its examples' encoder, the layer."""
+    model = copy.deepcopy(tiny.model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layer = layer_of(model)
+    layer.weight.requires_grad_(True)
+    return model, Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET), layer
 
 
 def test_covariances_are_those_of_the_real_tokens_only(tiny):
     """Checked against a plain reference: each example alone, no padding, inputs read by a hook."""
-    model = copy.deepcopy(tiny.model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    layer = model.model.layers[1].mlp.down_proj
-    layer.weight.requires_grad_(True)
-    trainer = Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET)
+    model, trainer, layer = _one_trained_layer(tiny, lambda m: m.model.layers[1].mlp.down_proj)
     examples = trainer.examples(PRESERVED + [Fact("Who painted The Starry Night? Tell me.", "Van Gogh")])
     covs = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2)
     assert list(covs) == ["model.layers.1.mlp.down_proj"]
@@ -128,12 +133,7 @@ def test_a_model_with_no_linear_weight_to_train_is_refused_in_one_line(tiny):
 def test_covariances_stay_fp32_under_bf16_autocast(tiny):
     """A run on CUDA (or with --bf16) builds the projection under bf16 autocast: the forward
     pass may run in bf16, the sum of squares must not (it would keep ~3 digits)."""
-    model = copy.deepcopy(tiny.model)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    layer = model.model.layers[0].mlp.down_proj
-    layer.weight.requires_grad_(True)
-    trainer = Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET)
+    model, trainer, layer = _one_trained_layer(tiny, lambda m: m.model.layers[0].mlp.down_proj)
     examples = trainer.examples(PRESERVED)
     seen = []
     handle = layer.register_forward_hook(lambda m, i, o: seen.append(i[0][0].double()))
@@ -192,7 +192,7 @@ def test_projection_through_either_basis_is_w0_plus_delta_times_the_complement_p
     for name, m in space.layers.items():
         with torch.no_grad():
             m.weight.add_(torch.randn_like(m.weight))
-        u = preserved_directions(covs[name], energy).float()
+        u = eigen_split(covs[name], energy)[0].float()
         delta = m.weight.detach() - space.start[name]
         expected[name] = space.start[name] + delta - (delta @ u) @ u.T
     space.project()
