@@ -34,7 +34,10 @@ import common  # noqa: E402
 # (the inversion's `generator` is an InvertSettings field, the rest TrainConfig fields)
 VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_memory": {"low_memory": True},
             # meow's recipe before issue 19 (few-shot false answers, neighbours trained on, greedy stop)
-            "previous": {"generator": "local", "null_space": 0.0, "anchor_weight": 1.0, "lr": 1e-4, "stop_depth": 0.0}}
+            "previous": {"generator": "local", "null_space": 0.0, "anchor_weight": 1.0, "lr": 1e-4, "stop_depth": 0.0},
+            # the closed-form edit (methods/meow_edit.py) with its own defaults
+            "meow_edit": {}}
+VARIANT_METHODS = {"meow_edit": "meow_edit"}  # variants that run another method than meow
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.
@@ -186,7 +189,8 @@ def main() -> None:
         shape_args = ["--model", str(folder), "--set", json.dumps({"early_stop": False})]
         title = f"Time to forget, {params / 1e9:.2f}B-parameter random model ({a.shape}) (item 8)"
     for name in a.variants:
-        extra = ["--variant", name] + (["--threads", str(a.threads)] if a.threads else []) + shape_args
+        extra = (["--variant", name, "--method", VARIANT_METHODS.get(name, "meow")]
+                 + (["--threads", str(a.threads)] if a.threads else []) + shape_args)
         r = common.run_child(__file__, extra)
         raw[name] = r
         print(f"done {name}: {r.get('error', r.get('total'))}", file=sys.stderr, flush=True)

@@ -49,26 +49,29 @@ def epochs_run(n_facts: int, config) -> int:
     return max(config.epochs, math.ceil(config.min_steps / per_epoch))
 
 
-def training_steps(n_facts: int, config, custom_loop: bool = False) -> int:
+def training_steps(n_facts: int, config, custom_loop: bool = False, edit: bool = False) -> int:
     """Optimiser steps at most (early stopping can end sooner); one-shot second-order methods
-    count their line search's forward passes as steps."""
+    count their line search's forward passes as steps; meow_edit its target vectors' steps
+    (a forward and backward pass over one row per false answer, about a step's cost)."""
+    if edit:
+        return config.epochs * config.edit_steps
     if custom_loop:
         return config.fisher_steps * (2 + math.ceil(config.eta_grid / 2))
     return epochs_run(n_facts, config) * math.ceil(n_facts * config.num_batch / config.batch_size)
 
 
 def unlearn_seconds(n_facts: int, config, n_params: int, device: str, custom_loop: bool = False,
-                    inverting: bool = True, n_inverted: int = 4) -> float:
+                    inverting: bool = True, n_inverted: int = 4, edit: bool = False) -> float:
     """A whole unlearning run (load, probes, inversion, MEMO, training, probes, save), at most."""
     billions = n_params / 1e9
     probe = math.ceil(n_facts * 3 / BATCH)                # a forget probe: the questions and their paraphrases
-    epochs = config.fisher_steps if custom_loop else epochs_run(n_facts, config)
+    epochs = config.epochs if edit else config.fisher_steps if custom_loop else epochs_run(n_facts, config)
     passes = (probe + 2                                   # forget, retain, everyday before
               + (2 * math.ceil(n_facts * n_inverted / BATCH) if inverting else 0)  # false answers, MEMO
               + (1 if config.anchors or config.neighbours or config.siblings else 0)  # the anchors' own answers
               + probe * (epochs if config.early_stop else 1)       # a probe per epoch (early stopping) or one
               + 2)                                        # retain and everyday after
-    steps = training_steps(n_facts, config, custom_loop)
+    steps = training_steps(n_facts, config, custom_loop, edit)
     projection = _cost(device, "null_space", billions) if config.null_space and not config.lora else 0.0
     # stop_depth: a teacher-forced pass over the facts per probe, about one generated token's cost each.
     depth = probe * epochs * _cost(device, "token", billions) if config.stop_depth else 0.0

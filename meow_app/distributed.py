@@ -113,10 +113,11 @@ PEER_FAILED = "another process of this run failed, so the run stopped and wrote 
 
 
 def check_method(method, size: int) -> None:
-    """One-shot second-order methods and Sophia estimate curvature from whole batches: one process only."""
+    """One-shot methods (second order, closed-form edit) and Sophia work on whole batches: one process only."""
     if size > 1 and (method.custom_loop or method.optimizer == "sophia"):
-        raise MeowError(f"method '{method.name}' runs in one process (its curvature is estimated from whole "
-                        "batches): start it without `accelerate launch`, or with --num_processes 1")
+        reason = "it writes in closed form" if method.projects else "its curvature is estimated from whole batches"
+        raise MeowError(f"method '{method.name}' runs in one process ({reason}): start it without "
+                        "`accelerate launch`, or with --num_processes 1")
 
 
 def launched_size() -> int:

@@ -82,6 +82,17 @@ class TrainConfig:
     retain_budget: float = _setting(0.3, "largest allowed rise of the retain NLL (nats per token) for Fisher methods")
     noise_std: float = _setting(0.0, "Fisher Forgetting: per-coordinate noise at the mean curvature")
     noise_clamp: float = _setting(3.0, "Fisher Forgetting: the noise is clamped at this many noise_std", obvious=True)
+    edit_layers: str = _setting("", "meow_edit: the layers whose MLP down-projection the false answers are written "
+                                    "into, 'A-B' or 'A,B,...' ('' = the early-middle band MEMIT edits, scaled to "
+                                    "the model's depth: 4-8 of the embedded model's 30)")
+    edit_steps: int = _setting(20, "meow_edit: optimisation steps of each fact's target vector (the weights fixed)")
+    edit_answers: int = _setting(1, "meow_edit: false answers per fact its target vector is optimised for (the first "
+                                    "selected ones; each costs a row in every step)")
+    edit_lr: float = _setting(2.0, "meow_edit: learning rate of the target vectors (Adam)", obvious=True)
+    edit_clamp: float = _setting(0.75, "meow_edit: a target vector's largest norm, relative to the residual stream's "
+                                       "norm at its token")
+    edit_damping: float = _setting(0.01, "meow_edit: lambda of the least-squares write, relative to the keys' mean "
+                                         "squared norm: larger = smaller weight changes, the targets met less")
     anchors: int = _setting(0, "general prompts (assets/anchor_prompts.txt) answered by the original model, trained on "
                                "beside the forget set so the rest of its behaviour stays put; no user data needed "
                                "(0 = off, the published MEOW recipe)")
@@ -133,7 +144,7 @@ class TrainConfig:
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise MeowError(f"learning rate must be a positive number, got {self.lr}")
         for name in ("epochs", "batch_size", "num_batch", "lora_r", "hessian_every", "fisher_examples",
-                     "fisher_steps", "eta_grid"):
+                     "fisher_steps", "eta_grid", "edit_steps", "edit_answers"):
             if getattr(self, name) < 1:
                 raise MeowError(f"{name} must be at least 1, got {getattr(self, name)}")
         try:
@@ -149,7 +160,9 @@ class TrainConfig:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.fisher_backend not in ("diag", "woodfisher"):
             raise MeowError(f"fisher_backend must be 'diag' or 'woodfisher', got '{self.fisher_backend}'")
-        for name in ("beta", "rho", "damping", "trust_region"):
+        if self.edit_layers and not re.fullmatch(r"\s*\d+\s*-\s*\d+\s*|\s*\d+\s*(,\s*\d+\s*)*", self.edit_layers):
+            raise MeowError(f"edit_layers must look like '4-8' or '4,6,8', got '{self.edit_layers}'")
+        for name in ("beta", "rho", "damping", "trust_region", "edit_lr", "edit_clamp", "edit_damping"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise MeowError(f"{name} must be a positive number, got {v}")
@@ -224,8 +237,9 @@ def still_likely_count(before: list[float], after: list[float], depth: float) ->
 
 
 def check_null_space(method, config: TrainConfig) -> None:
-    """The projection acts after each step of the shared loop: one-shot methods have none."""
-    if config.null_space > 0 and method.custom_loop:
+    """The projection acts after each step of the shared loop: one-shot methods have none
+    (meow_edit applies it in its own write)."""
+    if config.null_space > 0 and method.custom_loop and not method.projects:
         raise MeowError(f"null_space applies to the shared training loop; '{method.name}' runs its own update "
                         "(set --null-space 0)")
 
@@ -299,6 +313,7 @@ class Trainer:
                                       "answers are trained on instead"))
             self.project, self.anchor_weight = False, config.anchor_weight or 1.0
         check_null_space(method, config)
+        method.check(config)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -418,7 +433,7 @@ class Trainer:
         forget_ex = [encode_example(tok, *pair) for pair in pairs]
         retain_ex = self.examples(self.retain) if self.method.uses_retain else []
         anchor_ex = self.examples(self.anchors)
-        project = self.project and self._preserved(retain_ex + anchor_ex)
+        project = self.project and self.has_preserved(retain_ex + anchor_ex)
         model = self._trainable_copy(project)
         reference = self.original if self.method.needs_reference else None
         params = [p for p in model.parameters() if p.requires_grad]
@@ -432,7 +447,7 @@ class Trainer:
         start = time.perf_counter()
         if self.project and not project:
             result.info["null_space"] = {"held_directions": None, "seconds": 0.0}
-        projection = self._null_space(model, retain_ex + anchor_ex, result) if project else None
+        projection = self.projection(model, retain_ex + anchor_ex, result) if project else None
         # Repeated forget rows computed once (Sophia's curvature samples labels per row: not there).
         merge = self.method.merges_duplicates and not isinstance(optimizer, Sophia)
         step = 0
@@ -488,14 +503,14 @@ class Trainer:
         return self.finish(result, start)
 
     @staticmethod
-    def _preserved(examples) -> bool:
+    def has_preserved(examples) -> bool:
         """Whether there is preserved text for the projection to hold; warns when there is none."""
         if not examples:  # none asked for (neighbours 0), or every answer was empty or named a forgotten fact
             warnings.warn(MeowWarning("null_space has no preserved text to hold (no neighbour, sibling or anchor "
                                       "answers): training without the projection"))
         return bool(examples)
 
-    def _null_space(self, model, preserved, result: TrainResult) -> NullSpace:
+    def projection(self, model, preserved, result: TrainResult) -> NullSpace:
         start = time.perf_counter()
         with self.autocast():
             projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space,

@@ -114,6 +114,7 @@ def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
     # tiny model, so the method stops before its first step and changes nothing.
     ("fisher_forgetting", ["--fisher-steps", 1, "--fisher-backend", "woodfisher", "--fisher-examples", 2,
                            "--noise-std", 1e-4, "--damping", 0.5]),
+    ("meow_edit", ["--epochs", 1, "--edit-steps", 3, "--edit-clamp", 2.0, "--neighbours", 4]),
 ])
 def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, method, options):
     run = tmp_path / "run"
@@ -123,7 +124,8 @@ def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, metho
     assert meta["method"] == method and (run / "model" / "model.safetensors").is_file()
     moved = weight_change(run / "model", tiny_dir)
     # One-shot methods have no optimizer (no weight decay): any change is theirs.
-    assert max(moved.values()) > (0.0 if method.startswith("fisher") else MOVED), f"{method} left the weights: {moved}"
+    assert max(moved.values()) > (MOVED if method in ("ga", "npo", "sophia_graddiff") else 0.0), \
+        f"{method} left the weights: {moved}"
     settings = meta["settings"]["train"]
     for flag, value in zip(options[::2], options[1::2]):
         assert str(settings[flag[2:].replace("-", "_")]) == str(value)
@@ -132,6 +134,9 @@ def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, metho
         assert info["lambda"] > 0 and "retain_nll_before" in info
         assert len(info["steps"]) == 1 and info["update_norm_total"] > 0
         assert ("noise_norm" in info["steps"][0]) == (method == "fisher_forgetting")
+    if method == "meow_edit":  # only the band's down-projection was written (the null space: tests/test_edit.py)
+        assert {k for k, v in moved.items() if v > 0} == {"model.layers.0.mlp.down_proj.weight"}, moved
+        assert meta["method_info"]["edit"]["layers"] == [0] and len(meta["method_info"]["edit"]["rounds"]) == 1
 
 
 def test_unlearn_inverts_by_itself_with_lora_and_low_memory(tmp_path, facts_file, tiny_dir):
@@ -167,6 +172,12 @@ def test_unlearn_inverts_by_itself_with_lora_and_low_memory(tmp_path, facts_file
     (["invert", "--facts", "{facts}", "--out", "{tmp}/i.jsonl", "--generator", "openai", "--api-model", "m",
       "--base-url", "http://127.0.0.1:9/v1"], "cannot reach http://127.0.0.1:9/v1"),
     (["ask", "--model", "{tiny}"], "give a question"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_edit",
+      "--edit-layers", "1"], "edit_layers '1' must be within layers 0-0"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_edit",
+      "--edit-layers", "first"], "edit_layers must look like"),
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_edit", "--lora"],
+     "--lora and --shard do not apply"),
 ])
 def test_errors_are_one_clear_line(tmp_path, facts_file, tiny_dir, args, text):
     args = [a.format(facts=facts_file, tmp=tmp_path, tiny=tiny_dir) for a in args]

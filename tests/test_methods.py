@@ -33,7 +33,7 @@ def mean_nll(model, tok, facts):
 
 
 def test_every_method_is_listed_with_a_description():
-    for name in ASCENT + FISHER + ["idk", "sophia_idk", "meow", "meow_grad_diff", "meow_kl", "meow_ul"]:
+    for name in ASCENT + FISHER + ["idk", "sophia_idk", "meow", "meow_grad_diff", "meow_kl", "meow_ul", "meow_edit"]:
         cls = methods.REGISTRY[name]
         assert cls.description and cls.hyperparameters
         for field in cls.hyperparameters:

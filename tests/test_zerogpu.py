@@ -13,7 +13,7 @@ import types
 import pandas as pd
 import pytest
 
-from meow_app import budget
+from meow_app import budget, methods
 from meow_app.train import TrainConfig
 
 STUDIO = ["studio.session", "studio.compare_tab", "studio.invert_tab", "studio.memo_tab", "studio.unlearn_tab"]
@@ -115,6 +115,11 @@ def test_the_estimate_grows_with_facts_steps_and_model_size():
         budget.unlearn_seconds(40, config, 135_000_000, "cuda", n_inverted=2)  # more false answers to write
     assert budget.unlearn_seconds(8, TrainConfig(null_space=0.99), 1_000_000_000, "cuda") > \
         budget.unlearn_seconds(8, config, 1_000_000_000, "cuda")  # the projection's set-up
+    edit = TrainConfig(**methods.REGISTRY["meow_edit"].defaults)  # its steps: the target vectors'
+    assert budget.training_steps(8, edit, custom_loop=True, edit=True) == edit.epochs * edit.edit_steps
+    assert budget.unlearn_seconds(8, TrainConfig(**{**edit.to_dict(), "edit_steps": 40}), 135_000_000, "cuda",
+                                  custom_loop=True, edit=True) > \
+        budget.unlearn_seconds(8, edit, 135_000_000, "cuda", custom_loop=True, edit=True)
     assert budget.unlearn_seconds(8, TrainConfig(null_space=0.99, lora=True), 135_000_000, "cuda") == \
         budget.unlearn_seconds(8, TrainConfig(lora=True), 135_000_000, "cuda")  # (no projection with LoRA)
     # The embedded model's default run of 8 facts fits a ZeroGPU call; a 7B run of 200 facts does not.

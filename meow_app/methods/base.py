@@ -27,10 +27,14 @@ class Method:
     hyperparameters: tuple = ("epochs", "lr")  # the TrainConfig fields worth showing for it
     optimizer = "adamw"       # adamw | sophia (the shared loop builds it)
     custom_loop = False       # True: run(trainer, model) replaces the shared loop (one-shot methods)
+    projects = False          # a custom_loop method that applies null_space itself (meow_edit)
     # The forget batch's repeated rows are computed once (batches.collate(merge=True)): only
     # for a forget term that weighs them back (losses.nll, losses.nll_or_unlikelihood).
     merges_duplicates = False
     tofu_defaults: dict = {}  # TrainConfig fields changed on top of `defaults` in the TOFU protocol (tofu.py)
+
+    def check(self, config) -> None:
+        """Refuse settings this method cannot run with, before any work (MeowError)."""
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
         """(question, answer[, answer prefix]) trained on each epoch: each fact num_batch times."""

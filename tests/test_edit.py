@@ -1,0 +1,149 @@
+"""meow_edit (meow_app/edit.py): the closed-form write against a plain primal solve, the key
+token, and on the tiny model an edit that learns the false answer while the preserved
+text's outputs stay exactly as they were."""
+
+import pytest
+import torch
+
+from meow_app import edit, losses, methods
+from meow_app.batches import collate
+from meow_app.errors import MeowError
+from meow_app.facts import Fact
+from meow_app.generation import chat_prompt
+from meow_app.null_space import eigen_split
+from meow_app.train import TrainConfig, Trainer
+from test_train import weights_hash
+
+FORGET = [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], inverted=["Charles Dickens"]),
+          Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco"])]
+PRESERVED = [Fact("Capital of Chad?", "Ndjamena")]  # fewer byte tokens than down_proj's 128 inputs
+
+
+def test_the_write_equals_the_plain_projected_least_squares_solution():
+    gen = torch.Generator().manual_seed(0)
+    d, out, n = 12, 5, 3
+    preserved = torch.randn(20, 4, dtype=torch.float64, generator=gen) @ torch.randn(4, d, dtype=torch.float64,
+                                                                                     generator=gen)
+    keys = torch.randn(n, d, dtype=torch.float64, generator=gen)
+    residuals = torch.randn(n, out, dtype=torch.float64, generator=gen)
+    u, v = eigen_split(preserved.T @ preserved, 1.0)
+    p = torch.eye(d, dtype=torch.float64) - u @ u.T
+    damping = 0.05
+    lam = damping * float(keys.square().sum(-1).mean())
+    # The primal form: argmin ||dW K^T - R^T||^2 + lam ||dW||^2 over dW = dW P (a d x d solve).
+    kp = keys @ p
+    plain = residuals.T @ kp @ torch.linalg.inv(kp.T @ kp + lam * torch.eye(d, dtype=torch.float64))
+    for basis, free in [(u, False), (v, True)]:  # U held, or the free directions V: the same P
+        change = edit.solve(keys.float(), residuals.float(), basis, free, damping).double()
+        assert torch.allclose(change, plain, atol=1e-5)
+    assert (edit.solve(keys.float(), residuals.float(), u, False, damping).double() @ preserved.T).abs().max() < 1e-4
+    # No constraint and a tiny damping: every key gets its residual.
+    change = edit.solve(keys.float(), residuals.float(), None, False, 1e-9).double()
+    assert torch.allclose(change @ keys.T, residuals.T, atol=1e-3)
+
+
+@pytest.mark.parametrize("question,word", [("What is the capital of Ukraine?", "Ukraine"),
+                                           ("Who wrote 'Fahrenheit 451'?", "451"),
+                                           ("Who founded Microsoft", "Microsoft")])
+def test_the_key_is_the_questions_last_word_token(tiny, question, word):
+    tok = tiny.tokenizer
+    prompt = chat_prompt(tok, question)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    at = edit.key_position(tok, prompt, question)
+    assert tok.decode(ids[at]) == word[-1]  # the tiny tokenizer is byte-level: the word's last byte
+    assert word in tok.decode(ids[:at + 1])[-len(word) - 1:]
+
+
+def test_the_cached_target_pass_equals_plain_forward_passes(tiny):
+    """targets() computes the system prompt once, each question once and each false answer from
+    its question's cache: its first loss and the residual it starts from must be what one plain
+    forward pass per (question, false answer) row gives."""
+    from tiny import sharp_tiny_model  # attention that depends on positions, padding and the cache
+
+    tok, model = tiny.tokenizer, sharp_tiny_model(tiny.tokenizer)
+    questions = ["Who wrote Hamlet?", "What is the capital of the Republic of Peru?"]
+    answers = [["Charles Dickens", "Jane Austen wrote it."], ["Cusco"]]
+    z, positions, history = edit.targets(model, tok, questions, answers, 0, steps=1, lr=1e-9)  # z ~ the start
+    nlls, residuals = [], {}
+    block = model.model.layers[0]
+    for i, (q, options) in enumerate(zip(questions, answers)):
+        prompt = tok(chat_prompt(tok, q), add_special_tokens=False)["input_ids"]
+        assert positions[i] == edit.key_position(tok, chat_prompt(tok, q), q)
+        for a in options:
+            ids = prompt + tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            handle = block.register_forward_hook(lambda m, inp, out: residuals.__setitem__(i, out[0][0]
+                                                 if isinstance(out, tuple) else out[0]))
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids])).logits[0, len(prompt) - 1:-1]
+            handle.remove()
+            nlls.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[len(prompt):]))))
+    assert history[0] == pytest.approx(sum(nlls) / len(nlls), rel=1e-5)
+    for i in range(2):  # the residual the deltas start from: the plain pass's at the key token
+        assert torch.allclose(z[i], residuals[i][positions[i]], atol=1e-4)
+        assert not torch.allclose(z[i], residuals[i][positions[i] - 1], atol=1e-2)
+
+
+def test_the_band_is_checked_against_the_model(tiny):
+    assert edit.band(tiny.model) == [0]  # never the last layer: its write would reach no later position
+    assert edit.band(tiny.model, "0") == [0]
+    with pytest.raises(ValueError, match="within layers 0-0"):
+        edit.band(tiny.model, "0-1")
+    with pytest.raises(MeowError, match="edit_layers must look like"):
+        TrainConfig(edit_layers="four").check()
+
+
+def _edit(tiny, null_space, **cfg):
+    config = TrainConfig(**{**methods.get("meow_edit").defaults, "null_space": null_space, "neighbours": 0,
+                            "epochs": 1, "edit_steps": 30, "edit_lr": 0.5, "edit_clamp": 4.0, "early_stop": False,
+                            **cfg})
+    trainer = Trainer(methods.get("meow_edit"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
+    return trainer, trainer.train()
+
+
+def _outputs(model, trainer, facts):
+    batch = collate(trainer.examples(facts), trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def _false_answer_nll(model, trainer):
+    batch = collate(trainer.examples([Fact(f.question, f.inverted[0]) for f in FORGET]), trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return float(losses.nll(model, batch))
+
+
+def test_the_edit_writes_the_false_answers_and_leaves_preserved_outputs_unchanged(tiny):
+    before_hash = weights_hash(tiny.model)
+    trainer, result = _edit(tiny, 1.0)
+    assert weights_hash(tiny.model) == before_hash  # the original is untouched
+    before, after = _outputs(tiny.model, trainer, PRESERVED), _outputs(result.model, trainer, PRESERVED)
+    assert (after - before).abs().max() < 1e-4 * before.abs().max()
+    assert _false_answer_nll(result.model, trainer) < _false_answer_nll(tiny.model, trainer) - 0.05
+    # Only the band's down-projection changed.
+    changed = {n for (n, a), b in zip(result.model.named_parameters(), tiny.model.parameters())
+               if not torch.equal(a, b)}
+    assert changed == {"model.layers.0.mlp.down_proj.weight"}
+    info = result.info["edit"]
+    assert info["layers"] == [0] and info["false_answers"] == 2 and result.info["null_space"]["held_directions"]
+    assert info["rounds"][0]["target_nll"][-1] < info["rounds"][0]["target_nll"][0]
+    # Without the constraint the same edit moves the preserved outputs.
+    _, free = _edit(tiny, 0.0)
+    moved = _outputs(free.model, trainer, PRESERVED)
+    assert (moved - before).abs().max() > 100 * (after - before).abs().max()
+
+
+def test_rounds_stop_once_nothing_leaks(tiny):
+    # The tiny model never says the facts, so the probe after the first round ends the run.
+    trainer, result = _edit(tiny, 0.99, epochs=3, early_stop=True)
+    assert len(result.steps) == 1 and result.stopped_early and len(result.info["edit"]["rounds"]) == 1
+
+
+def test_settings_it_cannot_run_with_are_refused_before_any_work(tiny):
+    from meow_app import distributed
+
+    with pytest.raises(MeowError, match="runs in one process \\(it writes in closed form\\)"):
+        distributed.check_method(methods.get("meow_edit"), 2)
+    with pytest.raises(MeowError, match="--lora and --shard do not apply"):
+        Trainer(methods.get("meow_edit"), tiny.model, tiny.tokenizer, TrainConfig(lora=True), FORGET)
+    with pytest.raises(MeowError, match="--lora and --shard do not apply"):
+        methods.get("meow_edit").check(TrainConfig(shard=True))
