@@ -105,3 +105,32 @@ class LowRank:
 
 
 BACKENDS = {"diag": Diagonal, "woodfisher": LowRank}
+
+
+class StepScale:
+    """The preserved text's curvature as a preconditioner of a fine-tuning step (issue 19's
+    "curvature of preserved text"): after each optimiser step, each coordinate's change is
+    multiplied by lambda / (F_ii + lambda), F the diagonal empirical Fisher of the preserved
+    text. Coordinates that text relies on (large F_ii) barely move; the others move as the
+    optimiser says. (Scaling the gradient instead would do nothing under Adam, which divides
+    each coordinate by its own running scale.)"""
+
+    def __init__(self, model, params, examples, pad_id: int, device, damping: float):
+        curvature = Diagonal.from_grads(per_example_grads(model, params, examples, pad_id, device), damping)
+        flat = curvature.damping / (curvature.fisher + curvature.damping)
+        self.scales, offset = [], 0
+        for p in params:
+            self.scales.append(flat[offset:offset + p.numel()].view_as(p).to(p.dtype))
+            offset += p.numel()
+        self.params = params
+        self.mean_scale = float(flat.mean())
+
+    def start(self) -> list:
+        """The weights before a step."""
+        return [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def apply(self, before: list) -> None:
+        """theta <- before + s * (theta - before), coordinate by coordinate."""
+        for p, b, s in zip(self.params, before, self.scales):
+            p.sub_(b).mul_(s).add_(b)

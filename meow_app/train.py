@@ -24,6 +24,7 @@ from . import losses, probes
 from .batches import IGNORE, collate, encode_example, length_grouped, to_device
 from .distributed import SINGLE, Processes, check_method
 from .errors import Cancelled, MeowError, MeowWarning
+from .fisher import StepScale
 from .models import cpu_has_bf16_matmul
 from .null_space import NullSpace, unheld_parameters
 from .sophia import Sophia
@@ -109,6 +110,11 @@ class TrainConfig:
                                       "retain set the method trains on), so that text goes through the model "
                                       "unchanged; the share of those inputs' energy held fixed, e.g. 0.99 (1 = all "
                                       "of it; 0 = off). anchor_weight 0 then skips training on that text")
+    fisher_precondition: float = _setting(0.0, "locality by curvature: after each step, each trained weight's change "
+                                               "is scaled by lambda / (F + lambda), F the diagonal empirical Fisher "
+                                               "of the preserved text (neighbour and anchor answers), lambda this "
+                                               "times F's mean, so what that text relies on barely moves "
+                                               "(fisher.StepScale; 0 = off)")
     null_space_unit: bool = _setting(False, "null_space: count each preserved token's input as a unit vector, so "
                                             "a few tokens with huge activations (e.g. 99.97% of one layer's "
                                             "energy in one direction) do not decide which directions are held")
@@ -153,6 +159,8 @@ class TrainConfig:
             raise MeowError(f"train_only is not a valid regular expression ('{self.train_only}': {e})") from None
         if not 0 <= self.stop_depth <= 1:
             raise MeowError(f"stop_depth must be between 0 and 1, got {self.stop_depth}")
+        if not (math.isfinite(self.fisher_precondition) and self.fisher_precondition >= 0):
+            raise MeowError(f"fisher_precondition must be 0 (off) or a positive number, got {self.fisher_precondition}")
         if not 0 <= self.null_space <= 1:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
         for name in ("anchors", "neighbours", "siblings", "min_steps"):
@@ -314,6 +322,9 @@ class Trainer:
             self.project, self.anchor_weight = False, config.anchor_weight or 1.0
         check_null_space(method, config)
         method.check(config)
+        if config.fisher_precondition and (self.sharded or method.custom_loop):
+            raise MeowError("fisher_precondition scales the steps of the shared loop on whole weights: not with "
+                            "--shard nor with a one-shot method")
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -448,6 +459,7 @@ class Trainer:
         if self.project and not project:
             result.info["null_space"] = {"held_directions": None, "seconds": 0.0}
         projection = self.projection(model, retain_ex + anchor_ex, result) if project else None
+        scale = self.step_scale(model, params, retain_ex + anchor_ex, result) if cfg.fisher_precondition else None
         # Repeated forget rows computed once (Sophia's curvature samples labels per row: not there).
         merge = self.method.merges_duplicates and not isinstance(optimizer, Sophia)
         step = 0
@@ -481,8 +493,12 @@ class Trainer:
                     parts = dict(zip(parts, summed))
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                before = scale.start() if scale else None
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)  # free the gradients now: probes may run next
+                if scale:
+                    scale.apply(before)
+                    del before
                 if projection:
                     projection.project()
                 if isinstance(optimizer, Sophia):
@@ -518,6 +534,23 @@ class Trainer:
         result.info["null_space"] = {"held_directions": projection.info(),
                                      "seconds": round(time.perf_counter() - start, 1)}
         return projection
+
+    def step_scale(self, model, params, preserved, result: TrainResult):
+        """fisher_precondition's scales (fisher.StepScale) from the preserved text; None when there is none."""
+        if not preserved:
+            warnings.warn(MeowWarning("fisher_precondition has no preserved text (no neighbour, anchor or retain "
+                                      "answers): training without it"))
+            return None
+        start = time.perf_counter()
+        model.eval()  # (no dropout in the curvature's gradients)
+        with self.autocast():
+            scale = StepScale(model, params, preserved[:self.config.fisher_examples], self.tokenizer.pad_token_id,
+                              self.device, self.config.fisher_precondition)
+        model.train()
+        result.info["fisher_precondition"] = {"examples": min(len(preserved), self.config.fisher_examples),
+                                              "mean_scale": round(scale.mean_scale, 4),
+                                              "seconds": round(time.perf_counter() - start, 1)}
+        return scale
 
     @staticmethod
     def _backward(loss, step: int) -> None:
