@@ -107,6 +107,9 @@ def solve(keys: torch.Tensor, residuals: torch.Tensor, basis: torch.Tensor | Non
     """dW (out x in) = R^T (K~ K~^T + lambda I)^-1 K~ with K~ = K P, P = I - U U^T given by
     null_space's basis (U, or V with P = V V^T when `free`); no basis: P = I.
     keys: n x in, residuals: n x out; lambda = damping x mean ||k||^2."""
+    device = keys.device
+    if device.type == "mps":  # (no float64 there)
+        keys, residuals, basis = keys.cpu(), residuals.cpu(), None if basis is None else basis.cpu()
     keys, residuals = keys.double(), residuals.double()
     if basis is None or basis.shape[1] == 0:
         projected = keys if basis is None or not free else torch.zeros_like(keys)
@@ -115,7 +118,7 @@ def solve(keys: torch.Tensor, residuals: torch.Tensor, basis: torch.Tensor | Non
         projected = keys @ b @ b.T if free else keys - (keys @ b) @ b.T
     lam = damping * float(keys.square().sum(-1).mean())
     gram = projected @ projected.T + lam * torch.eye(len(keys), dtype=keys.dtype, device=keys.device)
-    return (residuals.T @ torch.linalg.solve(gram, projected)).float()
+    return (residuals.T @ torch.linalg.solve(gram, projected)).float().to(device)
 
 
 def targets(model, tokenizer, questions: list[str], answers: list[list[str]], layer: int, steps: int = 10,

@@ -147,3 +147,12 @@ def test_settings_it_cannot_run_with_are_refused_before_any_work(tiny):
         Trainer(methods.get("meow_edit"), tiny.model, tiny.tokenizer, TrainConfig(lora=True), FORGET)
     with pytest.raises(MeowError, match="--lora and --shard do not apply"):
         methods.get("meow_edit").check(TrainConfig(shard=True))
+
+
+def test_every_round_runs_the_model_in_eval_mode(tiny, monkeypatch):
+    # The probes after a round put the model in training mode; the next round must not run
+    # there (dropout; with low_memory, checkpointing drops the prompt's KV cache).
+    modes, targets = [], edit.targets
+    monkeypatch.setattr(edit, "targets", lambda model, *a, **k: modes.append(model.training) or targets(model, *a, **k))
+    _, result = _edit(tiny, 0.99, epochs=2, low_memory=True)
+    assert len(result.info["edit"]["rounds"]) == 2 and modes == [False, False]

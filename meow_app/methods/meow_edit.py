@@ -65,10 +65,13 @@ class MeowEdit(Method):
         for epoch in range(1, cfg.epochs + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
+            model.eval()  # (every round: the probes leave the model in training mode)
             with trainer.autocast():
                 z, positions, losses = edit.targets(model, tok, questions, answers, layers[-1], cfg.edit_steps,
                                                     cfg.edit_lr, cfg.edit_clamp, device)
-            written_layers = edit.spread(model, tok, questions, z, positions, layers, bases, cfg.edit_damping, device)
+            with trainer.autocast():  # (the precision z was reached in)
+                written_layers = edit.spread(model, tok, questions, z, positions, layers, bases, cfg.edit_damping,
+                                             device)
             rounds.append({"target_nll": [round(x, 4) for x in losses], "layers": written_layers})
             event = {"type": "step", "step": epoch, "epoch": epoch, "total_steps": cfg.epochs, "loss": losses[-1],
                      "target_nll_start": losses[0], "seconds": round(time.perf_counter() - start, 3)}
