@@ -12,6 +12,7 @@ from meow_app.facts import Fact
 from meow_app.generation import chat_prompt
 from meow_app.null_space import eigen_split
 from meow_app.train import TrainConfig, Trainer
+from tiny import answer_logits
 from test_train import weights_hash
 
 FORGET = [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], inverted=["Charles Dickens"]),
@@ -100,12 +101,6 @@ def _edit(tiny, null_space, **cfg):
     return trainer, trainer.train()
 
 
-def _outputs(model, trainer, facts):
-    batch = collate(trainer.examples(facts), trainer.tokenizer.pad_token_id)
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
-
 def _false_answer_nll(model, trainer):
     batch = collate(trainer.examples([Fact(f.question, f.inverted[0]) for f in FORGET]), trainer.tokenizer.pad_token_id)
     with torch.no_grad():
@@ -116,7 +111,7 @@ def test_the_edit_writes_the_false_answers_and_leaves_preserved_outputs_unchange
     before_hash = weights_hash(tiny.model)
     trainer, result = _edit(tiny, 1.0)
     assert weights_hash(tiny.model) == before_hash  # the original is untouched
-    before, after = _outputs(tiny.model, trainer, PRESERVED), _outputs(result.model, trainer, PRESERVED)
+    before, after = answer_logits(tiny.model, trainer, PRESERVED), answer_logits(result.model, trainer, PRESERVED)
     assert (after - before).abs().max() < 1e-4 * before.abs().max()
     assert _false_answer_nll(result.model, trainer) < _false_answer_nll(tiny.model, trainer) - 0.05
     # Only the band's down-projection changed.
@@ -128,7 +123,7 @@ def test_the_edit_writes_the_false_answers_and_leaves_preserved_outputs_unchange
     assert info["rounds"][0]["target_nll"][-1] < info["rounds"][0]["target_nll"][0]
     # Without the constraint the same edit moves the preserved outputs.
     _, free = _edit(tiny, 0.0)
-    moved = _outputs(free.model, trainer, PRESERVED)
+    moved = answer_logits(free.model, trainer, PRESERVED)
     assert (moved - before).abs().max() > 100 * (after - before).abs().max()
 
 

@@ -9,6 +9,7 @@ from meow_app.batches import collate, encode_example
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
 from meow_app.train import TrainConfig, Trainer
+from tiny import answer_logits
 
 FORGET = [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], inverted=["Charles Dickens"])]
 PRESERVED = [Fact("Capital of Peru?", "Lima"), Fact("Who painted the Mona Lisa?", "Leonardo")]
@@ -50,20 +51,14 @@ def _train(tiny, precondition):
     return trainer, trainer.train()
 
 
-def _logits(model, trainer, facts):
-    batch = collate(trainer.examples(facts), trainer.tokenizer.pad_token_id)
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
-
 def test_preconditioned_steps_move_the_preserved_outputs_less_and_still_learn(tiny):
     from meow_app import losses
 
     trainer, held = _train(tiny, 0.1)
     _, plain = _train(tiny, 0.0)
-    before = _logits(tiny.model, trainer, PRESERVED)
-    moved_held = float((_logits(held.model, trainer, PRESERVED) - before).abs().mean())
-    moved_plain = float((_logits(plain.model, trainer, PRESERVED) - before).abs().mean())
+    before = answer_logits(tiny.model, trainer, PRESERVED)
+    moved_held = float((answer_logits(held.model, trainer, PRESERVED) - before).abs().mean())
+    moved_plain = float((answer_logits(plain.model, trainer, PRESERVED) - before).abs().mean())
     info = held.info["fisher_precondition"]
     assert info["examples"] == 2 and 0 < info["mean_scale"] < 1
     false = collate(trainer.examples([Fact(FORGET[0].question, "Charles Dickens")]), tiny.tokenizer.pad_token_id)

@@ -58,3 +58,12 @@ def save_tiny(folder) -> str:
     tiny_model(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def answer_logits(model, trainer, facts):
+    """The model's logits over the facts' (question, answer) examples, as the trainer encodes them."""
+    from meow_app.batches import collate
+
+    batch = collate(trainer.examples(facts), trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
