@@ -52,9 +52,10 @@ def epochs_run(n_facts: int, config) -> int:
 def training_steps(n_facts: int, config, custom_loop: bool = False, edit: bool = False) -> int:
     """Optimiser steps at most (early stopping can end sooner); one-shot second-order methods
     count their line search's forward passes as steps; meow_edit its target vectors' steps
-    (a forward and backward pass over one row per false answer, about a step's cost)."""
+    (a forward and backward pass over one row per false answer: a step's cost for each
+    batch_size of them)."""
     if edit:
-        return config.epochs * config.edit_steps
+        return config.epochs * config.edit_steps * math.ceil(n_facts * config.edit_answers / config.batch_size)
     if custom_loop:
         return config.fisher_steps * (2 + math.ceil(config.eta_grid / 2))
     return epochs_run(n_facts, config) * math.ceil(n_facts * config.num_batch / config.batch_size)

@@ -142,7 +142,7 @@ def targets(model, tokenizer, questions: list[str], answers: list[list[str]], la
     offsets = question.shape[1] - torch.tensor([len(p) - shared for p in prompt_ids])
     hook = _Residual(decoder_layers(model)[layer], offsets + torch.tensor(key_at) - shared)
     qmask = torch.cat([qmask.new_ones((len(questions), shared)), qmask], dim=1)
-    qpos = (qmask.cumsum(-1) - 1)[:, shared:]
+    qpos = (qmask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     ans, amask = generation.pad([a[:-1] for a in answer_ids], tokenizer.pad_token_id)  # (the last predicts nothing)
     labels, valid = generation.pad(answer_ids, -100)[0], generation.pad(answer_ids, 0)[1].bool()
     index = torch.tensor(owner)
@@ -223,7 +223,8 @@ def spread(model, tokenizer, questions: list[str], z: torch.Tensor, positions: t
         key_hook = down.register_forward_hook(read_key)
         top = _Residual(blocks[layers[-1]], positions)
         try:
-            model(input_ids=ids, attention_mask=mask, use_cache=False)
+            # (the decoder alone: the keys and residuals need no logits over the vocabulary)
+            getattr(model, "model", model)(input_ids=ids, attention_mask=mask, use_cache=False)
         finally:
             key_hook.remove()
             top.remove()

@@ -30,7 +30,7 @@ from . import neighbours as neighbours_mod
 from .errors import MeowError
 from .facts import Fact, write_jsonl
 from .progress import Stages
-from .train import TrainConfig, Trainer, check_null_space
+from .train import TrainConfig, Trainer, check_null_space, check_precondition
 
 
 @dataclass
@@ -214,6 +214,7 @@ def _check_job(forget, method: str, retain, config, inv, sel):
     config = config or TrainConfig(**method_obj.defaults)
     config.check()
     check_null_space(method_obj, config)
+    check_precondition(method_obj, config)
     method_obj.check(config)
     if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
         raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")

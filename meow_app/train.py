@@ -252,6 +252,14 @@ def check_null_space(method, config: TrainConfig) -> None:
                         "(set --null-space 0)")
 
 
+def check_precondition(method, config: TrainConfig) -> None:
+    """fisher_precondition scales each step of the shared loop on whole weights."""
+    # (LoRA: B starts at zero, so the preserved text's Fisher on A is zero and A would go unheld)
+    if config.fisher_precondition and (method.custom_loop or config.lora or config.shard):
+        raise MeowError("fisher_precondition scales the steps of the shared loop on whole weights: not with "
+                        "--lora, --shard nor a one-shot method")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -322,9 +330,7 @@ class Trainer:
             self.project, self.anchor_weight = False, config.anchor_weight or 1.0
         check_null_space(method, config)
         method.check(config)
-        if config.fisher_precondition and (self.sharded or method.custom_loop):
-            raise MeowError("fisher_precondition scales the steps of the shared loop on whole weights: not with "
-                            "--shard nor with a one-shot method")
+        check_precondition(method, config)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device

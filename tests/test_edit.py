@@ -7,7 +7,7 @@ import torch
 
 from meow_app import edit, losses, methods
 from meow_app.batches import collate
-from meow_app.errors import MeowError
+from meow_app.errors import MeowError, MeowWarning
 from meow_app.facts import Fact
 from meow_app.generation import chat_prompt
 from meow_app.null_space import eigen_split
@@ -151,3 +151,13 @@ def test_every_round_runs_the_model_in_eval_mode(tiny, monkeypatch):
     monkeypatch.setattr(edit, "targets", lambda model, *a, **k: modes.append(model.training) or targets(model, *a, **k))
     _, result = _edit(tiny, 0.99, epochs=2, low_memory=True)
     assert len(result.info["edit"]["rounds"]) == 2 and modes == [False, False]
+
+
+def test_a_fact_without_a_false_answer_is_named_not_skipped_silently(tiny):
+    # Written for one fact, the other left as it is: the user is told which, and run.json says how many.
+    forget = [FORGET[0], Fact(FORGET[1].question, FORGET[1].answer, FORGET[1].keywords)]
+    config = TrainConfig(**{**methods.get("meow_edit").defaults, "null_space": 0.0, "neighbours": 0,
+                            "edit_steps": 2, "early_stop": False})
+    with pytest.warns(MeowWarning, match="no false answer for 1 of 2 facts.*capital of Peru"):
+        result = Trainer(methods.get("meow_edit"), tiny.model, tiny.tokenizer, config, forget).train()
+    assert result.info["edit"]["false_answers"] == 1 and result.info["edit"]["facts_without_false_answers"] == 1

@@ -4,10 +4,11 @@ Fisher of the preserved text, checked against a plain computation and on the tin
 import pytest
 import torch
 
-from meow_app import fisher, methods
+from meow_app import fisher, methods, pipeline
 from meow_app.batches import collate, encode_example
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
+from meow_app.pipeline import InvertSettings, SelectSettings
 from meow_app.train import TrainConfig, Trainer
 from tiny import answer_logits
 
@@ -74,5 +75,13 @@ def test_preconditioned_steps_move_the_preserved_outputs_less_and_still_learn(ti
 def test_bad_values_and_one_shot_methods_are_refused(tiny):
     with pytest.raises(MeowError, match="fisher_precondition must be 0"):
         TrainConfig(fisher_precondition=-1).check()
-    with pytest.raises(MeowError, match="not with --shard nor with a one-shot method"):
+    with pytest.raises(MeowError, match="not with --lora, --shard nor a one-shot method"):
         Trainer(methods.get("fisher_removal"), tiny.model, tiny.tokenizer, TrainConfig(fisher_precondition=0.1), FORGET)
+    # LoRA's B starts at zero: the preserved text's Fisher on A is zero, so A would go unheld.
+    with pytest.raises(MeowError, match="not with --lora"):
+        Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(fisher_precondition=0.1, lora=True),
+                FORGET)
+    # ... refused before any work: the pipeline's own check (what the CLI and the app call first)
+    with pytest.raises(MeowError, match="not with --lora"):
+        pipeline._check_job(FORGET, "meow", None, TrainConfig(fisher_precondition=0.1, lora=True),
+                            InvertSettings(), SelectSettings())

@@ -117,6 +117,8 @@ def test_the_estimate_grows_with_facts_steps_and_model_size():
         budget.unlearn_seconds(8, config, 1_000_000_000, "cuda")  # the projection's set-up
     edit = TrainConfig(**methods.REGISTRY["meow_edit"].defaults)  # its steps: the target vectors'
     assert budget.training_steps(8, edit, custom_loop=True, edit=True) == edit.epochs * edit.edit_steps
+    # ... each a pass over one row per false answer: a step's cost per batch_size of them
+    assert budget.training_steps(40, edit, custom_loop=True, edit=True) == 3 * edit.epochs * edit.edit_steps
     assert budget.unlearn_seconds(8, TrainConfig(**{**edit.to_dict(), "edit_steps": 40}), 135_000_000, "cuda",
                                   custom_loop=True, edit=True) > \
         budget.unlearn_seconds(8, edit, 135_000_000, "cuda", custom_loop=True, edit=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 
 from .. import edit
-from ..errors import Cancelled, MeowError
+from ..errors import Cancelled, MeowError, MeowWarning
 from ..train import TrainResult
 from .base import Method, register
 
@@ -48,6 +49,10 @@ class MeowEdit(Method):
         facts = [f for f in trainer.forget if f.inverted]
         if not facts:
             raise MeowError("meow_edit found nothing to write (no inverted facts?)")
+        skipped = [f.question for f in trainer.forget if not f.inverted]
+        if skipped:
+            warnings.warn(MeowWarning(f"meow_edit has no false answer for {len(skipped)} of {len(trainer.forget)} "
+                                      f"facts and leaves them as they are: {'; '.join(skipped[:3])}"))
         # Only the band's down-projections change: everything else keeps the original's weights.
         written = re.compile(r"(^|\.)layers\.(%s)\.mlp\.down_proj\.weight$" % "|".join(map(str, layers)))
         for name, p in model.named_parameters():
@@ -82,5 +87,6 @@ class MeowEdit(Method):
                 result.stopped_early = True
                 break
         result.info = {**result.info, "edit": {"layers": layers, "false_answers": sum(map(len, answers)),
+                                            "facts_without_false_answers": len(skipped),
                                             "rounds": rounds}}
         return result
