@@ -87,15 +87,17 @@ def _coerce(field, text: str):
 
 
 INVERT_FIELDS = ("generator", "n", "answer_style")  # inversion settings a variant may change
+SELECT_FIELDS = ("top_k", "distinct")  # and selection settings (pipeline.SelectSettings)
 
 
 def parse_variant(spec: str) -> dict:
     """'NAME:METHOD:FIELD=VALUE,...' (or 'METHOD', or 'NAME:METHOD') -> {"name", "method", "overrides"}.
     FIELD is a TrainConfig field, or `generator` / `n` / `answer_style` of the inversion
-    (pipeline.InvertSettings); the value is read as that field's type. The method and the
-    fields are checked here, before anything runs."""
+    (pipeline.InvertSettings), or `top_k` / `distinct` of the selection (pipeline.SelectSettings);
+    the value is read as that field's type. The method and the fields are checked here, before
+    anything runs."""
     from meow_app import methods
-    from meow_app.pipeline import InvertSettings
+    from meow_app.pipeline import InvertSettings, SelectSettings
     from meow_app.train import TrainConfig
 
     parts = spec.split(":", 2)
@@ -107,6 +109,7 @@ def parse_variant(spec: str) -> dict:
     methods.get(method)  # an unknown method fails now
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     fields.update({f.name: f for f in dataclasses.fields(InvertSettings) if f.name in INVERT_FIELDS})
+    fields.update({f.name: f for f in dataclasses.fields(SelectSettings) if f.name in SELECT_FIELDS})
     overrides = {}
     for item in (parts[2].split(",") if len(parts) == 3 and parts[2].strip() else []):
         key, eq, value = item.partition("=")
@@ -114,7 +117,8 @@ def parse_variant(spec: str) -> dict:
         if not eq:
             raise ValueError(f"variant '{spec}': '{item}' is not FIELD=VALUE")
         if key not in fields:
-            raise ValueError(f"variant '{spec}': '{key}' is not a TrainConfig field nor one of {INVERT_FIELDS}")
+            raise ValueError(f"variant '{spec}': '{key}' is not a TrainConfig field nor one of "
+                             f"{INVERT_FIELDS + SELECT_FIELDS}")
         overrides[key] = _coerce(fields[key], value.strip())
     return {"name": name, "method": method, "overrides": overrides}
 
@@ -337,9 +341,10 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
 
     method = methods.get(variant["method"])
     forget, retain, unseen = load_facts(forget_path), load_facts(retain_path), load_facts(unseen_path)
-    train = {k: v for k, v in variant["overrides"].items() if k not in INVERT_FIELDS}
+    train = {k: v for k, v in variant["overrides"].items() if k not in INVERT_FIELDS + SELECT_FIELDS}
     config = TrainConfig(**{**method.defaults, **train})
     inv = pipeline.InvertSettings(**{k: v for k, v in variant["overrides"].items() if k in INVERT_FIELDS})
+    sel = pipeline.SelectSettings(**{k: v for k, v in variant["overrides"].items() if k in SELECT_FIELDS})
     out = Path(tempfile.mkdtemp(prefix="meow-bench-")) / "run"
     # The questions the run trains on beside the forget set (neighbours, siblings, anchors): a
     # retain or unseen question among them is held by training, not by locality: counted apart.
@@ -354,7 +359,7 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     start = time.perf_counter()
     loaded = models.load(model)
     run = pipeline.unlearn(forget, out, variant["method"], config=config, loaded=loaded, invert_settings=inv,
-                           retain=retain if (method.needs_retain or method.uses_retain) else None)
+                           select_settings=sel, retain=retain if (method.needs_retain or method.uses_retain) else None)
     wall = time.perf_counter() - start
     peak_unlearn = common.peak_rss_gib()
     unlearned = models.load(str(out / "model"))

@@ -254,7 +254,8 @@ def cmd_unlearn(args):
         "shard": args.shard or None,
     }.items() if v is not None}
     config = TrainConfig(**{**method.defaults, **overrides})
-    select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride)
+    select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride,
+                                     distinct=args.distinct_answers)
     run = unlearn(forget, args.out, args.method, args.model, retain, config, _invert_settings(args),
                   select_settings, on_event=_print_event, device=args.device)
     if run is None:  # one of several data-parallel processes: the main one reports
@@ -514,6 +515,9 @@ def _unlearn_verb(sub, method: str) -> None:
     p.add_argument("--selection", choices=select.STRATEGIES, default="largest",
                    help="which inverted answers to keep by MEMO (default largest; all: every one given)")
     p.add_argument("--stride", type=int, default=5, help="MEMO stride in characters")
+    p.add_argument("--distinct-answers", action="store_true",
+                   help="pass over a false answer already chosen for another fact (one name learned for several "
+                        "questions is learned as an answer to their relation, and their neighbours take it too)")
     _add_train_options(p, method)
     p.add_argument("--no-early-stop", action="store_true")
     p.add_argument("--bf16", action="store_true", help=_field_help("bf16"))

@@ -61,6 +61,9 @@ class SelectSettings:
     memo_mode: str = "suffix"
     memo_stride: int = 5
     memo_length: str | int = "target"
+    # Pass over a false answer already chosen for another fact (select.select_distinct):
+    # one name learned for several questions is learned as an answer to their relation.
+    distinct: bool = False
 
 
 GENERATORS = ("local", "lead_in", "openai")
@@ -88,9 +91,16 @@ def score_and_select(loaded: models.LoadedModel, facts: list[Fact], settings: Se
     """MEMO of each fact's answer and inverted candidates; keep the top-k (in place)."""
     scores = memo.score_facts(loaded.model, loaded.tokenizer, facts, settings.memo_mode,
                               settings.memo_stride, settings.memo_length)
-    out = []
+    out, taken = [], []
     for i, (f, (answer_score, cand)) in enumerate(zip(facts, scores)):
-        chosen = select.select(cand, settings.top_k, settings.strategy, seed + i) if cand else []
+        if not cand:
+            chosen = []
+        elif settings.distinct:
+            names = [select.answer_name(c, f.extra.get("answer_prefix", "")) for c in f.inverted]
+            chosen = select.select_distinct(cand, names, taken, settings.top_k, settings.strategy, seed + i)
+            taken += [names[j] for j in chosen]
+        else:
+            chosen = select.select(cand, settings.top_k, settings.strategy, seed + i)
         out.append({"memo_answer": answer_score, "memo_inverted": cand, "candidates": list(f.inverted),
                     "selected": chosen})
         f.inverted = [f.inverted[j] for j in chosen]

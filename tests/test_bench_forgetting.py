@@ -22,6 +22,9 @@ def test_variant_syntax():
     # The inversion's generator is a variant's setting too (pipeline.InvertSettings).
     v = forgetting.parse_variant("plausible:meow:generator=lead_in,null_space=0.99")
     assert v["overrides"] == {"generator": "lead_in", "null_space": 0.99}
+    # So is the selection's (pipeline.SelectSettings).
+    v = forgetting.parse_variant("distinct:meow:distinct=true,top_k=2")
+    assert v["overrides"] == {"distinct": True, "top_k": 2}
 
 
 @pytest.mark.parametrize("spec,message", [

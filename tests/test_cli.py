@@ -142,10 +142,11 @@ def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, metho
 def test_unlearn_inverts_by_itself_with_lora_and_low_memory(tmp_path, facts_file, tiny_dir):
     run = tmp_path / "run"
     ok(cli("unlearn", "--forget", facts_file, "--out", run, "--model", tiny_dir, "--lora", "--low-memory",
-           "--epochs", 1, "--n", 2, "--top-k", 2))
+           "--epochs", 1, "--n", 2, "--top-k", 2, "--distinct-answers"))
     rows = [json.loads(line) for line in (run / "facts.jsonl").read_text().splitlines()]
     assert all(len(r["inverted"]) == 2 and len(r["memo_inverted"]) == 2 for r in rows)
-    assert json.loads((run / "run.json").read_text())["settings"]["train"]["low_memory"] is True
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert settings["train"]["low_memory"] is True and settings["select"]["distinct"] is True
 
 
 @pytest.mark.parametrize("args,text", [
