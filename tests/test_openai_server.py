@@ -48,9 +48,27 @@ def llama_server(tmp_path_factory):
             if time.time() > deadline:
                 pytest.fail(f"llama_cpp.server did not start in {START_TIMEOUT} s: {log.read_text()[-2000:]}")
             time.sleep(0.5)
+        _first_answer(url, proc, log)
         yield url
     finally:
         stop(proc)
+
+
+def _first_answer(url, proc, log):
+    """Listing models computes nothing: ask for one token, so that a server that cannot answer
+    (a llama.cpp built for another CPU dies of SIGILL here) fails with its log, not as our client's
+    'cannot reach'."""
+    body = json.dumps({"model": ALIAS, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}).encode()
+    request = urllib.request.Request(f"{url}/chat/completions", data=body, headers={
+        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=START_TIMEOUT).read()
+    except OSError as e:
+        time.sleep(1)
+        state = f"exited with {proc.poll()}" if proc.poll() is not None else "still running"
+        hint = " (-4: SIGILL, a llama.cpp built for another CPU)" if proc.poll() == -4 else ""
+        pytest.fail(f"llama_cpp.server could not answer one request ({e}); it {state}{hint}: "
+                    f"{log.read_text()[-2000:]}")
 
 
 @pytest.fixture
