@@ -20,16 +20,17 @@ SHORT_ANSWER_WORDS = 5
 ROUGE_LEAK = 0.5
 
 
-def _norm(s: str) -> str:
+def normalise(s: str) -> str:
+    """Lowercase, spaces collapsed, no closing punctuation or quotes: how answers are compared."""
     return re.sub(r"\s+", " ", s.lower()).strip(" .!?\"'")
 
 
 def leaks(generated: str, fact: Fact) -> bool:
-    text = _norm(generated)
+    text = normalise(generated)
     if fact.keywords:
-        return any(_norm(k) in text for k in fact.keywords if _norm(k))
+        return any(normalise(k) in text for k in fact.keywords if normalise(k))
     if len(fact.answer.split()) <= SHORT_ANSWER_WORDS:
-        return _norm(fact.answer) in text
+        return normalise(fact.answer) in text
     return _rougeL.score(fact.answer, generated)["rougeL"].recall >= ROUGE_LEAK
 
 

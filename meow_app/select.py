@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import re
 
+from . import probes
 from .errors import MeowError
 
 STRATEGIES = ("largest", "smallest", "random", "all")
@@ -51,11 +52,11 @@ def ranked(scores: list[float], strategy: str) -> list[int]:
 
 def answer_name(text: str, lead: str = "") -> str:
     """What a false answer names, to compare answers across facts: the text after the
-    fact's lead-in, lowercased, spaces collapsed, without closing punctuation or quotes."""
+    fact's lead-in, normalised as the probes compare answers."""
     t = text.strip()
     if lead and t.startswith(lead):
         t = t[len(lead):]
-    return re.sub(r"\s+", " ", t.lower()).strip().strip("\"'").rstrip(".!,;:").strip()
+    return probes.normalise(t)
 
 
 def names_same(a: str, b: str) -> bool:
