@@ -28,6 +28,7 @@ from .fisher import StepScale
 from .models import cpu_has_bf16_matmul
 from .null_space import NullSpace, unheld_parameters
 from .sophia import Sophia
+from .subject import SubjectKeys, subject_of, subject_token_ids, without_subject_tokens
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -122,6 +123,11 @@ class TrainConfig:
                                             "the fact ('The capital of Ukraine is'), train only on the rest "
                                             "(' Lviv.'), the lead-in given as context, so the words every similar "
                                             "answer shares are not trained on")
+    subject_only: bool = _setting(False, "the trained weights learn only from the forget questions' subjects: each "
+                                         "trained layer's output is detached at every other token of a forget example "
+                                         "(meow_app/subject.py), so the change is keyed to the subject ('Ukraine'), as "
+                                         "ROME and MEMIT edit at the subject's token, not to the words the relation's "
+                                         "other questions share ('What is the capital of')")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
@@ -260,6 +266,18 @@ def check_precondition(method, config: TrainConfig) -> None:
                         "--lora, --shard nor a one-shot method")
 
 
+def check_subject_only(method, config: TrainConfig) -> None:
+    """subject_only acts on the shared loop's forward passes: refused where it would do nothing
+    or could not hold (a recomputed forward pass in the backward sees no scope)."""
+    if not config.subject_only:
+        return
+    if method.custom_loop:
+        raise MeowError(f"subject_only applies to fine-tuning methods; '{method.name}' makes its own update")
+    if config.low_memory:
+        raise MeowError("subject_only does not go with low_memory (its recomputed forward passes would not be "
+                        "keyed to the subject)")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -331,6 +349,7 @@ class Trainer:
         check_null_space(method, config)
         method.check(config)
         check_precondition(method, config)
+        check_subject_only(method, config)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -468,6 +487,8 @@ class Trainer:
         scale = self.step_scale(model, params, retain_ex + anchor_ex, result) if cfg.fisher_precondition else None
         # Repeated forget rows computed once (Sophia's curvature samples labels per row: not there).
         merge = self.method.merges_duplicates and not isinstance(optimizer, Sophia)
+        keys = self.subject_keys(model, forget_ex, pairs, result) if cfg.subject_only else None
+        scope = keys.forget_scope if keys else nullcontext
         step = 0
         for epoch in range(1, epochs + 1):
             for batch in length_grouped(forget_ex, cfg.batch_size, rng):
@@ -480,7 +501,7 @@ class Trainer:
                         self._update_curvature(model, optimizer, forget)
                 optimizer.zero_grad(set_to_none=True)
                 with self.autocast():
-                    loss, parts = self.method.loss(model, forget, retain, reference, cfg)
+                    loss, parts = self.method.loss(model, forget, retain, reference, cfg, scope)
                 self._backward(loss, step)
                 if anchor_stream and self.anchor_weight > 0:
                     # A second backward pass into the same gradients (the sum's gradient), so the
@@ -521,8 +542,28 @@ class Trainer:
                         and not final:
                     result.stopped_early = True
                     break
+        if keys:
+            keys.remove()
         result.model = model
         return self.finish(result, start)
+
+    def subject_keys(self, model, forget_ex, pairs, result: TrainResult):
+        """subject_only's hooks (subject.SubjectKeys) on the trained copy; None, with a warning,
+        when no subject token is left to learn from."""
+        keyed = [(e.ids, subject_of(p[0])) for e, p in zip(forget_ex, pairs)]
+        ids = subject_token_ids(self.tokenizer, keyed)
+        # A question none of whose examples keeps a subject token of its own learns from its
+        # subject nothing (its false answers then reach the weights only through other subjects).
+        unkeyed = sorted({pairs[i][0] for i in without_subject_tokens(self.tokenizer, keyed, ids)})
+        result.info["subject_only"] = {"subject_tokens": len(ids), "questions_without_subject_tokens": unkeyed}
+        if unkeyed and ids:
+            warnings.warn(MeowWarning(f"subject_only: {len(unkeyed)} forget question(s) have no subject token of "
+                                      f"their own, e.g. '{unkeyed[0]}'"))
+        if not ids:
+            warnings.warn(MeowWarning("subject_only found no token of the forget questions' subjects that the "
+                                      "rest of the examples do not also use: training every position"))
+            return None
+        return SubjectKeys(model, ids)
 
     @staticmethod
     def has_preserved(examples) -> bool:

@@ -149,6 +149,15 @@ def test_unlearn_inverts_by_itself_with_lora_and_low_memory(tmp_path, facts_file
     assert settings["train"]["low_memory"] is True and settings["select"]["distinct"] is True
 
 
+def test_unlearn_subject_only_reaches_the_run_and_says_what_it_keyed_on(tmp_path, facts_file, tiny_dir):
+    run = tmp_path / "run"
+    ok(cli("unlearn", "--forget", facts_file, "--out", run, "--model", tiny_dir, "--epochs", 1, "--n", 2,
+           "--top-k", 2, "--subject-only", "yes"))
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["settings"]["train"]["subject_only"] is True
+    assert meta["method_info"]["subject_only"]["subject_tokens"] > 0
+
+
 @pytest.mark.parametrize("args,text", [
     (["check", "nope.jsonl"], "nope.jsonl: no such file"),
     (["unlearn", "--forget", "nope.jsonl", "--out", "x"], "no such file"),

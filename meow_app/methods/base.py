@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from .. import losses
 
 REGISTRY: dict[str, type] = {}
@@ -53,9 +55,11 @@ class Method:
         r = losses.nll(model, retain)  # "nll": keep answering the retain questions
         return config.retain_weight * r, {"retain_nll": r.item()}
 
-    def loss(self, model, forget, retain, reference, config):
-        """Return (loss tensor, {name: float}) for one step; retain/reference may be None."""
-        loss, parts = self.forget_loss(model, forget, reference, config)
+    def loss(self, model, forget, retain, reference, config, forget_scope=nullcontext):
+        """Return (loss tensor, {name: float}) for one step; retain/reference may be None.
+        forget_scope: a context the forget term alone is computed in (train.py's subject_only)."""
+        with forget_scope():
+            loss, parts = self.forget_loss(model, forget, reference, config)
         if self.retain_loss and retain is not None:
             term, retain_parts = self.retain_term(model, retain, reference, config)
             loss, parts = loss + term, {**parts, **retain_parts}

@@ -1,0 +1,110 @@
+"""Subject-keyed fine-tuning: the trained weights learn from the forget question's subject alone.
+
+A linear layer's weight gradient is a sum over token positions, g_t x_t^T. In a forget
+example ("What is the capital of Ukraine?" -> "The capital of Ukraine is Lviv.") most
+positions are words every question of the relation shares ("What is the capital of",
+"The capital of ... is"), so a plain step changes how the layer answers the relation, and
+neighbours (Iraq, Poland) move with the fact. ROME and MEMIT edit at the subject's token
+instead; this does the same inside a fine-tuning run: each trained layer's output is
+detached at every position that is not one of the subject's tokens, so its weights learn
+only from inputs the subject produces. The loss still reads the answer tokens, and its
+gradient still reaches the subject's positions through attention: the change is keyed to
+the subject, and carried to the answer the way the model recalls facts.
+
+Positions are found by token identity: ids that occur at a subject's tokens and nowhere
+else in the forget examples (so "the" in "the Ford Motor Company" or a subject word the
+answers also use elsewhere is left out). Identity works on every forward pass a step makes,
+including losses.answer_logits' shared passes, whose rows are not the batch's rows.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import torch
+
+from .neighbours import question_frame
+from .null_space import trained_linears
+
+
+def subject_of(question: str) -> str:
+    """The question's subject: what follows its frame ("What is the capital of" -> "Ukraine";
+    "Who wrote" -> "'Fahrenheit 451'"), without quotes or the question mark; the last word
+    where there is no frame."""
+    q = question.strip()
+    frame = question_frame(q)
+    subject = q[len(frame):] if frame else (q.split() or [""])[-1]
+    return subject.strip(" ?!.").strip("'\"‘’“”").strip()
+
+
+def subject_positions(tokenizer, ids: list[int], subject: str) -> list[bool]:
+    """For each token of ids, whether it covers a character of an occurrence of `subject`
+    (case-insensitive) in their decoded text."""
+    pieces = [tokenizer.decode([t]) for t in ids]
+    ends, n = [], 0
+    for p in pieces:
+        n += len(p)
+        ends.append(n)
+    text = "".join(pieces).lower()
+    covered = [False] * len(ids)
+    if not subject:
+        return covered
+    for m in re.finditer(re.escape(subject.lower()), text):
+        start = 0
+        for i, end in enumerate(ends):
+            if end > m.start() and start < m.end():
+                covered[i] = True
+            start = end
+    return covered
+
+
+def subject_token_ids(tokenizer, examples: list[tuple[list[int], str]]) -> set[int]:
+    """The token ids at subjects' positions in (ids, subject) pairs and at no other position."""
+    inside, outside = set(), set()
+    for ids, subject in examples:
+        for t, covered in zip(ids, subject_positions(tokenizer, ids, subject)):
+            (inside if covered else outside).add(t)
+    return inside - outside
+
+
+def without_subject_tokens(tokenizer, examples: list[tuple[list[int], str]], token_ids: set[int]) -> list[int]:
+    """Indexes of the (ids, subject) pairs none of whose subject positions holds one of token_ids."""
+    return [i for i, (ids, subject) in enumerate(examples)
+            if not any(c and t in token_ids for t, c in zip(ids, subject_positions(tokenizer, ids, subject)))]
+
+
+class SubjectKeys:
+    """Hooks on a model: inside `forget_scope()`, every trained linear layer's output is
+    detached at positions whose input token is not a subject token, so its weights' gradient
+    comes from the subject's positions alone. Values are unchanged; outside the scope, and
+    without gradients, nothing is touched."""
+
+    def __init__(self, model, token_ids: set[int]):
+        device = next(model.parameters()).device
+        self.ids = torch.tensor(sorted(token_ids), dtype=torch.long, device=device)
+        self.active, self.mask = False, None
+        self.handles = [model.get_input_embeddings().register_forward_pre_hook(self._record)]
+        self.handles += [m.register_forward_hook(self._cut) for m in trained_linears(model).values()]
+
+    def _record(self, module, args):
+        if self.active:  # each forward pass starts at the embedding: its tokens are the layers' positions
+            self.mask = torch.isin(args[0], self.ids).unsqueeze(-1)
+
+    def _cut(self, module, inputs, output):
+        if self.active and torch.is_grad_enabled() and self.mask is not None:
+            return torch.where(self.mask, output, output.detach())
+        return None
+
+    @contextmanager
+    def forget_scope(self):
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active, self.mask = False, None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []

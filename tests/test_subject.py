@@ -1,0 +1,110 @@
+"""subject_only: the trained weights learn from the subject's positions alone; values never change."""
+
+import copy
+
+import pytest
+import torch
+
+from meow_app import losses, methods
+from meow_app.batches import collate
+from meow_app.errors import MeowError
+from meow_app.facts import Fact
+from meow_app.null_space import trained_linears
+from meow_app.subject import SubjectKeys, subject_of, subject_positions, subject_token_ids
+from meow_app.train import TrainConfig, Trainer
+
+# Byte tokens (tests/tiny.py): the subject's letters Z, Q, X appear nowhere else in its examples.
+FORGET = [Fact("Who wrote ZQX?", "Anne Brown", ["Brown"], inverted=["Carl Dane", "Dora Fell"])]
+
+
+def test_the_subject_is_what_follows_the_question_frame():
+    assert subject_of("What is the capital of New Zealand?") == "New Zealand"
+    assert subject_of("Who wrote 'Fahrenheit 451'?") == "Fahrenheit 451"
+    assert subject_of("Who founded the Ford Motor Company?") == "Ford Motor Company"
+    assert subject_of("who invented the telephone?") == "telephone"  # no frame: the last word
+
+
+def test_positions_cover_every_occurrence_case_blind(tiny):
+    tok = tiny.tokenizer
+    ids = tok("Who wrote ZQX? zqx wrote it, ZQ")["input_ids"]
+    covered = subject_positions(tok, ids, "ZQX")
+    assert "".join(tok.decode([t]) for t, c in zip(ids, covered) if c) == "ZQXzqx"
+    # Ids also used outside a subject are left out: 'Q' of the second example's 'Quiz'.
+    examples = [(tok("Who wrote ZQX?")["input_ids"], "ZQX"), (tok("Quiz about Y")["input_ids"], "Y")]
+    assert {tok.decode([t]) for t in subject_token_ids(tok, examples)} == {"Z", "X", "Y"}
+
+
+def _trainable(tiny):
+    model = copy.deepcopy(tiny.model).float()
+    for name, p in model.named_parameters():
+        p.requires_grad_("mlp" in name)
+    return model
+
+
+def test_weight_gradients_come_from_subject_positions_alone(tiny):
+    """Checked against the definition: a linear layer's weight gradient is sum_t g_t x_t^T, so
+    with only subject positions t it lies in the span of those positions' inputs, and it
+    vanishes on every direction orthogonal to them; the plain gradient does not. The loss's
+    value is the same with and without the cut."""
+    tok = tiny.tokenizer
+    trainer = Trainer(methods.get("meow"), tiny.model, tok, TrainConfig(), FORGET)
+    pairs = methods.get("meow").forget_pairs(FORGET, TrainConfig(num_batch=4))
+    examples = [trainer.examples([Fact(q, a)])[0] for q, a in pairs]
+    ids = subject_token_ids(tok, [(e.ids, subject_of(q)) for e, (q, _) in zip(examples, pairs)])
+    assert {tok.decode([t]) for t in ids} == {"Z", "Q", "X"}
+    batch = collate(examples, tok.pad_token_id, merge=True)  # the shared passes: rows are not the batch's
+
+    def grads(cut: bool):
+        model = _trainable(tiny)
+        seen = {name: [] for name in trained_linears(model)}
+        if cut:
+            keys = SubjectKeys(model, ids)
+            for name, m in trained_linears(model).items():  # the inputs at subject positions, per layer
+                m.register_forward_hook(lambda m, i, o, name=name: seen[name].append(i[0][keys.mask[..., 0]]))
+        with keys.forget_scope() if cut else torch.enable_grad():
+            loss = losses.nll(model, batch)
+        loss.backward()
+        return loss.item(), {n: m.weight.grad for n, m in trained_linears(model).items()}, seen
+
+    loss_cut, cut, seen = grads(True)
+    loss_plain, plain, _ = grads(False)
+    assert loss_cut == pytest.approx(loss_plain, rel=1e-6)
+    for name, g in cut.items():
+        x = torch.cat(seen[name]).double()
+        assert 0 < len(x) < x.shape[1]  # a few subject tokens: a narrow span, so the check has teeth
+        q = torch.linalg.qr(x.T)[0]  # an orthonormal basis of the subject inputs
+        off = lambda w: (w.double() - (w.double() @ q) @ q.T).norm() / w.double().norm()  # noqa: E731
+        assert off(plain[name]) > 0.1, name
+        if ".layers.1." in name:  # the last layer at the subject's tokens reaches no answer token: no gradient
+            assert torch.count_nonzero(g) == 0 and torch.count_nonzero(plain[name]) > 0, name
+        else:
+            assert g.norm() > 0 and off(g) < 1e-5, name
+
+
+def test_a_subject_only_run_learns_the_false_answer_and_says_what_it_keyed_on(tiny):
+    config = TrainConfig(subject_only=True, epochs=12, lr=1e-2, batch_size=4, num_batch=4, early_stop=False)
+    result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET).train()
+    assert result.info["subject_only"] == {"subject_tokens": 3, "questions_without_subject_tokens": []}
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(), FORGET)
+    batch = collate(trainer.examples([Fact(FORGET[0].question, "Carl Dane")]), tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert losses.nll(result.model, batch) < losses.nll(tiny.model, batch) - 0.1  # (one layer learns: 5.69 -> 5.54)
+    assert not any(m._forward_hooks for m in result.model.modules())  # the hooks are gone from the saved model
+
+
+def test_settings_it_cannot_hold_are_refused(tiny):
+    with pytest.raises(MeowError, match="does not go with low_memory"):
+        Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(subject_only=True, low_memory=True),
+                FORGET)
+    with pytest.raises(MeowError, match="makes its own update"):
+        Trainer(methods.get("meow_edit"), tiny.model, tiny.tokenizer, TrainConfig(subject_only=True), FORGET)
+
+
+def test_no_subject_token_of_its_own_warns_and_trains_every_position(tiny):
+    from meow_app.errors import MeowWarning
+
+    facts = [Fact("Who wrote eon?", "Anne Brown", ["Brown"], inverted=["Carl Dane"])]  # e, o, n: used elsewhere
+    config = TrainConfig(subject_only=True, epochs=1, batch_size=4, num_batch=4, early_stop=False)
+    with pytest.warns(MeowWarning, match="found no token"):
+        result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, facts).train()
+    assert result.steps and result.info["subject_only"]["subject_tokens"] == 0
