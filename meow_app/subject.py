@@ -77,10 +77,11 @@ def without_subject_tokens(tokenizer, examples: list[tuple[list[int], str]], tok
 class SubjectKeys:
     """Hooks on a model: inside `forget_scope()`, every trained linear layer's output is
     detached at positions whose input token is not a subject token, so its weights' gradient
-    comes from the subject's positions alone. Values are unchanged; outside the scope, and
-    without gradients, nothing is touched."""
+    comes from the subject's positions alone (`other` > 0: that share of it is kept there).
+    Values are unchanged; outside the scope, and without gradients, nothing is touched."""
 
-    def __init__(self, model, token_ids: set[int]):
+    def __init__(self, model, token_ids: set[int], other: float = 0.0):
+        self.other = other  # the share of the gradient kept at the other positions
         device = next(model.parameters()).device
         self.ids = torch.tensor(sorted(token_ids), dtype=torch.long, device=device)
         self.active, self.mask = False, None
@@ -93,7 +94,9 @@ class SubjectKeys:
 
     def _cut(self, module, inputs, output):
         if self.active and torch.is_grad_enabled() and self.mask is not None:
-            return torch.where(self.mask, output, output.detach())
+            held = output.detach()
+            # (held + a (output - held): the same values, a times the gradient)
+            return torch.where(self.mask, output, held + self.other * (output - held) if self.other else held)
         return None
 
     @contextmanager

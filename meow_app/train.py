@@ -128,6 +128,8 @@ class TrainConfig:
                                          "(meow_app/subject.py), so the change is keyed to the subject ('Ukraine'), as "
                                          "ROME and MEMIT edit at the subject's token, not to the words the relation's "
                                          "other questions share ('What is the capital of')")
+    subject_other: float = _setting(0.0, "subject_only: the share of the gradient kept at the forget examples' other "
+                                          "tokens (0 = none: the subject's alone; 1 = all: as without subject_only)")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
@@ -180,6 +182,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise MeowError(f"{name} must be a positive number, got {v}")
+        if not 0 <= self.subject_other <= 1:
+            raise MeowError(f"subject_other must be between 0 and 1, got {self.subject_other}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise MeowError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -563,7 +567,7 @@ class Trainer:
             warnings.warn(MeowWarning("subject_only found no token of the forget questions' subjects that the "
                                       "rest of the examples do not also use: training every position"))
             return None
-        return SubjectKeys(model, ids)
+        return SubjectKeys(model, ids, self.config.subject_other)
 
     @staticmethod
     def has_preserved(examples) -> bool:

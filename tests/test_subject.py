@@ -108,3 +108,30 @@ def test_no_subject_token_of_its_own_warns_and_trains_every_position(tiny):
     with pytest.warns(MeowWarning, match="found no token"):
         result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, facts).train()
     assert result.steps and result.info["subject_only"]["subject_tokens"] == 0
+
+
+def test_subject_other_keeps_that_share_of_the_other_positions_gradient(tiny):
+    """One trained layer: its gradient is the subject positions' part plus `other` times the
+    rest, so it is linear in `other`, and other=1 is the plain gradient."""
+    tok = tiny.tokenizer
+    trainer = Trainer(methods.get("meow"), tiny.model, tok, TrainConfig(), FORGET)
+    examples = trainer.examples([Fact(FORGET[0].question, "Carl Dane")])
+    ids = subject_token_ids(tok, [(examples[0].ids, "ZQX")])
+    batch = collate(examples, tok.pad_token_id)
+
+    def grad(other):
+        model = copy.deepcopy(tiny.model).float()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        layer = model.model.layers[0].mlp.down_proj
+        layer.weight.requires_grad_(True)
+        keys = SubjectKeys(model, ids, other) if other is not None else None
+        with keys.forget_scope() if keys else torch.enable_grad():
+            losses.nll(model, batch).backward()
+        return layer.weight.grad.double()
+
+    none, half, full, plain = grad(0.0), grad(0.5), grad(1.0), grad(None)
+    assert torch.allclose(full, plain, atol=1e-9) and not torch.allclose(none, plain, atol=1e-6)
+    assert torch.allclose(half, (none + full) / 2, atol=1e-9)
+    with pytest.raises(MeowError, match="subject_other must be between 0 and 1"):
+        Trainer(methods.get("meow"), tiny.model, tok, TrainConfig(subject_only=True, subject_other=2), FORGET)
