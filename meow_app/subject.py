@@ -38,6 +38,20 @@ def subject_of(question: str) -> str:
     return subject.strip(" ?!.").strip("'\"‘’“”").strip()
 
 
+def subject_first(pairs: list[tuple]) -> list[tuple]:
+    """Every other copy of each forget question asked with its subject first ("Ukraine: What is
+    the capital of Ukraine?"): a word's sentence-initial tokens differ from its tokens after a
+    space ("Ukraine" / " Ukraine"), and a question that starts with the subject ("Ukraine's
+    government sits in which city?") reaches only the former, which the plain question never has."""
+    seen: dict[str, int] = {}
+    out = []
+    for question, *rest in pairs:
+        n = seen[question] = seen.get(question, 0) + 1
+        subject = subject_of(question)
+        out.append((f"{subject}: {question}" if n % 2 == 0 and subject else question, *rest))
+    return out
+
+
 def subject_positions(tokenizer, ids: list[int], subject: str) -> list[bool]:
     """For each token of ids, whether it covers a character of an occurrence of `subject`
     (case-insensitive) in their decoded text."""

@@ -28,7 +28,7 @@ from .fisher import StepScale
 from .models import cpu_has_bf16_matmul
 from .null_space import NullSpace, unheld_parameters
 from .sophia import Sophia
-from .subject import SubjectKeys, subject_of, subject_token_ids, without_subject_tokens
+from .subject import SubjectKeys, subject_first, subject_of, subject_token_ids, without_subject_tokens
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -128,6 +128,10 @@ class TrainConfig:
                                          "(meow_app/subject.py), so the change is keyed to the subject ('Ukraine'), as "
                                          "ROME and MEMIT edit at the subject's token, not to the words the relation's "
                                          "other questions share ('What is the capital of')")
+    subject_first: bool = _setting(False, "subject_only: every other copy of a forget question is asked with its "
+                                          "subject first ('Ukraine: What is the capital of Ukraine?'), so the "
+                                          "subject's sentence-initial tokens (other ids than after a space) are "
+                                          "keyed too")
     subject_other: float = _setting(0.0, "subject_only: the share of the gradient kept at the forget examples' other "
                                           "tokens (0 = none: the subject's alone; 1 = all: as without subject_only)")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
@@ -470,6 +474,9 @@ class Trainer:
         pairs = self.method.forget_pairs(self.forget, cfg)
         if not pairs:
             raise MeowError(f"method '{self.method.name}' found nothing to train on (no inverted facts?)")
+        subjects = [subject_of(p[0]) for p in pairs] if cfg.subject_only else []  # (subject_first rewrites them)
+        if cfg.subject_only and cfg.subject_first:
+            pairs = subject_first(pairs)
         forget_ex = [encode_example(tok, *pair) for pair in pairs]
         retain_ex = self.examples(self.retain) if self.method.uses_retain else []
         anchor_ex = self.examples(self.anchors)
@@ -491,7 +498,7 @@ class Trainer:
         scale = self.step_scale(model, params, retain_ex + anchor_ex, result) if cfg.fisher_precondition else None
         # Repeated forget rows computed once (Sophia's curvature samples labels per row: not there).
         merge = self.method.merges_duplicates and not isinstance(optimizer, Sophia)
-        keys = self.subject_keys(model, forget_ex, pairs, result) if cfg.subject_only else None
+        keys = self.subject_keys(model, forget_ex, pairs, subjects, result) if cfg.subject_only else None
         scope = keys.forget_scope if keys else nullcontext
         step = 0
         for epoch in range(1, epochs + 1):
@@ -551,10 +558,10 @@ class Trainer:
         result.model = model
         return self.finish(result, start)
 
-    def subject_keys(self, model, forget_ex, pairs, result: TrainResult):
+    def subject_keys(self, model, forget_ex, pairs, subjects, result: TrainResult):
         """subject_only's hooks (subject.SubjectKeys) on the trained copy; None, with a warning,
         when no subject token is left to learn from."""
-        keyed = [(e.ids, subject_of(p[0])) for e, p in zip(forget_ex, pairs)]
+        keyed = list(zip((e.ids for e in forget_ex), subjects))
         ids = subject_token_ids(self.tokenizer, keyed)
         # A question none of whose examples keeps a subject token of its own learns from its
         # subject nothing (its false answers then reach the weights only through other subjects).

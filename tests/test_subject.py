@@ -135,3 +135,16 @@ def test_subject_other_keeps_that_share_of_the_other_positions_gradient(tiny):
     assert torch.allclose(half, (none + full) / 2, atol=1e-9)
     with pytest.raises(MeowError, match="subject_other must be between 0 and 1"):
         Trainer(methods.get("meow"), tiny.model, tok, TrainConfig(subject_only=True, subject_other=2), FORGET)
+
+
+def test_subject_first_asks_every_other_copy_with_the_subject_first_and_keys_its_tokens(tiny):
+    from meow_app.subject import subject_first
+
+    pairs = [("Who wrote ZQX?", "Carl Dane"), ("Who wrote ZQX?", "Dora Fell", "Z")] * 2
+    assert subject_first(pairs) == [("Who wrote ZQX?", "Carl Dane"), ("ZQX: Who wrote ZQX?", "Dora Fell", "Z"),
+                                     ("Who wrote ZQX?", "Carl Dane"), ("ZQX: Who wrote ZQX?", "Dora Fell", "Z")]
+    config = TrainConfig(subject_only=True, subject_first=True, epochs=1, batch_size=4, num_batch=4,
+                         early_stop=False)
+    result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET).train()
+    # The subject of the rewritten questions is still ZQX (not 'ZQX: Who'): its 3 byte tokens, each question keyed.
+    assert result.info["subject_only"] == {"subject_tokens": 3, "questions_without_subject_tokens": []}
