@@ -22,6 +22,7 @@ On CUDA the model loads in bf16 and training autocasts to bf16 (models.default_d
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -36,7 +37,10 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             # meow's recipe before issue 19 (few-shot false answers, neighbours trained on, greedy stop)
             "previous": {"generator": "local", "null_space": 0.0, "anchor_weight": 1.0, "lr": 1e-4, "stop_depth": 0.0},
             # the closed-form edit (methods/meow_edit.py) with its own defaults
-            "meow_edit": {}}
+            "meow_edit": {},
+            # the original model's answers to the shipped questions asked afresh (MEOW_ANSWER_CACHE=0), and
+            # `default` again, run after a first `default` has kept them (meow_app/answer_cache.py)
+            "no_cache": {"answer_cache": False}, "warm": {}}
 VARIANT_METHODS = {"meow_edit": "meow_edit"}  # variants that run another method than meow
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
@@ -82,7 +86,9 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
 
     forget = [f for path in facts_files for f in load_facts(path)][:n_facts]
     retain = load_facts(retain_file) if retain_file else None
-    train = {k: v for k, v in overrides.items() if k not in INVERT_FIELDS}
+    if not overrides.get("answer_cache", True):
+        os.environ["MEOW_ANSWER_CACHE"] = "0"
+    train = {k: v for k, v in overrides.items() if k not in INVERT_FIELDS + ("answer_cache",)}
     config = TrainConfig(**{**methods.get(method).defaults, **train})
     invert = pipeline.InvertSettings(**{k: v for k, v in overrides.items() if k in INVERT_FIELDS})
     t = time.perf_counter()
@@ -115,7 +121,7 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
         "train_probes": in_train, "spent": {k: round(v, 1) for k, v in watch.seconds.items()},
         "probe_forget_seconds": round(watch.seconds.get("probe_forget", 0), 1),
         "probe_retain_seconds": round(watch.seconds.get("probe_retain", 0), 1),
-        "summary": run["summary"], "stopped_early": run["stopped_early"],
+        "summary": run["summary"], "stopped_early": run["stopped_early"], "answer_cache": run.get("answer_cache"),
         "method_info": {k: v for k, v in run.get("method_info", {}).items() if k != "steps"},
         "params": sum(p.numel() for p in loaded.model.parameters()),
         "device": loaded.device.type, "dtype": str(loaded.dtype).replace("torch.", ""),
@@ -205,6 +211,9 @@ def main() -> None:
                      f"(before, {r['train_probes']} in training), retain probes {r['probe_retain_seconds']:.0f} s, "
                      f"optimiser steps {r['step_seconds']:.0f} s, neighbour answers "
                      f"{r['spent'].get('anchor_facts', 0):.0f} s.")
+            if r.get("answer_cache"):
+                body += (f" Shipped questions' answers: {r['answer_cache']['hits']} from the cache, "
+                         f"{r['answer_cache']['misses']} asked.")
             if r.get("gpu_peak_gib") is not None:
                 body += f" Peak GPU memory {r['gpu_peak_gib']:.1f} GiB ({r['dtype']})."
     if a.shape:

@@ -27,6 +27,7 @@ import torch
 from . import invert as invert_mod
 from . import distributed, general, generation, memo, methods, models, probes, select
 from . import neighbours as neighbours_mod
+from .answer_cache import AnswerCache
 from .errors import MeowError
 from .facts import Fact, write_jsonl
 from .progress import Stages
@@ -118,11 +119,12 @@ def capped_note(selection: list[dict], settings: SelectSettings) -> str | None:
 
 
 def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, neighbours: int = 0,
-                 siblings: int = 0, seed: int = 0) -> list[Fact]:
+                 siblings: int = 0, seed: int = 0, cache: AnswerCache | None = None) -> list[Fact]:
     """General prompts (TrainConfig.anchors) and the forget questions' nearest neighbour
     questions (TrainConfig.neighbours) and their siblings (TrainConfig.siblings: the same
     question about other subjects) with the original model's own answers, leaving out
-    any that mention a fact being forgotten."""
+    any that mention a fact being forgotten. cache: answers the shipped ones (prompts and
+    neighbours), not the siblings, which are made from the user's questions."""
     from .facts import read_lines
 
     prompts = read_lines(general.ANCHOR_PROMPTS)[:count] if count > 0 else []
@@ -133,12 +135,17 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
         near = neighbours_mod.nearest(loaded.model, loaded.tokenizer, [f.question for f in forget],
                                       read_lines(neighbours_mod.POOL), per_fact)
         prompts += [q for q in near if q not in prompts]
+    shipped = len(prompts)
     if siblings > 0 and forget:
         prompts += [q for q in neighbours_mod.siblings(loaded.model, loaded.tokenizer, forget, siblings, seed)
                     if q not in prompts]
     if not prompts:
         return []
-    answers = generation.answer(loaded.model, loaded.tokenizer, prompts)
+    if cache:
+        answers = cache.answer(loaded.model, loaded.tokenizer, prompts[:shipped])
+        answers += generation.answer(loaded.model, loaded.tokenizer, prompts[shipped:]) if prompts[shipped:] else []
+    else:
+        answers = generation.answer(loaded.model, loaded.tokenizer, prompts)
     return [Fact(q, a) for q, a in zip(prompts, answers)
             if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
 
@@ -233,11 +240,14 @@ def _check_job(forget, method: str, retain, config, inv, sel):
     return method_obj, config
 
 
-def probe_sets(model, tokenizer, forget: list[Fact] | None, retain: list[Fact] | None, everyday: list[Fact]) -> dict:
-    """Greedy answers on the forget set (with paraphrases), the retain set and the everyday questions."""
+def probe_sets(model, tokenizer, forget: list[Fact] | None, retain: list[Fact] | None, everyday: list[Fact],
+               cache: AnswerCache | None = None) -> dict:
+    """Greedy answers on the forget set (with paraphrases), the retain set and the everyday
+    questions (these, shipped, from `cache`: give one only for the original model)."""
     return {"forget": probes.probe(model, tokenizer, forget) if forget is not None else None,
             "retain": probes.probe(model, tokenizer, retain, paraphrases=False) if retain else None,
-            "everyday": probes.probe(model, tokenizer, everyday, paraphrases=False)}
+            "everyday": probes.probe(model, tokenizer, everyday, paraphrases=False,
+                                     answer=cache.answer if cache else None)}
 
 
 def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: SelectSettings, seed: int,
@@ -332,15 +342,17 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         # Everyday questions, asked before and after: collateral damage shows without a keep set.
         everyday = general.held_out_questions(forget)
         selection, notes, inputs = None, [], None
+        # The original's answers to shipped questions, kept between runs (answer_cache.py).
+        cache = AnswerCache.for_model(loaded.model, loaded.tokenizer) if procs.is_main else None
         if procs.is_main:
             with stages("probe_before"):
-                before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday)
+                before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday, cache)
             if method_obj.needs_inverted:
                 selection, notes = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"],
                                                      stages, emit)
         with stages("train"):
             if procs.is_main:
-                inputs = training_inputs(loaded, forget, retain, config, before)
+                inputs = training_inputs(loaded, forget, retain, config, before, cache)
             train_forget, train_retain, anchors = procs.broadcast(inputs)  # the others wait here for them
             result = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
                              should_stop, anchors, probe_facts=forget, processes=procs).train()
@@ -361,6 +373,8 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
                          notes)
         if procs.size > 1:
             run["processes"] = procs.size
+        if cache:
+            run["answer_cache"] = {"hits": cache.hits, "misses": cache.misses}
         write_run_files(partial, run, forget, selection, before, after)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above
@@ -373,10 +387,10 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
 
 
 def training_inputs(loaded, forget: list[Fact], retain: list[Fact] | None, config: TrainConfig,
-                    before: dict) -> tuple[list[Fact], list[Fact] | None, list[Fact]]:
+                    before: dict, cache: AnswerCache | None = None) -> tuple[list[Fact], list[Fact] | None, list[Fact]]:
     """What the loop trains on: the forget facts (in the model's own words with own_answers),
     the retain facts, and the anchors (general prompts and neighbour questions)."""
-    anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed)
+    anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed, cache)
     if config.own_answers:
         return own_answers(forget, before["forget"], split=True), own_answers(retain, before["retain"]), anchors
     return forget, retain, anchors

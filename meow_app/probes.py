@@ -44,12 +44,13 @@ def first_mention(text: str, fact: Fact) -> int:
 
 
 def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
-          max_new_tokens: int = generation.MAX_NEW_TOKENS) -> dict:
-    """Ask every question (and paraphrase); return the answers and the hit rates."""
+          max_new_tokens: int = generation.MAX_NEW_TOKENS, answer=None) -> dict:
+    """Ask every question (and paraphrase); return the answers and the hit rates.
+    answer: what answers them (generation.answer's signature; an answer_cache.AnswerCache's)."""
     asked = [(i, "question", f.question) for i, f in enumerate(facts)]
     if paraphrases:
         asked += [(i, "paraphrase", p) for i, f in enumerate(facts) for p in f.paraphrases]
-    answers = generation.answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens)
+    answers = (answer or generation.answer)(model, tokenizer, [q for _, _, q in asked], max_new_tokens)
     rows = [{"fact": i, "kind": kind, "question": q, "answer": a, "leak": leaks(a, facts[i])}
             for (i, kind, q), a in zip(asked, answers)]
 

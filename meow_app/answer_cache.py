@@ -1,0 +1,93 @@
+"""The original model's greedy answers to the shipped questions, kept between runs.
+
+Every run asks the unchanged original model the same shipped questions: the everyday
+questions (before training, to show collateral damage) and the neighbour questions and
+general prompts whose answers it holds or trains on. A checkpoint's greedy answer to a
+question does not change from one run to the next, so they are kept on disk, one JSON file
+per model state: MEOW_HOME/answers/<key>.json. The key is a digest of what an answer
+depends on: the weights themselves (two sums per tensor: a model changed in memory, an
+unlearned one say, gets another key), the tokenizer's size and chat template, the device
+type and dtype, and the torch and transformers versions.
+
+Only shipped questions go in (pipeline.py decides): never a user's facts, so nothing of
+what a user asks to forget is written outside the run folder. MEOW_ANSWER_CACHE=0 turns it
+off; a cache that cannot be written is skipped, never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import generation
+
+ENV = "MEOW_ANSWER_CACHE"
+
+
+@torch.no_grad()
+def model_key(model, tokenizer) -> str:
+    """A digest of the model state and everything else a greedy answer depends on."""
+    import transformers
+
+    params = list(model.named_parameters())
+    # (each tensor's sums to the CPU on its own: a model spread over devices has no one device)
+    sums = torch.stack([torch.stack([p.float().sum(), p.float().abs().sum()]).cpu() for _, p in params]).double()
+    first = params[0][1]
+    h = hashlib.sha256(sums.numpy().tobytes())
+    h.update(json.dumps([[name, list(p.shape)] for name, p in params]).encode())
+    h.update(json.dumps([len(tokenizer), getattr(tokenizer, "chat_template", None), first.device.type,
+                         str(first.dtype), torch.__version__, transformers.__version__]).encode())
+    return h.hexdigest()[:32]
+
+
+class AnswerCache:
+    """generation.answer with a memory: the same signature, answers read from and added to `path`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.saved: dict[str, str] = self._read()
+        self.hits = self.misses = 0
+
+    @classmethod
+    def for_model(cls, model, tokenizer, home: Path | None = None) -> "AnswerCache | None":
+        """The model's cache under `home` (default: MEOW_HOME); None when MEOW_ANSWER_CACHE=0."""
+        if os.environ.get(ENV, "1").strip() == "0":
+            return None
+        from .models import meow_home
+
+        return cls(Path(home or meow_home()) / "answers" / f"{model_key(model, tokenizer)}.json")
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # none yet, or unreadable: start afresh
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            merged = {**self._read(), **self.saved}  # (another run may have added answers meanwhile)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(merged, out, ensure_ascii=False)
+            os.replace(tmp, self.path)  # atomic: a reader sees the old file or the new one
+        except OSError:
+            pass
+
+    def answer(self, model, tokenizer, questions: list[str], max_new_tokens: int = generation.MAX_NEW_TOKENS,
+               batch_size: int = 32, system: str | None = None) -> list[str]:
+        keys = [json.dumps([max_new_tokens, system, q]) for q in questions]
+        missing = list(dict.fromkeys((k, q) for k, q in zip(keys, questions) if k not in self.saved))
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            answers = generation.answer(model, tokenizer, [q for _, q in missing], max_new_tokens, batch_size, system)
+            self.saved.update((k, a) for (k, _), a in zip(missing, answers))
+            self._write()
+        return [self.saved[k] for k in keys]

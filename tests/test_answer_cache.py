@@ -1,0 +1,71 @@
+"""answer_cache: the original model's answers to shipped questions, kept between runs."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from meow_app import generation, general, pipeline
+from meow_app.answer_cache import AnswerCache, model_key
+from meow_app.facts import Fact
+from meow_app.pipeline import InvertSettings, SelectSettings
+from meow_app.train import TrainConfig
+
+QUESTIONS = ["What is the capital of Peru?", "Who wrote Hamlet?", "What is the capital of Peru?"]
+
+
+def test_answers_are_the_models_and_come_back_from_disk_without_generating(tiny, tmp_path, monkeypatch):
+    path = tmp_path / "answers" / "m.json"
+    first = AnswerCache(path).answer(tiny.model, tiny.tokenizer, QUESTIONS, 8)
+    assert first == generation.answer(tiny.model, tiny.tokenizer, QUESTIONS, 8)
+    monkeypatch.setattr(generation, "answer", lambda *a, **kw: pytest.fail("answered again"))
+    again = AnswerCache(path)  # a later run: read from the file
+    assert again.answer(tiny.model, tiny.tokenizer, QUESTIONS, 8) == first
+    assert (again.hits, again.misses) == (3, 0)
+    # Another length is another answer: asked, not taken from the 8-token ones.
+    monkeypatch.undo()
+    assert AnswerCache(path).answer(tiny.model, tiny.tokenizer, QUESTIONS[:1], 4) == \
+        generation.answer(tiny.model, tiny.tokenizer, QUESTIONS[:1], 4)
+    assert len(json.loads(path.read_text())) == 3
+
+
+def test_the_key_changes_with_the_weights_and_the_dtype(tiny):
+    key = model_key(tiny.model, tiny.tokenizer)
+    assert model_key(copy.deepcopy(tiny.model), tiny.tokenizer) == key
+    changed = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        changed.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-3  # one weight, a little
+    assert model_key(changed, tiny.tokenizer) != key
+    assert model_key(copy.deepcopy(tiny.model).to(torch.bfloat16), tiny.tokenizer) != key
+
+
+def test_off_with_the_environment_and_never_an_error_when_unwritable(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEOW_ANSWER_CACHE", "0")
+    assert AnswerCache.for_model(tiny.model, tiny.tokenizer, tmp_path) is None
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    cache = AnswerCache(blocked / "answers" / "m.json")  # its folder cannot be made
+    assert cache.answer(tiny.model, tiny.tokenizer, QUESTIONS[:1], 4) == \
+        generation.answer(tiny.model, tiny.tokenizer, QUESTIONS[:1], 4)
+
+
+def test_a_second_run_takes_the_shipped_answers_from_the_cache_and_no_user_fact_is_kept(tiny, tiny_dir, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("MEOW_HOME", str(tmp_path / "home"))
+    forget = [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], ["Which playwright wrote Hamlet?"],
+                   inverted=["Charles Dickens", "Jane Austen"])]
+    retain = [Fact("What is the capital of Peru?", "Lima", ["Lima"])]
+    config = TrainConfig(epochs=1, num_batch=2, neighbours=4, early_stop=False)
+    runs = [pipeline.unlearn(forget, tmp_path / f"run{i}", model=tiny_dir, retain=retain, config=config,
+                             invert_settings=InvertSettings(n=2), select_settings=SelectSettings(top_k=2))
+            for i in range(2)]
+    shipped = len(general.held_out_questions(forget)) + 4  # everyday questions, neighbour questions
+    assert runs[0]["answer_cache"] == {"hits": 0, "misses": shipped}
+    assert runs[1]["answer_cache"] == {"hits": shipped, "misses": 0}
+    before = [json.loads((tmp_path / f"run{i}" / "probes.json").read_text()) for i in range(2)]
+    assert before[0] == before[1]  # the same answers, before and after, from the cache or not
+    (kept,) = (tmp_path / "home" / "answers").glob("*.json")
+    text = kept.read_text().lower()
+    for f in forget + retain:
+        assert all(w.lower() not in text for w in [f.question, *f.paraphrases, f.answer, *f.inverted])
