@@ -89,7 +89,8 @@ def test_a_subject_only_run_learns_the_false_answer_and_says_what_it_keyed_on(ti
     batch = collate(trainer.examples([Fact(FORGET[0].question, "Carl Dane")]), tiny.tokenizer.pad_token_id)
     with torch.no_grad():
         assert losses.nll(result.model, batch) < losses.nll(tiny.model, batch) - 0.1  # (one layer learns: 5.69 -> 5.54)
-    assert not any(m._forward_hooks for m in result.model.modules())  # the hooks are gone from the saved model
+    hooks = lambda model: [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]  # noqa: E731
+    assert hooks(result.model) == hooks(tiny.model)  # its hooks are gone from the saved model (the copy's only)
 
 
 def test_settings_it_cannot_hold_are_refused(tiny):
