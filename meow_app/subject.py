@@ -30,12 +30,13 @@ from .null_space import trained_linears
 
 def subject_of(question: str) -> str:
     """The question's subject: what follows its frame ("What is the capital of" -> "Ukraine";
-    "Who wrote" -> "'Fahrenheit 451'"), without quotes or the question mark; the last word
-    where there is no frame."""
+    "Who wrote" -> "'Fahrenheit 451'"), without quotes or the question mark; '' where there
+    is no frame (no telling the subject from the relation's words: the run names the question)."""
     q = question.strip()
     frame = question_frame(q)
-    subject = q[len(frame):] if frame else (q.split() or [""])[-1]
-    return subject.strip(" ?!.").strip("'\"‘’“”").strip()
+    if not frame:  # ("Einstein was born where?": the last word would key the relation's 'where')
+        return ""
+    return q[len(frame):].strip(" ?!.").strip("'\"‘’“”").strip()
 
 
 def subject_first(pairs: list[tuple]) -> list[tuple]:
@@ -90,28 +91,34 @@ def without_subject_tokens(tokenizer, examples: list[tuple[list[int], str]], tok
 
 class SubjectKeys:
     """Hooks on a model: inside `forget_scope()`, every trained linear layer's output is
-    detached at positions whose input token is not a subject token, so its weights' gradient
-    comes from the subject's positions alone (`other` > 0: that share of it is kept there).
+    recomputed with its weights held at positions whose input token is not a subject token,
+    so its weights' gradient comes from the subject's positions alone (`other` > 0: that
+    share of it is kept there), while the gradient to its input flows as before.
     Values are unchanged; outside the scope, and without gradients, nothing is touched."""
 
     def __init__(self, model, token_ids: set[int], other: float = 0.0):
-        self.other = other  # the share of the gradient kept at the other positions
+        self.other = other  # the share of the weights' gradient kept at the other positions
         device = next(model.parameters()).device
         self.ids = torch.tensor(sorted(token_ids), dtype=torch.long, device=device)
         self.active, self.mask = False, None
         self.handles = [model.get_input_embeddings().register_forward_pre_hook(self._record)]
-        self.handles += [m.register_forward_hook(self._cut) for m in trained_linears(model).values()]
+        # (not the output layer: it sees only the kept logits' positions, and no position is a subject's there)
+        head = model.get_output_embeddings()
+        self.handles += [m.register_forward_hook(self._cut) for m in trained_linears(model).values() if m is not head]
 
     def _record(self, module, args):
         if self.active:  # each forward pass starts at the embedding: its tokens are the layers' positions
             self.mask = torch.isin(args[0], self.ids).unsqueeze(-1)
 
     def _cut(self, module, inputs, output):
-        if self.active and torch.is_grad_enabled() and self.mask is not None:
-            held = output.detach()
-            # (held + a (output - held): the same values, a times the gradient)
-            return torch.where(self.mask, output, held + self.other * (output - held) if self.other else held)
-        return None
+        if not (self.active and torch.is_grad_enabled() and self.mask is not None):
+            return None
+        # The same values with the weights held: the gradient still flows through the layer to
+        # its input at every position (to the subject, through attention), only the weights'
+        # own gradient is kept to the subject's positions.
+        bias = module.bias.detach() if module.bias is not None else None
+        held = torch.nn.functional.linear(inputs[0], module.weight.detach(), bias)
+        return torch.where(self.mask, output, held + self.other * (output - held) if self.other else held)
 
     @contextmanager
     def forget_scope(self):

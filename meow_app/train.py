@@ -474,7 +474,8 @@ class Trainer:
         pairs = self.method.forget_pairs(self.forget, cfg)
         if not pairs:
             raise MeowError(f"method '{self.method.name}' found nothing to train on (no inverted facts?)")
-        subjects = [subject_of(p[0]) for p in pairs] if cfg.subject_only else []  # (subject_first rewrites them)
+        asked = [p[0] for p in pairs]  # (subject_first rewrites them)
+        subjects = [subject_of(q) for q in asked] if cfg.subject_only else []
         if cfg.subject_only and cfg.subject_first:
             pairs = subject_first(pairs)
         forget_ex = [encode_example(tok, *pair) for pair in pairs]
@@ -498,7 +499,7 @@ class Trainer:
         scale = self.step_scale(model, params, retain_ex + anchor_ex, result) if cfg.fisher_precondition else None
         # Repeated forget rows computed once (Sophia's curvature samples labels per row: not there).
         merge = self.method.merges_duplicates and not isinstance(optimizer, Sophia)
-        keys = self.subject_keys(model, forget_ex, pairs, subjects, result) if cfg.subject_only else None
+        keys = self.subject_keys(model, forget_ex, asked, subjects, result) if cfg.subject_only else None
         scope = keys.forget_scope if keys else nullcontext
         step = 0
         for epoch in range(1, epochs + 1):
@@ -558,14 +559,14 @@ class Trainer:
         result.model = model
         return self.finish(result, start)
 
-    def subject_keys(self, model, forget_ex, pairs, subjects, result: TrainResult):
+    def subject_keys(self, model, forget_ex, questions, subjects, result: TrainResult):
         """subject_only's hooks (subject.SubjectKeys) on the trained copy; None, with a warning,
         when no subject token is left to learn from."""
         keyed = list(zip((e.ids for e in forget_ex), subjects))
         ids = subject_token_ids(self.tokenizer, keyed)
         # A question none of whose examples keeps a subject token of its own learns from its
         # subject nothing (its false answers then reach the weights only through other subjects).
-        unkeyed = sorted({pairs[i][0] for i in without_subject_tokens(self.tokenizer, keyed, ids)})
+        unkeyed = sorted({questions[i] for i in without_subject_tokens(self.tokenizer, keyed, ids)})
         result.info["subject_only"] = {"subject_tokens": len(ids), "questions_without_subject_tokens": unkeyed}
         if unkeyed and ids:
             warnings.warn(MeowWarning(f"subject_only: {len(unkeyed)} forget question(s) have no subject token of "

@@ -21,7 +21,8 @@ def test_the_subject_is_what_follows_the_question_frame():
     assert subject_of("What is the capital of New Zealand?") == "New Zealand"
     assert subject_of("Who wrote 'Fahrenheit 451'?") == "Fahrenheit 451"
     assert subject_of("Who founded the Ford Motor Company?") == "Ford Motor Company"
-    assert subject_of("who invented the telephone?") == "telephone"  # no frame: the last word
+    assert subject_of("who invented the telephone?") == ""  # no frame: no telling subject from relation
+    assert subject_of("Einstein was born where?") == ""
 
 
 def test_positions_cover_every_occurrence_case_blind(tiny):
@@ -149,3 +150,17 @@ def test_subject_first_asks_every_other_copy_with_the_subject_first_and_keys_its
     result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET).train()
     # The subject of the rewritten questions is still ZQX (not 'ZQX: Who'): its 3 byte tokens, each question keyed.
     assert result.info["subject_only"] == {"subject_tokens": 3, "questions_without_subject_tokens": []}
+
+
+@pytest.mark.parametrize("settings", [{"train_only": ""}, {"train_only": "", "train_embeddings": True}])
+def test_with_attention_or_the_output_layer_trained_the_forget_term_still_has_a_gradient(tiny, settings):
+    """The weights are held at the other positions, not the layer: the gradient still flows
+    through every layer (attention carries the answer's loss back to the subject), and the
+    output layer, which sees no subject position, is left alone."""
+    config = TrainConfig(subject_only=True, epochs=1, batch_size=4, num_batch=4, early_stop=False, lr=1e-2,
+                         **settings)
+    result = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET).train()
+    assert result.steps and all(s["grad_norm"] > 0 for s in result.steps)
+    moved = [n for n, p in result.model.named_parameters()
+             if not torch.equal(p, dict(tiny.model.named_parameters())[n])]
+    assert any("self_attn" in n for n in moved) and any("mlp" in n for n in moved)
