@@ -27,20 +27,29 @@ import torch
 from . import generation
 
 ENV = "MEOW_ANSWER_CACHE"
+VERSION = 1  # of what the cache holds and how it is keyed: a new one starts afresh
 
 
 @torch.no_grad()
 def model_key(model, tokenizer) -> str:
-    """A digest of the model state and everything else a greedy answer depends on."""
+    """A digest of the model state and everything else a greedy answer depends on: the
+    weights (float64 sums, which see a 1e-6 change in a 50M-element tensor), the model's and
+    its generation's configs, the tokenizer, device, dtype, the versions of the libraries and
+    of the decoding code (generation.py's source: a change there is a change of answers)."""
     import transformers
 
     params = list(model.named_parameters())
     # (each tensor's sums to the CPU on its own: a model spread over devices has no one device)
-    sums = torch.stack([torch.stack([p.float().sum(), p.float().abs().sum()]).cpu() for _, p in params]).double()
+    sums = torch.stack([torch.stack([p.sum(dtype=torch.float64), p.abs().sum(dtype=torch.float64)]).cpu()
+                        for _, p in params])
     first = params[0][1]
     h = hashlib.sha256(sums.numpy().tobytes())
     h.update(json.dumps([[name, list(p.shape)] for name, p in params]).encode())
-    h.update(json.dumps([len(tokenizer), getattr(tokenizer, "chat_template", None), first.device.type,
+    h.update(model.config.to_json_string().encode())
+    generation_config = getattr(model, "generation_config", None)
+    h.update((generation_config.to_json_string() if generation_config is not None else "").encode())
+    h.update(Path(generation.__file__).read_bytes())
+    h.update(json.dumps([VERSION, len(tokenizer), getattr(tokenizer, "chat_template", None), first.device.type,
                          str(first.dtype), torch.__version__, transformers.__version__]).encode())
     return h.hexdigest()[:32]
 
@@ -48,8 +57,9 @@ def model_key(model, tokenizer) -> str:
 class AnswerCache:
     """generation.answer with a memory: the same signature, answers read from and added to `path`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, model=None):
         self.path = Path(path)
+        self.model = model  # the model it keeps answers of (None: the caller vouches); others are passed through
         self.saved: dict[str, str] = self._read()
         self.hits = self.misses = 0
 
@@ -60,7 +70,7 @@ class AnswerCache:
             return None
         from .models import meow_home
 
-        return cls(Path(home or meow_home()) / "answers" / f"{model_key(model, tokenizer)}.json")
+        return cls(Path(home or meow_home()) / "answers" / f"{model_key(model, tokenizer)}.json", model)
 
     def _read(self) -> dict[str, str]:
         try:
@@ -74,14 +84,21 @@ class AnswerCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             merged = {**self._read(), **self.saved}  # (another run may have added answers meanwhile)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        except OSError:
+            return
+        try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 json.dump(merged, out, ensure_ascii=False)
-            os.replace(tmp, self.path)  # atomic: a reader sees the old file or the new one
+            # Atomic: a reader sees the old file or the new one. Two runs writing at once can
+            # each drop the other's new answers: they are asked again next time.
+            os.replace(tmp, self.path)
         except OSError:
-            pass
+            Path(tmp).unlink(missing_ok=True)
 
     def answer(self, model, tokenizer, questions: list[str], max_new_tokens: int = generation.MAX_NEW_TOKENS,
                batch_size: int = 32, system: str | None = None) -> list[str]:
+        if self.model is not None and model is not self.model:  # (an unlearned copy, say): asked, not kept
+            return generation.answer(model, tokenizer, questions, max_new_tokens, batch_size, system)
         keys = [json.dumps([max_new_tokens, system, q]) for q in questions]
         missing = list(dict.fromkeys((k, q) for k, q in zip(keys, questions) if k not in self.saved))
         self.hits += len(keys) - len(missing)

@@ -14,6 +14,10 @@ from tiny import save_tiny  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data" / "tofu"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# The answer cache (meow_app/answer_cache.py) off in every test and the processes they start:
+# the tests would write into the real MEOW_HOME, and a test's answers would come from an
+# earlier one's. tests/test_answer_cache.py turns it on where it is tested.
+os.environ["MEOW_ANSWER_CACHE"] = "0"
 
 # The only tests CI may skip: opt-in ones, each switched on by an environment variable.
 # Any other skip there (a missing browser, data set or tool) fails the run, so a test that

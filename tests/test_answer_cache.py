@@ -38,6 +38,24 @@ def test_the_key_changes_with_the_weights_and_the_dtype(tiny):
         changed.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-3  # one weight, a little
     assert model_key(changed, tiny.tokenizer) != key
     assert model_key(copy.deepcopy(tiny.model).to(torch.bfloat16), tiny.tokenizer) != key
+    small = copy.deepcopy(tiny.model)
+    with torch.no_grad():  # a change float32 sums of a large tensor would round away
+        small.model.embed_tokens.weight[7, 3] += 1e-6
+    assert model_key(small, tiny.tokenizer) != key
+    other = copy.deepcopy(tiny.model)
+    other.generation_config.eos_token_id = 5  # what ends an answer
+    assert model_key(other, tiny.tokenizer) != key
+
+
+def test_another_model_is_answered_afresh_and_not_kept(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEOW_ANSWER_CACHE", "1")
+    cache = AnswerCache.for_model(tiny.model, tiny.tokenizer, tmp_path)
+    changed = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        changed.lm_head.weight.mul_(2)
+    assert cache.answer(changed, tiny.tokenizer, QUESTIONS[:1], 4) == \
+        generation.answer(changed, tiny.tokenizer, QUESTIONS[:1], 4)
+    assert cache.saved == {} and (cache.hits, cache.misses) == (0, 0)
 
 
 def test_off_with_the_environment_and_never_an_error_when_unwritable(tiny, tmp_path, monkeypatch):
@@ -53,6 +71,7 @@ def test_off_with_the_environment_and_never_an_error_when_unwritable(tiny, tmp_p
 def test_a_second_run_takes_the_shipped_answers_from_the_cache_and_no_user_fact_is_kept(tiny, tiny_dir, tmp_path,
                                                                                       monkeypatch):
     monkeypatch.setenv("MEOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEOW_ANSWER_CACHE", "1")
     forget = [Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"], ["Which playwright wrote Hamlet?"],
                    inverted=["Charles Dickens", "Jane Austen"])]
     retain = [Fact("What is the capital of Peru?", "Lima", ["Lima"])]
@@ -69,3 +88,10 @@ def test_a_second_run_takes_the_shipped_answers_from_the_cache_and_no_user_fact_
     text = kept.read_text().lower()
     for f in forget + retain:
         assert all(w.lower() not in text for w in [f.question, *f.paraphrases, f.answer, *f.inverted])
+
+
+def test_sibling_questions_made_from_the_users_questions_are_asked_not_kept(tiny, facts, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline.neighbours_mod, "siblings", lambda *a, **kw: ["What is the capital of Zorkland?"])
+    cache = AnswerCache(tmp_path / "a.json")
+    pipeline.anchor_facts(tiny, facts, 0, 4, siblings=1, cache=cache)
+    assert cache.misses == 6 and "Zorkland" not in (tmp_path / "a.json").read_text()  # 2 neighbours a fact
