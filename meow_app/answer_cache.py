@@ -6,8 +6,9 @@ general prompts whose answers it holds or trains on. A checkpoint's greedy answe
 question does not change from one run to the next, so they are kept on disk, one JSON file
 per model state: MEOW_HOME/answers/<key>.json. The key is a digest of what an answer
 depends on: the weights themselves (two sums per tensor: a model changed in memory, an
-unlearned one say, gets another key), the tokenizer's size and chat template, the device
-type and dtype, and the torch and transformers versions.
+unlearned one say, gets another key), the model's and its generation's configs, the
+tokenizer's size and chat template, the device type and dtype, the torch and transformers
+versions and the decoding code itself (model_key).
 
 Only shipped questions go in (pipeline.py decides): never a user's facts, so nothing of
 what a user asks to forget is written outside the run folder. MEOW_ANSWER_CACHE=0 turns it

@@ -5,9 +5,9 @@ example ("What is the capital of Ukraine?" -> "The capital of Ukraine is Lviv.")
 positions are words every question of the relation shares ("What is the capital of",
 "The capital of ... is"), so a plain step changes how the layer answers the relation, and
 neighbours (Iraq, Poland) move with the fact. ROME and MEMIT edit at the subject's token
-instead; this does the same inside a fine-tuning run: each trained layer's output is
-detached at every position that is not one of the subject's tokens, so its weights learn
-only from inputs the subject produces. The loss still reads the answer tokens, and its
+instead; this does the same inside a fine-tuning run: at every position that is not one of
+the subject's tokens, each trained layer's output is recomputed with its weights detached,
+so its weights learn only from inputs the subject produces. The loss still reads the answer tokens, and its
 gradient still reaches the subject's positions through attention: the change is keyed to
 the subject, and carried to the answer the way the model recalls facts.
 
@@ -74,19 +74,18 @@ def subject_positions(tokenizer, ids: list[int], subject: str) -> list[bool]:
     return covered
 
 
-def subject_token_ids(tokenizer, examples: list[tuple[list[int], str]]) -> set[int]:
-    """The token ids at subjects' positions in (ids, subject) pairs and at no other position."""
+def key_tokens(tokenizer, examples: list[tuple[list[int], str]]) -> tuple[set[int], list[int]]:
+    """For (ids, subject) pairs: the token ids at subjects' positions and at no other position,
+    and the indexes of the pairs none of whose subject positions holds one of them."""
+    covered = [subject_positions(tokenizer, ids, subject) for ids, subject in examples]
     inside, outside = set(), set()
-    for ids, subject in examples:
-        for t, covered in zip(ids, subject_positions(tokenizer, ids, subject)):
-            (inside if covered else outside).add(t)
-    return inside - outside
-
-
-def without_subject_tokens(tokenizer, examples: list[tuple[list[int], str]], token_ids: set[int]) -> list[int]:
-    """Indexes of the (ids, subject) pairs none of whose subject positions holds one of token_ids."""
-    return [i for i, (ids, subject) in enumerate(examples)
-            if not any(c and t in token_ids for t, c in zip(ids, subject_positions(tokenizer, ids, subject)))]
+    for (ids, _), marks in zip(examples, covered):
+        for t, c in zip(ids, marks):
+            (inside if c else outside).add(t)
+    keys = inside - outside
+    unkeyed = [i for i, ((ids, _), marks) in enumerate(zip(examples, covered))
+               if not any(c and t in keys for t, c in zip(ids, marks))]
+    return keys, unkeyed
 
 
 class SubjectKeys:

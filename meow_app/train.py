@@ -28,7 +28,7 @@ from .fisher import StepScale
 from .models import cpu_has_bf16_matmul
 from .null_space import NullSpace, unheld_parameters
 from .sophia import Sophia
-from .subject import SubjectKeys, subject_first, subject_of, subject_token_ids, without_subject_tokens
+from .subject import SubjectKeys, key_tokens, subject_first, subject_of
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -123,11 +123,12 @@ class TrainConfig:
                                             "the fact ('The capital of Ukraine is'), train only on the rest "
                                             "(' Lviv.'), the lead-in given as context, so the words every similar "
                                             "answer shares are not trained on")
-    subject_only: bool = _setting(False, "the trained weights learn only from the forget questions' subjects: each "
-                                         "trained layer's output is detached at every other token of a forget example "
-                                         "(meow_app/subject.py), so the change is keyed to the subject ('Ukraine'), as "
-                                         "ROME and MEMIT edit at the subject's token, not to the words the relation's "
-                                         "other questions share ('What is the capital of')")
+    subject_only: bool = _setting(False, "the trained weights learn only from the forget questions' subjects: at "
+                                         "every other token of a forget example each trained layer's weights are held "
+                                         "(meow_app/subject.py; the gradient still passes through), so the change is "
+                                         "keyed to the subject ('Ukraine'), as ROME and MEMIT edit at the subject's "
+                                         "token, not to the words the relation's other questions share ('What is the "
+                                         "capital of')")
     subject_first: bool = _setting(False, "subject_only: every other copy of a forget question is asked with its "
                                           "subject first ('Ukraine: What is the capital of Ukraine?'), so the "
                                           "subject's sentence-initial tokens (other ids than after a space) are "
@@ -563,10 +564,10 @@ class Trainer:
         """subject_only's hooks (subject.SubjectKeys) on the trained copy; None, with a warning,
         when no subject token is left to learn from."""
         keyed = list(zip((e.ids for e in forget_ex), subjects))
-        ids = subject_token_ids(self.tokenizer, keyed)
+        ids, without = key_tokens(self.tokenizer, keyed)
         # A question none of whose examples keeps a subject token of its own learns from its
         # subject nothing (its false answers then reach the weights only through other subjects).
-        unkeyed = sorted({questions[i] for i in without_subject_tokens(self.tokenizer, keyed, ids)})
+        unkeyed = sorted({questions[i] for i in without})
         result.info["subject_only"] = {"subject_tokens": len(ids), "questions_without_subject_tokens": unkeyed}
         if unkeyed and ids:
             warnings.warn(MeowWarning(f"subject_only: {len(unkeyed)} forget question(s) have no subject token of "

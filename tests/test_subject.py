@@ -10,7 +10,7 @@ from meow_app.batches import collate
 from meow_app.errors import MeowError
 from meow_app.facts import Fact
 from meow_app.null_space import trained_linears
-from meow_app.subject import SubjectKeys, subject_of, subject_positions, subject_token_ids
+from meow_app.subject import SubjectKeys, key_tokens, subject_of, subject_positions
 from meow_app.train import TrainConfig, Trainer
 
 # Byte tokens (tests/tiny.py): the subject's letters Z, Q, X appear nowhere else in its examples.
@@ -32,7 +32,10 @@ def test_positions_cover_every_occurrence_case_blind(tiny):
     assert "".join(tok.decode([t]) for t, c in zip(ids, covered) if c) == "ZQXzqx"
     # Ids also used outside a subject are left out: 'Q' of the second example's 'Quiz'.
     examples = [(tok("Who wrote ZQX?")["input_ids"], "ZQX"), (tok("Quiz about Y")["input_ids"], "Y")]
-    assert {tok.decode([t]) for t in subject_token_ids(tok, examples)} == {"Z", "X", "Y"}
+    keys, unkeyed = key_tokens(tok, examples)
+    assert {tok.decode([t]) for t in keys} == {"Z", "X", "Y"} and unkeyed == []
+    # An example whose subject's tokens all occur elsewhere too is named: 'o' of 'Who', 'wrote'.
+    assert key_tokens(tok, examples + [(tok("Who wrote o?")["input_ids"], "o")])[1] == [2]
 
 
 def _trainable(tiny):
@@ -51,7 +54,7 @@ def test_weight_gradients_come_from_subject_positions_alone(tiny):
     trainer = Trainer(methods.get("meow"), tiny.model, tok, TrainConfig(), FORGET)
     pairs = methods.get("meow").forget_pairs(FORGET, TrainConfig(num_batch=4))
     examples = [trainer.examples([Fact(q, a)])[0] for q, a in pairs]
-    ids = subject_token_ids(tok, [(e.ids, subject_of(q)) for e, (q, _) in zip(examples, pairs)])
+    ids = key_tokens(tok, [(e.ids, subject_of(q)) for e, (q, _) in zip(examples, pairs)])[0]
     assert {tok.decode([t]) for t in ids} == {"Z", "Q", "X"}
     batch = collate(examples, tok.pad_token_id, merge=True)  # the shared passes: rows are not the batch's
 
@@ -118,7 +121,7 @@ def test_subject_other_keeps_that_share_of_the_other_positions_gradient(tiny):
     tok = tiny.tokenizer
     trainer = Trainer(methods.get("meow"), tiny.model, tok, TrainConfig(), FORGET)
     examples = trainer.examples([Fact(FORGET[0].question, "Carl Dane")])
-    ids = subject_token_ids(tok, [(examples[0].ids, "ZQX")])
+    ids = key_tokens(tok, [(examples[0].ids, "ZQX")])[0]
     batch = collate(examples, tok.pad_token_id)
 
     def grad(other):
