@@ -87,6 +87,14 @@ class Processes:
             return value
         return self._collective(_broadcast, value)
 
+    def close(self) -> None:
+        """Take this process's part of the process group down before the interpreter exits.
+        Why: a gloo group left to the interpreter's shutdown can abort the process there
+        ("terminate called without an active exception", SIGABRT) while its peers still run.
+        Local to this process (no collective), so each one closes when it is done."""
+        if self.size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
     def _collective(self, fn, value):
         try:
             return fn(value)

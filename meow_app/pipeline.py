@@ -384,6 +384,7 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
     finally:
         if partial is not None:
             shutil.rmtree(partial, ignore_errors=True)
+        procs.close()
 
 
 def training_inputs(loaded, forget: list[Fact], retain: list[Fact] | None, config: TrainConfig,

@@ -192,6 +192,55 @@ def test_shards_carry_the_whole_batchs_normalisers(tiny):
     assert total == pytest.approx(plain, rel=1e-5)
 
 
+def test_close_takes_this_processs_part_of_the_group_down(tmp_path):
+    """A gloo group left to the interpreter's shutdown can abort a process that is done while
+    its peers still run (SIGABRT, "terminate called without an active exception"): each
+    process closes its part itself, without waiting for the others."""
+    from meow_app.distributed import SINGLE, Processes
+
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        SINGLE.close()  # one process: nothing of this to take down
+        assert torch.distributed.is_initialized()
+        Processes(rank=0, size=2).close()
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_run_closes_its_process_group_whether_it_ends_or_fails(tmp_path, tiny_dir, monkeypatch, fails):
+    from meow_app import distributed, pipeline
+    from meow_app.pipeline import InvertSettings
+    from meow_app.facts import Fact
+    from meow_app.train import TrainConfig
+
+    closed = []
+
+    class Recorded(distributed.Processes):
+        def close(self):
+            closed.append(self.rank)
+
+    monkeypatch.setattr(distributed, "current", lambda device=None: Recorded())
+    if fails:
+        def fail(*args, **kwargs):
+            raise RuntimeError("probing failed")
+
+        monkeypatch.setattr(pipeline, "probe_sets", fail)
+    facts = [Fact(f["question"], f["answer"], f["keywords"], inverted=f["inverted"]) for f in FACTS[:1]]
+    run = lambda: pipeline.unlearn(facts, tmp_path / "run", model=tiny_dir,  # noqa: E731
+                                   config=TrainConfig(epochs=1, num_batch=2, neighbours=0, early_stop=False),
+                                   invert_settings=InvertSettings(n=2))
+    if fails:
+        with pytest.raises(RuntimeError, match="probing failed"):
+            run()
+    else:
+        assert run()["method"] == "meow"
+    assert closed == [0]
+
+
 def _gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
