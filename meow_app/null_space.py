@@ -69,13 +69,17 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
         return record
 
     handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
+    # The decoder alone where the output layer is not trained: no logits over the vocabulary
+    # (a fifth of the pass's work on a small model) for inputs nobody reads.
+    head = model.get_output_embeddings()
+    forward = model if any(m is head for m in layers.values()) else getattr(model, "model", model)
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(examples), batch_size):
             batch = to_device(collate(examples[i:i + batch_size], pad_id), device)
             state["real"] = batch["attention_mask"].bool()
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
     finally:
         for h in handles:
             h.remove()

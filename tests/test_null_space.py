@@ -38,26 +38,28 @@ def _one_trained_layer(tiny, layer_of):
     return model, Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET), layer
 
 
-def test_covariances_are_those_of_the_real_tokens_only(tiny):
+@pytest.mark.parametrize("name", ["model.layers.1.mlp.down_proj", "lm_head"])  # the decoder alone; the whole model
+def test_covariances_are_those_of_the_real_tokens_only(tiny, name):
     """Checked against a plain reference: each example alone, no padding, inputs read by a hook."""
-    model, trainer, layer = _one_trained_layer(tiny, lambda m: m.model.layers[1].mlp.down_proj)
+    model, trainer, layer = _one_trained_layer(tiny, lambda m: m.get_submodule(name))
     examples = trainer.examples(PRESERVED + [Fact("Who painted The Starry Night? Tell me.", "Van Gogh")])
     covs = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2)
-    assert list(covs) == ["model.layers.1.mlp.down_proj"]
-    expected = torch.zeros(128, 128, dtype=torch.float64)
+    assert list(covs) == [name]
+    expected = torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
     seen = []
     handle = layer.register_forward_hook(lambda m, i, o: seen.append(i[0][0].double()))
-    for ex in examples:
-        model(input_ids=collate([ex], tiny.tokenizer.pad_token_id)["input_ids"])
+    with torch.no_grad():
+        for ex in examples:
+            model(input_ids=collate([ex], tiny.tokenizer.pad_token_id)["input_ids"])
     handle.remove()
     for x in seen:
         expected += x.T @ x
-    assert torch.allclose(covs["model.layers.1.mlp.down_proj"].double(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(covs[name].double(), expected, rtol=1e-4, atol=1e-4)
     # unit: each token's input counts as a unit vector (K^T K's trace is the token count).
     units = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2, unit=True)
     expected = sum(torch.nn.functional.normalize(x, dim=-1).T @ torch.nn.functional.normalize(x, dim=-1)
                    for x in seen)
-    assert torch.allclose(units["model.layers.1.mlp.down_proj"].double(), expected, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(units[name].double(), expected, rtol=1e-4, atol=1e-5)
     assert float(torch.trace(expected)) == pytest.approx(sum(len(x) for x in seen))
 
 
