@@ -360,8 +360,9 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             return None
         with stages("probe_after"):
             # The loop probed the final model already (LoRA merging and the dtype cast do not
-            # change greedy answers in fp32); otherwise probe it now.
-            reuse = result.last_probe and loaded.dtype == torch.float32 and not config.lora
+            # change greedy answers in fp32); otherwise probe it now, as "before" was: in fp32
+            # (with --bf16 the loop's probes ran under bf16 autocast).
+            reuse = result.last_probe and loaded.dtype == torch.float32 and not config.lora and not config.bf16
             after = probe_sets(result.model, loaded.tokenizer, None if reuse else forget, retain, everyday)
             if reuse:
                 after["forget"] = result.last_probe

@@ -317,3 +317,28 @@ def test_settings_typed_as_text_parse_or_fail_with_one_message():
     assert base.epochs == TrainConfig().epochs  # the base is not changed
     with pytest.raises(MeowError, match="'own_answers' must be a bool"):
         TrainConfig.from_text([("own_answers", "perhaps")])
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_loops_last_probe_stands_for_after_only_when_it_ran_in_fp32(tiny_dir, inverted_facts, tmp_path,
+                                                                       monkeypatch, bf16):
+    """'before' is probed in fp32; with --bf16 the loop's probes run under bf16 autocast, so
+    the pipeline probes the forget set again for 'after' rather than compare two precisions."""
+    from meow_app import pipeline, train
+    from meow_app.pipeline import InvertSettings
+
+    monkeypatch.setattr(train, "cpu_has_bf16_matmul", lambda: True)
+    asked = []
+    probe_sets = pipeline.probe_sets
+
+    def recorded(model, tokenizer, forget, *rest, **kwargs):
+        asked.append(forget)
+        return probe_sets(model, tokenizer, forget, *rest, **kwargs)
+
+    monkeypatch.setattr(pipeline, "probe_sets", recorded)
+    config = TrainConfig(epochs=1, min_steps=1, num_batch=2, neighbours=0, early_stop=True, bf16=bf16)
+    run = pipeline.unlearn(inverted_facts, tmp_path / "run", model=tiny_dir, config=config,
+                           invert_settings=InvertSettings(n=2))
+    assert run["probes"][-1]["hit_rate"] is not None  # the loop probed the final model
+    assert len(asked) == 2 and asked[0] is not None  # before; after
+    assert (asked[1] is None) == (not bf16)
