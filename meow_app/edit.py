@@ -199,19 +199,40 @@ def targets(model, tokenizer, questions: list[str], answers: list[list[str]], la
     return base + delta.detach(), torch.tensor(key_at, device=device), history
 
 
+# Other user messages that end with a fact's subject, for `edit_contexts`: the subject on its
+# own (sentence-initial: other tokens than after a space, "Cro"+"atia" / " Croatia") and
+# after a few neutral words. Their keys get the fact's delta too, so the write is not tied
+# to the question's wording alone (MEMIT reads a subject's key in several contexts).
+KEY_CONTEXTS = ("{}", "Tell me about {}", "Here is a fact about {}", "What do you know about {}")
+
+
+def key_contexts(subject: str, n: int) -> list[str]:
+    """The first n of KEY_CONTEXTS for this subject (none without a subject)."""
+    return [c.format(subject) for c in KEY_CONTEXTS[:n]] if subject else []
+
+
 @torch.no_grad()
 def spread(model, tokenizer, questions: list[str], z: torch.Tensor, positions: torch.Tensor, layers: list[int],
-           bases: dict | None = None, damping: float = 0.01, device="cpu") -> list[dict]:
+           bases: dict | None = None, damping: float = 0.01, device="cpu",
+           extra: list[tuple[str, int]] = ()) -> list[dict]:
     """Write z into the band: each layer's down_proj gets its share of the residual still
     missing at the key tokens (MEMIT's spreading), in the null space of its preserved inputs
     (bases: layer index -> (basis, free) from null_space.NullSpace; None = unconstrained).
+    extra: (message, i) rows keyed at the message's last word token, whose target is their own
+    residual there moved by fact i's delta (z[i] minus question i's residual before the write).
     Returns, per layer, the residual asked for and the change's norm."""
-    prompt_ids = [generation.encode(tokenizer, generation.chat_prompt(tokenizer, q)) for q in questions]
+    texts = list(questions) + [text for text, _ in extra]
+    prompts = [generation.chat_prompt(tokenizer, t) for t in texts]
+    prompt_ids = [generation.encode(tokenizer, p) for p in prompts]
+    positions = torch.cat([positions.cpu(), torch.tensor(
+        [key_position(tokenizer, p, t) for p, t in zip(prompts[len(questions):], texts[len(questions):])],
+        dtype=torch.long)]).to(device)
+    owners = torch.tensor([i for _, i in extra], dtype=torch.long, device=device)
     ids, mask = (t.to(device) for t in generation.pad(prompt_ids, tokenizer.pad_token_id))
     width = int(positions.max()) + 1
     ids, mask = ids[:, :width], mask[:, :width]
     blocks = decoder_layers(model)
-    rows = torch.arange(len(questions), device=device)
+    rows = torch.arange(len(texts), device=device)
     record = []
     for n, layer in enumerate(layers):
         down = blocks[layer].mlp.down_proj
@@ -228,6 +249,9 @@ def spread(model, tokenizer, questions: list[str], z: torch.Tensor, positions: t
         finally:
             key_hook.remove()
             top.remove()
+        if n == 0 and extra:  # before any write: each extra row's own residual, moved by its fact's delta
+            before = top.seen.float()
+            z = torch.cat([z, before[len(questions):] + (z - before[:len(questions)])[owners]])
         residual = (z - top.seen.float()) / (len(layers) - n)
         basis, free = (bases or {}).get(layer, (None, False))
         change = solve(seen["k"].float(), residual, basis, free, damping)

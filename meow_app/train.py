@@ -23,6 +23,7 @@ import torch
 from . import losses, probes
 from .batches import IGNORE, collate, encode_example, length_grouped, to_device
 from .distributed import SINGLE, Processes, check_method
+from .edit import KEY_CONTEXTS
 from .errors import Cancelled, MeowError, MeowWarning
 from .fisher import StepScale
 from .models import cpu_has_bf16_matmul
@@ -93,6 +94,9 @@ class TrainConfig:
     edit_lr: float = _setting(2.0, "meow_edit: learning rate of the target vectors (Adam)", obvious=True)
     edit_clamp: float = _setting(0.75, "meow_edit: a target vector's largest norm, relative to the residual stream's "
                                        "norm at its token")
+    edit_contexts: int = _setting(0, "meow_edit: other messages ending with each fact's subject ('Ukraine', 'Tell "
+                                     "me about Ukraine', ...; up to 4) whose keys are written with the fact's change "
+                                     "too, so it is not tied to the question's wording (0 = the question alone)")
     edit_damping: float = _setting(0.01, "meow_edit: lambda of the least-squares write, relative to the keys' mean "
                                          "squared norm: larger = smaller weight changes, the targets met less")
     anchors: int = _setting(0, "general prompts (assets/anchor_prompts.txt) answered by the original model, trained on "
@@ -189,6 +193,8 @@ class TrainConfig:
                 raise MeowError(f"{name} must be a positive number, got {v}")
         if not 0 <= self.subject_other <= 1:
             raise MeowError(f"subject_other must be between 0 and 1, got {self.subject_other}")
+        if not 0 <= self.edit_contexts <= len(KEY_CONTEXTS):
+            raise MeowError(f"edit_contexts must be between 0 and {len(KEY_CONTEXTS)}, got {self.edit_contexts}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise MeowError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -161,3 +161,52 @@ def test_a_fact_without_a_false_answer_is_named_not_skipped_silently(tiny):
     with pytest.warns(MeowWarning, match="no false answer for 1 of 2 facts.*capital of Peru"):
         result = Trainer(methods.get("meow_edit"), tiny.model, tiny.tokenizer, config, forget).train()
     assert result.info["edit"]["false_answers"] == 1 and result.info["edit"]["facts_without_false_answers"] == 1
+
+
+def _block_output(model, tok, texts, layer):
+    """Block `layer`'s output at each text's key token, each text alone in its chat prompt."""
+    seen = []
+    handle = edit.decoder_layers(model)[layer].register_forward_hook(
+        lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o)[0]))
+    rows = []
+    try:
+        with torch.no_grad():
+            for text in texts:
+                prompt = chat_prompt(tok, text)
+                model(input_ids=torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]]))
+                rows.append(seen.pop()[edit.key_position(tok, prompt, text)])
+    finally:
+        handle.remove()
+    return torch.stack(rows).float()
+
+
+def test_extra_contexts_are_written_with_their_facts_change(tiny):
+    """edit_contexts: a message that ends with a fact's subject gets the fact's delta at its own
+    key (its residual before the write + z_i - question i's residual), beside the questions'."""
+    import copy
+
+    model, tok = copy.deepcopy(tiny.model), tiny.tokenizer
+    questions = [f.question for f in FORGET]
+    extra = [("Peru", 1), ("Tell me about Peru", 1), ("Hamlet", 0)]
+    texts = questions + [t for t, _ in extra]
+    before = _block_output(model, tok, texts, 0)
+    delta = 0.05 * torch.randn(2, before.shape[1], generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([edit.key_position(tok, chat_prompt(tok, q), q) for q in questions])
+    edit.spread(model, tok, questions, before[:2] + delta, positions, [0], None, 1e-9, "cpu", extra)
+    after = _block_output(model, tok, texts, 0)
+    assert torch.allclose(after - before, delta[[0, 1, 1, 1, 0]], atol=2e-3)
+    # Without them the same write leaves those messages' keys elsewhere.
+    plain = copy.deepcopy(tiny.model)
+    edit.spread(plain, tok, questions, before[:2] + delta, positions, [0], None, 1e-9, "cpu")
+    moved = _block_output(plain, tok, texts, 0)
+    assert torch.allclose(moved[:2] - before[:2], delta, atol=2e-3)
+    assert not torch.allclose(moved[2:] - before[2:], delta[[1, 1, 0]], atol=2e-2)
+
+
+def test_edit_contexts_come_from_the_subject_and_are_counted(tiny):
+    assert edit.key_contexts("Ukraine", 2) == ["Ukraine", "Tell me about Ukraine"]
+    assert edit.key_contexts("", 4) == []  # no frame, no subject: the question alone
+    with pytest.raises(MeowError, match="edit_contexts must be between 0 and 4"):
+        TrainConfig(edit_contexts=5).check()
+    _, result = _edit(tiny, 0.99, edit_contexts=2)
+    assert result.info["edit"]["key_contexts"] == 4  # "Hamlet" and "Peru", 2 messages each

@@ -15,6 +15,7 @@ import warnings
 
 from .. import edit
 from ..errors import Cancelled, MeowError, MeowWarning
+from ..subject import subject_of
 from ..train import TrainResult
 from .base import Method, register
 
@@ -30,8 +31,8 @@ class MeowEdit(Method):
     # Measured on eval_a and demo_forget (docs/forgetting.md, fourth round): one round of 20 target
     # steps; a second round went no deeper and lost more neighbours.
     defaults = {"epochs": 1, "neighbours": 32, "null_space": 0.99, "stop_depth": 0.5}
-    hyperparameters = ("epochs", "edit_layers", "edit_steps", "edit_answers", "edit_damping", "null_space",
-                       "neighbours")
+    hyperparameters = ("epochs", "edit_layers", "edit_steps", "edit_answers", "edit_contexts", "edit_damping",
+                       "null_space", "neighbours")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -66,6 +67,8 @@ class MeowEdit(Method):
             projection = trainer.projection(model, preserved, result)
             bases = {int(re.search(r"layers\.(\d+)\.", name).group(1)): b for name, b in projection.bases.items()}
         questions, answers = [f.question for f in facts], [list(f.inverted[:cfg.edit_answers]) for f in facts]
+        extra = [(text, i) for i, f in enumerate(facts)
+                 for text in edit.key_contexts(subject_of(f.question), cfg.edit_contexts)]
         rounds = []
         for epoch in range(1, cfg.epochs + 1):
             if trainer.should_stop():
@@ -76,7 +79,7 @@ class MeowEdit(Method):
                                                     cfg.edit_lr, cfg.edit_clamp, device)
             with trainer.autocast():  # (the precision z was reached in)
                 written_layers = edit.spread(model, tok, questions, z, positions, layers, bases, cfg.edit_damping,
-                                             device)
+                                             device, extra)
             rounds.append({"target_nll": [round(x, 4) for x in losses], "layers": written_layers})
             event = {"type": "step", "step": epoch, "epoch": epoch, "total_steps": cfg.epochs, "loss": losses[-1],
                      "target_nll_start": losses[0], "seconds": round(time.perf_counter() - start, 3)}
@@ -88,5 +91,6 @@ class MeowEdit(Method):
                 break
         result.info = {**result.info, "edit": {"layers": layers, "false_answers": sum(map(len, answers)),
                                             "facts_without_false_answers": len(skipped),
+                                            "key_contexts": len(extra),
                                             "rounds": rounds}}
         return result
