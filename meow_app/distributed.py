@@ -91,7 +91,8 @@ class Processes:
         """Take this process's part of the process group down before the interpreter exits.
         Why: a gloo group left to the interpreter's shutdown can abort the process there
         ("terminate called without an active exception", SIGABRT) while its peers still run.
-        Local to this process (no collective), so each one closes when it is done."""
+        Local to this process (no collective), so each one closes when it is done; the group is
+        then gone for good (one run per launched process, as the CLI makes)."""
         if self.size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -23,6 +23,8 @@ steps over the model's weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from . import generation
@@ -206,20 +208,27 @@ def targets(model, tokenizer, questions: list[str], answers: list[list[str]], la
 KEY_CONTEXTS = ("{}", "Tell me about {}", "Here is a fact about {}", "What do you know about {}")
 
 
-def key_contexts(subject: str, n: int) -> list[str]:
-    """The first n of KEY_CONTEXTS for this subject (none without a subject)."""
-    return [c.format(subject) for c in KEY_CONTEXTS[:n]] if subject else []
+def key_contexts(subjects: list[str], n: int) -> list[tuple[str, list[int]]]:
+    """The first n of KEY_CONTEXTS for each fact's subject, as (message, the facts whose
+    subject it is): facts that share a subject share its messages, one row each (none for a
+    fact without a subject)."""
+    owners: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        for c in KEY_CONTEXTS[:n] if subject else ():
+            owners.setdefault(c.format(subject), []).append(i)
+    return list(owners.items())
 
 
 @torch.no_grad()
 def spread(model, tokenizer, questions: list[str], z: torch.Tensor, positions: torch.Tensor, layers: list[int],
            bases: dict | None = None, damping: float = 0.01, device="cpu",
-           extra: list[tuple[str, int]] = ()) -> list[dict]:
+           extra: Sequence[tuple[str, Sequence[int]]] = ()) -> list[dict]:
     """Write z into the band: each layer's down_proj gets its share of the residual still
     missing at the key tokens (MEMIT's spreading), in the null space of its preserved inputs
     (bases: layer index -> (basis, free) from null_space.NullSpace; None = unconstrained).
-    extra: (message, i) rows keyed at the message's last word token, whose target is their own
-    residual there moved by fact i's delta (z[i] minus question i's residual before the write).
+    extra: (message, facts) rows keyed at the message's last word token, whose target is their
+    own residual there moved by their facts' delta (z[i] minus question i's residual before the
+    write; the mean where facts share a subject, which two rows of one key would get anyway).
     Returns, per layer, the residual asked for and the change's norm."""
     texts = list(questions) + [text for text, _ in extra]
     prompts = [generation.chat_prompt(tokenizer, t) for t in texts]
@@ -227,7 +236,9 @@ def spread(model, tokenizer, questions: list[str], z: torch.Tensor, positions: t
     positions = torch.cat([positions.cpu(), torch.tensor(
         [key_position(tokenizer, p, t) for p, t in zip(prompts[len(questions):], texts[len(questions):])],
         dtype=torch.long)]).to(device)
-    owners = torch.tensor([i for _, i in extra], dtype=torch.long, device=device)
+    share = torch.zeros(len(extra), len(questions), device=device)  # extra row -> its facts, averaged
+    for row, (_, facts) in enumerate(extra):
+        share[row, list(facts)] = 1.0 / len(facts)
     ids, mask = (t.to(device) for t in generation.pad(prompt_ids, tokenizer.pad_token_id))
     width = int(positions.max()) + 1
     ids, mask = ids[:, :width], mask[:, :width]
@@ -251,7 +262,7 @@ def spread(model, tokenizer, questions: list[str], z: torch.Tensor, positions: t
             top.remove()
         if n == 0 and extra:  # before any write: each extra row's own residual, moved by its fact's delta
             before = top.seen.float()
-            z = torch.cat([z, before[len(questions):] + (z - before[:len(questions)])[owners]])
+            z = torch.cat([z, before[len(questions):] + share @ (z - before[:len(questions)])])
         residual = (z - top.seen.float()) / (len(layers) - n)
         basis, free = (bases or {}).get(layer, (None, False))
         change = solve(seen["k"].float(), residual, basis, free, damping)

@@ -325,18 +325,19 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
     Under `accelerate launch` with N processes (distributed.py) every process trains on its
     shard of each batch; only the main one does the rest and returns run.json, the others
     return None."""
-    procs = distributed.current(device)
-    emit = (on_event or (lambda event: None)) if procs.is_main else (lambda event: None)
     inv = invert_settings or InvertSettings()
     sel = select_settings or SelectSettings()
     method_obj, config = _check_job(forget, method, retain, config, inv, sel)
     if loaded is None:
         models.resolve(model)  # a bad model name fails here, before anything is written
     out_dir = Path(out_dir)
-    partial = _prepare_out_dir(out_dir) if procs.is_main else None
     forget = [Fact(**{**asdict(f), "inverted": list(f.inverted)}) for f in forget]  # the caller's stay as they were
-    stages = Stages(emit)
+    # The process group (N processes) starts after the checks, and every way out closes it.
+    procs, partial = distributed.current(device), None
     try:
+        emit = (on_event or (lambda event: None)) if procs.is_main else (lambda event: None)
+        partial = _prepare_out_dir(out_dir) if procs.is_main else None
+        stages = Stages(emit)
         with stages("load"):
             loaded = loaded or models.load_shared(model, procs.device_name() or device)
         # Everyday questions, asked before and after: collateral damage shows without a keep set.

@@ -195,7 +195,7 @@ def test_shards_carry_the_whole_batchs_normalisers(tiny):
 def test_close_takes_this_processs_part_of_the_group_down(tmp_path):
     """A gloo group left to the interpreter's shutdown can abort a process that is done while
     its peers still run (SIGABRT, "terminate called without an active exception"): each
-    process closes its part itself, without waiting for the others."""
+    process takes its part down itself; with one process there is nothing to take down."""
     from meow_app.distributed import SINGLE, Processes
 
     store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
@@ -210,11 +210,12 @@ def test_close_takes_this_processs_part_of_the_group_down(tmp_path):
             torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("fails", [False, True])
+@pytest.mark.parametrize("fails", ["no", "probing", "run folder"])
 def test_a_run_closes_its_process_group_whether_it_ends_or_fails(tmp_path, tiny_dir, monkeypatch, fails):
     from meow_app import distributed, pipeline
-    from meow_app.pipeline import InvertSettings
+    from meow_app.errors import MeowError
     from meow_app.facts import Fact
+    from meow_app.pipeline import InvertSettings
     from meow_app.train import TrainConfig
 
     closed = []
@@ -224,20 +225,23 @@ def test_a_run_closes_its_process_group_whether_it_ends_or_fails(tmp_path, tiny_
             closed.append(self.rank)
 
     monkeypatch.setattr(distributed, "current", lambda device=None: Recorded())
-    if fails:
+    if fails == "probing":
         def fail(*args, **kwargs):
             raise RuntimeError("probing failed")
 
         monkeypatch.setattr(pipeline, "probe_sets", fail)
+    if fails == "run folder":  # refused once the group has started
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "mine.txt").write_text("kept")
     facts = [Fact(f["question"], f["answer"], f["keywords"], inverted=f["inverted"]) for f in FACTS[:1]]
-    run = lambda: pipeline.unlearn(facts, tmp_path / "run", model=tiny_dir,  # noqa: E731
+    run = lambda: pipeline.unlearn(facts, tmp_path / "run", model=tiny_dir, device="cpu",  # noqa: E731
                                    config=TrainConfig(epochs=1, num_batch=2, neighbours=0, early_stop=False),
                                    invert_settings=InvertSettings(n=2))
-    if fails:
-        with pytest.raises(RuntimeError, match="probing failed"):
-            run()
-    else:
+    if fails == "no":
         assert run()["method"] == "meow"
+    else:
+        with pytest.raises((RuntimeError, MeowError), match="probing failed|already exists and is not empty"):
+            run()
     assert closed == [0]
 
 

@@ -187,25 +187,26 @@ def test_extra_contexts_are_written_with_their_facts_change(tiny):
 
     model, tok = copy.deepcopy(tiny.model), tiny.tokenizer
     questions = [f.question for f in FORGET]
-    extra = [("Peru", 1), ("Tell me about Peru", 1), ("Hamlet", 0)]
+    extra = [("Peru", [1]), ("Tell me about Peru", [1]), ("Hamlet", [0]), ("Tell me about both", [0, 1])]
     texts = questions + [t for t, _ in extra]
     before = _block_output(model, tok, texts, 0)
     delta = 0.05 * torch.randn(2, before.shape[1], generator=torch.Generator().manual_seed(0))
     positions = torch.tensor([edit.key_position(tok, chat_prompt(tok, q), q) for q in questions])
     edit.spread(model, tok, questions, before[:2] + delta, positions, [0], None, 1e-9, "cpu", extra)
     after = _block_output(model, tok, texts, 0)
-    assert torch.allclose(after - before, delta[[0, 1, 1, 1, 0]], atol=2e-3)
+    assert torch.allclose(after[:5] - before[:5], delta[[0, 1, 1, 1, 0]], atol=2e-3)
+    assert torch.allclose(after[5] - before[5], delta.mean(0), atol=2e-3)  # two facts' message: their mean
     # Without them the same write leaves those messages' keys elsewhere.
     plain = copy.deepcopy(tiny.model)
     edit.spread(plain, tok, questions, before[:2] + delta, positions, [0], None, 1e-9, "cpu")
     moved = _block_output(plain, tok, texts, 0)
     assert torch.allclose(moved[:2] - before[:2], delta, atol=2e-3)
-    assert not torch.allclose(moved[2:] - before[2:], delta[[1, 1, 0]], atol=2e-2)
+    assert not torch.allclose(moved[2:5] - before[2:5], delta[[1, 1, 0]], atol=2e-2)
 
 
 def test_edit_contexts_come_from_the_subject_and_are_counted(tiny):
-    assert edit.key_contexts("Ukraine", 2) == ["Ukraine", "Tell me about Ukraine"]
-    assert edit.key_contexts("", 4) == []  # no frame, no subject: the question alone
+    assert edit.key_contexts(["Ukraine", "", "Ukraine"], 2) == [("Ukraine", [0, 2]), ("Tell me about Ukraine", [0, 2])]
+    assert edit.key_contexts([""], 4) == []  # no frame, no subject: the question alone
     with pytest.raises(MeowError, match="edit_contexts must be between 0 and 4"):
         TrainConfig(edit_contexts=5).check()
     _, result = _edit(tiny, 0.99, edit_contexts=2)

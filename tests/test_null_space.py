@@ -43,8 +43,12 @@ def test_covariances_are_those_of_the_real_tokens_only(tiny, name):
     """Checked against a plain reference: each example alone, no padding, inputs read by a hook."""
     model, trainer, layer = _one_trained_layer(tiny, lambda m: m.get_submodule(name))
     examples = trainer.examples(PRESERVED + [Fact("Who painted The Starry Night? Tell me.", "Van Gogh")])
+    head_calls = []
+    head = model.get_output_embeddings().register_forward_hook(lambda *a: head_calls.append(1))
     covs = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2)
+    head.remove()
     assert list(covs) == [name]
+    assert bool(head_calls) == (name == "lm_head")  # vocabulary logits only where the head is trained
     expected = torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
     seen = []
     handle = layer.register_forward_hook(lambda m, i, o: seen.append(i[0][0].double()))

@@ -337,7 +337,7 @@ def test_the_loops_last_probe_stands_for_after_only_when_it_ran_in_fp32(tiny_dir
 
     monkeypatch.setattr(pipeline, "probe_sets", recorded)
     config = TrainConfig(epochs=1, min_steps=1, num_batch=2, neighbours=0, early_stop=True, bf16=bf16)
-    run = pipeline.unlearn(inverted_facts, tmp_path / "run", model=tiny_dir, config=config,
+    run = pipeline.unlearn(inverted_facts, tmp_path / "run", model=tiny_dir, config=config, device="cpu",
                            invert_settings=InvertSettings(n=2))
     assert run["probes"][-1]["hit_rate"] is not None  # the loop probed the final model
     assert len(asked) == 2 and asked[0] is not None  # before; after

@@ -67,8 +67,7 @@ class MeowEdit(Method):
             projection = trainer.projection(model, preserved, result)
             bases = {int(re.search(r"layers\.(\d+)\.", name).group(1)): b for name, b in projection.bases.items()}
         questions, answers = [f.question for f in facts], [list(f.inverted[:cfg.edit_answers]) for f in facts]
-        extra = [(text, i) for i, f in enumerate(facts)
-                 for text in edit.key_contexts(subject_of(f.question), cfg.edit_contexts)]
+        extra = edit.key_contexts([subject_of(q) for q in questions], cfg.edit_contexts)
         rounds = []
         for epoch in range(1, cfg.epochs + 1):
             if trainer.should_stop():
