@@ -192,6 +192,23 @@ def test_shards_carry_the_whole_batchs_normalisers(tiny):
     assert total == pytest.approx(plain, rel=1e-5)
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_launched_process_leaves_with_its_exit_code_and_its_output_flushed(tmp_path, rank):
+    """Under a launcher each process leaves by os._exit (no interpreter shutdown for gloo's
+    threads to abort in): what it printed, its exit code and the main one's message survive."""
+    env = {**_env(), "WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank}
+    env.pop("PYTHONUNBUFFERED", None)  # buffered, as a launcher's pipes are: the flush is what is checked
+    missing = tmp_path / "missing.jsonl"
+    result = subprocess.run([sys.executable, "-m", "meow_app", "unlearn", "--forget", str(missing), "--out",
+                             str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    said = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert said == ([f"error: {missing}: no such file"] if rank == "0" else [])  # the main process says it
+    done = subprocess.run([sys.executable, "-m", "meow_app", "methods"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "meow" in done.stdout
+
+
 def test_close_takes_this_processs_part_of_the_group_down(tmp_path):
     """A gloo group left to the interpreter's shutdown can abort a process that is done while
     its peers still run (SIGABRT, "terminate called without an active exception"): each
