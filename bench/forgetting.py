@@ -437,6 +437,9 @@ def main() -> None:
         problems = check_sets()
         print("\n".join(problems) or "no overlaps: the held-out sets are disjoint from the pools and shipped sets")
         sys.exit(1 if problems else 0)
+    import torch
+
+    torch.set_num_threads(a.threads)  # (the runs are children with this many; the header says what they had)
     try:
         variants = [parse_variant(v) for v in (a.variant or ["meow"])]
     except Exception as e:  # noqa: BLE001 (a MeowError or a ValueError: one line)
