@@ -72,7 +72,7 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
     # The decoder alone where the output layer is not trained: no logits over the vocabulary
     # (a fifth of the pass's work on a small model) for inputs nobody reads.
     head = model.get_output_embeddings()
-    forward = model if any(m is head for m in layers.values()) else getattr(model, "model", model)
+    forward = model if any(m is head for m in layers.values()) else model.base_model
     was_training = model.training
     model.eval()
     try:
