@@ -31,7 +31,7 @@ from .answer_cache import AnswerCache
 from .errors import MeowError
 from .facts import Fact, write_jsonl
 from .progress import Stages
-from .train import TrainConfig, Trainer, check_null_space, check_precondition
+from .train import TrainConfig, Trainer, check_edit_first, check_null_space, check_precondition
 
 
 @dataclass
@@ -232,6 +232,7 @@ def _check_job(forget, method: str, retain, config, inv, sel):
     config.check()
     check_null_space(method_obj, config)
     check_precondition(method_obj, config)
+    check_edit_first(method_obj, config)
     method_obj.check(config)
     if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
         raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")

@@ -99,6 +99,10 @@ class TrainConfig:
                                      "too, so it is not tied to the question's wording (0 = the question alone)")
     edit_damping: float = _setting(0.01, "meow_edit: lambda of the least-squares write, relative to the keys' mean "
                                          "squared norm: larger = smaller weight changes, the targets met less")
+    edit_first: bool = _setting(False, "fine-tuning methods: before the first step, write the selected false answers "
+                                       "in closed form as meow_edit does (its edit_* settings, in the null space "
+                                       "null_space holds), so the fine-tuning starts from a model that already "
+                                       "gives them and needs fewer steps; a probe after the write can end the run")
     anchors: int = _setting(0, "general prompts (assets/anchor_prompts.txt) answered by the original model, trained on "
                                "beside the forget set so the rest of its behaviour stays put; no user data needed "
                                "(0 = off, the published MEOW recipe)")
@@ -281,6 +285,16 @@ def check_precondition(method, config: TrainConfig) -> None:
                         "--lora, --shard nor a one-shot method")
 
 
+def check_edit_first(method, config: TrainConfig) -> None:
+    """edit_first writes whole down-projections before the shared loop: refused where there is none."""
+    if not config.edit_first:
+        return
+    if method.custom_loop:
+        raise MeowError(f"edit_first applies to fine-tuning methods; '{method.name}' makes its own update")
+    if config.lora or config.shard:
+        raise MeowError("edit_first writes whole weights in closed form: --lora and --shard do not go with it")
+
+
 def check_subject_only(method, config: TrainConfig) -> None:
     """subject_only acts on the shared loop's forward passes: refused where it would do nothing
     or could not hold (a recomputed forward pass in the backward sees no scope)."""
@@ -365,6 +379,7 @@ class Trainer:
         method.check(config)
         check_precondition(method, config)
         check_subject_only(method, config)
+        check_edit_first(method, config)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -509,6 +524,9 @@ class Trainer:
         keys = self.subject_keys(model, forget_ex, asked, subjects, result) if cfg.subject_only else None
         scope = keys.forget_scope if keys else nullcontext
         step = 0
+        if cfg.edit_first and self.edit_first(model, projection, result) and cfg.early_stop:
+            epochs = 0  # the write alone left nothing to find: no step needed
+            result.stopped_early = True
         for epoch in range(1, epochs + 1):
             for batch in length_grouped(forget_ex, cfg.batch_size, rng):
                 if self.should_stop():
@@ -565,6 +583,20 @@ class Trainer:
             keys.remove()
         result.model = model
         return self.finish(result, start)
+
+    def edit_first(self, model, projection, result: TrainResult) -> bool:
+        """edit_first: meow_edit's closed-form write into `model` before the first step, in the
+        null space the loop's projection holds; then a probe. True when nothing leaks any more."""
+        from .methods.meow_edit import down_proj_bases, edit_band, write
+
+        layers = edit_band(model, self.config.edit_layers, "leave edit_first off")
+        facts = [f for f in self.forget if f.inverted]
+        bases = down_proj_bases(projection) if projection else None
+        start = time.perf_counter()
+        record = write(self, model, facts, layers, bases) if facts else None
+        result.info["edit_first"] = {"layers": layers, "round": record,
+                                     "seconds": round(time.perf_counter() - start, 1)}
+        return self.probe_and_check(model, 0, result, final=False)
 
     def subject_keys(self, model, forget_ex, questions, subjects, result: TrainResult):
         """subject_only's hooks (subject.SubjectKeys) on the trained copy; None, with a warning,

@@ -211,3 +211,46 @@ def test_edit_contexts_come_from_the_subject_and_are_counted(tiny):
         TrainConfig(edit_contexts=5).check()
     _, result = _edit(tiny, 0.99, edit_contexts=2)
     assert result.info["edit"]["key_contexts"] == 4  # "Hamlet" and "Peru", 2 messages each
+
+
+def _edit_first(tiny, **cfg):
+    config = TrainConfig(**{**methods.get("meow").defaults, "null_space": 1.0, "neighbours": 0, "min_steps": 0,
+                            "edit_first": True, "edit_steps": 30, "edit_lr": 0.5, "edit_clamp": 4.0, **cfg})
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
+    return trainer, trainer.train()
+
+
+def test_edit_first_writes_before_the_first_step_and_a_clean_probe_ends_the_run(tiny):
+    # The tiny model never says the facts: the probe after the write finds nothing, so no step runs.
+    trainer, result = _edit_first(tiny)
+    assert result.stopped_early and not result.steps and [p["epoch"] for p in result.probes] == [0]
+    info = result.info["edit_first"]
+    assert info["layers"] == [0] and info["round"]["target_nll"][-1] < info["round"]["target_nll"][0]
+    changed = {n for (n, a), b in zip(result.model.named_parameters(), tiny.model.parameters())
+               if not torch.equal(a, b)}
+    assert changed == {"model.layers.0.mlp.down_proj.weight"}
+    before, after = answer_logits(tiny.model, trainer, PRESERVED), answer_logits(result.model, trainer, PRESERVED)
+    assert (after - before).abs().max() < 1e-4 * before.abs().max()
+    assert _false_answer_nll(result.model, trainer) < _false_answer_nll(tiny.model, trainer) - 0.05
+
+
+def test_edit_first_then_fine_tuning_keeps_the_preserved_outputs(tiny):
+    # Without early stopping the loop runs after the write; the projection holds both.
+    trainer, result = _edit_first(tiny, early_stop=False, epochs=2)
+    assert len(result.steps) == 2 and result.info["edit_first"]["round"]
+    before, after = answer_logits(tiny.model, trainer, PRESERVED), answer_logits(result.model, trainer, PRESERVED)
+    assert (after - before).abs().max() < 1e-4 * before.abs().max()
+    _, edited = _edit_first(tiny)  # the write alone
+    assert _false_answer_nll(result.model, trainer) < _false_answer_nll(edited.model, trainer)
+
+
+def test_edit_first_is_refused_where_it_cannot_write(tiny):
+    from meow_app import pipeline
+
+    for method, cfg, message in (("meow_edit", {}, "applies to fine-tuning methods"),
+                                 ("meow", {"lora": True}, "--lora and --shard do not go with it")):
+        config = TrainConfig(**{**methods.get(method).defaults, "edit_first": True, **cfg})
+        with pytest.raises(MeowError, match=message):
+            Trainer(methods.get(method), tiny.model, tiny.tokenizer, config, FORGET)
+        with pytest.raises(MeowError, match=message):  # before any work
+            pipeline._check_job(FORGET, method, None, config, None, None)

@@ -39,14 +39,8 @@ class MeowEdit(Method):
             raise MeowError("meow_edit writes whole weights in closed form: --lora and --shard do not apply to it")
 
     def run(self, trainer, model) -> TrainResult:
-        cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
-        if edit.decoder_layers(model) is None:
-            raise MeowError("meow_edit writes into Llama-style MLP blocks (model.layers[i].mlp.down_proj) and this "
-                            "model has none: use --method meow")
-        try:
-            layers = edit.band(model, cfg.edit_layers)
-        except ValueError as e:
-            raise MeowError(str(e)) from None
+        cfg = trainer.config
+        layers = edit_band(model, cfg.edit_layers, "use --method meow")
         facts = [f for f in trainer.forget if f.inverted]
         if not facts:
             raise MeowError("meow_edit found nothing to write (no inverted facts?)")
@@ -64,22 +58,13 @@ class MeowEdit(Method):
         bases = None
         preserved = trainer.examples(trainer.anchors)
         if cfg.null_space > 0 and trainer.has_preserved(preserved):
-            projection = trainer.projection(model, preserved, result)
-            bases = {int(re.search(r"layers\.(\d+)\.", name).group(1)): b for name, b in projection.bases.items()}
-        questions, answers = [f.question for f in facts], [list(f.inverted[:cfg.edit_answers]) for f in facts]
-        extra = edit.key_contexts([subject_of(q) for q in questions], cfg.edit_contexts)
+            bases = down_proj_bases(trainer.projection(model, preserved, result))
         rounds = []
         for epoch in range(1, cfg.epochs + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
-            model.eval()  # (every round: the probes leave the model in training mode)
-            with trainer.autocast():
-                z, positions, losses = edit.targets(model, tok, questions, answers, layers[-1], cfg.edit_steps,
-                                                    cfg.edit_lr, cfg.edit_clamp, device)
-            with trainer.autocast():  # (the precision z was reached in)
-                written_layers = edit.spread(model, tok, questions, z, positions, layers, bases, cfg.edit_damping,
-                                             device, extra)
-            rounds.append({"target_nll": [round(x, 4) for x in losses], "layers": written_layers})
+            rounds.append(write(trainer, model, facts, layers, bases))
+            losses = rounds[-1]["target_nll"]
             event = {"type": "step", "step": epoch, "epoch": epoch, "total_steps": cfg.epochs, "loss": losses[-1],
                      "target_nll_start": losses[0], "seconds": round(time.perf_counter() - start, 3)}
             result.steps.append(event)
@@ -88,8 +73,43 @@ class MeowEdit(Method):
             if trainer.probe_and_check(model, epoch, result, final) and cfg.early_stop and not final:
                 result.stopped_early = True
                 break
-        result.info = {**result.info, "edit": {"layers": layers, "false_answers": sum(map(len, answers)),
+        result.info = {**result.info, "edit": {"layers": layers, "false_answers": rounds[0]["false_answers"],
                                             "facts_without_false_answers": len(skipped),
-                                            "key_contexts": len(extra),
+                                            "key_contexts": rounds[0]["key_contexts"],
                                             "rounds": rounds}}
         return result
+
+
+def edit_band(model, spec: str, otherwise: str) -> list[int]:
+    """The layers written (edit.band), or a MeowError that says what to do `otherwise`."""
+    if edit.decoder_layers(model) is None:
+        raise MeowError("the closed-form edit writes into Llama-style MLP blocks (model.layers[i].mlp.down_proj) "
+                        f"and this model has none: {otherwise}")
+    try:
+        return edit.band(model, spec)
+    except ValueError as e:
+        raise MeowError(str(e)) from None
+
+
+def down_proj_bases(projection) -> dict:
+    """A null_space.NullSpace's held directions by layer index, for the band's down-projections."""
+    return {int(re.search(r"layers\.(\d+)\.", name).group(1)): b for name, b in projection.bases.items()
+            if name.endswith("down_proj")}
+
+
+def write(trainer, model, facts, layers: list[int], bases: dict | None) -> dict:
+    """One round of the edit on `model`: each fact's target vector, then the band's least-squares
+    writes (in the null space of `bases`). Returns the round's record for run.json."""
+    cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
+    questions, answers = [f.question for f in facts], [list(f.inverted[:cfg.edit_answers]) for f in facts]
+    extra = edit.key_contexts([subject_of(q) for q in questions], cfg.edit_contexts)
+    training = model.training
+    model.eval()  # (the probes and the shared loop leave the model in training mode)
+    with trainer.autocast():
+        z, positions, losses = edit.targets(model, tok, questions, answers, layers[-1], cfg.edit_steps,
+                                            cfg.edit_lr, cfg.edit_clamp, device)
+    with trainer.autocast():  # (the precision z was reached in)
+        written = edit.spread(model, tok, questions, z, positions, layers, bases, cfg.edit_damping, device, extra)
+    model.train(training)
+    return {"target_nll": [round(x, 4) for x in losses], "layers": written,
+            "false_answers": sum(map(len, answers)), "key_contexts": len(extra)}
