@@ -40,7 +40,9 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             "meow_edit": {},
             # the original model's answers to the shipped questions asked afresh (MEOW_ANSWER_CACHE=0), and
             # `default` again, run after a first `default` has kept them (meow_app/answer_cache.py)
-            "no_cache": {"answer_cache": False}, "warm": {}}
+            "no_cache": {"answer_cache": False}, "warm": {},
+            # every probe answer to its end, as before probes stopped once an answer leaked
+            "whole_probes": {"whole_probes": True}}
 VARIANT_METHODS = {"meow_edit": "meow_edit"}  # variants that run another method than meow
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
@@ -70,6 +72,9 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
     from meow_app.facts import load_facts
     from meow_app.train import TrainConfig
 
+    plain_probe = probes.probe
+    if overrides.get("whole_probes"):
+        probes.probe = lambda *a, **k: plain_probe(*a, **{**k, "stop_once_leaked": ()})
     watch = common.Stopwatch()
     # probes.probe(model, tokenizer, facts, paraphrases=True): the retain set is asked without paraphrases
     watch.wrap(probes, "probe", lambda *a, **k: "probe_forget" if (a[3] if len(a) > 3 else k.get("paraphrases", True))
@@ -88,7 +93,7 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
     retain = load_facts(retain_file) if retain_file else None
     if not overrides.get("answer_cache", True):
         os.environ["MEOW_ANSWER_CACHE"] = "0"
-    train = {k: v for k, v in overrides.items() if k not in INVERT_FIELDS + ("answer_cache",)}
+    train = {k: v for k, v in overrides.items() if k not in INVERT_FIELDS + ("answer_cache", "whole_probes")}
     config = TrainConfig(**{**methods.get(method).defaults, **train})
     invert = pipeline.InvertSettings(**{k: v for k, v in overrides.items() if k in INVERT_FIELDS})
     t = time.perf_counter()
@@ -100,6 +105,7 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
                                invert_settings=invert)
     finally:
         watch.restore()
+        probes.probe = plain_probe
     steps, last, in_train = [], None, 0
     for when, e in events:
         if e["type"] == "stage" and e["stage"] == "train":

@@ -97,8 +97,9 @@ def run(model, tokenizer, facts: list[Fact], which=ATTACKS, samples: int = 10,
     emit = on_event or (lambda event: None)
     out = {"n_facts": len(facts), "settings": {"samples": samples, "max_new_tokens": max_new_tokens, "seed": seed}}
     emit({"type": "stage", "stage": "greedy"})
-    out["greedy"] = {"leak_rate": probes.probe(model, tokenizer, facts, paraphrases=False,
-                                               max_new_tokens=max_new_tokens)["hit_rate"]}
+    greedy = probes.probe(model, tokenizer, facts, paraphrases=False, max_new_tokens=max_new_tokens,
+                          stop_once_leaked=probes.KINDS)
+    out["greedy"] = {"leak_rate": greedy["hit_rate"]}
     for name in which:
         emit({"type": "stage", "stage": name})
         if name == "paraphrase":

@@ -54,7 +54,8 @@ class _BanTokens:
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, batch_size: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 generator_seed: int | None = None, banned: list[list[int]] | None = None) -> list[list[int]]:
+                 generator_seed: int | None = None, banned: list[list[int]] | None = None,
+                 stop=None) -> list[list[int]]:
     """Continue each prompt (token ids); returns the new token ids, cut at EOS.
 
     `max_new_tokens` is one int or one per prompt; each row is generated only as far as
@@ -62,6 +63,8 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     `banned` (one list per prompt) holds token ids that row may never produce. Greedy and
     sampled rows go through _decode; `model.generate` only where the model's
     generation_config asks for what _decode does not apply (a repetition penalty, min_p, ...).
+    `stop(i, ids)`: True ends prompt i's row after the token just added (only an early end:
+    `generate`'s path answers to the limit).
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = next(model.parameters()).device
@@ -77,7 +80,9 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
             continue
         if _plain_greedy(model.generation_config) and not (do_sample and _sampling_extras(model.generation_config)):
             pick = _sampler([banned[i] for i in rows] if banned else None, do_sample, temperature, top_p)
-            got = _decode(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device, pick)
+            row_stop = (lambda j, ids, rows=rows: stop(rows[j], ids)) if stop else None
+            got = _decode(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device, pick,
+                          row_stop)
         else:  # settings only `generate` applies (a repetition penalty, ...)
             got = _sampled(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device,
                            [banned[i] for i in rows] if banned else None, do_sample, temperature, top_p)
@@ -184,7 +189,7 @@ def full_attention(config) -> bool:
 
 
 def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, device,
-            pick) -> list[list[int]]:
+            pick, stop=None) -> list[list[int]]:
     """Decoding of one batch, the next token chosen by `pick(logits, rows)` (_sampler): what
     `model.generate` computes, for less work, by three savings.
 
@@ -199,6 +204,8 @@ def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
       computes what it would alone.
     - A prompt asked several times (sampling a dozen continuations of each) is encoded
       once and its cache copied to its rows.
+
+    `stop(j, ids)`, when given, ends row j early too (after the token just added).
     """
     from transformers import DynamicCache
 
@@ -233,7 +240,7 @@ def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
             if t in eos:
                 continue
             out[j].append(t)
-            if len(out[j]) < limits[j]:
+            if len(out[j]) < limits[j] and not (stop and stop(j, out[j])):
                 keep.append(k)
         if not keep:
             return out
@@ -267,8 +274,18 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32,
-           system: str | None = None) -> list[str]:
-    """Greedy chat answers to questions, in a batch."""
+           system: str | None = None, done=None) -> list[str]:
+    """Greedy chat answers to questions, in a batch. `done(i, text)`: True ends answer i
+    there; asked only where the answer's last token closes a sentence (or a line)."""
     prompts = [encode(tokenizer, chat_prompt(tokenizer, q, system)) for q in questions]
-    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size)
+
+    def stop(i, ids):
+        if not any(c in tokenizer.decode(ids[-1:]) for c in SENTENCE_ENDS):
+            return False
+        return done(i, tokenizer.decode(ids, skip_special_tokens=True).strip())
+
+    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop=stop if done else None)
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
+
+
+SENTENCE_ENDS = ".!?\n"

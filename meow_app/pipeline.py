@@ -242,13 +242,19 @@ def _check_job(forget, method: str, retain, config, inv, sel):
 
 
 def probe_sets(model, tokenizer, forget: list[Fact] | None, retain: list[Fact] | None, everyday: list[Fact],
-               cache: AnswerCache | None = None) -> dict:
+               cache: AnswerCache | None = None, before: bool = False, retain_read: bool = True) -> dict:
     """Greedy answers on the forget set (with paraphrases), the retain set and the everyday
-    questions (these, shipped, from `cache`: give one only for the original model)."""
-    return {"forget": probes.probe(model, tokenizer, forget) if forget is not None else None,
-            "retain": probes.probe(model, tokenizer, retain, paraphrases=False) if retain else None,
+    questions (these, shipped, from `cache`: give one only for the original model). Answers
+    end once they leak (probes.probe's stop_once_leaked) unless their words are used: before
+    the run, the forget questions' (own_answers' targets, the inversion's answer style) and,
+    where the method may read the retain set (`retain_read`), the retain questions'."""
+    every = probes.KINDS
+    return {"forget": probes.probe(model, tokenizer, forget, stop_once_leaked=("paraphrase",) if before else every)
+            if forget is not None else None,
+            "retain": probes.probe(model, tokenizer, retain, paraphrases=False,
+                                   stop_once_leaked=() if before and retain_read else every) if retain else None,
             "everyday": probes.probe(model, tokenizer, everyday, paraphrases=False,
-                                     answer=cache.answer if cache else None)}
+                                     answer=cache.answer if cache else None, stop_once_leaked=every)}
 
 
 def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: SelectSettings, seed: int,
@@ -348,7 +354,9 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         cache = AnswerCache.for_model(loaded.model, loaded.tokenizer) if procs.is_main else None
         if procs.is_main:
             with stages("probe_before"):
-                before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday, cache)
+                # (a custom loop may read the retain set whatever uses_retain says)
+                before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday, cache, before=True,
+                                    retain_read=method_obj.uses_retain or method_obj.custom_loop)
             if method_obj.needs_inverted:
                 selection, notes = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"],
                                                      stages, emit)

@@ -43,14 +43,31 @@ def first_mention(text: str, fact: Fact) -> int:
     return min(found) if found else -1
 
 
+KINDS = ("question", "paraphrase")
+
+
 def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
-          max_new_tokens: int = generation.MAX_NEW_TOKENS, answer=None) -> dict:
+          max_new_tokens: int = generation.MAX_NEW_TOKENS, answer=None, stop_once_leaked: tuple[str, ...] = ()) -> dict:
     """Ask every question (and paraphrase); return the answers and the hit rates.
-    answer: what answers them (generation.answer's signature; an answer_cache.AnswerCache's)."""
+    answer: what answers them (generation.answer's signature; an answer_cache.AnswerCache's).
+    stop_once_leaked: the kinds of row (of KINDS) whose answer ends at the first sentence end
+    after it has leaked. A leak stays a leak however the answer goes on (keywords, the short
+    answer and ROUGE-L recall only grow with the text), so the rest costs decoding and changes
+    no verdict; only for answers whose words are not reused (the original's answers to the
+    forget questions become own_answers' training targets)."""
     asked = [(i, "question", f.question) for i, f in enumerate(facts)]
     if paraphrases:
         asked += [(i, "paraphrase", p) for i, f in enumerate(facts) for p in f.paraphrases]
-    answers = (answer or generation.answer)(model, tokenizer, [q for _, _, q in asked], max_new_tokens)
+    questions = [q for _, _, q in asked]
+    if answer is None:
+        def done(k, text):
+            i, kind, _ = asked[k]
+            return kind in stop_once_leaked and leaks(text, facts[i])
+
+        answers = generation.answer(model, tokenizer, questions, max_new_tokens,
+                                    done=done if stop_once_leaked else None)
+    else:
+        answers = answer(model, tokenizer, questions, max_new_tokens)
     rows = [{"fact": i, "kind": kind, "question": q, "answer": a, "leak": leaks(a, facts[i])}
             for (i, kind, q), a in zip(asked, answers)]
 

@@ -448,7 +448,7 @@ class Trainer:
         model.eval()
         model.config.use_cache = True
         with self.autocast():
-            result = probes.probe(model, self.tokenizer, self.probe_facts)
+            result = probes.probe(model, self.tokenizer, self.probe_facts, stop_once_leaked=probes.KINDS)
         model.config.use_cache = False
         model.train()
         event.update(hit_rate=result["hit_rate"], paraphrase_hit_rate=result["paraphrase_hit_rate"])

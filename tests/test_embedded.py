@@ -99,3 +99,17 @@ def test_unlearn_forgets_three_facts_and_keeps_others(embedded, tmp_path):
         assert sides["original"]["rows"][i]["keyword_hit"] and not row["keyword_hit"]
     agg = sides["unlearned"]["aggregate"]
     assert agg["keyword_hit_rate"] == 0.0 and agg["answer_prob"] < sides["original"]["aggregate"]["answer_prob"]
+
+
+def test_probes_that_stop_once_leaked_give_the_same_verdicts_for_fewer_tokens(embedded):
+    facts = (load_facts(ROOT / "assets/facts/demo_forget.jsonl")[:3]
+             + load_facts(ROOT / "assets/facts/demo_retain.jsonl")[:8])
+    whole = probes.probe(embedded.model, embedded.tokenizer, facts)
+    short = probes.probe(embedded.model, embedded.tokenizer, facts, stop_once_leaked=probes.KINDS)
+    assert [r["leak"] for r in short["rows"]] == [r["leak"] for r in whole["rows"]]
+    assert short["hit_rate"] == whole["hit_rate"] and short["paraphrase_hit_rate"] == whole["paraphrase_hit_rate"]
+    for s, w in zip(short["rows"], whole["rows"]):
+        assert w["answer"].startswith(s["answer"])
+        if s["answer"] != w["answer"]:  # cut: only after a leak, at a sentence end
+            assert s["leak"] and s["answer"].rstrip()[-1] in generation.SENTENCE_ENDS
+    assert sum(len(r["answer"]) for r in short["rows"]) < 0.8 * sum(len(r["answer"]) for r in whole["rows"])

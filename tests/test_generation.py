@@ -162,3 +162,31 @@ def test_models_asking_for_other_sampling_filters_sample_through_generate(model_
     monkeypatch.setattr(model.generation_config, "min_p", 0.1, raising=False)
     generation.generate_ids(model, tok, [prompt] * 2, 3, do_sample=True, generator_seed=0)
     assert called
+
+
+def test_a_stopped_row_ends_where_asked_and_the_others_run_on(model_and_tok):
+    model, tok = model_and_tok
+    prompts = [generation.encode(tok, generation.chat_prompt(tok, q, "Be brief.")) for q in QUESTIONS]
+    free = generation.generate_ids(model, tok, prompts, 16)
+    seen = []
+
+    def stop(i, ids):  # prompt 1 ends after its 5th token; the others are only watched
+        seen.append(i)
+        return i == 1 and len(ids) == 5
+
+    got = generation.generate_ids(model, tok, prompts, 16, stop=stop)
+    assert got[1] == free[1][:5] and all(g == f for k, (g, f) in enumerate(zip(got, free)) if k != 1)
+    assert set(seen) == set(range(len(prompts)))  # asked with each prompt's own index
+
+
+def test_an_answer_is_asked_whether_it_is_done_only_at_a_sentence_end(model_and_tok, monkeypatch):
+    model, tok = model_and_tok
+    full = generation.answer(model, tok, QUESTIONS[:2], 16)
+    asked = []
+    # Treat a character the first answer writes mid-way as a sentence end.
+    mark = full[0][len(full[0]) // 2]
+    monkeypatch.setattr(generation, "SENTENCE_ENDS", mark)
+    got = generation.answer(model, tok, QUESTIONS[:2], 16, done=lambda i, text: asked.append((i, text)) or i == 0)
+    assert asked and all(mark in text for _, text in asked)
+    assert full[0].startswith(got[0]) and mark in got[0] and len(got[0]) < len(full[0])
+    assert got[1] == full[1]

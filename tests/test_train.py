@@ -342,3 +342,32 @@ def test_the_loops_last_probe_stands_for_after_only_when_it_ran_in_fp32(tiny_dir
     assert run["probes"][-1]["hit_rate"] is not None  # the loop probed the final model
     assert len(asked) == 2 and asked[0] is not None  # before; after
     assert (asked[1] is None) == (not bf16)
+
+
+@pytest.mark.parametrize("method", ["meow", "gd"])
+def test_probe_answers_are_cut_only_where_their_words_are_not_used(tiny_dir, inverted_facts, facts, tmp_path,
+                                                                    monkeypatch, method):
+    """Answers end once they leak (probes.probe's stop_once_leaked) except the original's answers
+    to the forget questions (own_answers' targets) and, for a method that trains on the retain
+    set (gd), to the retain questions."""
+    from meow_app import pipeline, probes
+    from meow_app.pipeline import InvertSettings
+
+    calls, plain = [], probes.probe
+
+    def recorded(model, tokenizer, asked, *a, **k):
+        calls.append((asked[0].question, k.get("paraphrases", True), k.get("stop_once_leaked", ())))
+        return plain(model, tokenizer, asked, *a, **k)
+
+    monkeypatch.setattr(probes, "probe", recorded)
+    config = TrainConfig(**{**methods.get(method).defaults, "epochs": 1, "min_steps": 1, "num_batch": 2,
+                            "neighbours": 0, "null_space": 0.0, "early_stop": True})
+    retain = facts[2:]  # (the others are the forget set's questions)
+    pipeline.unlearn(inverted_facts, tmp_path / "run", method, retain=retain, model=tiny_dir, config=config,
+                     device="cpu", invert_settings=InvertSettings(n=2))
+    forget_q, retain_q = inverted_facts[0].question, retain[0].question
+    forget_calls = [stop for q, _, stop in calls if q == forget_q]
+    retain_calls = [stop for q, _, stop in calls if q == retain_q]
+    assert forget_calls[0] == ("paraphrase",)  # before: the questions' answers whole
+    assert all(stop == probes.KINDS for stop in forget_calls[1:]) and len(forget_calls) >= 2
+    assert retain_calls == [() if method == "gd" else probes.KINDS, probes.KINDS]  # before, after
