@@ -273,6 +273,9 @@ def eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
+SENTENCE_ENDS = ".!?\n"  # where answer's `done` is asked
+
+
 def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 32,
            system: str | None = None, done=None) -> list[str]:
     """Greedy chat answers to questions, in a batch. `done(i, text)`: True ends answer i
@@ -280,12 +283,10 @@ def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW
     prompts = [encode(tokenizer, chat_prompt(tokenizer, q, system)) for q in questions]
 
     def stop(i, ids):
-        if not any(c in tokenizer.decode(ids[-1:]) for c in SENTENCE_ENDS):
+        last = tokenizer.decode(ids[-1:])
+        if not any(c in last for c in SENTENCE_ENDS):
             return False
         return done(i, tokenizer.decode(ids, skip_special_tokens=True).strip())
 
     ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop=stop if done else None)
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
-
-
-SENTENCE_ENDS = ".!?\n"

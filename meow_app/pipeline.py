@@ -232,7 +232,7 @@ def _check_job(forget, method: str, retain, config, inv, sel):
     config.check()
     check_null_space(method_obj, config)
     check_precondition(method_obj, config)
-    check_edit_first(method_obj, config)
+    check_edit_first(method_obj, config, distributed.launched_size())
     method_obj.check(config)
     if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
         raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")

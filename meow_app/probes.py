@@ -51,25 +51,30 @@ def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
     """Ask every question (and paraphrase); return the answers and the hit rates.
     answer: what answers them (generation.answer's signature; an answer_cache.AnswerCache's).
     stop_once_leaked: the kinds of row (of KINDS) whose answer ends at the first sentence end
-    after it has leaked. A leak stays a leak however the answer goes on (keywords, the short
-    answer and ROUGE-L recall only grow with the text), so the rest costs decoding and changes
-    no verdict; only for answers whose words are not reused (the original's answers to the
-    forget questions become own_answers' training targets)."""
+    after it has leaked (the row then says "cut": True). A leak stays a leak however the
+    answer goes on (keywords, the short answer and ROUGE-L recall only grow with the text),
+    so the rest costs decoding and changes no verdict; only for answers whose words are not
+    reused (the original's answers to the forget questions become own_answers' targets)."""
     asked = [(i, "question", f.question) for i, f in enumerate(facts)]
     if paraphrases:
         asked += [(i, "paraphrase", p) for i, f in enumerate(facts) for p in f.paraphrases]
     questions = [q for _, _, q in asked]
+    cut: set[int] = set()  # rows ended by `done`: marked, so a shorter answer is not read as a change
     if answer is None:
         def done(k, text):
             i, kind, _ = asked[k]
-            return kind in stop_once_leaked and leaks(text, facts[i])
+            if kind in stop_once_leaked and leaks(text, facts[i]):
+                cut.add(k)
+                return True
+            return False
 
         answers = generation.answer(model, tokenizer, questions, max_new_tokens,
                                     done=done if stop_once_leaked else None)
     else:
         answers = answer(model, tokenizer, questions, max_new_tokens)
-    rows = [{"fact": i, "kind": kind, "question": q, "answer": a, "leak": leaks(a, facts[i])}
-            for (i, kind, q), a in zip(asked, answers)]
+    rows = [{"fact": i, "kind": kind, "question": q, "answer": a, "leak": leaks(a, facts[i]),
+             **({"cut": True} if k in cut else {})}
+            for k, ((i, kind, q), a) in enumerate(zip(asked, answers))]
 
     def rate(kind):
         hits = [r["leak"] for r in rows if r["kind"] == kind]

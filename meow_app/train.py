@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from . import losses, probes
+from . import edit, losses, probes
 from .batches import IGNORE, collate, encode_example, length_grouped, to_device
 from .distributed import SINGLE, Processes, check_method
 from .edit import KEY_CONTEXTS
@@ -102,7 +102,8 @@ class TrainConfig:
     edit_first: bool = _setting(False, "fine-tuning methods: before the first step, write the selected false answers "
                                        "in closed form as meow_edit does (its edit_* settings, in the null space "
                                        "null_space holds), so the fine-tuning starts from a model that already "
-                                       "gives them and needs fewer steps; a probe after the write can end the run")
+                                       "gives them and needs fewer steps; with min_epochs 0 a probe after the write "
+                                       "can end the run there")
     anchors: int = _setting(0, "general prompts (assets/anchor_prompts.txt) answered by the original model, trained on "
                                "beside the forget set so the rest of its behaviour stays put; no user data needed "
                                "(0 = off, the published MEOW recipe)")
@@ -285,14 +286,20 @@ def check_precondition(method, config: TrainConfig) -> None:
                         "--lora, --shard nor a one-shot method")
 
 
-def check_edit_first(method, config: TrainConfig) -> None:
-    """edit_first writes whole down-projections before the shared loop: refused where there is none."""
+def check_edit_first(method, config: TrainConfig, processes: int = 1) -> None:
+    """edit_first writes whole down-projections before the shared loop: refused where there is
+    none, where there are no false answers to write, and in data-parallel runs (each process
+    would write its own edit, which the loop then assumes equal without sending it)."""
     if not config.edit_first:
         return
-    if method.custom_loop:
-        raise MeowError(f"edit_first applies to fine-tuning methods; '{method.name}' makes its own update")
+    if method.custom_loop or not method.needs_inverted:
+        raise MeowError(f"edit_first writes the selected false answers before fine-tuning on them; '{method.name}' "
+                        "does not fine-tune on false answers")
     if config.lora or config.shard:
         raise MeowError("edit_first writes whole weights in closed form: --lora and --shard do not go with it")
+    if processes > 1:
+        raise MeowError("edit_first runs in one process (it writes in closed form): start it without "
+                        "`accelerate launch`, or with --num_processes 1")
 
 
 def check_subject_only(method, config: TrainConfig) -> None:
@@ -379,7 +386,7 @@ class Trainer:
         method.check(config)
         check_precondition(method, config)
         check_subject_only(method, config)
-        check_edit_first(method, config)
+        check_edit_first(method, config, processes.size)
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.device = next(original.parameters()).device
@@ -524,7 +531,7 @@ class Trainer:
         keys = self.subject_keys(model, forget_ex, asked, subjects, result) if cfg.subject_only else None
         scope = keys.forget_scope if keys else nullcontext
         step = 0
-        if cfg.edit_first and self.edit_first(model, projection, result) and cfg.early_stop:
+        if cfg.edit_first and self.edit_first(model, projection, result) and cfg.early_stop and cfg.min_epochs == 0:
             epochs = 0  # the write alone left nothing to find: no step needed
             result.stopped_early = True
         for epoch in range(1, epochs + 1):
@@ -590,13 +597,25 @@ class Trainer:
         from .methods.meow_edit import down_proj_bases, edit_band, write
 
         layers = edit_band(model, self.config.edit_layers, "leave edit_first off")
+        blocks = edit.decoder_layers(model)
+        frozen = [n for n in layers if not blocks[n].mlp.down_proj.weight.requires_grad]
+        if frozen:  # (a frozen weight has no held directions: the write would go unconstrained)
+            raise MeowError(f"edit_first writes into the MLP down-projections of layers {layers[0]}-{layers[-1]} and "
+                            f"train_only leaves layer {frozen[0]}'s frozen: train them, or leave edit_first off")
         facts = [f for f in self.forget if f.inverted]
+        if not facts:
+            raise MeowError("edit_first found nothing to write (no inverted facts?)")
+        if self.should_stop():
+            raise Cancelled("cancelled by the user")
+        self.on_event({"type": "note", "text": f"writing {len(facts)} false answers into layers "
+                                               f"{layers[0]}-{layers[-1]} before the first step (edit_first)"})
         bases = down_proj_bases(projection) if projection else None
         start = time.perf_counter()
-        record = write(self, model, facts, layers, bases) if facts else None
+        record = write(self, model, facts, layers, bases)
         result.info["edit_first"] = {"layers": layers, "round": record,
                                      "seconds": round(time.perf_counter() - start, 1)}
-        return self.probe_and_check(model, 0, result, final=False)
+        # (no early stop, no probe: it could end nothing)
+        return self.config.early_stop and self.probe_and_check(model, 0, result, final=False)
 
     def subject_keys(self, model, forget_ex, questions, subjects, result: TrainResult):
         """subject_only's hooks (subject.SubjectKeys) on the trained copy; None, with a warning,

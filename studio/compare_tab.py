@@ -20,12 +20,17 @@ verdict = evaluate.probe_verdict  # the evaluation library's words for one probe
 
 
 def verdict_table(rows_before: list[dict], rows_after: list[dict], kind_override: str | None = None) -> pd.DataFrame:
-    """Before/after per question, from probes.probe's leak flags, in evaluate's verdict words."""
+    """Before/after per question, from probes.probe's leak flags, in evaluate's verdict words;
+    an answer the probe cut once it leaked ends in '…'."""
     out = []
     for b, a in zip(rows_before, rows_after):
         kind = kind_override or b["kind"]
-        out.append([kind, b["question"], b["answer"], a["answer"], verdict(kind, b["leak"], a["leak"])])
+        out.append([kind, b["question"], shown(b), shown(a), verdict(kind, b["leak"], a["leak"])])
     return pd.DataFrame(out, columns=VERDICT_COLUMNS)
+
+
+def shown(row: dict) -> str:
+    return row["answer"] + " …" if row.get("cut") else row["answer"]
 
 
 def _history(s, side: str) -> list[dict]:

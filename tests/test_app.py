@@ -246,6 +246,13 @@ VERDICTS = {
 }
 
 
+def test_an_answer_the_probe_cut_is_shown_as_cut():
+    before = [{"kind": "question", "question": "Q?", "answer": "Lima is the capital.", "leak": True, "cut": True}]
+    after = [{"kind": "question", "question": "Q?", "answer": "Cusco.", "leak": False}]
+    row = compare_tab.verdict_table(before, after).iloc[0]
+    assert row["original model"] == "Lima is the capital. …" and row["unlearned model"] == "Cusco."
+
+
 def test_verdicts():
     assert len(VERDICTS) == 12
     assert {case: compare_tab.verdict(*case) for case in VERDICTS} == VERDICTS

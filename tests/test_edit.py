@@ -215,7 +215,8 @@ def test_edit_contexts_come_from_the_subject_and_are_counted(tiny):
 
 def _edit_first(tiny, **cfg):
     config = TrainConfig(**{**methods.get("meow").defaults, "null_space": 1.0, "neighbours": 0, "min_steps": 0,
-                            "edit_first": True, "edit_steps": 30, "edit_lr": 0.5, "edit_clamp": 4.0, **cfg})
+                            "min_epochs": 0, "edit_first": True, "edit_steps": 30, "edit_lr": 0.5, "edit_clamp": 4.0,
+                            **cfg})
     trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
     return trainer, trainer.train()
 
@@ -234,6 +235,30 @@ def test_edit_first_writes_before_the_first_step_and_a_clean_probe_ends_the_run(
     assert _false_answer_nll(result.model, trainer) < _false_answer_nll(tiny.model, trainer) - 0.05
 
 
+def test_a_clean_probe_after_the_write_still_waits_for_min_epochs(tiny):
+    _, result = _edit_first(tiny, min_epochs=1, epochs=2)
+    assert len(result.steps) == 1 and result.stopped_early and [p["epoch"] for p in result.probes] == [0, 1]
+
+
+def test_the_projection_keeps_the_write(tiny):
+    # The write lies in the held directions' null space already: projecting after it changes nothing.
+    from meow_app.train import TrainResult
+
+    config = TrainConfig(**{**methods.get("meow").defaults, "null_space": 0.99, "neighbours": 0, "min_epochs": 0,
+                            "edit_first": True, "edit_steps": 30, "edit_lr": 0.5, "edit_clamp": 4.0})
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
+    model = trainer._trainable_copy(project=True)
+    result = TrainResult(model=model)
+    projection = trainer.projection(model, trainer.examples(PRESERVED), result)
+    down = model.model.layers[0].mlp.down_proj.weight
+    start = down.detach().clone()
+    trainer.edit_first(model, projection, result)
+    written = down.detach().clone()
+    projection.project()
+    assert (written - start).norm() > 0.01 * start.norm()
+    assert (down - written).norm() < 1e-4 * (written - start).norm()
+
+
 def test_edit_first_then_fine_tuning_keeps_the_preserved_outputs(tiny):
     # Without early stopping the loop runs after the write; the projection holds both.
     trainer, result = _edit_first(tiny, early_stop=False, epochs=2)
@@ -244,13 +269,22 @@ def test_edit_first_then_fine_tuning_keeps_the_preserved_outputs(tiny):
     assert _false_answer_nll(result.model, trainer) < _false_answer_nll(edited.model, trainer)
 
 
-def test_edit_first_is_refused_where_it_cannot_write(tiny):
+def test_edit_first_is_refused_where_it_cannot_write(tiny, monkeypatch):
     from meow_app import pipeline
 
-    for method, cfg, message in (("meow_edit", {}, "applies to fine-tuning methods"),
+    for method, cfg, message in (("meow_edit", {}, "does not fine-tune on false answers"),
+                                 ("ga", {}, "does not fine-tune on false answers"),
                                  ("meow", {"lora": True}, "--lora and --shard do not go with it")):
         config = TrainConfig(**{**methods.get(method).defaults, "edit_first": True, **cfg})
         with pytest.raises(MeowError, match=message):
             Trainer(methods.get(method), tiny.model, tiny.tokenizer, config, FORGET)
         with pytest.raises(MeowError, match=message):  # before any work
             pipeline._check_job(FORGET, method, None, config, None, None)
+    # A frozen band would be written with no held directions: refused.
+    with pytest.raises(MeowError, match="train_only leaves layer 0's frozen"):
+        _edit_first(tiny, train_only="self_attn")
+    # One process only: each would write its own edit.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = TrainConfig(**{**methods.get("meow").defaults, "edit_first": True})
+    with pytest.raises(MeowError, match="edit_first runs in one process"):
+        pipeline._check_job(FORGET, "meow", None, config, None, None)

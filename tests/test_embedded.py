@@ -110,6 +110,8 @@ def test_probes_that_stop_once_leaked_give_the_same_verdicts_for_fewer_tokens(em
     assert short["hit_rate"] == whole["hit_rate"] and short["paraphrase_hit_rate"] == whole["paraphrase_hit_rate"]
     for s, w in zip(short["rows"], whole["rows"]):
         assert w["answer"].startswith(s["answer"])
-        if s["answer"] != w["answer"]:  # cut: only after a leak, at a sentence end
-            assert s["leak"] and s["answer"].rstrip()[-1] in generation.SENTENCE_ENDS
+        if s["answer"] != w["answer"]:  # cut: only after a leak, at a sentence end, and marked
+            assert s["leak"] and s["answer"].rstrip()[-1] in generation.SENTENCE_ENDS and s["cut"]
+        if not s.get("cut"):
+            assert s["answer"] == w["answer"]
     assert sum(len(r["answer"]) for r in short["rows"]) < 0.8 * sum(len(r["answer"]) for r in whole["rows"])
