@@ -652,9 +652,9 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
         return 1
     except MeowError as e:
-        # A user's mistake is the same on every process of a data-parallel run: the main one says it.
-        if not _process_prefix():
-            print(f"error: {e}", file=sys.stderr)
+        # Every process of a data-parallel run says it (named when not the main one): the first to
+        # fail ends the run, and the launcher may stop the main one before it has said anything.
+        print(f"error: {_process_prefix()}{e}", file=sys.stderr)
         return 2
     except Exception as e:  # a bug: say so in one line; MEOW_DEBUG=1 shows the traceback
         if os.environ.get("MEOW_DEBUG"):
