@@ -25,11 +25,11 @@ def verdict_table(rows_before: list[dict], rows_after: list[dict], kind_override
     out = []
     for b, a in zip(rows_before, rows_after):
         kind = kind_override or b["kind"]
-        out.append([kind, b["question"], shown(b), shown(a), verdict(kind, b["leak"], a["leak"])])
+        out.append([kind, b["question"], _shown(b), _shown(a), verdict(kind, b["leak"], a["leak"])])
     return pd.DataFrame(out, columns=VERDICT_COLUMNS)
 
 
-def shown(row: dict) -> str:
+def _shown(row: dict) -> str:
     return row["answer"] + " …" if row.get("cut") else row["answer"]
 
 
