@@ -72,13 +72,15 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
     from meow_app.facts import load_facts
     from meow_app.train import TrainConfig
 
-    plain_probe = probes.probe
+    plain_probe = probes.probe_many
     if overrides.get("whole_probes"):
-        probes.probe = lambda *a, **k: plain_probe(*a, **{**k, "stop_once_leaked": ()})
+        probes.probe_many = lambda model, tok, sets, *a, **k: plain_probe(
+            model, tok, [ps._replace(stop_once_leaked=()) for ps in sets], *a, **k)
     watch = common.Stopwatch()
-    # probes.probe(model, tokenizer, facts, paraphrases=True): the retain set is asked without paraphrases
-    watch.wrap(probes, "probe", lambda *a, **k: "probe_forget" if (a[3] if len(a) > 3 else k.get("paraphrases", True))
-               else "probe_retain")
+    # The early-stopping probes ask the forget set alone; before and after, the forget, retain
+    # and everyday sets go in one pass (probes.probe_many).
+    watch.wrap(probes, "probe_many", lambda model, tok, sets, *a, **k: "probe_training" if len(sets) == 1
+               else "probe_sets")
     watch.wrap(pipeline, "anchor_facts")          # inside the train stage (methods with anchors)
     # The Fisher's curvature data (Fisher methods): per_example_grads is a generator, so
     # its time is spent where the curvature consumes it.
@@ -105,7 +107,7 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
                                invert_settings=invert)
     finally:
         watch.restore()
-        probes.probe = plain_probe
+        probes.probe_many = plain_probe
     steps, last, in_train = [], None, 0
     for when, e in events:
         if e["type"] == "stage" and e["stage"] == "train":
@@ -125,8 +127,8 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
         "steps": len(run["steps"]), "step_seconds": round(sum(steps), 1),
         "mean_step": round(sum(steps) / max(len(steps), 1), 2),
         "train_probes": in_train, "spent": {k: round(v, 1) for k, v in watch.seconds.items()},
-        "probe_forget_seconds": round(watch.seconds.get("probe_forget", 0), 1),
-        "probe_retain_seconds": round(watch.seconds.get("probe_retain", 0), 1),
+        "probe_training_seconds": round(watch.seconds.get("probe_training", 0), 1),
+        "probe_sets_seconds": round(watch.seconds.get("probe_sets", 0), 1),
         "summary": run["summary"], "stopped_early": run["stopped_early"], "answer_cache": run.get("answer_cache"),
         "method_info": {k: v for k, v in run.get("method_info", {}).items() if k != "steps"},
         "params": sum(p.numel() for p in loaded.model.parameters()),
@@ -213,8 +215,9 @@ def main() -> None:
             "Probe times include the 48 retain questions (before and after), asked only to measure.\n")
     for name, r in raw.items():
         if "error" not in r:
-            body += (f"\n- `{name}`: forget-set probes {r['probe_forget_seconds']:.0f} s in all "
-                     f"(before, {r['train_probes']} in training), retain probes {r['probe_retain_seconds']:.0f} s, "
+            body += (f"\n- `{name}`: early-stopping probes {r['probe_training_seconds']:.0f} s "
+                     f"({r['train_probes']} in training), probes before and after (forget, retain and everyday "
+                     f"sets, one pass each) {r['probe_sets_seconds']:.0f} s, "
                      f"optimiser steps {r['step_seconds']:.0f} s, neighbour answers "
                      f"{r['spent'].get('anchor_facts', 0):.0f} s.")
             if r.get("answer_cache"):

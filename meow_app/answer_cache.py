@@ -97,7 +97,7 @@ class AnswerCache:
             Path(tmp).unlink(missing_ok=True)
 
     def answer(self, model, tokenizer, questions: list[str], max_new_tokens: int = generation.MAX_NEW_TOKENS,
-               batch_size: int = 32, system: str | None = None) -> list[str]:
+               batch_size: int = generation.ANSWER_BATCH, system: str | None = None) -> list[str]:
         if self.model is not None and model is not self.model:  # (an unlearned copy, say): asked, not kept
             return generation.answer(model, tokenizer, questions, max_new_tokens, batch_size, system)
         keys = [json.dumps([max_new_tokens, system, q]) for q in questions]

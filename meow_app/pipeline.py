@@ -248,13 +248,16 @@ def probe_sets(model, tokenizer, forget: list[Fact] | None, retain: list[Fact] |
     end once they leak (probes.probe's stop_once_leaked) unless their words are used: before
     the run, the forget questions' (own_answers' targets, the inversion's answer style) and,
     where the method may read the retain set (`retain_read`), the retain questions'."""
-    every = probes.KINDS
-    return {"forget": probes.probe(model, tokenizer, forget, stop_once_leaked=("paraphrase",) if before else every)
-            if forget is not None else None,
-            "retain": probes.probe(model, tokenizer, retain, paraphrases=False,
-                                   stop_once_leaked=() if before and retain_read else every) if retain else None,
-            "everyday": probes.probe(model, tokenizer, everyday, paraphrases=False,
-                                     answer=cache.answer if cache else None, stop_once_leaked=every)}
+    every, ProbeSet = probes.KINDS, probes.ProbeSet
+    sets = {"forget": ProbeSet(forget, True, ("paraphrase",) if before else every) if forget is not None else None,
+            "retain": ProbeSet(retain, False, () if before and retain_read else every) if retain else None,
+            "everyday": None if cache else ProbeSet(everyday, False, every)}
+    asked = {k: ps for k, ps in sets.items() if ps is not None}
+    # One generation pass for all of them (probes.probe_many); the cached answers apart.
+    out = dict(zip(asked, probes.probe_many(model, tokenizer, list(asked.values())))) if asked else {}
+    if cache:
+        out["everyday"] = probes.probe(model, tokenizer, everyday, paraphrases=False, answer=cache.answer)
+    return {k: out.get(k) for k in ("forget", "retain", "everyday")}
 
 
 def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: SelectSettings, seed: int,

@@ -9,6 +9,7 @@ These probes drive early stopping and the before/after summary of every run.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from rouge_score import rouge_scorer
 
@@ -46,6 +47,14 @@ def first_mention(text: str, fact: Fact) -> int:
 KINDS = ("question", "paraphrase")
 
 
+class ProbeSet(NamedTuple):
+    """One set of facts to probe (probe's arguments): with its paraphrases or not, and the
+    kinds of row (of KINDS) whose answer ends once it has leaked."""
+    facts: list[Fact]
+    paraphrases: bool = True
+    stop_once_leaked: tuple[str, ...] = ()
+
+
 def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
           max_new_tokens: int = generation.MAX_NEW_TOKENS, answer=None, stop_once_leaked: tuple[str, ...] = ()) -> dict:
     """Ask every question (and paraphrase); return the answers and the hit rates.
@@ -55,23 +64,46 @@ def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
     answer goes on (keywords, the short answer and ROUGE-L recall only grow with the text),
     so the rest costs decoding and changes no verdict; only for answers whose words are not
     reused (the original's answers to the forget questions become own_answers' targets)."""
+    if answer is None:
+        return probe_many(model, tokenizer, [ProbeSet(facts, paraphrases, stop_once_leaked)], max_new_tokens)[0]
+    asked = _asked(facts, paraphrases)
+    return _result(facts, asked, answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens), set())
+
+
+def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = generation.MAX_NEW_TOKENS) -> list[dict]:
+    """probe() of each set, all answered in one generation pass: on a CPU a decoding step
+    costs much the same for 20 rows as for 70 (reading the weights, per-step overhead), so
+    one full batch is cheaper than a batch per set (docs/benchmarks.md, item 1)."""
+    asked = [(s, row) for s, ps in enumerate(sets) for row in _asked(ps.facts, ps.paraphrases)]
+    cut: set[int] = set()  # rows ended by `done`: marked, so a shorter answer is not read as a change
+
+    def done(k, text):
+        s, (i, kind, _) = asked[k]
+        if kind in sets[s].stop_once_leaked and leaks(text, sets[s].facts[i]):
+            cut.add(k)
+            return True
+        return False
+
+    stops = any(ps.stop_once_leaked for ps in sets)
+    answers = generation.answer(model, tokenizer, [q for _, (_, _, q) in asked], max_new_tokens,
+                                done=done if stops else None)
+    out, at = [], 0
+    for s, ps in enumerate(sets):
+        n = sum(1 for t, _ in asked if t == s)
+        out.append(_result(ps.facts, [row for _, row in asked[at:at + n]], answers[at:at + n],
+                           {k - at for k in cut if at <= k < at + n}))
+        at += n
+    return out
+
+
+def _asked(facts: list[Fact], paraphrases: bool) -> list[tuple[int, str, str]]:
     asked = [(i, "question", f.question) for i, f in enumerate(facts)]
     if paraphrases:
         asked += [(i, "paraphrase", p) for i, f in enumerate(facts) for p in f.paraphrases]
-    questions = [q for _, _, q in asked]
-    cut: set[int] = set()  # rows ended by `done`: marked, so a shorter answer is not read as a change
-    if answer is None:
-        def done(k, text):
-            i, kind, _ = asked[k]
-            if kind in stop_once_leaked and leaks(text, facts[i]):
-                cut.add(k)
-                return True
-            return False
+    return asked
 
-        answers = generation.answer(model, tokenizer, questions, max_new_tokens,
-                                    done=done if stop_once_leaked else None)
-    else:
-        answers = answer(model, tokenizer, questions, max_new_tokens)
+
+def _result(facts: list[Fact], asked: list[tuple[int, str, str]], answers: list[str], cut: set[int]) -> dict:
     rows = [{"fact": i, "kind": kind, "question": q, "answer": a, "leak": leaks(a, facts[i]),
              **({"cut": True} if k in cut else {})}
             for k, ((i, kind, q), a) in enumerate(zip(asked, answers))]

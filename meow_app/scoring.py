@@ -40,7 +40,7 @@ def score_set(model, tokenizer, facts: list[Fact], max_new_tokens: int = MAX_NEW
     # 1. Greedy answers to every question and paraphrase, one batched generation.
     asked = [(i, None, f.question) for i, f in enumerate(facts)]
     asked += [(i, p, p) for i, f in enumerate(facts) for p in f.paraphrases]
-    answers = generation.answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens, batch_size=128)
+    answers = generation.answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens)
     # 2. Likelihoods of the true, paraphrased and wrong answers, one batched forward pass.
     pairs, tr = [], []
     for f in facts:

@@ -115,3 +115,23 @@ def test_probes_that_stop_once_leaked_give_the_same_verdicts_for_fewer_tokens(em
         if not s.get("cut"):
             assert s["answer"] == w["answer"]
     assert sum(len(r["answer"]) for r in short["rows"]) < 0.8 * sum(len(r["answer"]) for r in whole["rows"])
+
+
+def test_probe_many_answers_each_set_as_probe_alone_in_one_pass(embedded, monkeypatch):
+    forget = load_facts(ROOT / "assets/facts/demo_forget.jsonl")[:3]
+    retain = load_facts(ROOT / "assets/facts/demo_retain.jsonl")[:6]
+    sets = [probes.ProbeSet(forget, True, ("paraphrase",)), probes.ProbeSet(retain, False, ()),
+            probes.ProbeSet(retain[:4], False, probes.KINDS)]
+    alone = [probes.probe(embedded.model, embedded.tokenizer, s.facts, s.paraphrases,
+                          stop_once_leaked=s.stop_once_leaked) for s in sets]
+    calls = []
+    plain = generation.answer
+    monkeypatch.setattr(generation, "answer", lambda *a, **k: calls.append(len(a[2])) or plain(*a, **k))
+    together = probes.probe_many(embedded.model, embedded.tokenizer, sets)
+    assert calls == [sum(len(s.facts) + (sum(len(f.paraphrases) for f in s.facts) if s.paraphrases else 0)
+                         for s in sets)]  # one pass for all three sets
+    assert together == alone
+    # each set's own rule: the forget questions and the second set whole, the cut rows marked
+    assert not any(r.get("cut") for r in together[0]["rows"] if r["kind"] == "question")
+    assert not any(r.get("cut") for r in together[1]["rows"])
+    assert any(r.get("cut") for r in together[2]["rows"])

@@ -353,13 +353,13 @@ def test_probe_answers_are_cut_only_where_their_words_are_not_used(tiny_dir, inv
     from meow_app import pipeline, probes
     from meow_app.pipeline import InvertSettings
 
-    calls, plain = [], probes.probe
+    calls, plain = [], probes.probe_many
 
-    def recorded(model, tokenizer, asked, *a, **k):
-        calls.append((asked[0].question, k.get("paraphrases", True), k.get("stop_once_leaked", ())))
-        return plain(model, tokenizer, asked, *a, **k)
+    def recorded(model, tokenizer, sets, *a, **k):  # (probes.probe goes through probe_many too)
+        calls.extend((s.facts[0].question, s.paraphrases, s.stop_once_leaked) for s in sets)
+        return plain(model, tokenizer, sets, *a, **k)
 
-    monkeypatch.setattr(probes, "probe", recorded)
+    monkeypatch.setattr(probes, "probe_many", recorded)
     config = TrainConfig(**{**methods.get(method).defaults, "epochs": 1, "min_steps": 1, "num_batch": 2,
                             "neighbours": 0, "null_space": 0.0, "early_stop": True})
     retain = facts[2:]  # (the others are the forget set's questions)
