@@ -275,9 +275,10 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 SENTENCE_ENDS = ".!?\n"  # where answer's `done` is asked
 
-# Rows answered at once. On a CPU a decoding step has a fixed cost (reading every weight,
-# per-layer overhead) beside its per-row one: measured on the embedded model, 2 threads,
-# 2.9 ms a row at 32 rows, 2.3 at 64, 1.9 at 96; so the probes' sets go in one batch.
+# Rows decoded at once (answers, MEMO's continuations, inversion's samples). On a CPU a
+# decoding step has a fixed cost (reading every weight, per-layer overhead) beside its
+# per-row one: measured on the embedded model, 2 threads, 8.1 ms a row at 8 rows, 2.9 at 32,
+# 2.3 at 64, 1.9 at 96; so the probes' sets go in one batch.
 ANSWER_BATCH = 128
 
 

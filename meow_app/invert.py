@@ -188,9 +188,10 @@ class LeadInGenerator:
     costs a few tokens per candidate instead of a few-shot prompt."""
 
     def __init__(self, model, tokenizer, answers: dict[str, str] | None = None, temperature: float = 0.8,
-                 top_p: float = 0.9, batch_size: int = 32):
+                 top_p: float = 0.9, batch_size: int = generation.ANSWER_BATCH):
         self.model, self.tokenizer, self.answers = model, tokenizer, dict(answers or {})
         self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
+        self.tries: dict[str, int] = {}  # question -> times sampled so far
 
     def lead_in(self, fact: Fact) -> str:
         """The model's own answer up to where it starts to say the truth ('' when it never
@@ -220,20 +221,26 @@ class LeadInGenerator:
         if missing:  # one batched greedy pass for the facts the caller had no answer for
             self.answers.update(zip(missing, generation.answer(self.model, tok, missing)))
         leads = [self.lead_in(f) for f in facts]
-        copies = 3 * n  # some samples are refused or repeat; the most likely n are kept
+        # Some samples are refused or repeat; the most likely n are kept. A fact asked again
+        # (invert's next round: too few were usable) gets twice the copies each time, so it
+        # rarely needs a third round: a round of a few rows costs nearly a full batch's steps.
+        copies = []
         prompts, limits, banned = [], [], []
         for f, lead in zip(facts, leads):
+            tries = self.tries[f.question] = self.tries.get(f.question, 0) + 1
+            copies.append(3 * n * 2 ** (tries - 1))
             ids = generation.encode(tok, generation.chat_prompt(tok, f.question) + lead)
             words = max(len(generation.encode(tok, t)) for t in [f.answer, *f.keywords] if t.strip())
-            prompts += [ids] * copies
-            limits += [words + 6] * copies
-            banned += [self.banned(f)] * copies
+            prompts += [ids] * copies[-1]
+            limits += [words + 6] * copies[-1]
+            banned += [self.banned(f)] * copies[-1]
         ids = generation.generate_ids(self.model, tok, prompts, limits, self.batch_size, do_sample=True,
                                       temperature=self.temperature, top_p=self.top_p, generator_seed=seed,
                                       banned=banned)
-        found = []
-        for k, (f, lead) in enumerate(zip(facts, leads)):
-            texts = [tok.decode(t, skip_special_tokens=True) for t in ids[k * copies:(k + 1) * copies]]
+        found, at = [], 0
+        for f, lead, count in zip(facts, leads, copies):
+            texts = [tok.decode(t, skip_special_tokens=True) for t in ids[at:at + count]]
+            at += count
             found.append(list(dict.fromkeys(c for c in (lead_in_candidate(t, f, lead) for t in texts) if c)))
         return [ranked[:n] for ranked in self.ranked(facts, leads, found)]
 

@@ -43,7 +43,7 @@ def _budget(tokenizer, target: str, length) -> int:
 
 
 def memo_scores(model, tokenizer, items: list[tuple[str, str]], mode: str = "suffix", stride: int = 5,
-                length="target", batch_size: int = 64) -> list[float]:
+                length="target", batch_size: int = generation.ANSWER_BATCH) -> list[float]:
     """MEMO of each (question, text) pair, every cut of every pair generated in batches."""
     jobs, owner = [], []
     for i, (q, t) in enumerate(items):
@@ -61,7 +61,7 @@ def memo_scores(model, tokenizer, items: list[tuple[str, str]], mode: str = "suf
 
 
 def score_facts(model, tokenizer, facts, mode: str = "suffix", stride: int = 5, length="target",
-                batch_size: int = 64) -> list[tuple[float, list[float]]]:
+                batch_size: int = generation.ANSWER_BATCH) -> list[tuple[float, list[float]]]:
     """(MEMO of the true answer, MEMO of each inverted answer) per fact, all in one batched pass."""
     items = []
     for f in facts:
@@ -118,7 +118,7 @@ def _ngrams(tokens: list[int], n: int) -> list[tuple]:
 
 
 def extraction_likelihood(model, tokenizer, items: list[tuple[str, str]], n: int = 2, stride: int = 1,
-                          batch_size: int = 64) -> list[float]:
+                          batch_size: int = generation.ANSWER_BATCH) -> list[float]:
     """EL_n: from every answer-token prefix, greedily continue as long as the rest of the
     answer, and count the share of the true rest's n-grams the continuation reproduces."""
     jobs, owner = [], []

@@ -143,3 +143,17 @@ def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny):
     nll = {c: teacher_forced(tiny.model, tiny.tokenizer, [(facts[1].question, f"It is {c}")])[0].nll[lead:]
            for c in cands}
     assert ranked == sorted(cands, key=lambda c: sum(nll[c]) / len(nll[c]))
+
+
+def test_lead_in_generator_samples_a_fact_asked_again_twice_as_often(tiny, monkeypatch):
+    from meow_app import generation
+
+    facts = [Fact("Who wrote Hamlet?", "Shakespeare"), Fact("Capital of Peru?", "Lima")]
+    gen = invert.LeadInGenerator(tiny.model, tiny.tokenizer, answers={f.question: "It is x." for f in facts})
+    rows, plain = [], generation.generate_ids
+    monkeypatch.setattr(generation, "generate_ids", lambda m, t, prompts, *a, **k: rows.append(len(prompts))
+                        or plain(m, t, prompts, *a, **k))
+    gen.sample(facts, 2, seed=0)
+    gen.sample(facts[1:], 2, seed=1)  # invert's next round: Peru had too few usable answers
+    gen.sample(facts[1:], 2, seed=2)
+    assert rows == [2 * 6, 12, 24]
