@@ -10,6 +10,9 @@ unlearned one say, gets another key), the model's and its generation's configs, 
 tokenizer's size and chat template, the device type and dtype, the torch and transformers
 versions and the decoding code itself (model_key).
 
+Beside them, `vectors` keeps the shipped neighbour pool's embeddings (neighbours.nearest),
+MEOW_HOME/answers/<key>.<name>.pt, computed once per model state instead of every run.
+
 Only shipped questions go in (pipeline.py decides): never a user's facts, so nothing of
 what a user asks to forget is written outside the run folder. MEOW_ANSWER_CACHE=0 turns it
 off; a cache that cannot be written is skipped, never an error.
@@ -109,3 +112,31 @@ class AnswerCache:
             self.saved.update((k, a) for (k, _), a in zip(missing, answers))
             self._write()
         return [self.saved[k] for k in keys]
+
+    def vectors(self, model, name: str, texts: list[str], compute, code: bytes = b"") -> torch.Tensor:
+        """compute(texts) (a tensor, one row per text), kept beside the answers as
+        <key>.<name>.pt: a shipped pool's embeddings, computed once per model. `code`: the
+        source they come from, so a change there computes them afresh."""
+        if self.model is not None and model is not self.model:
+            return compute(texts)
+        path = self.path.with_suffix(f".{name}.pt")
+        tag = hashlib.sha256(code + json.dumps(texts).encode()).hexdigest()
+        try:
+            saved = torch.load(path, weights_only=True)
+            if saved["tag"] == tag and saved["vectors"].shape[0] == len(texts):
+                return saved["vectors"]
+        except Exception:  # none yet, or unreadable (a torn or foreign file): computed afresh
+            pass
+        vectors = compute(texts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError:
+            return vectors
+        os.close(fd)
+        try:
+            torch.save({"tag": tag, "vectors": vectors.cpu()}, tmp)
+            os.replace(tmp, path)  # atomic, as the answers
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+        return vectors

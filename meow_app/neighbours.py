@@ -34,22 +34,27 @@ def embed(model, tokenizer, texts: list[str], batch_size: int = 32) -> torch.Ten
         rows = [generation.encode(tokenizer, t) or [tokenizer.eos_token_id] for t in texts[start:start + batch_size]]
         ids, mask = generation.pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         ids, mask = ids.to(device), mask.to(device)
-        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        # (logits_to_keep=1: no logits over the vocabulary for every token, which nobody reads)
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1).hidden_states
         h = states[len(states) // 2].float()
         m = mask.unsqueeze(-1).to(h.dtype)
         out.append(((h * m).sum(1) / m.sum(1)).cpu())
     return torch.cat(out)
 
 
-def nearest(model, tokenizer, questions: list[str], pool: list[str], per_question: int) -> list[str]:
+def nearest(model, tokenizer, questions: list[str], pool: list[str], per_question: int,
+            embed_pool=None) -> list[str]:
     """The pool questions nearest to each question, per_question each, taken in turns
     (the nearest of every question first) without repeats; the questions themselves are
-    never returned."""
+    never returned. embed_pool(pool): the pool's vectors as `embed` gives them, from
+    elsewhere (answer_cache's, kept between runs)."""
     if per_question <= 0 or not questions or not pool:
         return []
     own = {q.strip().lower() for q in questions}
-    pool = [p for p in pool if p.strip().lower() not in own]
-    vectors = embed(model, tokenizer, list(questions) + pool)
+    keep = [i for i, p in enumerate(pool) if p.strip().lower() not in own]
+    pool_vectors = embed_pool(pool) if embed_pool else embed(model, tokenizer, pool)
+    pool = [pool[i] for i in keep]
+    vectors = torch.cat([embed(model, tokenizer, list(questions)), pool_vectors[keep]])
     vectors = vectors - vectors[len(questions):].mean(0)
     vectors = torch.nn.functional.normalize(vectors, dim=-1)
     ranked = (vectors[:len(questions)] @ vectors[len(questions):].T).argsort(dim=1, descending=True)

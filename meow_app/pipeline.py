@@ -132,8 +132,13 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
         # Shared out over the facts, at least 2 each: a few facts get many neighbours each,
         # which is what holds a whole family of questions (all "capital of ...") in place.
         per_fact = max(2, -(-neighbours // len(forget)))
+        embed_pool = None
+        if cache:  # the shipped pool's vectors, computed once per model (answer_cache.vectors)
+            def embed_pool(pool):
+                return cache.vectors(loaded.model, "neighbour_pool", pool, lambda texts: neighbours_mod.embed(
+                    loaded.model, loaded.tokenizer, texts), Path(neighbours_mod.__file__).read_bytes())
         near = neighbours_mod.nearest(loaded.model, loaded.tokenizer, [f.question for f in forget],
-                                      read_lines(neighbours_mod.POOL), per_fact)
+                                      read_lines(neighbours_mod.POOL), per_fact, embed_pool)
         prompts += [q for q in near if q not in prompts]
     shipped = len(prompts)
     if siblings > 0 and forget:

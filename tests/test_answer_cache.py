@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from meow_app import generation, general, pipeline
+from meow_app import generation, general, neighbours, pipeline
 from meow_app.answer_cache import AnswerCache, model_key
-from meow_app.facts import Fact
+from meow_app.facts import Fact, read_lines
 from meow_app.pipeline import InvertSettings, SelectSettings
 from meow_app.train import TrainConfig
 
@@ -84,6 +84,8 @@ def test_a_second_run_takes_the_shipped_answers_from_the_cache_and_no_user_fact_
     assert runs[1]["answer_cache"] == {"hits": shipped, "misses": 0}
     before = [json.loads((tmp_path / f"run{i}" / "probes.json").read_text()) for i in range(2)]
     assert before[0] == before[1]  # the same answers, before and after, from the cache or not
+    (pool,) = (tmp_path / "home" / "answers").glob("*.neighbour_pool.pt")  # the shipped pool's vectors
+    assert torch.load(pool, weights_only=True)["vectors"].shape[0] == len(read_lines(neighbours.POOL))
     (kept,) = (tmp_path / "home" / "answers").glob("*.json")
     text = kept.read_text().lower()
     for f in forget + retain:
@@ -95,3 +97,27 @@ def test_sibling_questions_made_from_the_users_questions_are_asked_not_kept(tiny
     cache = AnswerCache(tmp_path / "a.json")
     pipeline.anchor_facts(tiny, facts, 0, 4, siblings=1, cache=cache)
     assert cache.misses == 6 and "Zorkland" not in (tmp_path / "a.json").read_text()  # 2 neighbours a fact
+
+
+def test_the_pools_vectors_are_computed_once_per_model_and_again_when_their_code_changes(tiny, tmp_path):
+    texts = ["What is the capital of Peru?", "Who wrote Hamlet?"]
+    calls = []
+
+    def compute(t):
+        calls.append(list(t))
+        return neighbours.embed(tiny.model, tiny.tokenizer, t)
+
+    path = tmp_path / "answers" / "m.json"
+    first = AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts, compute, b"v1")
+    assert torch.equal(first, neighbours.embed(tiny.model, tiny.tokenizer, texts)) and len(calls) == 1
+    again = AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts, compute, b"v1")  # a later run
+    assert torch.equal(again, first) and len(calls) == 1
+    AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts, compute, b"v2")  # the code changed
+    AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts[:1], compute, b"v2")  # another pool
+    other = copy.deepcopy(tiny.model)  # another model (an unlearned copy, say): computed, not kept
+    AnswerCache(path, tiny.model).vectors(other, "pool", texts[:1], compute, b"v2")
+    AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts[:1], compute, b"v2")
+    assert len(calls) == 4
+    (tmp_path / "answers" / "m.pool.pt").write_bytes(b"torn")  # unreadable: computed afresh, no error
+    assert torch.equal(AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts, compute, b"v1"), first)
+    assert len(calls) == 5

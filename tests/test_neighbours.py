@@ -20,6 +20,9 @@ def test_each_question_gets_its_own_share_without_repeats_or_itself(tiny, facts)
     assert len(near) == 9 and len(set(near)) == 9 and not set(near) & set(questions)
     assert near == neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 3)  # deterministic
     assert neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 0) == []
+    # the pool's vectors from elsewhere (answer_cache's): the same choice
+    vectors = neighbours.embed(tiny.model, tiny.tokenizer, pool)
+    assert neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 3, lambda p: vectors) == near
 
 
 def test_the_shipped_pool_shares_no_question_with_the_measured_fact_sets():
