@@ -222,13 +222,13 @@ class LeadInGenerator:
             self.answers.update(zip(missing, generation.answer(self.model, tok, missing)))
         leads = [self.lead_in(f) for f in facts]
         # Some samples are refused or repeat; the most likely n are kept. A fact asked again
-        # (invert's next round: too few were usable) gets twice the copies each time, so it
-        # rarely needs a third round: a round of a few rows costs nearly a full batch's steps.
+        # (invert's next round: too few were usable) gets twice the copies, so it rarely
+        # needs a third round: a round of a few rows costs nearly a full batch's steps.
         copies = []
         prompts, limits, banned = [], [], []
         for f, lead in zip(facts, leads):
             tries = self.tries[f.question] = self.tries.get(f.question, 0) + 1
-            copies.append(3 * n * 2 ** (tries - 1))
+            copies.append(3 * n * (2 if tries > 1 else 1))
             ids = generation.encode(tok, generation.chat_prompt(tok, f.question) + lead)
             words = max(len(generation.encode(tok, t)) for t in [f.answer, *f.keywords] if t.strip())
             prompts += [ids] * copies[-1]
@@ -337,13 +337,17 @@ def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 4, seed: int 
     if n < 1:
         raise MeowError(f"the number of inverted facts must be at least 1, got {n}")
     candidates: list[list[str]] = [[] for _ in facts]
+    stalled: set[int] = set()  # facts a round added nothing usable to: not asked again (fallbacks)
     for r in range(rounds):
-        todo = [i for i, c in enumerate(candidates) if len(c) < n]
+        todo = [i for i, c in enumerate(candidates) if len(c) < n and i not in stalled]
         if not todo:
             break
         lines = generator.sample([facts[i] for i in todo], n, seed=seed * 1000 + r)
         for i, got in zip(todo, lines):
+            had = len(candidates[i])
             candidates[i] = clean(got, facts[i], candidates[i], others=facts[:i] + facts[i + 1:])
+            if len(candidates[i]) == had:
+                stalled.add(i)
         if on_progress:
             on_progress(r + 1, rounds)
     rng = random.Random(seed)

@@ -54,6 +54,18 @@ def test_invert_samples_again_then_tops_up_with_fallbacks():
     assert all("lima" not in c.lower() for c in facts[0].inverted)
 
 
+def test_a_fact_a_round_added_nothing_to_is_not_asked_again():
+    facts = [Fact("Capital of Peru?", "Lima"), Fact("What is the currency of Japan?", "The yen", ["yen"])]
+    gen = Lines([["Cusco"], ["the yen", "Yen"], ["Quito"], ["Arequipa"]])  # Japan: nothing usable in round 1
+    asked = []
+    sample = gen.sample
+    gen.sample = lambda fs, n, seed: asked.append([f.question for f in fs]) or sample(fs, n, seed)
+    report = invert.invert(facts, gen, n=3, rounds=4, seed=0)
+    assert asked == [[facts[0].question, facts[1].question], [facts[0].question], [facts[0].question]]
+    assert facts[0].inverted == ["Cusco", "Quito", "Arequipa"]
+    assert report.from_generator == [3, 0] and report.from_fallback == [0, 3]
+
+
 def test_local_generator_on_tiny_model_always_gives_n(tiny):
     facts = [Fact("Who wrote Hamlet?", "Shakespeare"), Fact("Capital of Peru?", "Lima")]
     gen = invert.LocalGenerator(tiny.model, tiny.tokenizer)
@@ -145,7 +157,7 @@ def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny):
     assert ranked == sorted(cands, key=lambda c: sum(nll[c]) / len(nll[c]))
 
 
-def test_lead_in_generator_samples_a_fact_asked_again_twice_as_often(tiny, monkeypatch):
+def test_lead_in_generator_samples_a_fact_asked_again_twice_as_often_at_most(tiny, monkeypatch):
     from meow_app import generation
 
     facts = [Fact("Who wrote Hamlet?", "Shakespeare"), Fact("Capital of Peru?", "Lima")]
@@ -156,4 +168,4 @@ def test_lead_in_generator_samples_a_fact_asked_again_twice_as_often(tiny, monke
     gen.sample(facts, 2, seed=0)
     gen.sample(facts[1:], 2, seed=1)  # invert's next round: Peru had too few usable answers
     gen.sample(facts[1:], 2, seed=2)
-    assert rows == [2 * 6, 12, 24]
+    assert rows == [2 * 6, 12, 12]
