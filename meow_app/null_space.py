@@ -18,8 +18,11 @@ preserved text are held as far as their inputs resemble it.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
+from . import generation
 from .batches import collate, to_device
 
 # Eigenvalues below this fraction of the largest count as zero (float64 rounding of K^T K).
@@ -52,7 +55,7 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
     layers = trained_linears(model)
     sums: dict[str, torch.Tensor] = {}
     owner: dict[str, str] = {}  # layer -> the first layer that saw the same input (its sum is shared)
-    state: dict = {"input": None}
+    state: dict = {"input": None, "weight": 1}
 
     def hook(name):
         def record(module, inputs, output):
@@ -63,7 +66,9 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
                 # In fp32 even when the forward pass runs under bf16 autocast: a bf16 sum of
                 # thousands of squares keeps ~3 digits, and the small eigenvalues are the point.
                 with torch.autocast(x.device.type, enabled=False):
-                    state.update(input=inputs[0], cov=x.T @ x, first=name)
+                    cov = x.T @ x
+                    state.update(input=inputs[0], cov=cov * state["weight"] if state["weight"] != 1 else cov,
+                                 first=name)
             if owner.setdefault(name, state["first"]) == name:
                 sums[name] = sums[name] + state["cov"] if name in sums else state["cov"]
         return record
@@ -73,13 +78,37 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
     # (a fifth of the pass's work on a small model) for inputs nobody reads.
     head = model.get_output_embeddings()
     forward = model if any(m is head for m in layers.values()) else model.base_model
+    # The start every example shares (the chat template's system prompt: a third of a short
+    # example) goes through once, its inputs counted once per example; the rest of each
+    # example follows it from that pass's KV cache. Same sums as a pass per example.
+    rows = [e.ids for e in examples]
+    shared = generation.shared_start(rows) if len(rows) > 1 and generation.full_attention(model.config) else 0
+    shared = shared if shared >= generation.MIN_SHARED else 0
     was_training = model.training
     model.eval()
     try:
+        start = None
+        if shared:
+            from transformers import DynamicCache
+
+            start = DynamicCache(config=model.config)
+            state.update(real=torch.ones(1, shared, dtype=torch.bool, device=device), weight=len(rows))
+            forward(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=start, use_cache=True)
+        state["weight"] = 1
         for i in range(0, len(examples), batch_size):
-            batch = to_device(collate(examples[i:i + batch_size], pad_id), device)
-            state["real"] = batch["attention_mask"].bool()
-            forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            if not shared:
+                batch = to_device(collate(examples[i:i + batch_size], pad_id), device)
+                state["real"] = batch["attention_mask"].bool()
+                forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                continue
+            ids, mask = generation.pad([r[shared:] for r in rows[i:i + batch_size]], pad_id)  # right-padded
+            ids, mask = ids.to(device), mask.to(device)
+            state["real"] = mask.bool()
+            cache = copy.deepcopy(start)
+            cache.batch_repeat_interleave(len(ids))
+            positions = torch.arange(shared, shared + ids.shape[1], device=device).expand(len(ids), -1)
+            forward(input_ids=ids, attention_mask=torch.cat([mask.new_ones((len(ids), shared)), mask], dim=1),
+                    position_ids=positions, past_key_values=cache, use_cache=True)
     finally:
         for h in handles:
             h.remove()

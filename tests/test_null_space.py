@@ -42,11 +42,18 @@ def _one_trained_layer(tiny, layer_of):
 def test_covariances_are_those_of_the_real_tokens_only(tiny, name):
     """Checked against a plain reference: each example alone, no padding, inputs read by a hook."""
     model, trainer, layer = _one_trained_layer(tiny, lambda m: m.get_submodule(name))
-    examples = trainer.examples(PRESERVED + [Fact("Who painted The Starry Night? Tell me.", "Van Gogh")])
-    head_calls = []
+    # three examples in batches of two: the start they share (template and "What is ") goes through
+    # once, as a pass of its own
+    examples = trainer.examples([Fact("What is the capital of Peru?", "Lima"),
+                                 Fact("What is the painter of The Starry Night? Tell me.", "Van Gogh"),
+                                 Fact("What is 2+2?", "4")])
+    head_calls, passes = [], []
     head = model.get_output_embeddings().register_forward_hook(lambda *a: head_calls.append(1))
+    counted = layer.register_forward_hook(lambda *a: passes.append(1))
     covs = input_covariances(model, examples, tiny.tokenizer.pad_token_id, "cpu", batch_size=2)
     head.remove()
+    counted.remove()
+    assert len(passes) == 3  # the shared start once, then two batches
     assert list(covs) == [name]
     assert bool(head_calls) == (name == "lm_head")  # vocabulary logits only where the head is trained
     expected = torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
