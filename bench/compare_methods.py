@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import resource
 import subprocess
@@ -64,6 +65,7 @@ def one(method: str, extra: list[str], forget: Path = FORGET, unseen: Path = UNS
         "unseen_after": probes.probe(after.model, after.tokenizer, unseen, paraphrases=False)["hit_rate"],
         "method_info": {k: v for k, v in run.get("method_info", {}).items() if k != "steps"},
     }
+    shutil.rmtree(run_dir.parent, ignore_errors=True)  # (the saved model: half a GB a method)
     print(json.dumps(row))
 
 

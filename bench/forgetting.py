@@ -42,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -377,7 +378,9 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
                 for side, m in sides}
     row = build_row(variant, set_name, run, report, sampling, wall, peak_unlearn)
     row["eval_seconds"] = round(time.perf_counter() - t, 1)
-    row["run_dir"] = str(out)
+    row["run_dir"] = str(out)  # its run.json, facts and probes; the model (half a GB a row) is removed
+    del unlearned
+    shutil.rmtree(out / "model", ignore_errors=True)
     row["verdict_rows"] = report["verdicts"]["forget"]
     row["retain_lost"] = [v["question"] for v in report["verdicts"].get("retain", []) if v["verdict"] == evaluate.LOST]
     before_u, after_u = report["sets"]["holdout"]["original"]["rows"], report["sets"]["holdout"]["unlearned"]["rows"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -108,6 +109,7 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
     finally:
         watch.restore()
         probes.probe_many = plain_probe
+        shutil.rmtree(out.parent, ignore_errors=True)  # (the saved model: half a GB a run)
     steps, last, in_train = [], None, 0
     for when, e in events:
         if e["type"] == "stage" and e["stage"] == "train":
