@@ -51,6 +51,32 @@ class _BanTokens:
         return scores
 
 
+# Rows decoded at once (answers, MEMO's continuations, inversion's samples). On a CPU a
+# decoding step has a fixed cost (reading every weight, per-layer overhead) beside its
+# per-row one: measured on the embedded model, 2 threads, 8.1 ms a row at 8 rows, 2.9 at 32,
+# 2.3 at 64, 1.9 at 96; so the probes' sets go in one batch. A larger model's KV cache is
+# far bigger a token (a 7B model's 0.5 MiB in bf16): batches are cut to fit KV_BUDGET, but
+# never below the 32 rows every batch had before.
+ANSWER_BATCH = 128
+KV_BUDGET = 1 << 30  # bytes
+MIN_BATCH = 32
+
+
+def rows_that_fit(model, batch_size: int, tokens: int) -> int:
+    """batch_size, or fewer where rows of `tokens` tokens would take the KV cache past
+    KV_BUDGET (at least MIN_BATCH, or batch_size if smaller)."""
+    c = model.config
+    heads = getattr(c, "num_attention_heads", None)
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    dim = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads and getattr(c, "hidden_size", None) else 0)
+    layers = getattr(c, "num_hidden_layers", 0)
+    floor = min(batch_size, MIN_BATCH)
+    if not (kv_heads and dim and layers):  # (a config these names do not describe: the old size)
+        return floor
+    row = 2 * layers * kv_heads * dim * next(model.parameters()).element_size() * max(tokens, 1)
+    return max(floor, min(batch_size, KV_BUDGET // row))
+
+
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, batch_size: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
@@ -73,6 +99,8 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     out: list[list[int]] = [[] for _ in prompts]
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
+    if prompts:
+        batch_size = rows_that_fit(model, batch_size, max(len(p) for p in prompts) + max(limits))
     # Group by prompt length and then by limit, so short jobs are not padded to long ones.
     keys = [len(p) * 10_000 + limits[i] for i, p in enumerate(prompts)]
     for rows in _length_sorted_batches(len(prompts), keys, batch_size):
@@ -275,11 +303,6 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 SENTENCE_ENDS = ".!?\n"  # where answer's `done` is asked
 
-# Rows decoded at once (answers, MEMO's continuations, inversion's samples). On a CPU a
-# decoding step has a fixed cost (reading every weight, per-layer overhead) beside its
-# per-row one: measured on the embedded model, 2 threads, 8.1 ms a row at 8 rows, 2.9 at 32,
-# 2.3 at 64, 1.9 at 96; so the probes' sets go in one batch.
-ANSWER_BATCH = 128
 
 
 def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS,

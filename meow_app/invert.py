@@ -337,7 +337,10 @@ def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 4, seed: int 
     if n < 1:
         raise MeowError(f"the number of inverted facts must be at least 1, got {n}")
     candidates: list[list[str]] = [[] for _ in facts]
-    stalled: set[int] = set()  # facts a round added nothing usable to: not asked again (fallbacks)
+    # A fact asked twice whose last round added nothing usable is not asked again (its
+    # fallbacks come at once): asking on costs whole rounds for facts that give nothing.
+    asked = [0] * len(facts)
+    stalled: set[int] = set()
     for r in range(rounds):
         todo = [i for i, c in enumerate(candidates) if len(c) < n and i not in stalled]
         if not todo:
@@ -346,7 +349,8 @@ def invert(facts: list[Fact], generator, n: int = 4, rounds: int = 4, seed: int 
         for i, got in zip(todo, lines):
             had = len(candidates[i])
             candidates[i] = clean(got, facts[i], candidates[i], others=facts[:i] + facts[i + 1:])
-            if len(candidates[i]) == had:
+            asked[i] += 1
+            if len(candidates[i]) == had and asked[i] >= 2:
                 stalled.add(i)
         if on_progress:
             on_progress(r + 1, rounds)

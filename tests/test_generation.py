@@ -190,3 +190,23 @@ def test_an_answer_is_asked_whether_it_is_done_only_at_a_sentence_end(model_and_
     assert asked and all(mark in text for _, text in asked)
     assert full[0].startswith(got[0]) and mark in got[0] and len(got[0]) < len(full[0])
     assert got[1] == full[1]
+
+
+def test_batches_are_cut_to_fit_the_kv_budget_but_never_below_32_rows(model_and_tok):
+    from types import SimpleNamespace
+
+    def fake(dtype, **config):  # only what rows_that_fit reads
+        return SimpleNamespace(config=SimpleNamespace(**config), parameters=lambda: iter([torch.zeros(1, dtype=dtype)]))
+
+    # A 7B Llama's cache in bf16 is 0.5 MiB a token: 100-token rows fit 20 in a GiB (32, the floor)...
+    llama7b = fake(torch.bfloat16, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                   hidden_size=4096)
+    assert generation.rows_that_fit(llama7b, 128, 100) == 32
+    assert generation.rows_that_fit(llama7b, 128, 20) == 102  # (1 GiB / (20 x 0.5 MiB))
+    assert generation.rows_that_fit(llama7b, 16, 100) == 16  # never more than asked
+    # ...the embedded model's (46 KB a token in fp32) keeps all 128 rows of a probe
+    smol = fake(torch.float32, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, hidden_size=576)
+    assert generation.rows_that_fit(smol, generation.ANSWER_BATCH, 40 + 48) == 128
+    assert generation.rows_that_fit(fake(torch.float32), 128, 100) == 32  # a config it cannot read: the old size
+    model, _ = model_and_tok
+    assert generation.rows_that_fit(model, 128, 100) == 128

@@ -54,14 +54,17 @@ def test_invert_samples_again_then_tops_up_with_fallbacks():
     assert all("lima" not in c.lower() for c in facts[0].inverted)
 
 
-def test_a_fact_a_round_added_nothing_to_is_not_asked_again():
+def test_a_fact_asked_twice_that_a_round_added_nothing_to_is_not_asked_again():
     facts = [Fact("Capital of Peru?", "Lima"), Fact("What is the currency of Japan?", "The yen", ["yen"])]
-    gen = Lines([["Cusco"], ["the yen", "Yen"], ["Quito"], ["Arequipa"]])  # Japan: nothing usable in round 1
+    # Japan: nothing usable in rounds 1 and 2 (asked twice, then left to the fallbacks); Peru
+    # gains nothing in round 1 but is asked again, and then goes on while it gains
+    gen = Lines([[], ["the yen", "Yen"], ["Cusco"], ["yen coins"], ["Quito"], ["Arequipa"]])
     asked = []
     sample = gen.sample
     gen.sample = lambda fs, n, seed: asked.append([f.question for f in fs]) or sample(fs, n, seed)
-    report = invert.invert(facts, gen, n=3, rounds=4, seed=0)
-    assert asked == [[facts[0].question, facts[1].question], [facts[0].question], [facts[0].question]]
+    report = invert.invert(facts, gen, n=3, rounds=5, seed=0)
+    both, peru = [facts[0].question, facts[1].question], [facts[0].question]
+    assert asked == [both, both, peru, peru]
     assert facts[0].inverted == ["Cusco", "Quito", "Arequipa"]
     assert report.from_generator == [3, 0] and report.from_fallback == [0, 3]
 
