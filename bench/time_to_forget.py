@@ -69,7 +69,7 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
 
     if threads:
         torch.set_num_threads(threads)
-    from meow_app import fisher, methods, models, pipeline, probes
+    from meow_app import fisher, methods, models, pipeline, probes, train
     from meow_app.facts import load_facts
     from meow_app.train import TrainConfig
 
@@ -78,10 +78,10 @@ def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: s
         probes.probe_many = lambda model, tok, sets, *a, **k: plain_probe(
             model, tok, [ps._replace(stop_once_leaked=()) for ps in sets], *a, **k)
     watch = common.Stopwatch()
-    # The early-stopping probes ask the forget set alone; before and after, the forget, retain
-    # and everyday sets go in one pass (probes.probe_many).
-    watch.wrap(probes, "probe_many", lambda model, tok, sets, *a, **k: "probe_training" if len(sets) == 1
-               else "probe_sets")
+    # Before and after, the forget, retain and everyday sets go in one pass (pipeline.probe_sets);
+    # the early-stopping probes (greedy, and with stop_depth the true answers' probability) apart.
+    watch.wrap(pipeline, "probe_sets")
+    watch.wrap(train.Trainer, "probe_and_check", lambda *a, **k: "probe_training")
     watch.wrap(pipeline, "anchor_facts")          # inside the train stage (methods with anchors)
     # The Fisher's curvature data (Fisher methods): per_example_grads is a generator, so
     # its time is spent where the curvature consumes it.

@@ -123,7 +123,7 @@ class AnswerCache:
         tag = hashlib.sha256(code + json.dumps(texts).encode()).hexdigest()
         try:
             saved = torch.load(path, weights_only=True)
-            if saved["tag"] == tag and saved["vectors"].shape[0] == len(texts):
+            if saved["tag"] == tag and saved["vectors"].ndim == 2 and saved["vectors"].shape[0] == len(texts):
                 return saved["vectors"]
         except Exception:  # none yet, or unreadable (a torn or foreign file): computed afresh
             pass

@@ -99,7 +99,8 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
             if not shared:
                 batch = to_device(collate(examples[i:i + batch_size], pad_id), device)
                 state["real"] = batch["attention_mask"].bool()
-                forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], use_cache=False)
                 continue
             ids, mask = generation.pad([r[shared:] for r in rows[i:i + batch_size]], pad_id)  # right-padded
             ids, mask = ids.to(device), mask.to(device)

@@ -114,9 +114,16 @@ def test_the_pools_vectors_are_computed_once_per_model_and_again_when_their_code
     assert torch.equal(again, first) and len(calls) == 1
     AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts, compute, b"v2")  # the code changed
     AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts[:1], compute, b"v2")  # another pool
+    kept = (tmp_path / "answers" / "m.pool.pt").read_bytes()
     other = copy.deepcopy(tiny.model)  # another model (an unlearned copy, say): computed, not kept
-    AnswerCache(path, tiny.model).vectors(other, "pool", texts[:1], compute, b"v2")
-    AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts[:1], compute, b"v2")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    theirs = AnswerCache(path, tiny.model).vectors(
+        other, "pool", texts[:1], lambda t: calls.append(t) or neighbours.embed(other, tiny.tokenizer, t), b"v2")
+    assert not torch.equal(theirs, first[:1]) and (tmp_path / "answers" / "m.pool.pt").read_bytes() == kept
+    assert torch.equal(AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts[:1], compute, b"v2"),
+                       first[:1])
     assert len(calls) == 4
     (tmp_path / "answers" / "m.pool.pt").write_bytes(b"torn")  # unreadable: computed afresh, no error
     assert torch.equal(AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts, compute, b"v1"), first)

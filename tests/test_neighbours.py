@@ -1,5 +1,7 @@
 """Neighbour questions (meow_app/neighbours.py) on the tiny random model."""
 
+import torch
+
 from meow_app import general, neighbours, pipeline
 from meow_app.facts import Fact, read_lines
 from meow_app.train import TrainConfig
@@ -14,7 +16,8 @@ def test_a_near_copy_of_the_question_is_its_nearest_neighbour(tiny):
 
 
 def test_each_question_gets_its_own_share_without_repeats_or_itself(tiny, facts):
-    pool = read_lines(neighbours.POOL) + [facts[0].question]
+    pool = read_lines(neighbours.POOL)
+    pool = pool[:5] + [facts[0].question] + pool[5:]  # (dropped from the middle: the rows after it shift)
     questions = [f.question for f in facts]
     near = neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 3)
     assert len(near) == 9 and len(set(near)) == 9 and not set(near) & set(questions)
@@ -23,6 +26,11 @@ def test_each_question_gets_its_own_share_without_repeats_or_itself(tiny, facts)
     # the pool's vectors from elsewhere (answer_cache's): the same choice
     vectors = neighbours.embed(tiny.model, tiny.tokenizer, pool)
     assert neighbours.nearest(tiny.model, tiny.tokenizer, questions, pool, 3, lambda p: vectors) == near
+    # and the choice a plain reference makes: the forget question left out, nearest by centred cosine
+    rest = [p for p in pool if p != facts[0].question]
+    v = neighbours.embed(tiny.model, tiny.tokenizer, questions + rest)
+    v = torch.nn.functional.normalize(v - v[len(questions):].mean(0), dim=-1)
+    assert near[0] == rest[int((v[0] @ v[len(questions):].T).argmax())]  # the first question's nearest first
 
 
 def test_the_shipped_pool_shares_no_question_with_the_measured_fact_sets():
