@@ -84,20 +84,9 @@ class AnswerCache:
         return data if isinstance(data, dict) else {}
 
     def _write(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            merged = {**self._read(), **self.saved}  # (another run may have added answers meanwhile)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(merged, out, ensure_ascii=False)
-            # Atomic: a reader sees the old file or the new one. Two runs writing at once can
-            # each drop the other's new answers: they are asked again next time.
-            os.replace(tmp, self.path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
+        merged = {**self._read(), **self.saved}  # (another run may have added answers meanwhile)
+        # Two runs writing at once can each drop the other's new answers: asked again next time.
+        _replace(self.path, lambda tmp: Path(tmp).write_text(json.dumps(merged, ensure_ascii=False), encoding="utf-8"))
 
     def answer(self, model, tokenizer, questions: list[str], max_new_tokens: int = generation.MAX_NEW_TOKENS,
                batch_size: int = generation.ANSWER_BATCH, system: str | None = None) -> list[str]:
@@ -128,15 +117,21 @@ class AnswerCache:
         except Exception:  # none yet, or unreadable (a torn or foreign file): computed afresh
             pass
         vectors = compute(texts)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        except OSError:
-            return vectors
-        os.close(fd)
-        try:
-            torch.save({"tag": tag, "vectors": vectors.cpu()}, tmp)
-            os.replace(tmp, path)  # atomic, as the answers
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
+        _replace(path, lambda tmp: torch.save({"tag": tag, "vectors": vectors.cpu()}, tmp))
         return vectors
+
+
+def _replace(path: Path, save) -> None:
+    """save(tmp) to a new file beside `path`, then moved over it: a reader sees the old file
+    or the new one. A cache that cannot be written is skipped, never an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    except OSError:
+        return
+    os.close(fd)
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)

@@ -304,7 +304,6 @@ def eos_ids(model, tokenizer) -> list[int]:
 SENTENCE_ENDS = ".!?\n"  # where answer's `done` is asked
 
 
-
 def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS,
            batch_size: int = ANSWER_BATCH, system: str | None = None, done=None) -> list[str]:
     """Greedy chat answers to questions, in a batch. `done(i, text)`: True ends answer i

@@ -74,7 +74,8 @@ def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = gen
     """probe() of each set, all answered in one generation pass: on a CPU a decoding step
     costs much the same for 20 rows as for 70 (reading the weights, per-step overhead), so
     one full batch is cheaper than a batch per set (docs/benchmarks.md, item 1)."""
-    asked = [(s, row) for s, ps in enumerate(sets) for row in _asked(ps.facts, ps.paraphrases)]
+    per_set = [_asked(ps.facts, ps.paraphrases) for ps in sets]
+    asked = [(s, row) for s, rows in enumerate(per_set) for row in rows]
     cut: set[int] = set()  # rows ended by `done`: marked, so a shorter answer is not read as a change
 
     def done(k, text):
@@ -88,11 +89,10 @@ def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = gen
     answers = generation.answer(model, tokenizer, [q for _, (_, _, q) in asked], max_new_tokens,
                                 done=done if stops else None)
     out, at = [], 0
-    for s, ps in enumerate(sets):
-        n = sum(1 for t, _ in asked if t == s)
-        out.append(_result(ps.facts, [row for _, row in asked[at:at + n]], answers[at:at + n],
-                           {k - at for k in cut if at <= k < at + n}))
-        at += n
+    for ps, rows in zip(sets, per_set):
+        out.append(_result(ps.facts, rows, answers[at:at + len(rows)],
+                           {k - at for k in cut if at <= k < at + len(rows)}))
+        at += len(rows)
     return out
 
 
