@@ -130,8 +130,53 @@ def _sampler(banned: list[list[int]] | None, do_sample: bool, temperature: float
                     scores[k, banned[j]] = float("-inf")
         if not do_sample:
             return scores.argmax(-1)
-        return torch.multinomial(warp(scores, temperature, top_p).softmax(-1), 1)[:, 0]
+        return sample(scores, temperature, top_p)
     return pick
+
+
+# top_p's nucleus is looked for among this many most likely tokens first (see nucleus).
+NUCLEUS_CANDIDATES = 256
+
+
+def nucleus(scores, temperature: float, top_p: float):
+    """(probs, ids, covered): each row's top_p nucleus among its NUCLEUS_CANDIDATES most
+    likely tokens, as warp leaves it (probs over token `ids`, zero outside the nucleus, not
+    renormalised), and whether those candidates hold top_p of the row's probability: where
+    they do, the nucleus lies among them. Sorting all 49k scores of every row (warp) cost
+    more than the model's own decoding step (180 ms for 96 rows against 8 ms for this)."""
+    scores = scores / temperature
+    k = min(NUCLEUS_CANDIDATES, scores.shape[-1])
+    top, ids = scores.topk(k, dim=-1)  # most likely first
+    probs = (top - scores.logsumexp(-1, keepdim=True)).exp()
+    held = probs.cumsum(-1)
+    # warp drops a token when the tokens more likely than it hold top_p already (never the first)
+    dropped = held - probs >= top_p
+    dropped[:, 0] = False
+    probs = probs.masked_fill(dropped, 0.0)
+    return probs, ids, held[:, -1] >= top_p
+
+
+def draw(probs):
+    """One index per row, drawn in proportion to `probs` (unnormalised, >= 0) from the
+    global torch RNG by the inverse of the cumulative sum: torch.multinomial took 94 ms
+    for 96 rows of 49k tokens, this 3 ms. A token of probability 0 is never drawn."""
+    cdf = probs.cumsum(-1)
+    total = cdf[:, -1:]
+    # (u * total may round up to total, past every token: keep it just below)
+    u = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True)[:, 0]
+
+
+def sample(scores, temperature: float, top_p: float):
+    """The next token of each row, drawn from warp(scores, temperature, top_p).softmax(-1)."""
+    if top_p >= 1.0:
+        return draw((scores / temperature).softmax(-1))
+    probs, ids, covered = nucleus(scores, temperature, top_p)
+    out = ids.gather(1, draw(probs)[:, None])[:, 0]
+    if not covered.all():  # a flat row: its nucleus is wider than the candidates, sorted whole
+        rest = (~covered).nonzero()[:, 0]
+        out[rest] = draw(warp(scores[rest], temperature, top_p).softmax(-1))
+    return out
 
 
 def warp(scores, temperature: float, top_p: float):

@@ -210,3 +210,57 @@ def test_batches_are_cut_to_fit_the_kv_budget_but_never_below_32_rows(model_and_
     assert generation.rows_that_fit(fake(torch.float32), 128, 100) == 32  # a config it cannot read: the old size
     model, _ = model_and_tok
     assert generation.rows_that_fit(model, 128, 100) == 128
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 0.9), (0.8, 0.9), (1.3, 0.5), (0.5, 0.05), (1.0, 1e-6)])
+def test_the_nucleus_among_the_likeliest_tokens_is_warps(temperature, top_p):
+    """Rows of very different shapes (peaked as a model's, flat, one token holding almost all):
+    where the NUCLEUS_CANDIDATES most likely tokens hold top_p (`covered`), the kept tokens and
+    their probabilities are those warp's scores give; where they do not, the row says so."""
+    torch.manual_seed(0)
+    vocab = 2000
+    scales = torch.tensor([0.05, 1.0, 3.0, 6.0, 12.0, 40.0]).repeat(4)[:, None]
+    logits = torch.randn(len(scales), vocab) * scales
+    logits[-1, 7] = 1e4  # one token is everything
+    probs, ids, covered = generation.nucleus(logits, temperature, top_p)
+    want = generation.warp(logits.clone(), temperature, top_p).softmax(-1)
+    got = torch.zeros_like(want).scatter(1, ids, probs)
+    got = got / got.sum(-1, keepdim=True)
+    assert covered.any() and covered[-1]
+    assert torch.equal(got[covered] > 0, want[covered] > 0)
+    assert torch.allclose(got[covered], want[covered], atol=1e-6)
+    held = torch.gather((logits / temperature).softmax(-1), 1, ids)
+    assert torch.equal(~covered, held.sum(-1) < top_p)  # not covered: the candidates hold less than top_p
+
+
+def test_sampled_tokens_follow_warps_distribution_in_and_out_of_the_candidates():
+    """sample(): a peaked row (its nucleus among the candidates) and a flat one (sorted whole)
+    drawn 20000 times each: every token's share within 4 standard errors of warp's softmax,
+    and never a token outside the nucleus."""
+    torch.manual_seed(1)
+    vocab = 3 * generation.NUCLEUS_CANDIDATES
+    peaked = torch.randn(vocab) * 4
+    flat = torch.randn(vocab) * 0.1
+    n = 20000
+    logits = torch.cat([peaked.expand(n, -1), flat.expand(n, -1)])
+    got = generation.sample(logits, 0.8, 0.9)
+    _, _, covered = generation.nucleus(logits[[0, n]], 0.8, 0.9)
+    assert covered.tolist() == [True, False]  # one row of each kind
+    for row, drawn in ((peaked, got[:n]), (flat, got[n:])):
+        want = generation.warp(row[None].clone(), 0.8, 0.9).softmax(-1)[0]
+        share = torch.bincount(drawn, minlength=vocab).float() / n
+        assert not share[want == 0].any()
+        assert ((share - want).abs() <= 4 * (want * (1 - want) / n).sqrt() + 2e-3).all()
+
+
+def test_draw_never_picks_a_token_of_probability_zero():
+    """Inverse-CDF draws: zero-probability tokens (banned, outside the nucleus) at either end
+    and in between are never picked, whatever the uniform number, 0 and just below 1 included."""
+    probs = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0], [0.0, 0.0, 1e-9, 0.0, 0.0]]).repeat(5000, 1)
+    got = generation.draw(probs)
+    assert set(got[0::2].tolist()) == {1, 3} and set(got[1::2].tolist()) == {2}
+    for u in (0.0, 1.0 - 2 ** -24):
+        torch.manual_seed(0)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(torch, "rand_like", lambda t: torch.full_like(t, u))
+            assert set(generation.draw(probs[:2]).tolist()) <= {1, 2, 3}
