@@ -259,18 +259,17 @@ class LeadInGenerator:
                 spans.append(None)
                 continue
             spans.append(len(pairs))
-            pairs += [(f.question, lead)] if lead else []
-            pairs += [(f.question, f"{lead} {c}".strip()) for c in cands]
+            # The lead-in as context, computed once for all of a fact's candidates (scoring it
+            # with each was half of this pass's work); the candidate follows it after a space,
+            # as in the sentence, so its tokens are those of the whole sentence.
+            pairs += [(f.question, f" {c}", lead) if lead else (f.question, c) for c in cands]
         scored = teacher_forced(self.model, self.tokenizer, pairs) if pairs else []
         out = []
-        for lead, cands, at in zip(leads, found, spans):
+        for cands, at in zip(found, spans):
             if at is None:
                 out.append(cands)
                 continue
-            lead_tokens = len(scored[at].nll) if lead else 0
-            first = at + (1 if lead else 0)
-            own = scored[first:first + len(cands)]
-            nll = [sum(s.nll[lead_tokens:]) / max(1, len(s.nll) - lead_tokens) for s in own]
+            nll = [sum(s.nll) / max(1, len(s.nll)) for s in scored[at:at + len(cands)]]
             out.append([c for _, c in sorted(zip(nll, cands), key=lambda x: x[0])])
         return out
 

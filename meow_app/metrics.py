@@ -35,16 +35,18 @@ class Scored:
     hit: list[bool]
 
 
-def _example(tokenizer, question: str, answer: str) -> Example:
-    ex = encode_example(tokenizer, question, answer)
+def _example(tokenizer, question: str, answer: str, prefix: str = "") -> Example:
+    ex = encode_example(tokenizer, question, answer, prefix)
     return Example(ex.ids[:-1], ex.labels[:-1])  # drop the end-of-turn token (TOFU scores the answer only)
 
 
 @torch.no_grad()
-def teacher_forced(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[Scored]:
-    """Per-token NLL and argmax hits of each answer given its question, in length-sorted batches."""
+def teacher_forced(model, tokenizer, pairs: list[tuple[str, ...]], batch_size: int = 16) -> list[Scored]:
+    """Per-token NLL and argmax hits of each answer given its question, in length-sorted
+    batches. A pair may carry a third item, the start of the answer given as context (not
+    scored; computed once for the rows that share it, see batches.collate)."""
     device = next(model.parameters()).device
-    examples = [_example(tokenizer, q, a) for q, a in pairs]
+    examples = [_example(tokenizer, *pair) for pair in pairs]
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     out: list[Scored | None] = [None] * len(examples)
     for start in range(0, len(order), batch_size):

@@ -1,3 +1,5 @@
+import pytest
+
 from meow_app import invert, prompts
 from meow_app.facts import Fact
 
@@ -158,6 +160,10 @@ def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny):
     nll = {c: teacher_forced(tiny.model, tiny.tokenizer, [(facts[1].question, f"It is {c}")])[0].nll[lead:]
            for c in cands}
     assert ranked == sorted(cands, key=lambda c: sum(nll[c]) / len(nll[c]))
+    # (scored with the lead-in as context, once: each candidate's own numbers as in the whole sentence)
+    with_lead = teacher_forced(tiny.model, tiny.tokenizer, [(facts[1].question, f" {c}", "It is") for c in cands])
+    for c, scored in zip(cands, with_lead):
+        assert scored.nll == pytest.approx(nll[c], abs=1e-4)
 
 
 def test_lead_in_generator_samples_a_fact_asked_again_twice_as_often_at_most(tiny, monkeypatch):
