@@ -372,18 +372,22 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             if procs.is_main:
                 inputs = training_inputs(loaded, forget, retain, config, before, cache)
             train_forget, train_retain, anchors = procs.broadcast(inputs)  # the others wait here for them
-            result = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
-                             should_stop, anchors, probe_facts=forget, processes=procs).train()
+            trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
+                              should_stop, anchors, probe_facts=forget, processes=procs, defer_final_probe=True)
+            result = trainer.train()
         if not procs.is_main:  # no collective follows the training: the main one finishes alone
             return None
         with stages("probe_after"):
-            # The loop probed the final model already (LoRA merging and the dtype cast do not
-            # change greedy answers in fp32); otherwise probe it now, as "before" was: in fp32
-            # (with --bf16 the loop's probes ran under bf16 autocast).
+            # A run that stopped early probed its final model already (LoRA merging and the
+            # dtype cast do not change greedy answers in fp32); otherwise the forget set is
+            # probed now, as "before" was (in fp32: with --bf16 the loop's probes ran under bf16
+            # autocast), in one pass with the others, and completes the loop's last probe.
             reuse = result.last_probe and loaded.dtype == torch.float32 and not config.lora and not config.bf16
             after = probe_sets(result.model, loaded.tokenizer, None if reuse else forget, retain, everyday)
             if reuse:
                 after["forget"] = result.last_probe
+            elif result.probe_deferred:
+                trainer.complete_probe(result, after["forget"])
         with stages("save"):
             save_checkpoint(result.model, loaded.tokenizer, partial / "model")
             if result.adapter:

@@ -258,6 +258,7 @@ class TrainResult:
     steps: list = field(default_factory=list)    # one dict per optimiser step
     probes: list = field(default_factory=list)   # one dict per probe (hit rates only)
     last_probe: dict | None = None               # the full last probe, of the returned model
+    probe_deferred: bool = False                 # the last probe's greedy answers are the caller's (complete_probe)
     stopped_early: bool = False
     seconds: float = 0.0
     info: dict = field(default_factory=dict)     # method-specific numbers for run.json (Fisher: eta, lambda, ...)
@@ -350,7 +351,7 @@ def gathered_model(sharded, original, is_main: bool):
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
                  on_event=None, should_stop=None, anchors=None, probe_facts=None, run_probes: bool = True,
-                 processes: Processes = SINGLE):
+                 processes: Processes = SINGLE, defer_final_probe: bool = False):
         config.check()
         if method.needs_retain and not retain:
             raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
@@ -362,6 +363,10 @@ class Trainer:
         # The probes check for *forgetting* and cost a generation pass over the facts: off
         # when learning (finetune.py), which then never stops early.
         self.run_probes = run_probes
+        # The caller asks the last epoch's greedy answers itself and hands them to
+        # complete_probe: the pipeline asks them in the same generation pass as the retain and
+        # everyday questions after the run (one batch of ~90 rows costs ~3 s less than two).
+        self.defer_final_probe = defer_final_probe
         # Data-parallel runs (distributed.py): this process's rank, shard and collectives.
         self.processes = processes
         check_method(method, processes.size)
@@ -439,11 +444,12 @@ class Trainer:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _probe(self, model, epoch: int, final: bool) -> tuple[dict, dict | None]:
+    def _probe(self, model, epoch: int, final: bool, deferred: bool = False) -> tuple[dict, dict | None]:
         """(the probe event, the full probe); without probes an event with no hit rates.
         With stop_depth the cheap measure goes first: while a true answer is still likely the
         run goes on whatever the greedy answers say, so they are not asked (hit rates None),
-        except after the last epoch, whose probe the pipeline reuses as its 'after'."""
+        except after the last epoch, whose probe the pipeline reuses as its 'after'.
+        deferred: the greedy answers are left to the caller, and so is the event."""
         event = {"type": "probe", "epoch": epoch, "hit_rate": None, "paraphrase_hit_rate": None}
         if not self.run_probes:
             return event, None
@@ -452,6 +458,8 @@ class Trainer:
             if event["still_likely"] and not final:
                 self.on_event(event)
                 return event, None
+        if deferred:
+            return event, None
         model.eval()
         model.config.use_cache = True
         with self.autocast():
@@ -582,8 +590,8 @@ class Trainer:
                 self.on_event(event)
             if cfg.early_stop or epoch == epochs:
                 final = epoch == epochs
-                if self.probe_and_check(model, epoch, result, final) and cfg.early_stop and epoch >= cfg.min_epochs \
-                        and not final:
+                if self.probe_and_check(model, epoch, result, final, deferred=final and self.defer_final_probe) \
+                        and cfg.early_stop and epoch >= cfg.min_epochs and not final:
                     result.stopped_early = True
                     break
         if keys:
@@ -675,15 +683,26 @@ class Trainer:
             raise MeowError(f"the loss became {loss.item()} at step {step + 1}: lower the learning rate")
         loss.backward()
 
-    def probe_and_check(self, model, epoch: int, result: TrainResult, final: bool = True) -> bool:
+    def probe_and_check(self, model, epoch: int, result: TrainResult, final: bool = True,
+                        deferred: bool = False) -> bool:
         """Probe the forget questions; record it; True when nothing leaks any more. With
-        several processes the main one probes and tells the others."""
+        several processes the main one probes and tells the others. deferred: only the cheap
+        depth measure now; the greedy answers come with complete_probe."""
         probe = None
         if self.processes.is_main:
-            probe, result.last_probe = self._probe(model, epoch, final)
+            probe, result.last_probe = self._probe(model, epoch, final, deferred)
         probe = self.processes.broadcast(probe)
         result.probes.append(probe)
+        result.probe_deferred = deferred and self.run_probes
         return probe["hit_rate"] == 0 and not probe["paraphrase_hit_rate"] and not probe.get("still_likely")
+
+    def complete_probe(self, result: TrainResult, probe: dict) -> None:
+        """The deferred last probe (probe_and_check) completed with the caller's greedy probe
+        of the returned model (probes.probe's result); its event goes out now."""
+        event = result.probes[-1]
+        event.update(hit_rate=probe["hit_rate"], paraphrase_hit_rate=probe["paraphrase_hit_rate"])
+        result.last_probe, result.probe_deferred = probe, False
+        self.on_event(event)
 
     def still_likely(self, model) -> int:
         """Forget facts whose true answer keeps more than stop_depth of its original probability

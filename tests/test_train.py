@@ -136,6 +136,26 @@ def test_stop_depth_waits_until_the_truth_is_unlikely_too(tiny, inverted_facts, 
     assert result.stopped_early and result.probes[0]["still_likely"] == 0
 
 
+def test_a_deferred_last_probe_is_completed_by_the_caller(tiny, inverted_facts):
+    """defer_final_probe: after the last epoch the loop asks no greedy answers and sends no
+    event; complete_probe fills the probe in with the caller's and sends it."""
+    from meow_app import probes
+
+    config = TrainConfig(epochs=2, lr=1e-3, batch_size=4, num_batch=4, early_stop=False)
+    events = []
+    trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, inverted_facts, None, events.append,
+                      defer_final_probe=True)
+    result = trainer.train()
+    assert result.probe_deferred and result.last_probe is None and len(result.probes) == 1
+    assert result.probes[0]["hit_rate"] is None and not [e for e in events if e["type"] == "probe"]
+    probe = probes.probe(result.model, tiny.tokenizer, inverted_facts)
+    trainer.complete_probe(result, probe)
+    assert result.last_probe is probe and not result.probe_deferred
+    assert [e for e in events if e["type"] == "probe"] == result.probes
+    assert (result.probes[0]["hit_rate"], result.probes[0]["paraphrase_hit_rate"]) == \
+        (probe["hit_rate"], probe["paraphrase_hit_rate"])
+
+
 def test_still_likely_counts_facts_the_model_knows_and_reaches_the_progress_events(tiny, inverted_facts):
     import copy
 
@@ -319,16 +339,19 @@ def test_settings_typed_as_text_parse_or_fail_with_one_message():
         TrainConfig.from_text([("own_answers", "perhaps")])
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_the_loops_last_probe_stands_for_after_only_when_it_ran_in_fp32(tiny_dir, inverted_facts, tmp_path,
-                                                                       monkeypatch, bf16):
-    """'before' is probed in fp32; with --bf16 the loop's probes run under bf16 autocast, so
-    the pipeline probes the forget set again for 'after' rather than compare two precisions."""
+@pytest.mark.parametrize("bf16,epochs", [(False, 1), (True, 1), (False, 2), (True, 2)])
+def test_the_last_probe_is_asked_with_the_others_after_the_run(tiny_dir, inverted_facts, tmp_path, monkeypatch,
+                                                                 bf16, epochs):
+    """After the last epoch the loop leaves the greedy answers to the pipeline, which asks them
+    in its one pass after the run (with the retain and everyday questions) and completes the
+    loop's probe with them. A run that stopped early (the tiny model never leaks: after epoch 1
+    of 2) probed its final model already: that probe stands for 'after' where it ran in fp32
+    as 'before' did; with --bf16 the loop's probes ran under bf16 autocast, so it is asked again."""
     from meow_app import pipeline, train
     from meow_app.pipeline import InvertSettings
 
     monkeypatch.setattr(train, "cpu_has_bf16_matmul", lambda: True)
-    asked = []
+    asked, events = [], []
     probe_sets = pipeline.probe_sets
 
     def recorded(model, tokenizer, forget, *rest, **kwargs):
@@ -336,12 +359,21 @@ def test_the_loops_last_probe_stands_for_after_only_when_it_ran_in_fp32(tiny_dir
         return probe_sets(model, tokenizer, forget, *rest, **kwargs)
 
     monkeypatch.setattr(pipeline, "probe_sets", recorded)
-    config = TrainConfig(epochs=1, min_steps=1, num_batch=2, neighbours=0, early_stop=True, bf16=bf16)
+    config = TrainConfig(epochs=epochs, min_steps=1, num_batch=2, neighbours=0, early_stop=True, bf16=bf16)
     run = pipeline.unlearn(inverted_facts, tmp_path / "run", model=tiny_dir, config=config, device="cpu",
-                           invert_settings=InvertSettings(n=2))
-    assert run["probes"][-1]["hit_rate"] is not None  # the loop probed the final model
+                           invert_settings=InvertSettings(n=2), on_event=events.append)
+    stopped = epochs == 2
+    assert run["stopped_early"] == stopped and len(run["probes"]) == 1
     assert len(asked) == 2 and asked[0] is not None  # before; after
-    assert (asked[1] is None) == (not bf16)
+    assert (asked[1] is None) == (stopped and not bf16)
+    last = run["probes"][-1]  # completed: the hit rates of 'after'
+    after = run["summary"]["after"]["forget"]
+    assert (last["hit_rate"], last["paraphrase_hit_rate"]) == (after["hit_rate"], after["paraphrase_hit_rate"])
+    kinds = [e["type"] if e["type"] != "stage" else e["stage"] for e in events]
+    assert kinds.count("probe") == 1  # one event, with its hit rates
+    assert [e for e in events if e["type"] == "probe"][0]["hit_rate"] is not None
+    # (a deferred probe's event comes while the pipeline asks 'after')
+    assert kinds.index("probe") > kinds.index("probe_after" if not stopped else "train")
 
 
 @pytest.mark.parametrize("method", ["meow", "gd"])
