@@ -260,8 +260,8 @@ class LeadInGenerator:
                 continue
             spans.append(len(pairs))
             # The lead-in as context, computed once for all of a fact's candidates (scoring it
-            # with each was half of this pass's work); the candidate follows it after a space,
-            # as in the sentence, so its tokens are those of the whole sentence.
+            # with each was half of this pass's work); each candidate's tokens are those it
+            # has in the whole sentence (teacher_forced's prefix).
             pairs += [(f.question, f" {c}", lead) if lead else (f.question, c) for c in cands]
         scored = teacher_forced(self.model, self.tokenizer, pairs) if pairs else []
         out = []

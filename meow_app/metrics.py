@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from rouge_score import rouge_scorer
 
-from . import losses
-from .batches import Example, collate, encode_example, to_device
+from . import generation, losses
+from .batches import IGNORE, Example, collate, encode_example, to_device
 
 _rougeL = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 MIN_K = 0.4  # Min-k% membership score: mean of the lowest 40% token log-probs
@@ -36,14 +36,22 @@ class Scored:
 
 
 def _example(tokenizer, question: str, answer: str, prefix: str = "") -> Example:
-    ex = encode_example(tokenizer, question, answer, prefix)
+    if prefix:
+        # The answer's tokens as they are in the whole text prefix + answer: that text is
+        # tokenised whole and the tokens it starts with as the prefix alone does are the
+        # context. (Tokenising " Paris" alone gives Llama-2-style tokenizers an extra "▁".)
+        whole, head = generation.encode(tokenizer, prefix + answer), generation.encode(tokenizer, prefix)
+        shared = next((i for i, (a, b) in enumerate(zip(whole, head)) if a != b), min(len(whole), len(head)))
+        prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, question)) + whole[:shared]
+        return Example(prompt + whole[shared:], [IGNORE] * len(prompt) + whole[shared:])
+    ex = encode_example(tokenizer, question, answer)
     return Example(ex.ids[:-1], ex.labels[:-1])  # drop the end-of-turn token (TOFU scores the answer only)
 
 
 @torch.no_grad()
 def teacher_forced(model, tokenizer, pairs: list[tuple[str, ...]], batch_size: int = 16) -> list[Scored]:
     """Per-token NLL and argmax hits of each answer given its question, in length-sorted
-    batches. A pair may carry a third item, the start of the answer given as context (not
+    batches. A pair may carry a third item, text the answer follows, given as context (not
     scored; computed once for the rows that share it, see batches.collate)."""
     device = next(model.parameters()).device
     examples = [_example(tokenizer, *pair) for pair in pairs]

@@ -143,7 +143,7 @@ def test_lead_in_is_the_models_answer_before_the_truth():
     assert gen.lead_in(Fact("Who founded Microsoft?", "Bill Gates", ["Gates"])) == ""
 
 
-def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny):
+def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny, monkeypatch):
     from meow_app.metrics import teacher_forced
 
     facts = [Fact("Who wrote Hamlet?", "Shakespeare"), Fact("Capital of Peru?", "Lima")]
@@ -160,10 +160,43 @@ def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny):
     nll = {c: teacher_forced(tiny.model, tiny.tokenizer, [(facts[1].question, f"It is {c}")])[0].nll[lead:]
            for c in cands}
     assert ranked == sorted(cands, key=lambda c: sum(nll[c]) / len(nll[c]))
-    # (scored with the lead-in as context, once: each candidate's own numbers as in the whole sentence)
-    with_lead = teacher_forced(tiny.model, tiny.tokenizer, [(facts[1].question, f" {c}", "It is") for c in cands])
-    for c, scored in zip(cands, with_lead):
+    # The ranking's own numbers (the lead-in given once as context) are each candidate's in the whole sentence.
+    from meow_app import metrics
+
+    seen = []
+    plain = metrics.teacher_forced
+    monkeypatch.setattr(metrics, "teacher_forced", lambda *a, **k: seen.append(plain(*a, **k)) or seen[-1])
+    gen.most_likely(facts[1], "It is", cands)
+    assert len(seen) == 1 and len(seen[0]) == len(cands)  # one pass, no row for the lead-in alone
+    for c, scored in zip(cands, seen[0]):
         assert scored.nll == pytest.approx(nll[c], abs=1e-4)
+
+
+def test_an_answer_after_a_prefix_keeps_its_tokens_of_the_whole_text():
+    """teacher_forced's prefix: the answer is scored on the tokens it has in prefix + answer,
+    also with a Llama-2-style tokenizer (a "▁" before every word, spaces made "▁"), which
+    gives " Paris" alone an extra "▁" token."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from meow_app import generation, metrics
+    from meow_app.batches import IGNORE
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=True)
+    raw.train_from_iterator(["It is Paris, and the capital of Ukraine is Kyiv, not Lviv."] * 20,
+                            trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"]))
+    raw.pre_tokenizer = None
+    raw.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    raw.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="<unk>")
+    tok.chat_template = "{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    enc = lambda text: generation.encode(tok, text)  # noqa: E731
+    for lead, cand in (("It is", "Paris"), ("the capital of Ukraine is", "Lviv")):
+        assert enc(" " + cand) != enc(lead + " " + cand)[len(enc(lead)):]  # (the trap)
+        ex = metrics._example(tok, "Where?", " " + cand, lead)
+        answer = [t for t, label in zip(ex.ids, ex.labels) if label != IGNORE]
+        assert answer == enc(lead + " " + cand)[len(enc(lead)):] and ex.ids[-len(answer):] == answer
 
 
 def test_lead_in_generator_samples_a_fact_asked_again_twice_as_often_at_most(tiny, monkeypatch):
