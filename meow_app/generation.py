@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import MeowError
+
 
 def chat_prompt(tokenizer, question: str, system: str | None = None) -> str:
     """The question in the model's own chat template, ready for the answer to follow."""
@@ -150,7 +152,8 @@ def nucleus(scores, temperature: float, top_p: float):
     probs = (top - scores.logsumexp(-1, keepdim=True)).exp()
     held = probs.cumsum(-1)
     # warp drops a token when the tokens more likely than it hold top_p already (never the first)
-    dropped = held - probs >= top_p
+    before = torch.cat([torch.zeros_like(held[:, :1]), held[:, :-1]], dim=1)
+    dropped = before >= top_p
     dropped[:, 0] = False
     probs = probs.masked_fill(dropped, 0.0)
     return probs, ids, held[:, -1] >= top_p
@@ -162,6 +165,9 @@ def draw(probs):
     for 96 rows of 49k tokens, this 3 ms. A token of probability 0 is never drawn."""
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
+    if not (total > 0).all() or not total.isfinite().all():  # (multinomial refuses these too)
+        raise MeowError("sampling found a row with no token to draw: every token banned, or the model's scores "
+                        "are not finite (NaN or infinite)")
     # (u * total may round up to total, past every token: keep it just below)
     u = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True)[:, 0]

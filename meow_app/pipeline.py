@@ -382,7 +382,8 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
             # dtype cast do not change greedy answers in fp32); otherwise the forget set is
             # probed now, as "before" was (in fp32: with --bf16 the loop's probes ran under bf16
             # autocast), in one pass with the others, and completes the loop's last probe.
-            reuse = result.last_probe and loaded.dtype == torch.float32 and not config.lora and not config.bf16
+            reuse = (result.last_probe and loaded.dtype == torch.float32 and not config.lora and not config.bf16
+                     and loaded.device.type != "cuda")  # (on CUDA the loop runs under bf16 autocast)
             after = probe_sets(result.model, loaded.tokenizer, None if reuse else forget, retain, everyday)
             if reuse:
                 after["forget"] = result.last_probe

@@ -259,8 +259,22 @@ def test_draw_never_picks_a_token_of_probability_zero():
     probs = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0], [0.0, 0.0, 1e-9, 0.0, 0.0]]).repeat(5000, 1)
     got = generation.draw(probs)
     assert set(got[0::2].tolist()) == {1, 3} and set(got[1::2].tolist()) == {2}
-    for u in (0.0, 1.0 - 2 ** -24):
-        torch.manual_seed(0)
+    for u in (0.0, 1.0 - 2 ** -24, 1.0):  # (u * total rounding up to total is held just below it)
         with pytest.MonkeyPatch.context() as m:
             m.setattr(torch, "rand_like", lambda t: torch.full_like(t, u))
             assert set(generation.draw(probs[:2]).tolist()) <= {1, 2, 3}
+    from meow_app.errors import MeowError
+
+    for bad in (torch.zeros(1, 5), torch.full((1, 5), float("nan"))):  # all banned; a broken model's scores
+        with pytest.raises(MeowError, match="no token to draw"):
+            generation.draw(torch.cat([probs[:1], bad]))
+
+
+def test_the_nucleus_at_a_tie_keeps_what_warp_keeps():
+    """Where the tokens before one hold exactly top_p, warp drops it: so does nucleus (a
+    cumulative sum minus the token's own probability would round just under top_p)."""
+    for probs, top_p in (([0.5, 0.3, 0.2], 0.5), ([0.5, 0.25, 0.25], 0.5), ([0.25, 0.25, 0.25, 0.25], 0.5)):
+        logits = torch.tensor([probs]).log()
+        kept, _, _ = generation.nucleus(logits, 1.0, top_p)
+        want = generation.warp(logits.clone(), 1.0, top_p)
+        assert int((kept > 0).sum()) == int(torch.isfinite(want).sum())
