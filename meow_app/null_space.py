@@ -117,10 +117,15 @@ def input_covariances(model, examples, pad_id: int, device, batch_size: int = 16
     return {name: sums[owner[name]] for name in owner}
 
 
-def eigen_split(cov: torch.Tensor, energy: float) -> tuple[torch.Tensor, torch.Tensor]:
+def eigen_split(cov: torch.Tensor, energy: float, outliers: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, V): U (in_features x k) the fewest leading eigenvectors of cov holding `energy`
     of its eigenvalue sum (all of its numerical rank for energy >= 1), V the other
-    eigenvectors, so that U U^T + V V^T = I."""
+    eigenvectors, so that U U^T + V V^T = I.
+
+    outliers > 0: eigenvalues above that share of the sum are held and left out of the sum
+    the energy is counted on. A massive activation (one coordinate of a few tokens' inputs)
+    can hold 99.97% of a layer's energy by itself, so `energy` 0.99 would hold that one
+    direction and leave the layer free."""
     # On the GPU where there is one (a wide model's layers take minutes each on a CPU; MPS
     # has no float64). A share up to 0.99 needs only the leading directions, which float32
     # finds as well in half the time (its rounding, ~n * 1e-7 of the largest eigenvalue, is
@@ -132,14 +137,18 @@ def eigen_split(cov: torch.Tensor, energy: float) -> tuple[torch.Tensor, torch.T
     if total <= 0:
         return vectors[:, :0], vectors
     rank = int((values > RANK_TOLERANCE * values[0]).sum())
-    k = rank if energy >= 1 else min(rank, int((values.cumsum(0) < energy * total * (1 - 1e-6)).sum()) + 1)
+    big = int((values > outliers * total).sum()) if outliers > 0 else 0
+    rest = values[big:]
+    wanted = energy * float(rest.sum()) * (1 - 1e-6)
+    k = rank if energy >= 1 else min(rank, big + int((rest.cumsum(0) < wanted).sum()) + 1)
     return vectors[:, :k], vectors[:, k:]
 
 
 class NullSpace:
     """The projection of one run: built before the first step, applied after every step."""
 
-    def __init__(self, model, examples, pad_id: int, device, energy: float, unit: bool = False):
+    def __init__(self, model, examples, pad_id: int, device, energy: float, unit: bool = False,
+                 outliers: float = 0.0):
         covs = input_covariances(model, examples, pad_id, device, unit=unit)
         self.layers = trained_linears(model)
         self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
@@ -153,7 +162,7 @@ class NullSpace:
             cov = covs[names[0]]
             for name in names:  # one covariance at a time: a wide model's take GBs each
                 del covs[name]
-            u, v = eigen_split(cov, energy)
+            u, v = eigen_split(cov, energy, outliers)
             del cov
             # (I - U U^T) = V V^T: multiply by whichever basis is narrower (same result); a
             # compact copy, so the eigendecomposition's whole matrix is freed.

@@ -128,6 +128,10 @@ class TrainConfig:
     null_space_unit: bool = _setting(False, "null_space: count each preserved token's input as a unit vector, so "
                                             "a few tokens with huge activations (e.g. 99.97% of one layer's "
                                             "energy in one direction) do not decide which directions are held")
+    null_space_outliers: float = _setting(0.0, "null_space: eigen-directions of a layer's preserved inputs above "
+                                               "this share of their energy are always held and the energy share "
+                                               "is counted on the rest (e.g. 0.1), so a massive activation does "
+                                               "not leave its layer free (0 = off)")
     lead_in_context: bool = _setting(False, "meow: where a false answer starts with the model's own lead-in to "
                                             "the fact ('The capital of Ukraine is'), train only on the rest "
                                             "(' Lviv.'), the lead-in given as context, so the words every similar "
@@ -185,6 +189,8 @@ class TrainConfig:
             raise MeowError(f"fisher_precondition must be 0 (off) or a positive number, got {self.fisher_precondition}")
         if not 0 <= self.null_space <= 1:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
+        if not 0 <= self.null_space_outliers < 1:
+            raise MeowError(f"null_space_outliers must be 0 (off) or a share below 1, got {self.null_space_outliers}")
         for name in ("anchors", "neighbours", "siblings", "min_steps"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -655,7 +661,7 @@ class Trainer:
         start = time.perf_counter()
         with self.autocast():
             projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space,
-                                   unit=self.config.null_space_unit)
+                                   unit=self.config.null_space_unit, outliers=self.config.null_space_outliers)
         result.info["null_space"] = {"held_directions": projection.info(),
                                      "seconds": round(time.perf_counter() - start, 1)}
         return projection

@@ -28,6 +28,24 @@ def test_directions_hold_the_asked_share_of_energy():
     assert eigen_split(torch.zeros(3, 3, dtype=torch.float64), 1.0)[0].shape == (3, 0)
 
 
+
+def test_an_outlier_direction_is_held_and_the_share_counted_on_the_rest():
+    """A massive activation: one direction with 99% of the energy. energy 0.99 alone holds it and
+    leaves the layer free; with outliers the share is counted on the other directions."""
+    vectors = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]
+    values = torch.tensor([1000.0, 4, 3, 2, 1, 0], dtype=torch.float64)
+    cov = vectors @ torch.diag(values) @ vectors.T
+    assert eigen_split(cov, 0.99)[0].shape == (6, 1)
+    assert eigen_split(cov, 0.99, outliers=0.5)[0].shape == (6, 5)  # 1000, then 99% of 4+3+2+1
+    u, v = eigen_split(cov, 0.65, outliers=0.5)  # 1000, then 4+3 (70% >= 65% of the rest)
+    assert u.shape == (6, 3) and v.shape == (6, 3)
+    # (float32 eigenvectors below energy 1: the rounding of a spectrum 1000 wide)
+    assert torch.allclose(u @ u.T, vectors[:, :3] @ vectors[:, :3].T, atol=1e-4)
+    assert torch.allclose(u @ u.T + v @ v.T, torch.eye(6, dtype=torch.float64), atol=1e-4)
+    # No eigenvalue above the share: the same split as without.
+    flat = vectors @ torch.diag(torch.tensor([4.0, 3, 2, 1, 0, 0], dtype=torch.float64)) @ vectors.T
+    assert eigen_split(flat, 0.7, outliers=0.5)[0].shape == eigen_split(flat, 0.7)[0].shape == (6, 2)
+
 def _one_trained_layer(tiny, layer_of):
     """A copy of the tiny model with one linear layer trainable, its examples' encoder, the layer."""
     model = copy.deepcopy(tiny.model)
@@ -74,9 +92,9 @@ def test_covariances_are_those_of_the_real_tokens_only(tiny, name):
     assert float(torch.trace(expected)) == pytest.approx(sum(len(x) for x in seen))
 
 
-def _train(tiny, null_space):
+def _train(tiny, null_space, outliers=0.0):
     config = TrainConfig(epochs=8, lr=1e-2, batch_size=4, num_batch=4, early_stop=False, train_only="down_proj",
-                         null_space=null_space, anchor_weight=0.0)
+                         null_space=null_space, anchor_weight=0.0, null_space_outliers=outliers)
     trainer = Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, config, FORGET, anchors=PRESERVED)
     return trainer, trainer.train()
 
@@ -105,9 +123,19 @@ def test_projected_training_leaves_preserved_outputs_unchanged_and_still_learns(
     assert (moved - before).abs().max() > 100 * (after - before).abs().max()
 
 
+def test_outliers_hold_more_directions_in_the_trainers_projection(tiny):
+    _, plain = _train(tiny, 0.5)
+    _, held_out = _train(tiny, 0.5, outliers=0.05)
+    plain, more = (r.info["null_space"]["held_directions"]["down_proj"] for r in (plain, held_out))
+    assert more[0] >= plain[0] and more[1] >= plain[1] and more != plain
+
+
 def test_a_share_outside_0_to_1_is_refused(tiny):
     with pytest.raises(MeowError, match="null_space must be between 0 and 1"):
         Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(null_space=1.5), FORGET)
+    with pytest.raises(MeowError, match="null_space_outliers must be 0"):
+        Trainer(methods.get("meow"), tiny.model, tiny.tokenizer, TrainConfig(null_space=0.9, null_space_outliers=1.0),
+                FORGET)
 
 
 def test_with_lora_the_neighbour_answers_are_trained_on_instead(tiny):
