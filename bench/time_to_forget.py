@@ -43,7 +43,9 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             # `default` again, run after a first `default` has kept them (meow_app/answer_cache.py)
             "no_cache": {"answer_cache": False}, "warm": {},
             # every probe answer to its end, as before probes stopped once an answer leaked
-            "whole_probes": {"whole_probes": True}}
+            "whole_probes": {"whole_probes": True},
+            # the projection also holding the layers a massive activation left free (docs/forgetting.md round 12)
+            "ns_outliers": {"null_space_outliers": 0.1}}
 VARIANT_METHODS = {"meow_edit": "meow_edit"}  # variants that run another method than meow
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
