@@ -129,9 +129,12 @@ def eigen_split(cov: torch.Tensor, energy: float, outliers: float = 0.0) -> tupl
     # On the GPU where there is one (a wide model's layers take minutes each on a CPU; MPS
     # has no float64). A share up to 0.99 needs only the leading directions, which float32
     # finds as well in half the time (its rounding, ~n * 1e-7 of the largest eigenvalue, is
-    # far below the 1% left out); more, and the numerical rank, need float64.
+    # far below the 1% left out); more, and the numerical rank, need float64, and so do
+    # outliers: the share is then counted on what is left after them, which can be 1e-4 of
+    # the largest eigenvalue (float32 then holds ~98% where 99% was asked).
     cov = cov.cpu() if cov.device.type == "mps" else cov
-    values, vectors = torch.linalg.eigh(cov.double() if energy > 0.99 else cov.float())  # ascending
+    precise = energy > 0.99 or outliers > 0
+    values, vectors = torch.linalg.eigh(cov.double() if precise else cov.float())  # ascending
     values, vectors = values.double().flip(0).clamp(min=0), vectors.flip(1).to(cov.dtype)
     total = float(values.sum())
     if total <= 0:
