@@ -61,8 +61,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['layer']} | {r['inputs']} | {r['top_share']:.2%} | {r['held']} | {r['held_with_outliers']} |")
     if a.json:
-        Path(a.json).write_text(json.dumps({"forget": a.forget, "preserved": len(anchors), "null_space": config.null_space,
-                                            "outliers": a.outliers, "rows": rows}, indent=1))
+        record = {"forget": a.forget, "preserved": len(anchors), "null_space": config.null_space,
+                  "outliers": a.outliers, "rows": rows}
+        Path(a.json).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
