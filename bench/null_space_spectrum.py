@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -42,11 +41,9 @@ def main() -> None:
     loaded = models.load()
     forget = load_facts(a.forget)
     anchors = pipeline.anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed)
-    model = loaded.model
-    for name, p in model.named_parameters():  # what the run trains (train_only "mlp"), so the same layers
-        p.requires_grad_(bool(re.search(config.train_only, name)))
-    trainer = Trainer(method, model, loaded.tokenizer, config, forget, anchors=anchors)
-    covs = input_covariances(model, trainer.examples(anchors), loaded.tokenizer.pad_token_id, "cpu")
+    trainer = Trainer(method, loaded.model, loaded.tokenizer, config, forget, anchors=anchors)
+    model = trainer._trainable_copy(project=True)  # the run's trained layers, selected as the run selects them
+    covs = input_covariances(model, trainer.examples(anchors), loaded.tokenizer.pad_token_id, trainer.device)
     rows, seen = [], set()
     for name, cov in covs.items():
         if id(cov) in seen:  # gate_proj and up_proj share their inputs

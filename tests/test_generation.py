@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from meow_app import generation
+from meow_app.errors import MeowError
 from tiny import sharp_tiny_model, tiny_tokenizer
 
 
@@ -263,8 +264,6 @@ def test_draw_never_picks_a_token_of_probability_zero():
         with pytest.MonkeyPatch.context() as m:
             m.setattr(torch, "rand_like", lambda t: torch.full_like(t, u))
             assert set(generation.draw(probs[:2]).tolist()) <= {1, 2, 3}
-    from meow_app.errors import MeowError
-
     for bad in (torch.zeros(1, 5), torch.full((1, 5), float("nan"))):  # all banned; a broken model's scores
         with pytest.raises(MeowError, match="no token to draw"):
             generation.draw(torch.cat([probs[:1], bad]))
