@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import MeowError
 from .facts import Fact
-from . import generation, probes
+from . import generation, neighbours, probes
 from .prompts import invert_messages, invert_raw
 
 # Last resort, shown to the user as editable text rather than hidden.
@@ -155,7 +155,18 @@ def _content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOPWORDS and len(w) > 2}
 
 
-def lead_in_candidate(continuation: str, fact: Fact, lead_in: str) -> str | None:
+def _named(text: str) -> bool:
+    """A name or a number, after any article ("the Victoria" for "the Nile")."""
+    head = re.sub(r"^(?:the|a|an) ", "", text.strip(), flags=re.I)
+    return head[:1].isupper() or head[:1].isdigit()
+
+
+def named_answer(fact: Fact) -> bool:
+    """The truth is a name or a number (its answer and every keyword)."""
+    return all(_named(t) for t in [fact.answer, *fact.keywords] if t.strip())
+
+
+def lead_in_candidate(continuation: str, fact: Fact, lead_in: str, max_words: int | None = None) -> str | None:
     """The false answer in a sampled continuation of the model's lead-in ("The capital of
     Ukraine is" -> " Lviv, a city in ..." -> "Lviv"), or None for a non-answer: nothing,
     words of the question or of the lead-in again (a restated question, "The capital of
@@ -166,14 +177,10 @@ def lead_in_candidate(continuation: str, fact: Fact, lead_in: str) -> str | None
         return None
     # A name or a number in the truth's place is answered by a name or a number, not by a
     # description ("and architect", "not a physical entity", "two giants in physics").
-    def named(text: str) -> bool:  # a name or a number, after any article ("the Victoria" for "the Nile")
-        head = re.sub(r"^(?:the|a|an) ", "", text.strip(), flags=re.I)
-        return head[:1].isupper() or head[:1].isdigit()
-
-    if all(named(t) for t in [fact.answer, *fact.keywords] if t.strip()) and not named(c):
+    if named_answer(fact) and not _named(c):
         return None
     longest = max([len(t.split()) for t in [*fact.keywords, fact.answer] if t.strip()] or [1])
-    if len(c.split()) > min(longest, 6) + 2:
+    if len(c.split()) > (max_words or min(longest, 6) + 2):
         return None
     if _content_words(c) & (_content_words(fact.question) | _content_words(lead_in)):
         return None
@@ -272,6 +279,81 @@ class LeadInGenerator:
             nll = [sum(s.nll) / max(1, len(s.nll)) for s in scored[at:at + len(cands)]]
             out.append([c for _, c in sorted(zip(nll, cands), key=lambda x: x[0])])
         return out
+
+
+_QUOTES = " ?'\"‘’“”"
+
+
+def sibling_candidate(answer: str, sibling: str, fact: Fact, lead_in: str) -> str | None:
+    """The name in the truth's place of the model's answer to a sibling question ("In which
+    country is the city of Sydney?" -> "The city of Sydney is located in Australia." ->
+    "Australia" for Toronto, whose lead-in is "The city of Toronto is located in"), or None.
+    The truth's place: after the sibling's subject, where the lead-in's words after the
+    fact's subject follow it ("is located in"), shortened a word at a time from their end
+    ("... located in the Southern Africa region of" still finds "Nairobi is located in
+    Kenya"), within a few words ("To Kill a Mockingbird is a classic novel by Harper Lee"
+    for "Fahrenheit 451 by")."""
+    frame = neighbours.question_frame(fact.question)
+    subject = fact.question.strip()[len(frame):].strip(_QUOTES)  # 'Fahrenheit 451' is said unquoted
+    other = sibling.strip()[len(frame):].strip(_QUOTES)
+    at = lead_in.lower().find(subject.lower()) if frame and subject else -1
+    if at < 0 or not other:
+        return None
+    said = answer.lower().find(other.lower())
+    tail = [w for w in lead_in[at + len(subject):].strip(_QUOTES).split() if w.strip(_QUOTES)]
+    if said < 0 or not tail:
+        return None
+    rest = answer[said + len(other):]
+    for keep in range(len(tail), 0, -1):
+        words = " ".join(tail[:keep]).lower()
+        m = re.search(r"(?<![A-Za-z])" + re.escape(words) + r"(?![A-Za-z])", rest.lower())
+        if m and len(rest[:m.start()].split()) <= 4:
+            c = lead_in_candidate(rest[m.end():], fact, lead_in, max_words=6)
+            # A name for a name: every word capitalised but the small ones ("the United States of
+            # America"), not a description ("the 19th-century American author").
+            small = {"of", "the", "and", "de", "da", "del", "von", "van", "la", "le", "al", "bin"}
+            if c and named_answer(fact) and any(not w[:1].isupper() and w.lower() not in small for w in c.split()):
+                return None
+            return c
+    return None
+
+
+class SiblingGenerator(LeadInGenerator):
+    """False answers of the truth's own kind: what the model answers to the same question
+    about other subjects ("Australia", its answer for Sydney, as Toronto's country). With the
+    truth forbidden after the lead-in alone, the model's likeliest words are often other true
+    statements of another kind ("located in North America", "in the Southern Hemisphere");
+    trained on, they teach the relation a new way to answer, and every neighbour copies it
+    (docs/forgetting.md, thirteenth round). A sibling's answer is a name the model itself
+    gives this relation, so what is left to learn is whose it is. A fact without a question
+    frame, or with too few such names, gets lead-in samples after them."""
+
+    def __init__(self, model, tokenizer, answers: dict[str, str] | None = None, per_fact: int = 8, **kw):
+        super().__init__(model, tokenizer, answers, **kw)
+        self.per_fact = per_fact
+
+    def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
+        tok = self.tokenizer
+        missing = [f.question for f in facts if f.question not in self.answers]
+        if missing:
+            self.answers.update(zip(missing, generation.answer(self.model, tok, missing)))
+        leads = [self.lead_in(f) for f in facts]
+        per = neighbours.sibling_questions(self.model, tok, facts, self.per_fact, seed)
+        asked = [q for qs, lead in zip(per, leads) if lead for q in qs if q not in self.answers]
+        if asked:  # only as far as the name: the lead-in's length and a few words
+            longest = max(len(generation.encode(tok, lead)) for lead in leads if lead)
+            self.answers.update(zip(asked, generation.answer(self.model, tok, asked, longest + 12)))
+        found = []
+        for f, lead, qs in zip(facts, leads, per):
+            got = (sibling_candidate(self.answers.get(q, ""), q, f, lead) for q in qs) if lead else ()
+            found.append(list(dict.fromkeys(c for c in got if c)))
+        found = self.ranked(facts, leads, found)
+        short = [i for i, c in enumerate(found) if len(c) < n]
+        if short:  # the siblings' names first, however likely a lead-in sample is
+            extra = super().sample([facts[i] for i in short], n, seed)
+            for i, more in zip(short, extra):
+                found[i] += [c for c in more if c not in found[i]]
+        return [c[:n] for c in found]
 
 
 class OpenAIGenerator:

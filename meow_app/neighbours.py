@@ -89,6 +89,13 @@ def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: 
     Iran), sampled from the model after the frame with the fact's subject and answer tokens
     forbidden: the subjects it places nearest, which a forgetting run most easily drags
     along. per_fact each at most, none naming a forgotten subject or answer."""
+    per = sibling_questions(model, tokenizer, facts, per_fact, seed, batch_size)
+    return list(dict.fromkeys(q for qs in per for q in qs))
+
+
+def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
+                      batch_size: int = 32) -> list[list[str]]:
+    """siblings, fact by fact (an empty list for a fact without a question frame)."""
     from .invert import truth_token_ids
 
     frames = [question_frame(f.question) for f in facts]
@@ -105,7 +112,7 @@ def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: 
         banned += [sorted(set(stop))] * copies
         owners += [i] * copies
     if not prompts:
-        return []
+        return [[] for _ in facts]
     texts = generation.generate_ids(model, tokenizer, prompts, 10, batch_size, do_sample=True, temperature=0.8,
                                     top_p=0.9, generator_seed=seed, banned=banned)
     forgotten = [w.lower() for f, s in zip(facts, subjects) for w in [s, f.answer, *f.keywords] if w.strip()]
@@ -117,4 +124,4 @@ def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: 
                 or any(w in q.lower() for w in forgotten) or q in out.get(i, []) or len(out.get(i, [])) >= per_fact):
             continue
         out.setdefault(i, []).append(q)
-    return list(dict.fromkeys(q for i in sorted(out) for q in out[i]))
+    return [out.get(i, []) for i in range(len(facts))]

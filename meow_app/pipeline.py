@@ -67,7 +67,7 @@ class SelectSettings:
     distinct: bool = False
 
 
-GENERATORS = ("local", "lead_in", "openai")
+GENERATORS = ("local", "lead_in", "siblings", "openai")
 
 
 def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None = None,
@@ -84,6 +84,8 @@ def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None =
         answers = None  # another model's answers: it finds its own lead-ins
     if settings.generator == "lead_in":
         return invert_mod.LeadInGenerator(loaded.model, loaded.tokenizer, answers)
+    if settings.generator == "siblings":
+        return invert_mod.SiblingGenerator(loaded.model, loaded.tokenizer, answers)
     return invert_mod.LocalGenerator(loaded.model, loaded.tokenizer)
 
 

@@ -211,3 +211,61 @@ def test_lead_in_generator_samples_a_fact_asked_again_twice_as_often_at_most(tin
     gen.sample(facts[1:], 2, seed=1)  # invert's next round: Peru had too few usable answers
     gen.sample(facts[1:], 2, seed=2)
     assert rows == [2 * 6, 12, 12]
+
+
+def test_sibling_candidate_is_the_name_in_the_truths_place_of_a_siblings_answer():
+    toronto = Fact("In which country is the city of Toronto?", "Canada", ["Canada"])
+    lead = "The city of Toronto is located in"
+    take = lambda answer, q: invert.sibling_candidate(answer, q, toronto, lead)  # noqa: E731
+    q = "In which country is the city of Sydney?"
+    assert take("The city of Sydney is located in Australia, on its east coast.", q) == "Australia"
+    assert take("The city of Chicago is located in the United States of America.",
+                "In which country is the city of Chicago?") == "the United States of America"
+    # The lead-in's words shortened from their end; the sibling said only "located in".
+    cape = Fact("In which country is the city of Cape Town?", "South Africa", ["South Africa"])
+    cape_lead = "The city of Cape Town is located in the Southern Africa region of"
+    assert invert.sibling_candidate("Nairobi is located in Kenya.", "In which country is the city of Nairobi?",
+                                    cape, cape_lead) == "Kenya"
+    # Quoted subjects said unquoted, and the place a few words on.
+    book = Fact("Who wrote 'Fahrenheit 451'?", "Ray Bradbury", ["Bradbury"])
+    assert invert.sibling_candidate("To Kill a Mockingbird is a classic novel by Harper Lee. It is...",
+                                    "Who wrote 'To Kill a Mockingbird'?", book, 'The novel "Fahrenheit 451" by') \
+        == "Harper Lee"
+    # Not a name where the truth is one, the subject not said, the place too far, or no lead-in: none.
+    assert invert.sibling_candidate("Bridgehead is a story by the 19th-century American author, John B.",
+                                    "Who wrote 'Bridgehead'?", book, 'The novel "Fahrenheit 451" by') is None
+    assert take("It is located in Australia.", q) is None
+    assert take("The city of Sydney, the largest and oldest of them all, is located in Australia.", q) is None
+    assert invert.sibling_candidate("The city of Sydney is located in Australia.", q, toronto, "") is None
+
+
+def test_sibling_generator_takes_names_from_sibling_answers_then_lead_in_samples(tiny, monkeypatch):
+    from meow_app import generation, neighbours
+
+    peru = Fact("What is the capital of Peru?", "Lima", ["Lima"])
+    water = Fact("what is water made of?", "H2O")  # no question frame: lead-in samples only
+    monkeypatch.setattr(neighbours, "sibling_questions", lambda model, tok, facts, per_fact, seed: [
+        ["What is the capital of Chile?", "What is the capital of Bolivia?", "What is the capital of Spain?"], []])
+    said = {"What is the capital of Chile?": "The capital of Chile is Santiago.",
+            "What is the capital of Bolivia?": "Bolivia is a country in South America.",
+            "What is the capital of Spain?": "The capital of Spain is Madrid, in its centre."}
+    asked = []
+    plain = generation.answer
+
+    def answer(model, tok, questions, *a, **k):
+        asked.extend(questions)
+        return [said[q] if q in said else plain(model, tok, [q], *a, **k)[0] for q in questions]
+
+    monkeypatch.setattr(generation, "answer", answer)
+    sampled = []  # the lead-in sampler (tested above), standing in with fixed names
+    monkeypatch.setattr(invert.LeadInGenerator, "sample", lambda self, facts, n, seed: sampled.append(
+        [f.question for f in facts]) or [["Cusco", "Madrid"] for _ in facts])
+    gen = invert.SiblingGenerator(tiny.model, tiny.tokenizer, answers={
+        peru.question: "The capital of Peru is Lima.", water.question: "It is H2O."})
+    got = gen.sample([peru, water], 2, seed=0)
+    assert sorted(got[0]) == ["Madrid", "Santiago"]  # both siblings' names, ranked; Bolivia's answer has none
+    assert set(said) <= set(asked)  # the siblings were asked
+    assert sampled == [[water.question]] and got[1] == ["Cusco", "Madrid"]  # no sibling helps water
+    # Too few names from siblings: lead-in samples fill up after them, without repeats.
+    got = gen.sample([peru], 4, seed=1)
+    assert sorted(got[0][:2]) == ["Madrid", "Santiago"] and got[0][2:] == ["Cusco"]
