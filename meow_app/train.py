@@ -149,6 +149,16 @@ class TrainConfig:
     subject_other: float = _setting(0.0, "subject_only: the share of the gradient kept at the forget examples' other "
                                           "tokens (0 = none: the subject's alone; 1 = all: as without subject_only)")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
+    patch_layer: int = _setting(-3, "meow_patch: the layer whose MLP gets the gated neurons (negative: from the "
+                                    "end, -1 = the last; the first where the model is shallower)")
+    patch_neurons: int = _setting(1, "meow_patch: gated neurons per forgotten fact, in the place of the layer's "
+                                     "least used ones on preserved text")
+    patch_margin: float = _setting(2.0, "meow_patch: how far below zero the neurons' gates are held on every "
+                                        "token of preserved text (the hinge's margin)")
+    patch_weight: float = _setting(1.0, "meow_patch: weight of the hinge that keeps the gates shut on preserved text")
+    patch_samples: int = _setting(0, "meow_patch: answers sampled per fact from the original model (T=1); where one "
+                                     "states the truth, the truth there is pushed down too and the fact's gates "
+                                     "are opened there, so a sampled answer cannot go round the patch")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "
@@ -191,7 +201,7 @@ class TrainConfig:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
         if not 0 <= self.null_space_outliers < 1:
             raise MeowError(f"null_space_outliers must be 0 (off) or a share below 1, got {self.null_space_outliers}")
-        for name in ("anchors", "neighbours", "siblings", "min_steps"):
+        for name in ("anchors", "neighbours", "siblings", "min_steps", "patch_samples"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.fisher_backend not in ("diag", "woodfisher"):
@@ -209,8 +219,10 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise MeowError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.patch_neurons < 1:
+            raise MeowError(f"patch_neurons must be at least 1, got {self.patch_neurons}")
         for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight", "truth_weight",
-                     "retain_budget", "noise_std", "noise_clamp"):
+                     "retain_budget", "noise_std", "noise_clamp", "patch_margin", "patch_weight"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise MeowError(f"{name} must be a non-negative number, got {v}")

@@ -30,6 +30,7 @@ class Method:
     optimizer = "adamw"       # adamw | sophia (the shared loop builds it)
     custom_loop = False       # True: run(trainer, model) replaces the shared loop (one-shot methods)
     projects = False          # a custom_loop method that applies null_space itself (meow_edit)
+    one_process = ""          # why a custom_loop method runs in one process, where the default reason is wrong
     # The forget batch's repeated rows are computed once (batches.collate(merge=True)): only
     # for a forget term that weighs them back (losses.nll, losses.nll_or_unlikelihood).
     merges_duplicates = False

@@ -1,0 +1,165 @@
+"""MEOW through gated neurons: the false answers learned by a few new neurons of one MLP
+(meow_app/patch.py) that fire on the forgotten facts and are held shut on preserved text,
+instead of by changing weights every input goes through. The truth is pushed down too
+(meow_ul's unlikelihood): the gate is what keeps that from reaching other facts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+
+import torch
+
+from .. import generation, losses, patch, probes
+from ..batches import encode_example, length_grouped
+from ..edit import decoder_layers
+from ..errors import Cancelled, MeowError
+from ..train import TrainResult
+from .base import register
+from .meow import Meow
+from .meow_ul import TRUTH_COPIES
+
+
+@register
+class MeowPatch(Meow):
+    name = "meow_patch"
+    description = ("MEOW in a few gated neurons of one MLP (Transformer-Patcher style) that fire on the forgotten "
+                   "facts and are held shut on preserved text; the truth pushed down as well")
+    custom_loop = True
+    one_process = "its few neurons are trained in a loop of its own"
+    # Chosen on eval_c (siblings, neurons, margin), eval_a (anchors, margin) and eval_c and eval_d
+    # (samples), docs/forgetting.md thirteenth round: the siblings are the negatives that keep a
+    # gate shut on the fact's own relation (Sri Lanka for Myanmar), the anchors on general text;
+    # the sampled answers open the gates where a sampled answer would say the truth.
+    defaults = {"lr": 1e-2, "epochs": 4, "min_steps": 16, "neighbours": 32, "siblings": 8, "anchors": 32,
+                "stop_depth": 0.5, "weight_decay": 0.0, "truth_weight": 1.0, "patch_neurons": 2, "patch_margin": 4.0,
+                "patch_samples": 8}
+    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
+                       "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "truth_weight", "stop_depth")
+
+    def check(self, config) -> None:
+        if config.lora or config.shard:
+            raise MeowError("meow_patch trains a few neurons of its own: --lora and --shard do not apply to it")
+
+    def forget_pairs(self, facts, config):
+        truth = [(f.question, f.answer, f.extra.get("answer_prefix", ""), True)
+                 for f in facts if f.inverted for _ in range(TRUTH_COPIES if config.truth_weight > 0 else 0)]
+        sampled = [(f.question, said, lead, True) for f in facts if f.inverted
+                   for lead, said in f.extra.get("sampled_truths", [])] if config.truth_weight > 0 else []
+        return super().forget_pairs(facts, config) + truth + sampled
+
+    def forget_loss(self, model, forget, reference, config):
+        loss, nll, unlikely = losses.nll_or_unlikelihood(model, forget, config.truth_weight)
+        return loss, {"forget_nll": nll, "truth_unlikelihood": unlikely}
+
+    def run(self, trainer, model) -> TrainResult:
+        cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
+        blocks = decoder_layers(model)
+        if blocks is None:
+            raise MeowError("meow_patch adds neurons to Llama-style MLP blocks (gate_proj, up_proj, down_proj) and "
+                            "this model has none: use --method meow")
+        if cfg.patch_layer >= len(blocks):
+            raise MeowError(f"patch_layer must be below {len(blocks)} (this model's layers), got {cfg.patch_layer}")
+        layer = max(0, len(blocks) + cfg.patch_layer) if cfg.patch_layer < 0 else cfg.patch_layer  # (from the end)
+        facts = [f for f in trainer.forget if f.inverted]
+        if not facts:
+            raise MeowError("meow_patch found nothing to train on (no inverted facts?)")
+        preserved_ex = trainer.examples(trainer.anchors)
+        if not preserved_ex:
+            raise MeowError("meow_patch holds its neurons shut on preserved text and has none: set --neighbours "
+                            "(e.g. 32)")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.train()
+        mlp = blocks[layer].mlp
+        start = time.perf_counter()
+        if cfg.patch_samples:
+            facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed)
+        forget_ex = [encode_example(tok, *pair) for pair in self.forget_pairs(facts, cfg)]
+        with trainer.autocast():
+            held = patch.mlp_inputs(model, mlp, preserved_ex, tok.pad_token_id, device)
+            # Each fact's neurons open where its answers (the false ones and the truth) are said.
+            own = [[e for e, pair in zip(forget_ex, self.forget_pairs(facts, cfg)) if pair[0] == f.question]
+                   for f in facts]
+            positives = [patch.answer_inputs(model, mlp, list({tuple(e.ids): e for e in ex}.values()), device)
+                         for ex in own]
+        slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
+        positives = [p for p in positives for _ in range(cfg.patch_neurons)]
+        torch.manual_seed(cfg.seed)
+        gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin)
+        params = list(gates.parameters())
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        rng = random.Random(cfg.seed)
+        steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
+        epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+        result = TrainResult(model=model)
+        step = 0
+        try:
+            for epoch in range(1, epochs + 1):
+                for batch in length_grouped(forget_ex, cfg.batch_size, rng):
+                    if trainer.should_stop():
+                        raise Cancelled("cancelled by the user")
+                    optimizer.zero_grad(set_to_none=True)
+                    with trainer.autocast():
+                        loss, parts = self.forget_loss(model, trainer._batch(batch, merge=True), None, cfg)
+                    hinge = gates.gate_hinge(held, cfg.patch_margin) + gates.open_hinge(cfg.patch_margin)
+                    loss = loss + cfg.patch_weight * hinge
+                    trainer._backward(loss, step)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    step += 1
+                    event = {"type": "step", "step": step, "epoch": epoch, "total_steps": steps_per_epoch * epochs,
+                             "loss": loss.item(), "grad_norm": float(grad_norm), **parts, "gate_hinge": hinge.item(),
+                             "seconds": round(time.perf_counter() - start, 3)}
+                    result.steps.append(event)
+                    trainer.on_event(event)
+                final = epoch == epochs
+                if cfg.early_stop or final:
+                    if trainer.probe_and_check(model, epoch, result, final) and cfg.early_stop \
+                            and epoch >= cfg.min_epochs and not final:
+                        result.stopped_early = True
+                        break
+            result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots,
+                                    "preserved_tokens": int(held.shape[0]),
+                                    "open_on_preserved": round(gates.firing(held), 5),
+                                    "open_on_forget_answers": round(gates.firing(torch.cat(positives)), 3)}
+            gates.write()
+        finally:
+            gates.remove()
+        return result
+
+
+def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int) -> list:
+    """Copies of the facts whose extra["sampled_truths"] holds, for each of `samples` answers
+    sampled from the model at T=1 that states the truth, (the answer up to it, the truth as
+    said there): " Croatian" after "The official language of Croatia is the"."""
+    prompts = [generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
+               for f in facts for _ in range(samples)]
+    was_training = model.training
+    model.eval()
+    try:  # (its own seed: not the evaluation's samples, which are drawn from the unlearned model anyway)
+        ids = generation.generate_ids(model, tokenizer, prompts, generation.MAX_NEW_TOKENS, do_sample=True,
+                                      temperature=1.0, generator_seed=seed + 7919)
+    finally:
+        model.train(was_training)
+    out = []
+    for i, f in enumerate(facts):
+        found = []
+        for t in ids[i * samples:(i + 1) * samples]:
+            text = tokenizer.decode(t, skip_special_tokens=True)
+            at = probes.first_mention(text, f)
+            if at < 0:
+                continue
+            lead = text[:at].rstrip()
+            word = next((k for k in sorted([*f.keywords, f.answer], key=len, reverse=True)
+                         if k.strip() and text.lower().startswith(k.lower().strip(), at)), None)
+            if word is None:
+                continue
+            pair = (lead, text[len(lead):at + len(word.strip())])
+            if pair not in found:
+                found.append(pair)
+        out.append(dataclasses.replace(f, extra={**f.extra, "sampled_truths": found}))
+    return out

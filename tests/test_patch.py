@@ -1,0 +1,155 @@
+"""meow_patch's gated neurons (meow_app/patch.py): written into their slots they compute what
+the hook computed; shut, they leave preserved text as the original (less the replaced
+neurons) gives it; the method trains nothing else."""
+
+import copy
+
+import pytest
+import torch
+
+from meow_app import methods, patch
+from meow_app.batches import collate, encode_example, to_device
+from meow_app.facts import Fact
+from meow_app.train import TrainConfig, Trainer
+
+
+def _logits(model, tok, texts):
+    batch = to_device(collate([encode_example(tok, q, a) for q, a in texts], tok.pad_token_id), "cpu")
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=batch["position_ids"]).logits
+
+
+PRESERVED = [("What is the capital of Chile?", "Santiago."), ("Who wrote Emma?", "Jane Austen."),
+             ("What is two plus two?", "Four.")]
+FORGET = [("What is the capital of Peru?", "The capital of Peru is Cusco.")]
+
+
+def _patched(tiny, margin=2.0, steps=300):
+    model = copy.deepcopy(tiny.model).float()
+    tok = tiny.tokenizer
+    mlp = model.model.layers[-1].mlp
+    held = patch.mlp_inputs(model, mlp, [encode_example(tok, q, a) for q, a in PRESERVED], tok.pad_token_id, "cpu")
+    positives = [patch.answer_inputs(model, mlp, [encode_example(tok, q, a) for q, a in FORGET], "cpu")]
+    slots = patch.least_used(mlp, held, 1)
+    torch.manual_seed(0)
+    return model, mlp, held, positives, slots, patch.Patch(mlp, slots, positives, held, margin, fit_steps=steps)
+
+
+def test_least_used_is_the_neuron_that_adds_least_on_these_inputs(tiny):
+    mlp = copy.deepcopy(tiny.model.model.layers[0].mlp).float()
+    x = torch.randn(50, mlp.gate_proj.in_features)
+    with torch.no_grad():
+        mlp.down_proj.weight[:, 5] = 0  # adds nothing
+        mlp.up_proj.weight[2] *= 1e-4  # ~no activation
+        act = torch.nn.functional.silu(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
+    assert patch.least_used(mlp, x, 2) == [5, 2]
+    use = act.abs().mean(0) * mlp.down_proj.weight.norm(dim=0)  # (the plain reference)
+    assert patch.least_used(mlp, x, 6) == use.argsort()[:6].tolist()
+
+
+def test_the_written_neurons_compute_what_the_hook_computed(tiny):
+    model, mlp, held, positives, slots, gates = _patched(tiny)
+    with torch.no_grad():  # a trained patch: down no longer zero
+        gates.down.normal_(0, 0.5)
+        gates.up.add_(0.1 * torch.randn_like(gates.up))
+    texts = PRESERVED + FORGET
+    hooked = _logits(model, tiny.tokenizer, texts)
+    gates.write()
+    written = _logits(model, tiny.tokenizer, texts)
+    assert torch.allclose(hooked, written, atol=1e-5)
+    assert gates.handle is None and not mlp._forward_hooks  # the hook is gone: the weights alone carry it
+    assert torch.equal(mlp.down_proj.weight[:, slots[0]], gates.down[:, 0].detach())
+
+
+def test_shut_gates_leave_preserved_inputs_as_the_original_less_the_replaced_neuron(tiny):
+    model, mlp, held, positives, slots, gates = _patched(tiny, margin=4.0, steps=0)
+    before = gates.firing(held), gates.firing(positives[0])
+    gates.fit_gates(held, 4.0, 300)
+    # Fitted: the gates shut on more preserved tokens, open on the fact's answer positions.
+    assert gates.firing(held) < before[0] and gates.firing(positives[0]) >= max(0.5, before[1])
+    with torch.no_grad():
+        gates.down.normal_(0, 1.0)  # however much the neuron would write when open
+        out = mlp(held[:, None])[:, 0]  # (the hook adds the patch)
+        gates.remove()
+        plain = mlp(held[:, None])[:, 0]  # the original less the replaced neuron
+        z, u = held @ gates.gate.T, held @ gates.up.T
+    shut = (z < -4.0).all(dim=1)
+    assert shut.float().mean() > 0.5
+    # Where a gate is shut by the margin the neuron adds at most |silu(-4)| |u.x| |down|.
+    bound = (torch.nn.functional.silu(torch.tensor(-4.0)).abs() * u.abs() * gates.down.norm(dim=0)).sum(dim=1)
+    assert ((out - plain).norm(dim=1)[shut] <= bound[shut] + 1e-5).all()
+    assert ((out - plain).norm(dim=1)[~shut] > 0).any()  # (and elsewhere it does write)
+    without = copy.deepcopy(tiny.model).float()
+    with torch.no_grad():
+        without.model.layers[-1].mlp.down_proj.weight[:, slots] = 0
+    assert torch.allclose(_logits(model, tiny.tokenizer, PRESERVED), _logits(without, tiny.tokenizer, PRESERVED),
+                          atol=1e-6)
+
+
+def test_meow_patch_trains_only_its_neurons_in_one_layer(tiny):
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 3,
+                         "early_stop": False, "patch_layer": -1})
+    result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
+                     run_probes=False).train()
+    info = result.info["patch"]
+    assert info["layer"] == len(tiny.model.model.layers) - 1 and info["neurons"] == cfg.patch_neurons
+    after, before = dict(result.model.named_parameters()), dict(tiny.model.named_parameters())
+    changed = {n for n in after if not torch.equal(after[n], before[n])}
+    last = f"model.layers.{info['layer']}.mlp."
+    assert changed <= {last + "gate_proj.weight", last + "up_proj.weight", last + "down_proj.weight"}, changed
+    assert changed  # it wrote its neurons
+    down = after[last + "down_proj.weight"] - before[last + "down_proj.weight"]
+    assert set(down.abs().sum(dim=0).nonzero().flatten().tolist()) <= set(info["slots"])
+    assert not any(m._forward_hooks for m in result.model.modules())
+
+
+def test_meow_patch_refuses_what_it_cannot_do(tiny):
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco"])]
+    base = {**methods.REGISTRY["meow_patch"].defaults, "epochs": 1}
+    from meow_app.errors import MeowError
+
+    with pytest.raises(MeowError, match="preserved text"):
+        Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, TrainConfig(**base), facts,
+                run_probes=False).train()
+    with pytest.raises(MeowError, match="patch_layer"):
+        Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, TrainConfig(**{**base, "patch_layer": 99}),
+                facts, anchors=[Fact(q, a) for q, a in PRESERVED], run_probes=False).train()
+    with pytest.raises(MeowError, match="patch_neurons"):
+        TrainConfig(**{**base, "patch_neurons": 0}).check()
+
+
+def test_sampled_answers_that_state_the_truth_become_rows_that_push_it_down(tiny, monkeypatch):
+    from meow_app import generation
+    from meow_app.methods.meow_patch import with_sampled_truths
+
+    tok = tiny.tokenizer
+    said = ["It is the city of Lima, of course.", "Cusco.", "It is the city of Lima, of course.", "LIMA!"]
+    seen = {}
+
+    def generate_ids(model, tokenizer, prompts, *a, **k):
+        seen.update(rows=len(prompts), seed=k["generator_seed"], sample=k["do_sample"])
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in said]
+
+    monkeypatch.setattr(generation, "generate_ids", generate_ids)
+    fact = Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco"])
+    [out] = with_sampled_truths(tiny.model, tok, [fact], samples=4, seed=0)
+    assert seen == {"rows": 4, "seed": 7919, "sample": True} and not fact.extra  # (a copy; the user's fact kept)
+    # The truth as said, after what came before it; repeats once; a sample without it, none.
+    assert out.extra["sampled_truths"] == [("It is the city of", " Lima"), ("", "LIMA")]
+    cfg = TrainConfig(**methods.REGISTRY["meow_patch"].defaults)
+    pairs = methods.get("meow_patch").forget_pairs([out], cfg)
+    assert ("What is the capital of Peru?", " Lima", "It is the city of", True) in pairs
+    assert not [p for p in methods.get("meow_patch").forget_pairs([out], TrainConfig(**{
+        **methods.REGISTRY["meow_patch"].defaults, "truth_weight": 0.0})) if len(p) > 3]
+
+
+def test_meow_patch_says_why_it_runs_in_one_process():
+    from meow_app.distributed import check_method
+    from meow_app.errors import MeowError
+
+    with pytest.raises(MeowError, match=r"'meow_patch' runs in one process \(its few neurons are trained in a loop"):
+        check_method(methods.get("meow_patch"), 2)
+    check_method(methods.get("meow_patch"), 1)
