@@ -43,36 +43,46 @@ def answer_seconds(passes: float, n_params: int, device: str) -> float:
     return passes * ANSWER_TOKENS * _cost(device, "token", n_params / 1e9)
 
 
-def epochs_run(n_facts: int, config) -> int:
+def rows_per_fact(config, patch: bool = False) -> int:
+    """Training rows a fact gives an epoch: num_batch false answers; meow_patch adds its truth
+    rows and up to patch_samples sampled ones (methods/meow_patch.py)."""
+    return config.num_batch + ((2 + config.patch_samples) if patch and config.truth_weight > 0 else 0)
+
+
+def epochs_run(n_facts: int, config, patch: bool = False) -> int:
     """The epochs the shared loop runs at most (train.py: min_steps can add some on few facts)."""
-    per_epoch = math.ceil(n_facts * config.num_batch / config.batch_size)
+    per_epoch = math.ceil(n_facts * rows_per_fact(config, patch) / config.batch_size)
     return max(config.epochs, math.ceil(config.min_steps / per_epoch))
 
 
-def training_steps(n_facts: int, config, custom_loop: bool = False, edit: bool = False) -> int:
+def training_steps(n_facts: int, config, custom_loop: bool = False, edit: bool = False, patch: bool = False) -> int:
     """Optimiser steps at most (early stopping can end sooner); one-shot second-order methods
     count their line search's forward passes as steps; meow_edit its target vectors' steps
     (a forward and backward pass over one row per false answer: a step's cost for each
     batch_size of them)."""
     if edit:
         return config.epochs * config.edit_steps * math.ceil(n_facts * config.edit_answers / config.batch_size)
+    if patch:  # its own loop, with the shared loop's batching over its own rows
+        return epochs_run(n_facts, config, True) * math.ceil(n_facts * rows_per_fact(config, True) / config.batch_size)
     if custom_loop:
         return config.fisher_steps * (2 + math.ceil(config.eta_grid / 2))
     return epochs_run(n_facts, config) * math.ceil(n_facts * config.num_batch / config.batch_size)
 
 
 def unlearn_seconds(n_facts: int, config, n_params: int, device: str, custom_loop: bool = False,
-                    inverting: bool = True, n_inverted: int = 4, edit: bool = False) -> float:
+                    inverting: bool = True, n_inverted: int = 4, edit: bool = False, patch: bool = False) -> float:
     """A whole unlearning run (load, probes, inversion, MEMO, training, probes, save), at most."""
     billions = n_params / 1e9
     probe = math.ceil(n_facts * 3 / BATCH)                # a forget probe: the questions and their paraphrases
-    epochs = config.epochs if edit else config.fisher_steps if custom_loop else epochs_run(n_facts, config)
+    epochs = (config.epochs if edit else epochs_run(n_facts, config, True) if patch
+              else config.fisher_steps if custom_loop else epochs_run(n_facts, config))
     passes = (probe + 2                                   # forget, retain, everyday before
               + (2 * math.ceil(n_facts * n_inverted / BATCH) if inverting else 0)  # false answers, MEMO
               + (1 if config.anchors or config.neighbours or config.siblings else 0)  # the anchors' own answers
               + probe * (epochs if config.early_stop else 1)       # a probe per epoch (early stopping) or one
+              + (math.ceil(n_facts * config.patch_samples / BATCH) + 1 if patch else 0)  # its samples, siblings
               + 2)                                        # retain and everyday after
-    steps = training_steps(n_facts, config, custom_loop, edit)
+    steps = training_steps(n_facts, config, custom_loop, edit, patch)
     projection = _cost(device, "null_space", billions) if config.null_space and not config.lora else 0.0
     # stop_depth: a teacher-forced pass over the facts per probe, about one generated token's cost each.
     depth = probe * epochs * _cost(device, "token", billions) if config.stop_depth else 0.0

@@ -312,7 +312,8 @@ def sibling_candidate(answer: str, sibling: str, fact: Fact, lead_in: str) -> st
             # A name for a name: every word capitalised but the small ones ("the United States of
             # America"), not a description ("the 19th-century American author").
             small = {"of", "the", "and", "de", "da", "del", "von", "van", "la", "le", "al", "bin"}
-            if c and named_answer(fact) and any(not w[:1].isupper() and w.lower() not in small for w in c.split()):
+            if c and named_answer(fact) and any(not (w[:1].isupper() or w[:1].isdigit()) and w.lower() not in small
+                                                for w in c.split()):
                 return None
             return c
     return None

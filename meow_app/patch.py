@@ -2,18 +2,19 @@
 
 A change to a weight moves a layer's output on every input in proportion to how much that
 input resembles the trained one, so a linear edit for Myanmar always reaches Sri Lanka a
-little (docs/forgetting.md). A neuron does not have to: silu(g . x) is ~0 wherever g . x is
-well below zero. Transformer-Patcher (Huang et al., ICLR 2023) corrects a model by adding
-such neurons to its last MLP, trained to fire on the edited input and to stay shut on
-others. Here the neurons are not added but take the place of the layer's least used ones on
-preserved text (so the checkpoint keeps its shape and loads anywhere), and they are trained
-on the MEOW false answers while a hinge keeps their gate below -margin on every token of
-preserved text (neighbour questions and their answers).
+little (docs/forgetting.md). A neuron need not act in proportion: silu(g . x) is small
+wherever g . x is well below zero (silu(-4) = -0.07 times up . x, a bound tests/test_patch.py
+checks) and grows fast above it. Transformer-Patcher (Huang et al., ICLR 2023) corrects a
+model by adding such neurons to its last MLP, trained to fire on the edited input and to stay
+shut on others. Here the neurons are not added but take the place of the layer's least used
+ones on preserved text (so the checkpoint keeps its shape and loads anywhere), and they are
+trained on the MEOW false answers while a hinge keeps their gate below -margin on every token
+of preserved text (neighbour, sibling and anchor questions and their answers).
 
-SwiGLU neuron j of layer L: its output is down[:, j] * silu(gate[j] . x) * (up[j] . x), x the
-MLP's input. Patch: K such neurons with their own trainable gate, up and down vectors,
-added by a forward hook while the replaced neurons are switched off; `write` puts them into
-the replaced slots, which computes exactly the same function.
+Gated-MLP neuron j of layer L (Llama's SwiGLU; the MLP's own activation, `act_fn`): its
+output is down[:, j] * act(gate[j] . x) * (up[j] . x), x the MLP's input. Patch: K such
+neurons with their own trainable gate, up and down vectors, added by a forward hook while the
+replaced neurons are switched off; `write` puts them into the replaced slots, which computes exactly the same function.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def answer_inputs(model, mlp, examples, device) -> torch.Tensor:
 def least_used(mlp, inputs: torch.Tensor, k: int) -> list[int]:
     """The k neurons whose output on these inputs is smallest: mean |activation| times the
     length of the neuron's down-projection column."""
-    act = F.silu(inputs @ mlp.gate_proj.weight.float().T) * (inputs @ mlp.up_proj.weight.float().T)
+    act = mlp.act_fn(inputs @ mlp.gate_proj.weight.float().T) * (inputs @ mlp.up_proj.weight.float().T)
     use = act.abs().mean(dim=0) * mlp.down_proj.weight.float().norm(dim=0)
     return use.argsort()[:k].tolist()
 
@@ -93,7 +94,9 @@ class Patch(torch.nn.Module):
         direction = direction / direction.norm(dim=1, keepdim=True).clamp(min=1e-6)
         self.gate = torch.nn.Parameter(direction / preserved.norm(dim=1).mean())
         self.fit_gates(preserved, margin, fit_steps)
-        self.up = torch.nn.Parameter(self.gate.detach().clone())
+        # up starts as the gate, each neuron a little apart (seeded by the caller): a fact's
+        # neurons would otherwise get the same gradients and stay one neuron.
+        self.up = torch.nn.Parameter(self.gate.detach() * (1 + 0.1 * torch.randn_like(self.gate)))
         self.down = torch.nn.Parameter(torch.zeros(d, len(slots), device=preserved.device))
         with torch.no_grad():  # the replaced neurons off
             mlp.down_proj.weight[:, self.slots] = 0
@@ -109,8 +112,7 @@ class Patch(torch.nn.Module):
 
     def _add(self, module, args, output):
         x = args[0]
-        z = x @ self.gate.to(x.dtype).T
-        act = F.silu(z) * (x @ self.up.to(x.dtype).T)
+        act = self.mlp.act_fn(x @ self.gate.to(x.dtype).T) * (x @ self.up.to(x.dtype).T)
         return output + act @ self.down.to(x.dtype).T
 
     def gate_hinge(self, inputs: torch.Tensor, margin: float) -> torch.Tensor:
@@ -127,6 +129,11 @@ class Patch(torch.nn.Module):
         """The share of (input, neuron) pairs with g . x above -margin."""
         with torch.no_grad():
             return float(((inputs @ self.gate.T) > -margin).float().mean())
+
+    def firing_own(self) -> float:
+        """The share of each neuron's own fact's answer positions where its gate is open (> 0)."""
+        with torch.no_grad():
+            return float(torch.cat([(p @ g) > 0 for p, g in zip(self.positives, self.gate)]).float().mean())
 
     @torch.no_grad()
     def write(self) -> None:

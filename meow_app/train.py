@@ -151,12 +151,12 @@ class TrainConfig:
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
     patch_layer: int = _setting(-3, "meow_patch: the layer whose MLP gets the gated neurons (negative: from the "
                                     "end, -1 = the last; the first where the model is shallower)")
-    patch_neurons: int = _setting(1, "meow_patch: gated neurons per forgotten fact, in the place of the layer's "
+    patch_neurons: int = _setting(2, "meow_patch: gated neurons per forgotten fact, in the place of the layer's "
                                      "least used ones on preserved text")
-    patch_margin: float = _setting(2.0, "meow_patch: how far below zero the neurons' gates are held on every "
+    patch_margin: float = _setting(4.0, "meow_patch: how far below zero the neurons' gates are held on every "
                                         "token of preserved text (the hinge's margin)")
     patch_weight: float = _setting(1.0, "meow_patch: weight of the hinge that keeps the gates shut on preserved text")
-    patch_samples: int = _setting(0, "meow_patch: answers sampled per fact from the original model (T=1); where one "
+    patch_samples: int = _setting(8, "meow_patch: answers sampled per fact from the original model (T=1); where one "
                                      "states the truth, the truth there is pushed down too and the fact's gates "
                                      "are opened there, so a sampled answer cannot go round the patch")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "

@@ -16,7 +16,8 @@ INVERT_COLUMNS = ["fact", "question", "inverted answer"]
 
 
 # What the "Who writes them" choices mean to pipeline.InvertSettings.generator.
-GENERATOR_CHOICES = {"Local model, continuing its own answer": "lead_in", "Local model": "local",
+GENERATOR_CHOICES = {"Local model, continuing its own answer": "lead_in",
+                     "Local model, its answers about similar subjects": "siblings", "Local model": "local",
                      "OpenAI-compatible API": "openai"}
 DEFAULT_GENERATOR = "Local model, continuing its own answer"
 

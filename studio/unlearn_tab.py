@@ -183,7 +183,7 @@ def run_seconds(s, method, hp_table, lora, n=None) -> float:
     device = "cuda" if ZERO_GPU else str(_original(s).device)
     return budget.unlearn_seconds(len(s["facts"]), train_config(method, hp_table, lora), model_parameters(s),
                                   device, custom_loop=cls.custom_loop, inverting=cls.needs_inverted,
-                                  n_inverted=int(n or 4), edit=cls.name == "meow_edit")
+                                  n_inverted=int(n or 4), edit=cls.name == "meow_edit", patch=cls.name == "meow_patch")
 
 
 def unlearn_duration(s, method, hp_table, lora, generator=None, n=None, *rest, **kwargs) -> int:

@@ -164,6 +164,9 @@ def test_unlearn_subject_only_reaches_the_run_and_says_what_it_keyed_on(tmp_path
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tmp}/not-a-model"], "does not exist"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tmp}"], "holds no model"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--method", "nope"], "unknown method 'nope'"),
+    # (the tiny model's answers are empty: no preserved text; the run itself: tests/test_patch.py)
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_patch",
+      "--siblings", "0", "--patch-samples", "1"], "found none (no neighbour, sibling or anchor answer"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "0"],
      "learning rate must be a positive"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--lr", "nan"],

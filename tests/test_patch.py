@@ -80,11 +80,34 @@ def test_shut_gates_leave_preserved_inputs_as_the_original_less_the_replaced_neu
     bound = (torch.nn.functional.silu(torch.tensor(-4.0)).abs() * u.abs() * gates.down.norm(dim=0)).sum(dim=1)
     assert ((out - plain).norm(dim=1)[shut] <= bound[shut] + 1e-5).all()
     assert ((out - plain).norm(dim=1)[~shut] > 0).any()  # (and elsewhere it does write)
+    # Through the whole model: the patched logits on preserved text stay near those of the
+    # original less the replaced neuron, far nearer than the fact's own move.
+    gates.handle = mlp.register_forward_hook(gates._add)
     without = copy.deepcopy(tiny.model).float()
     with torch.no_grad():
         without.model.layers[-1].mlp.down_proj.weight[:, slots] = 0
-    assert torch.allclose(_logits(model, tiny.tokenizer, PRESERVED), _logits(without, tiny.tokenizer, PRESERVED),
-                          atol=1e-6)
+    kept = _logits(model, tiny.tokenizer, PRESERVED) - _logits(without, tiny.tokenizer, PRESERVED)
+    moved = _logits(model, tiny.tokenizer, FORGET) - _logits(without, tiny.tokenizer, FORGET)
+    assert kept.abs().max() < moved.abs().max()
+    gates.remove()
+
+
+def test_a_fact_s_neurons_start_apart_and_the_model_s_own_activation_is_used(tiny):
+    model, mlp, held, positives, slots, gates = _patched(tiny)
+    two = patch.Patch(mlp, patch.least_used(mlp, held, 2), positives * 2, held, 2.0, fit_steps=0)
+    assert not torch.equal(two.up[0], two.up[1])  # (identical neurons would train as one)
+    two.remove()
+    gates.remove()
+    gelu = copy.deepcopy(tiny.model).float()  # a Gemma-style MLP: the written neurons must use its GELU
+    m = gelu.model.layers[-1].mlp
+    m.act_fn = torch.nn.GELU(approximate="tanh")
+    torch.manual_seed(0)
+    p = patch.Patch(m, [3], positives, held, 2.0, fit_steps=0)
+    with torch.no_grad():
+        p.down.normal_(0, 0.5)
+    hooked = _logits(gelu, tiny.tokenizer, PRESERVED + FORGET)
+    p.write()
+    assert torch.allclose(hooked, _logits(gelu, tiny.tokenizer, PRESERVED + FORGET), atol=1e-5)
 
 
 def test_meow_patch_trains_only_its_neurons_in_one_layer(tiny):
@@ -103,6 +126,9 @@ def test_meow_patch_trains_only_its_neurons_in_one_layer(tiny):
     assert changed  # it wrote its neurons
     down = after[last + "down_proj.weight"] - before[last + "down_proj.weight"]
     assert set(down.abs().sum(dim=0).nonzero().flatten().tolist()) <= set(info["slots"])
+    for name in ("gate_proj", "up_proj"):  # rows: only the slots'
+        rows = after[last + name + ".weight"] - before[last + name + ".weight"]
+        assert set(rows.abs().sum(dim=1).nonzero().flatten().tolist()) <= set(info["slots"])
     assert not any(m._forward_hooks for m in result.model.modules())
 
 
@@ -119,6 +145,9 @@ def test_meow_patch_refuses_what_it_cannot_do(tiny):
                 facts, anchors=[Fact(q, a) for q, a in PRESERVED], run_probes=False).train()
     with pytest.raises(MeowError, match="patch_neurons"):
         TrainConfig(**{**base, "patch_neurons": 0}).check()
+    with pytest.raises(MeowError, match="at most a quarter"):  # the tiny model's MLPs are 128 wide
+        Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, TrainConfig(**{**base, "patch_neurons": 40}),
+                facts, anchors=[Fact(q, a) for q, a in PRESERVED], run_probes=False).train()
 
 
 def test_sampled_answers_that_state_the_truth_become_rows_that_push_it_down(tiny, monkeypatch):
@@ -135,8 +164,10 @@ def test_sampled_answers_that_state_the_truth_become_rows_that_push_it_down(tiny
 
     monkeypatch.setattr(generation, "generate_ids", generate_ids)
     fact = Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco"])
-    [out] = with_sampled_truths(tiny.model, tok, [fact], samples=4, seed=0)
-    assert seen == {"rows": 4, "seed": 7919, "sample": True} and not fact.extra  # (a copy; the user's fact kept)
+    # The fact as trained on carries the model's own sentence; the user's marks the truth.
+    own = Fact(fact.question, " Lima, a lovely city.", [], inverted=["Cusco"])
+    [out] = with_sampled_truths(tiny.model, tok, [own], samples=4, seed=0, given={fact.question: fact})
+    assert seen == {"rows": 4, "seed": 7919, "sample": True} and not own.extra  # (a copy; the fact kept)
     # The truth as said, after what came before it; repeats once; a sample without it, none.
     assert out.extra["sampled_truths"] == [("It is the city of", " Lima"), ("", "LIMA")]
     cfg = TrainConfig(**methods.REGISTRY["meow_patch"].defaults)

@@ -122,6 +122,14 @@ def test_the_estimate_grows_with_facts_steps_and_model_size():
     assert budget.unlearn_seconds(8, TrainConfig(**{**edit.to_dict(), "edit_steps": 40}), 135_000_000, "cuda",
                                   custom_loop=True, edit=True) > \
         budget.unlearn_seconds(8, edit, 135_000_000, "cuda", custom_loop=True, edit=True)
+    # meow_patch: its own loop over the false answers, the truth rows and the sampled ones.
+    patch = TrainConfig(**methods.REGISTRY["meow_patch"].defaults)
+    rows = patch.num_batch + 2 + patch.patch_samples
+    steps = budget.training_steps(40, patch, custom_loop=True, patch=True)
+    assert steps == budget.epochs_run(40, patch, True) * -(-40 * rows // patch.batch_size)
+    assert steps > budget.training_steps(8, patch, custom_loop=True, patch=True)
+    assert budget.unlearn_seconds(40, patch, 135_000_000, "cuda", custom_loop=True, patch=True) > \
+        budget.unlearn_seconds(8, patch, 135_000_000, "cuda", custom_loop=True, patch=True)
     assert budget.unlearn_seconds(8, TrainConfig(null_space=0.99, lora=True), 135_000_000, "cuda") == \
         budget.unlearn_seconds(8, TrainConfig(lora=True), 135_000_000, "cuda")  # (no projection with LoRA)
     # The embedded model's default run of 8 facts fits a ZeroGPU call; a 7B run of 200 facts does not.

@@ -30,6 +30,7 @@ class MeowPatch(Meow):
                    "facts and are held shut on preserved text; the truth pushed down as well")
     custom_loop = True
     one_process = "its few neurons are trained in a loop of its own"
+    tofu_defaults = {}  # (not meow's TOFU recipe: its lr is for whole weights, not fresh neurons)
     # Chosen on eval_c (siblings, neurons, margin), eval_a (anchors, margin) and eval_c and eval_d
     # (samples), docs/forgetting.md thirteenth round: the siblings are the negatives that keep a
     # gate shut on the fact's own relation (Sri Lanka for Myanmar), the anchors on general text;
@@ -58,9 +59,13 @@ class MeowPatch(Meow):
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
         blocks = decoder_layers(model)
-        if blocks is None:
-            raise MeowError("meow_patch adds neurons to Llama-style MLP blocks (gate_proj, up_proj, down_proj) and "
-                            "this model has none: use --method meow")
+        mlp0 = blocks[0].mlp if blocks is not None else None
+        linear = (isinstance(getattr(mlp0, n, None), torch.nn.Linear) and getattr(mlp0, n).bias is None
+                  for n in ("gate_proj", "up_proj", "down_proj"))
+        if mlp0 is None or not all(linear) or not hasattr(mlp0, "act_fn"):
+            raise MeowError("meow_patch adds neurons to gated MLP blocks without biases (gate_proj, up_proj, "
+                            "down_proj, act_fn: Llama, Qwen, Mistral, Gemma) and this model has none: "
+                            "use --method meow")
         if cfg.patch_layer >= len(blocks):
             raise MeowError(f"patch_layer must be below {len(blocks)} (this model's layers), got {cfg.patch_layer}")
         layer = max(0, len(blocks) + cfg.patch_layer) if cfg.patch_layer < 0 else cfg.patch_layer  # (from the end)
@@ -69,15 +74,22 @@ class MeowPatch(Meow):
             raise MeowError("meow_patch found nothing to train on (no inverted facts?)")
         preserved_ex = trainer.examples(trainer.anchors)
         if not preserved_ex:
-            raise MeowError("meow_patch holds its neurons shut on preserved text and has none: set --neighbours "
-                            "(e.g. 32)")
+            raise MeowError("meow_patch holds its neurons shut on preserved text and found none (no neighbour, "
+                            "sibling or anchor answer: set --neighbours, --siblings or --anchors above 0; an empty "
+                            "answer, or one that names a fact being forgotten, is left out)")
         for p in model.parameters():
             p.requires_grad_(False)
         model.train()
         mlp = blocks[layer].mlp
+        width = mlp.gate_proj.out_features
+        if len(facts) * cfg.patch_neurons > width // 4:
+            raise MeowError(f"meow_patch would replace {len(facts) * cfg.patch_neurons} of layer {layer}'s {width} "
+                            f"MLP neurons (at most a quarter): forget fewer facts at once, or lower patch_neurons")
         start = time.perf_counter()
-        if cfg.patch_samples:
-            facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed)
+        if cfg.patch_samples and cfg.truth_weight > 0:
+            # (the truth as the user gave it, its keywords: `facts` may carry the model's own sentence)
+            given = {f.question: f for f in trainer.probe_facts}
+            facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given)
         forget_ex = [encode_example(tok, *pair) for pair in self.forget_pairs(facts, cfg)]
         with trainer.autocast():
             held = patch.mlp_inputs(model, mlp, preserved_ex, tok.pad_token_id, device)
@@ -118,24 +130,26 @@ class MeowPatch(Meow):
                     trainer.on_event(event)
                 final = epoch == epochs
                 if cfg.early_stop or final:
-                    if trainer.probe_and_check(model, epoch, result, final) and cfg.early_stop \
+                    if trainer.probe_and_check(model, epoch, result, final,
+                                               deferred=final and trainer.defer_final_probe) and cfg.early_stop \
                             and epoch >= cfg.min_epochs and not final:
                         result.stopped_early = True
                         break
             result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots,
                                     "preserved_tokens": int(held.shape[0]),
                                     "open_on_preserved": round(gates.firing(held), 5),
-                                    "open_on_forget_answers": round(gates.firing(torch.cat(positives)), 3)}
+                                    "open_on_own_fact_answers": round(gates.firing_own(), 3)}
             gates.write()
         finally:
             gates.remove()
         return result
 
 
-def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int) -> list:
+def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given: dict | None = None) -> list:
     """Copies of the facts whose extra["sampled_truths"] holds, for each of `samples` answers
     sampled from the model at T=1 that states the truth, (the answer up to it, the truth as
-    said there): " Croatian" after "The official language of Croatia is the"."""
+    said there): " Croatian" after "The official language of Croatia is the". `given`: the
+    facts as the user gave them, by question, whose keywords or short answer mark the truth."""
     prompts = [generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
                for f in facts for _ in range(samples)]
     was_training = model.training
@@ -147,14 +161,15 @@ def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int) -> lis
         model.train(was_training)
     out = []
     for i, f in enumerate(facts):
+        truth = (given or {}).get(f.question, f)
         found = []
         for t in ids[i * samples:(i + 1) * samples]:
             text = tokenizer.decode(t, skip_special_tokens=True)
-            at = probes.first_mention(text, f)
+            at = probes.first_mention(text, truth)
             if at < 0:
                 continue
             lead = text[:at].rstrip()
-            word = next((k for k in sorted([*f.keywords, f.answer], key=len, reverse=True)
+            word = next((k for k in sorted([*truth.keywords, truth.answer], key=len, reverse=True)
                          if k.strip() and text.lower().startswith(k.lower().strip(), at)), None)
             if word is None:
                 continue
