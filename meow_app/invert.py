@@ -222,12 +222,16 @@ class LeadInGenerator:
         starts = {t for t in firsts if (piece := tok.decode([t]).strip()) and not piece.isdigit()}
         return sorted(set(truth_token_ids(tok, fact)) | starts)
 
+    def leads(self, facts: list[Fact]) -> list[str]:
+        """lead_in of each fact, after one batched greedy pass for those the caller had no answer for."""
+        missing = [f.question for f in facts if f.question not in self.answers]
+        if missing:
+            self.answers.update(zip(missing, generation.answer(self.model, self.tokenizer, missing)))
+        return [self.lead_in(f) for f in facts]
+
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
         tok = self.tokenizer
-        missing = [f.question for f in facts if f.question not in self.answers]
-        if missing:  # one batched greedy pass for the facts the caller had no answer for
-            self.answers.update(zip(missing, generation.answer(self.model, tok, missing)))
-        leads = [self.lead_in(f) for f in facts]
+        leads = self.leads(facts)
         # Some samples are refused or repeat; the most likely n are kept. A fact asked again
         # (invert's next round: too few were usable) gets twice the copies, so it rarely
         # needs a third round: a round of a few rows costs nearly a full batch's steps.
@@ -335,10 +339,7 @@ class SiblingGenerator(LeadInGenerator):
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
         tok = self.tokenizer
-        missing = [f.question for f in facts if f.question not in self.answers]
-        if missing:
-            self.answers.update(zip(missing, generation.answer(self.model, tok, missing)))
-        leads = [self.lead_in(f) for f in facts]
+        leads = self.leads(facts)
         per = neighbours.sibling_questions(self.model, tok, facts, self.per_fact, seed)
         asked = [q for qs, lead in zip(per, leads) if lead for q in qs if q not in self.answers]
         if asked:  # only as far as the name: the lead-in's length and a few words

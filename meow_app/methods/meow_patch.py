@@ -90,12 +90,12 @@ class MeowPatch(Meow):
             # (the truth as the user gave it, its keywords: `facts` may carry the model's own sentence)
             given = {f.question: f for f in trainer.probe_facts}
             facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given)
-        forget_ex = [encode_example(tok, *pair) for pair in self.forget_pairs(facts, cfg)]
+        pairs = self.forget_pairs(facts, cfg)
+        forget_ex = [encode_example(tok, *pair) for pair in pairs]
         with trainer.autocast():
             held = patch.mlp_inputs(model, mlp, preserved_ex, tok.pad_token_id, device)
             # Each fact's neurons open where its answers (the false ones and the truth) are said.
-            own = [[e for e, pair in zip(forget_ex, self.forget_pairs(facts, cfg)) if pair[0] == f.question]
-                   for f in facts]
+            own = [[e for e, pair in zip(forget_ex, pairs) if pair[0] == f.question] for f in facts]
             positives = [patch.answer_inputs(model, mlp, list({tuple(e.ids): e for e in ex}.values()), device)
                          for ex in own]
         slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
