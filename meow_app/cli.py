@@ -624,9 +624,16 @@ def build_parser(method: str = "meow") -> argparse.ArgumentParser:
 def _show_warning(message, category, *args, _default=warnings.showwarning, **kwargs):
     """MeowWarnings as one line on stderr; other warnings as Python shows them."""
     if issubclass(category, MeowWarning):
-        print(f"warning: {message}", file=sys.stderr)
+        _say(f"warning: {message}")
     else:
         _default(message, category, *args, **kwargs)
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: a data-parallel run's processes share it, and print's
+    separate newline let two processes' errors run together on one line."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _process_prefix() -> str:
@@ -651,18 +658,18 @@ def main(argv=None) -> int:
         return 130
     except PeerFailed as e:  # a data-parallel run: another process failed; the main process says so
         if not _process_prefix():
-            print(f"error: {e}", file=sys.stderr)
+            _say(f"error: {e}")
         return 1
     except MeowError as e:
         # Every process of a data-parallel run says it (named when not the main one): the first to
         # fail ends the run, and the launcher may stop the main one before it has said anything.
-        print(f"error: {_process_prefix()}{e}", file=sys.stderr)
+        _say(f"error: {_process_prefix()}{e}")
         return 2
     except Exception as e:  # a bug: say so in one line; MEOW_DEBUG=1 shows the traceback
         if os.environ.get("MEOW_DEBUG"):
             raise
         first = str(e).splitlines()[0] if str(e) else ""
-        print(f"error: {_process_prefix()}internal error ({type(e).__name__}: {first}); "
-              "rerun with MEOW_DEBUG=1 for details", file=sys.stderr)
+        _say(f"error: {_process_prefix()}internal error ({type(e).__name__}: {first}); "
+             "rerun with MEOW_DEBUG=1 for details")
         return 1
     return 0
