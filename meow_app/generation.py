@@ -34,7 +34,8 @@ def pad(rows: list[list[int]], pad_id: int, left: bool = False):
     return ids, mask
 
 
-def _length_sorted_batches(n_rows: int, lengths: list[int], batch_size: int):
+def length_sorted_batches(n_rows: int, lengths: list[int], batch_size: int):
+    """Row indices in batches of similar length (less padding)."""
     order = sorted(range(n_rows), key=lambda i: lengths[i])
     for start in range(0, n_rows, batch_size):
         yield order[start:start + batch_size]
@@ -105,7 +106,7 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
         batch_size = rows_that_fit(model, batch_size, max(len(p) for p in prompts) + max(limits))
     # Group by prompt length and then by limit, so short jobs are not padded to long ones.
     keys = [len(p) * 10_000 + limits[i] for i, p in enumerate(prompts)]
-    for rows in _length_sorted_batches(len(prompts), keys, batch_size):
+    for rows in length_sorted_batches(len(prompts), keys, batch_size):
         if max(limits[i] for i in rows) <= 0:
             continue
         if _plain_greedy(model.generation_config) and not (do_sample and _sampling_extras(model.generation_config)):

@@ -19,54 +19,132 @@ replaced neurons are switched off; `write` puts them into the replaced slots, wh
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
+from . import generation
 from .batches import IGNORE, collate, to_device
 
 
+class _Enough(Exception):
+    """Raised by inputs_at's last hook of a pass: the layers above are not needed."""
+
+
 @torch.no_grad()
-def mlp_inputs(model, mlp, examples, pad_id: int, device, batch_size: int = 16) -> torch.Tensor:
-    """The MLP's input at every real token of the examples (rows of a [tokens, d] tensor)."""
-    rows = []
+def inputs_at(model, modules, examples, pad_id: int, device, batch_size: int = 16) -> list[list[torch.Tensor]]:
+    """Each module's input at every token of each example: out[m][i] is a
+    [len(examples[i].ids), d] tensor (module m, example i). Batched by length; the start all
+    examples share (the chat template's system prompt, a third of a short example) is run
+    once and its KV cache repeated; each pass stops once the modules have their inputs."""
+    from transformers import DynamicCache
 
-    def record(module, args):
-        rows.append(args[0][state["real"]].float())
-
+    out = [[None] * len(examples) for _ in modules]
     state = {}
-    handle = mlp.register_forward_pre_hook(record)
+
+    def recorder(m):
+        def record(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            state["got"][m] = x.float()
+            if all(g is not None for g in state["got"]):
+                raise _Enough
+        return record
+
+    def run(**inputs) -> list[torch.Tensor]:
+        state["got"] = [None] * len(modules)
+        try:
+            model.base_model(**inputs)
+        except _Enough:
+            pass
+        return state["got"]
+
+    handles = [module.register_forward_pre_hook(recorder(m), with_kwargs=True) for m, module in enumerate(modules)]
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(examples), batch_size):
-            batch = to_device(collate(examples[i:i + batch_size], pad_id), device)
-            state["real"] = batch["attention_mask"].bool()
-            model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             position_ids=batch["position_ids"], use_cache=False)
+        rows = [e.ids for e in examples]
+        shared = generation.shared_start(rows) if len(rows) > 1 and generation.full_attention(model.config) else 0
+        shared = shared if shared >= generation.MIN_SHARED else 0
+        start, prefix = None, [None] * len(modules)
+        if shared:
+            start = DynamicCache(config=model.config)
+            prefix = [x[0] for x in run(input_ids=torch.tensor([rows[0][:shared]], device=device),
+                                        past_key_values=start, use_cache=True)]
+        for order in generation.length_sorted_batches(len(rows), [len(r) for r in rows], batch_size):
+            ids, mask = generation.pad([rows[i][shared:] for i in order], pad_id, left=True)
+            ids, mask = ids.to(device), mask.to(device)
+            context = torch.cat([mask.new_ones((len(order), shared)), mask], dim=1)
+            cache = None
+            if shared:
+                cache = copy.deepcopy(start)
+                cache.batch_repeat_interleave(len(order))
+            got = run(input_ids=ids, attention_mask=context, position_ids=shared + (mask.cumsum(-1) - 1).clamp(min=0),
+                      past_key_values=cache, use_cache=bool(shared))
+            for m, x in enumerate(got):
+                for j, i in enumerate(order):
+                    own = x[j][mask[j].bool()]
+                    out[m][i] = torch.cat([prefix[m], own]) if shared else own
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    return torch.cat(rows)
+    return out
 
 
-@torch.no_grad()
-def answer_inputs(model, mlp, examples, device) -> torch.Tensor:
-    """The MLP's input at every position that predicts an answer token of the examples (the
-    last prompt token to the answer's second-to-last): where a patch neuron has to fire."""
-    rows = []
-    handle = mlp.register_forward_pre_hook(lambda module, args: rows.append(args[0][0].float()))
-    was_training = model.training
-    model.eval()
-    picked = []
-    try:
-        for e in examples:
-            model.base_model(input_ids=torch.tensor([e.ids], device=device), use_cache=False)
-            labels = torch.tensor(e.labels[1:] + [IGNORE], device=device)
-            picked.append(rows[-1][labels != IGNORE])
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return torch.cat(picked)
+def mlp_inputs(model, mlp, examples, pad_id: int, device) -> torch.Tensor:
+    """The MLP's input at every real token of the examples (rows of a [tokens, d] tensor)."""
+    return torch.cat(inputs_at(model, [mlp], examples, pad_id, device)[0])
+
+
+def answer_rows(examples, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """The rows of each example's inputs (from `inputs_at`) at the positions that predict an
+    answer token (the last prompt token to the answer's second-to-last): where a patch neuron
+    has to fire."""
+    return torch.cat([x[torch.tensor(e.labels[1:] + [IGNORE], device=x.device) != IGNORE]
+                      for e, x in zip(examples, inputs)])
+
+
+def answer_inputs(model, mlp, examples, pad_id: int, device) -> torch.Tensor:
+    """The MLP's input where the examples' answers are predicted (`answer_rows`)."""
+    return answer_rows(examples, inputs_at(model, [mlp], examples, pad_id, device)[0])
+
+
+class Tail:
+    """The model from decoder layer `layer` up, called like the model, fed that layer's input
+    as the frozen layers below computed it once per example (`inputs_at` on the layer): a patch
+    at `layer` changes nothing below it, so a training step need not run them again (27 of the
+    embedded model's 30 layers). Only the examples it was given can be asked."""
+
+    def __init__(self, model, layer: int, examples, states: list[torch.Tensor]):
+        self.model, self.layer, self.config = model, layer, model.config
+        self.states = {tuple(e.ids): s for e, s in zip(examples, states)}
+
+    def __call__(self, input_ids, attention_mask, position_ids=None, **kwargs):
+        real = attention_mask.bool()
+        first = next(iter(self.states.values()))
+        embeds = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype, device=input_ids.device)
+        for j, (ids, keep) in enumerate(zip(input_ids.tolist(), real.tolist())):
+            embeds[j, real[j]] = self.states[tuple(t for t, k in zip(ids, keep) if k)]
+        base = self.model.base_model
+        layers = base.layers
+        base.layers = torch.nn.ModuleList(layers[self.layer:])
+        try:
+            return self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False, **kwargs)
+        finally:
+            base.layers = layers
+
+    @torch.no_grad()
+    def agrees(self, example, pad_id: int, tolerance: float = 0.05) -> bool:
+        """Whether it gives the model's own logits on this example (to `tolerance` of their
+        largest): false where the model changes its input embeddings before the first layer
+        (Gemma scales them), and the full model has to be run instead."""
+        batch = to_device(collate([example], pad_id), next(self.model.parameters()).device)
+        args = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+        full = self.model(input_ids=batch["input_ids"], use_cache=False, **args).logits.float()
+        tail = self(batch["input_ids"], **args).logits.float()
+        return bool((full - tail).abs().max() <= tolerance * full.abs().max().clamp(min=1.0))
 
 
 @torch.no_grad()

@@ -30,7 +30,8 @@ def _patched(tiny, margin=2.0, steps=300):
     tok = tiny.tokenizer
     mlp = model.model.layers[-1].mlp
     held = patch.mlp_inputs(model, mlp, [encode_example(tok, q, a) for q, a in PRESERVED], tok.pad_token_id, "cpu")
-    positives = [patch.answer_inputs(model, mlp, [encode_example(tok, q, a) for q, a in FORGET], "cpu")]
+    positives = [patch.answer_inputs(model, mlp, [encode_example(tok, q, a) for q, a in FORGET], tok.pad_token_id,
+                                      "cpu")]
     slots = patch.least_used(mlp, held, 1)
     torch.manual_seed(0)
     return model, mlp, held, positives, slots, patch.Patch(mlp, slots, positives, held, margin, fit_steps=steps)
@@ -46,6 +47,58 @@ def test_least_used_is_the_neuron_that_adds_least_on_these_inputs(tiny):
     assert patch.least_used(mlp, x, 2) == [5, 2]
     use = act.abs().mean(0) * mlp.down_proj.weight.norm(dim=0)  # (the plain reference)
     assert patch.least_used(mlp, x, 6) == use.argsort()[:6].tolist()
+
+
+def test_batched_inputs_are_each_example_s_own_and_the_answer_rows_are_where_answers_are_predicted(tiny):
+    model, tok = copy.deepcopy(tiny.model).float(), tiny.tokenizer
+    mlp = model.model.layers[1].mlp
+    examples = [encode_example(tok, q, a) for q, a in PRESERVED + FORGET]  # (lengths differ: padding)
+    from meow_app import generation
+
+    # (the system prompt they share is run once; the batches are by length)
+    assert generation.shared_start([e.ids for e in examples]) >= generation.MIN_SHARED
+    [batched] = patch.inputs_at(model, [mlp], examples, tok.pad_token_id, "cpu", batch_size=3)
+    rows, positions = [], []
+    handle = mlp.register_forward_pre_hook(lambda module, args: rows.append(args[0][0]))
+    with torch.no_grad():  # the plain reference: each example alone, unpadded
+        for e in examples:
+            model(input_ids=torch.tensor([e.ids]))
+            positions.append([k for k in range(len(e.ids) - 1) if e.labels[k + 1] != -100])
+    handle.remove()
+    for x, ref in zip(batched, rows):
+        assert torch.allclose(x, ref, atol=1e-4)
+    answers = patch.answer_rows(examples, batched)
+    assert torch.allclose(answers, torch.cat([r[p] for r, p in zip(rows, positions)]), atol=1e-4)
+    assert answers.shape[0] == sum(len(p) for p in positions) > 0
+
+
+def test_the_tail_fed_the_frozen_layers_output_gives_the_model_s_logits_and_gradients(tiny):
+    model, tok = copy.deepcopy(tiny.model).float(), tiny.tokenizer
+    layers = model.model.layers
+    examples = [encode_example(tok, q, a) for q, a in PRESERVED + FORGET]
+    [below] = patch.inputs_at(model, [layers[-1]], examples, tok.pad_token_id, "cpu")
+    tail = patch.Tail(model, len(layers) - 1, examples, below)
+    batch = collate(examples[::-1], tok.pad_token_id)  # (another batching than the capture's)
+    args = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+    mlp = layers[-1].mlp
+    weight = mlp.down_proj.weight
+    weight.requires_grad_(True)
+    grads = []
+    for run in (model, tail):
+        logits = run(input_ids=batch["input_ids"], **args).logits
+        logits[batch["attention_mask"].bool()].logsumexp(-1).sum().backward()
+        grads.append(weight.grad.clone())
+        weight.grad = None
+        if run is model:
+            full = logits.detach()
+    weight.requires_grad_(False)
+    assert torch.allclose(logits.detach(), full, atol=1e-4)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4) and grads[0].abs().sum() > 0
+    assert len(model.model.layers) == len(layers)  # the layers are back
+    assert tail.agrees(examples[0], tok.pad_token_id)
+    # Fed the wrong layer's input (as a model that changes its embeddings would be), it says so.
+    [lower] = patch.inputs_at(model, [layers[0]], examples, tok.pad_token_id, "cpu")
+    assert not patch.Tail(model, len(layers) - 1, examples, lower).agrees(examples[0], tok.pad_token_id)
 
 
 def test_the_written_neurons_compute_what_the_hook_computed(tiny):
@@ -119,6 +172,7 @@ def test_meow_patch_trains_only_its_neurons_in_one_layer(tiny):
                      run_probes=False).train()
     info = result.info["patch"]
     assert info["layer"] == len(tiny.model.model.layers) - 1 and info["neurons"] == cfg.patch_neurons
+    assert info["frozen_layers_cached"]  # (steps ran the last layer alone)
     after, before = dict(result.model.named_parameters()), dict(tiny.model.named_parameters())
     changed = {n for n in after if not torch.equal(after[n], before[n])}
     last = f"model.layers.{info['layer']}.mlp."
@@ -163,6 +217,9 @@ def test_sampled_answers_that_state_the_truth_become_rows_that_push_it_down(tiny
 
     def generate_ids(model, tokenizer, prompts, *a, **k):
         seen.update(rows=len(prompts), seed=k["generator_seed"], sample=k["do_sample"])
+        # A row ends once it has said the truth (the user's keyword), not before.
+        ids = tokenizer("It is the city of Lima", add_special_tokens=False)["input_ids"]
+        seen.update(stops=[k["stop"](3, ids[:n]) for n in (len(ids) - 1, len(ids))])
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in said]
 
     monkeypatch.setattr(generation, "generate_ids", generate_ids)
@@ -170,7 +227,8 @@ def test_sampled_answers_that_state_the_truth_become_rows_that_push_it_down(tiny
     # The fact as trained on carries the model's own sentence; the user's marks the truth.
     own = Fact(fact.question, " Lima, a lovely city.", [], inverted=["Cusco"])
     [out] = with_sampled_truths(tiny.model, tok, [own], samples=4, seed=0, given={fact.question: fact})
-    assert seen == {"rows": 4, "seed": 7919, "sample": True} and not own.extra  # (a copy; the fact kept)
+    assert seen == {"rows": 4, "seed": 7919, "sample": True, "stops": [False, True]}
+    assert not own.extra  # (a copy; the fact kept)
     # The truth as said, after what came before it; repeats once; a sample without it, none.
     assert out.extra["sampled_truths"] == [("It is the city of", " Lima"), ("", "LIMA")]
     cfg = TrainConfig(**methods.REGISTRY["meow_patch"].defaults)

@@ -92,12 +92,19 @@ class MeowPatch(Meow):
             facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given)
         pairs = self.forget_pairs(facts, cfg)
         forget_ex = [encode_example(tok, *pair) for pair in pairs]
+        distinct = list({tuple(e.ids): e for e in forget_ex}.values())
         with trainer.autocast():
             held = patch.mlp_inputs(model, mlp, preserved_ex, tok.pad_token_id, device)
-            # Each fact's neurons open where its answers (the false ones and the truth) are said.
-            own = [[e for e, pair in zip(forget_ex, pairs) if pair[0] == f.question] for f in facts]
-            positives = [patch.answer_inputs(model, mlp, list({tuple(e.ids): e for e in ex}.values()), device)
-                         for ex in own]
+            below, at_mlp = patch.inputs_at(model, [blocks[layer], mlp], distinct, tok.pad_token_id, device)
+            # Steps run only the layers from the patch's up, on what the frozen ones gave once.
+            tail = patch.Tail(model, layer, distinct, below)
+            if not tail.agrees(distinct[0], tok.pad_token_id):
+                tail = model
+        # Each fact's neurons open where its answers (the false ones and the truth) are said.
+        question = {tuple(e.ids): pair[0] for e, pair in zip(forget_ex, pairs)}
+        asked = [question[tuple(e.ids)] for e in distinct]
+        positives = [patch.answer_rows([e for e, q in zip(distinct, asked) if q == f.question],
+                                       [x for x, q in zip(at_mlp, asked) if q == f.question]) for f in facts]
         slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
         torch.manual_seed(cfg.seed)
@@ -116,7 +123,10 @@ class MeowPatch(Meow):
                         raise Cancelled("cancelled by the user")
                     optimizer.zero_grad(set_to_none=True)
                     with trainer.autocast():
-                        loss, parts = self.forget_loss(model, trainer._batch(batch, merge=True), None, cfg)
+                        inputs = trainer._batch(batch, merge=True)
+                        if tail is not model:  # (the tail takes ids to look its inputs up, not shared prefixes)
+                            inputs.pop("middle_ids")
+                        loss, parts = self.forget_loss(tail, inputs, None, cfg)
                     hinge = gates.gate_hinge(held, cfg.patch_margin) + gates.open_hinge(cfg.patch_margin)
                     loss = loss + cfg.patch_weight * hinge
                     trainer._backward(loss, step)
@@ -136,7 +146,7 @@ class MeowPatch(Meow):
                         result.stopped_early = True
                         break
             result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots,
-                                    "preserved_tokens": int(held.shape[0]),
+                                    "preserved_tokens": int(held.shape[0]), "frozen_layers_cached": tail is not model,
                                     "open_on_preserved": round(gates.firing(held), 5),
                                     "open_on_own_fact_answers": round(gates.firing_own(), 3)}
             gates.write()
@@ -152,16 +162,21 @@ def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given:
     facts as the user gave them, by question, whose keywords or short answer mark the truth."""
     prompts = [generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
                for f in facts for _ in range(samples)]
+    truths = [(given or {}).get(f.question, f) for f in facts for _ in range(samples)]
+
+    def said(i, ids) -> bool:  # a row ends once it has said the truth: only the text up to it is used
+        return probes.first_mention(tokenizer.decode(ids, skip_special_tokens=True), truths[i]) >= 0
+
     was_training = model.training
     model.eval()
     try:  # (its own seed: not the evaluation's samples, which are drawn from the unlearned model anyway)
         ids = generation.generate_ids(model, tokenizer, prompts, generation.MAX_NEW_TOKENS, do_sample=True,
-                                      temperature=1.0, generator_seed=seed + 7919)
+                                      temperature=1.0, generator_seed=seed + 7919, stop=said)
     finally:
         model.train(was_training)
     out = []
     for i, f in enumerate(facts):
-        truth = (given or {}).get(f.question, f)
+        truth = truths[i * samples]
         found = []
         for t in ids[i * samples:(i + 1) * samples]:
             text = tokenizer.decode(t, skip_special_tokens=True)
