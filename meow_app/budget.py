@@ -45,8 +45,9 @@ def answer_seconds(passes: float, n_params: int, device: str) -> float:
 
 def rows_per_fact(config, patch: bool = False) -> int:
     """Training rows a fact gives an epoch: num_batch false answers; meow_patch adds its truth
-    rows and up to patch_samples sampled ones (methods/meow_patch.py)."""
-    return config.num_batch + ((2 + config.patch_samples) if patch and config.truth_weight > 0 else 0)
+    rows and up to patch_samples + patch_resample sampled ones (methods/meow_patch.py)."""
+    sampled = config.patch_samples + config.patch_resample
+    return config.num_batch + ((2 + sampled) if patch and config.truth_weight > 0 else 0)
 
 
 def epochs_run(n_facts: int, config, patch: bool = False) -> int:
@@ -80,7 +81,8 @@ def unlearn_seconds(n_facts: int, config, n_params: int, device: str, custom_loo
               + (2 * math.ceil(n_facts * n_inverted / BATCH) if inverting else 0)  # false answers, MEMO
               + (1 if config.anchors or config.neighbours or config.siblings else 0)  # the anchors' own answers
               + probe * (epochs if config.early_stop else 1)       # a probe per epoch (early stopping) or one
-              + (math.ceil(n_facts * config.patch_samples / BATCH) + 1 if patch else 0)  # its samples, siblings
+              + (math.ceil(n_facts * (config.patch_samples + config.patch_resample) / BATCH) + 1  # its samples,
+                 if patch else 0)                                                              # siblings
               + 2)                                        # retain and everyday after
     steps = training_steps(n_facts, config, custom_loop, edit, patch)
     projection = _cost(device, "null_space", billions) if config.null_space and not config.lora else 0.0

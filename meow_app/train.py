@@ -159,6 +159,10 @@ class TrainConfig:
     patch_samples: int = _setting(8, "meow_patch: answers sampled per fact from the original model (T=1); where one "
                                      "states the truth, the truth there is pushed down too and the fact's gates "
                                      "are opened there, so a sampled answer cannot go round the patch")
+    patch_resample: int = _setting(0, "meow_patch: after half its epochs, answers sampled per fact from the patched "
+                                      "model (T=1); where one still states the truth, it is pushed down there too "
+                                      "and the fact's gates opened there (the routes the first samples missed). "
+                                      "0: off")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "
@@ -201,7 +205,7 @@ class TrainConfig:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
         if not 0 <= self.null_space_outliers < 1:
             raise MeowError(f"null_space_outliers must be 0 (off) or a share below 1, got {self.null_space_outliers}")
-        for name in ("anchors", "neighbours", "siblings", "min_steps", "patch_samples"):
+        for name in ("anchors", "neighbours", "siblings", "min_steps", "patch_samples", "patch_resample"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.fisher_backend not in ("diag", "woodfisher"):

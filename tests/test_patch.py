@@ -245,3 +245,44 @@ def test_meow_patch_says_why_it_runs_in_one_process():
     with pytest.raises(MeowError, match=r"'meow_patch' runs in one process \(its few neurons are trained in a loop"):
         check_method(methods.get("meow_patch"), 2)
     check_method(methods.get("meow_patch"), 1)
+
+
+def test_resampling_adds_the_patched_model_s_truthful_answers_as_rows_and_opens_the_gates_there(tiny, monkeypatch):
+    import dataclasses
+
+    from meow_app.methods import meow_patch
+
+    calls = []
+
+    def sampled(model, tokenizer, facts, samples, seed, given=None):
+        # The patched model is asked (its hook on): the first call is the original's (patch_samples).
+        calls.append((samples, any(m._forward_hooks for m in model.modules())))
+        return [dataclasses.replace(f, extra={**f.extra, "sampled_truths": [("It is", " Lima"), ("Well,", " Lima")]})
+                for f in facts]
+
+    monkeypatch.setattr(meow_patch, "with_sampled_truths", sampled)
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 2, "min_steps": 2, "early_stop": False,
+                         "patch_layer": -1, "patch_samples": 0, "patch_resample": 4, "batch_size": 2})
+    opened = []
+    real = patch.Patch.write
+
+    def write(self):
+        opened.append([p.shape[0] for p in self.positives])
+        real(self)
+
+    monkeypatch.setattr(patch.Patch, "write", write)
+    result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
+                     run_probes=False).train()
+    assert calls == [(4, True)]  # once, after the first of 2 epochs, from the patched model
+    assert result.info["resampled_truths"] == 2
+    epochs = [s["epoch"] for s in result.steps]
+    assert epochs.count(2) > epochs.count(1)  # the second epoch trained on the new rows too
+    plain = TrainConfig(**{**cfg.__dict__, "patch_resample": 0})
+    before = []
+    monkeypatch.setattr(patch.Patch, "write", lambda self: (before.append([p.shape[0] for p in self.positives]),
+                                                           real(self)))
+    Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, plain, facts, anchors=anchors,
+            run_probes=False).train()
+    assert all(a > b for a, b in zip(opened[0], before[0]))  # each of the fact's neurons opens where they say it

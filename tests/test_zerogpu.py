@@ -130,6 +130,10 @@ def test_the_estimate_grows_with_facts_steps_and_model_size():
     assert steps > budget.training_steps(8, patch, custom_loop=True, patch=True)
     assert budget.unlearn_seconds(40, patch, 135_000_000, "cuda", custom_loop=True, patch=True) > \
         budget.unlearn_seconds(8, patch, 135_000_000, "cuda", custom_loop=True, patch=True)
+    resampled = TrainConfig(**{**patch.to_dict(), "patch_resample": 8})  # (its rows and its sampling pass count)
+    assert budget.rows_per_fact(resampled, True) == rows + 8
+    assert budget.unlearn_seconds(8, resampled, 135_000_000, "cuda", custom_loop=True, patch=True) > \
+        budget.unlearn_seconds(8, patch, 135_000_000, "cuda", custom_loop=True, patch=True)
     assert budget.unlearn_seconds(8, TrainConfig(null_space=0.99, lora=True), 135_000_000, "cuda") == \
         budget.unlearn_seconds(8, TrainConfig(lora=True), 135_000_000, "cuda")  # (no projection with LoRA)
     # The embedded model's default run of 8 facts fits a ZeroGPU call; a 7B run of 200 facts does not.

@@ -39,7 +39,8 @@ class MeowPatch(Meow):
                 "stop_depth": 0.5, "weight_decay": 0.0, "truth_weight": 1.0, "patch_neurons": 2, "patch_margin": 4.0,
                 "patch_samples": 8}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
-                       "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "truth_weight", "stop_depth")
+                       "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample", "truth_weight",
+                       "stop_depth")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -114,6 +115,7 @@ class MeowPatch(Meow):
         rng = random.Random(cfg.seed)
         steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
         epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+        resample_after = max(1, epochs // 2) if cfg.patch_resample and cfg.truth_weight > 0 else 0
         result = TrainResult(model=model)
         step = 0
         try:
@@ -139,10 +141,15 @@ class MeowPatch(Meow):
                     result.steps.append(event)
                     trainer.on_event(event)
                 final = epoch == epochs
+                if epoch == resample_after and not final:  # (and no early stop before its rows are trained)
+                    added = self._resample(trainer, model, facts, gates, tail, layer, epoch)
+                    forget_ex = forget_ex + added
+                    result.info["resampled_truths"] = len(added)
+                    steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
                 if cfg.early_stop or final:
                     if trainer.probe_and_check(model, epoch, result, final,
                                                deferred=final and trainer.defer_final_probe) and cfg.early_stop \
-                            and epoch >= cfg.min_epochs and not final:
+                            and epoch >= cfg.min_epochs and epoch > resample_after and not final:
                         result.stopped_early = True
                         break
             result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots,
@@ -153,6 +160,35 @@ class MeowPatch(Meow):
         finally:
             gates.remove()
         return result
+
+
+    def _resample(self, trainer, model, facts, gates, tail, layer: int, epoch: int) -> list:
+        """patch_resample: answers sampled from the patched model that still state the truth,
+        as new rows that push it down, each fact's gates opened where they say it."""
+        cfg, tok = trainer.config, trainer.tokenizer
+        given = {f.question: f for f in trainer.probe_facts}
+        again = with_sampled_truths(model, tok, facts, cfg.patch_resample, cfg.seed + epoch, given)
+        pairs = [(f.question, said, lead, True) for f in again for lead, said in f.extra["sampled_truths"]]
+        asked = {}  # the new rows (one per distinct text), each with its fact's question
+        for p in pairs:
+            e = encode_example(tok, *p)
+            asked.setdefault(tuple(e.ids), (e, p[0]))
+        if not asked:
+            return []
+        new = [e for e, _ in asked.values()]
+        blocks = decoder_layers(model)
+        with trainer.autocast():
+            below, at_mlp = patch.inputs_at(model, [blocks[layer], blocks[layer].mlp], new, tok.pad_token_id,
+                                            trainer.device)
+        if tail is not model:
+            tail.states.update({tuple(e.ids): x for e, x in zip(new, below)})
+        for i, f in enumerate(facts):
+            mine = [(e, x) for (e, q), x in zip(asked.values(), at_mlp) if q == f.question]
+            if mine:
+                rows = patch.answer_rows(*zip(*mine))
+                for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
+                    gates.positives[k] = torch.cat([gates.positives[k], rows])
+        return new
 
 
 def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given: dict | None = None) -> list:
