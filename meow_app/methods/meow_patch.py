@@ -39,8 +39,8 @@ class MeowPatch(Meow):
                 "stop_depth": 0.5, "weight_decay": 0.0, "truth_weight": 1.0, "patch_neurons": 2, "patch_margin": 4.0,
                 "patch_samples": 8}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
-                       "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample", "truth_weight",
-                       "stop_depth")
+                       "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
+                       "truth_weight", "stop_depth")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
