@@ -47,8 +47,10 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             # the projection also holding the layers a massive activation left free (docs/forgetting.md round 12)
             "ns_outliers": {"null_space_outliers": 0.1},
             # gated neurons in one MLP (methods/meow_patch.py) with their own defaults
-            "meow_patch": {}}
-VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch"}  # variants that run another method than meow
+            "meow_patch": {},
+            # and with answers sampled again from the patched model after half its epochs (docs/forgetting.md round 14)
+            "patch_resample": {"patch_resample": 8}}
+VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch"}  # variants that run another method than meow
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.
