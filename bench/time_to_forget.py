@@ -50,7 +50,8 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             "meow_patch": {},
             # and with answers sampled again from the patched model after half its epochs (docs/forgetting.md round 14)
             "patch_resample": {"patch_resample": 8}}
-VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch"}  # variants that run another method than meow
+# variants that run another method than meow
+VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch"}
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.
