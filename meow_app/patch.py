@@ -126,20 +126,26 @@ class Tail:
         embeds = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype, device=input_ids.device)
         for j, (ids, keep) in enumerate(zip(input_ids.tolist(), real.tolist())):
             embeds[j, real[j]] = self.states[tuple(t for t, k in zip(ids, keep) if k)]
-        base = self.model.base_model
-        layers = base.layers
+        if position_ids is None:  # (left padding: positions count real tokens only, as collate's)
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        base, config = self.model.base_model, self.model.config
+        layers, types = base.layers, getattr(config, "layer_types", None)
         base.layers = torch.nn.ModuleList(layers[self.layer:])
+        if types is not None:  # (models that pick a layer's mask and RoPE by its index in the loop: Gemma3, Qwen2)
+            config.layer_types = list(types[self.layer:])
         try:
             return self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                               use_cache=False, **kwargs)
         finally:
             base.layers = layers
+            if types is not None:
+                config.layer_types = types
 
     @torch.no_grad()
     def agrees(self, example, pad_id: int, tolerance: float = 0.05) -> bool:
         """Whether it gives the model's own logits on this example (to `tolerance` of their
-        largest): false where the model changes its input embeddings before the first layer
-        (Gemma scales them), and the full model has to be run instead."""
+        largest): false where the model changes its input embeddings in its forward (Granite
+        scales them), and the full model has to be run instead."""
         batch = to_device(collate([example], pad_id), next(self.model.parameters()).device)
         args = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
         full = self.model(input_ids=batch["input_ids"], use_cache=False, **args).logits.float()

@@ -286,3 +286,30 @@ def test_resampling_adds_the_patched_model_s_truthful_answers_as_rows_and_opens_
     Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, plain, facts, anchors=anchors,
             run_probes=False).train()
     assert all(a > b for a, b in zip(opened[0], before[0]))  # each of the fact's neurons opens where they say it
+
+
+def test_the_tail_keeps_each_layer_s_own_attention_type_where_the_model_picks_it_by_index():
+    # Gemma3 (and Qwen2, ...) choose a layer's mask and RoPE from config.layer_types[i], i its
+    # place in the loop: a tail of the layers must carry their own types, not the first ones'.
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from meow_app.batches import Example
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=4)
+    assert cfg.layer_types[5] == "full_attention" and cfg.layer_types[0] == "sliding_attention"
+    model = Gemma3ForCausalLM(cfg).eval()
+    examples = [Example(ids=torch.randint(1, 300, (n,)).tolist(), labels=[-100] * (n - 3) + [7, 8, 9])
+                for n in (12, 9)]
+    layer = 3  # (layer 5, global, sits in the tail at index 2, a sliding one's place)
+    [below] = patch.inputs_at(model, [model.model.layers[layer]], examples, 0, "cpu")
+    tail = patch.Tail(model, layer, examples, below)
+    batch = collate(examples, 0)
+    args = dict(attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], **args).logits
+        got = tail(batch["input_ids"], **args).logits
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(got[real], full[real], atol=1e-5)
+    assert model.config.layer_types == cfg.layer_types and len(model.model.layers) == 8  # (put back)
