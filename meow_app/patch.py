@@ -105,11 +105,6 @@ def answer_rows(examples, inputs: list[torch.Tensor]) -> torch.Tensor:
                       for e, x in zip(examples, inputs)])
 
 
-def answer_inputs(model, mlp, examples, pad_id: int, device) -> torch.Tensor:
-    """The MLP's input where the examples' answers are predicted (`answer_rows`)."""
-    return answer_rows(examples, inputs_at(model, [mlp], examples, pad_id, device)[0])
-
-
 class Tail:
     """The model from decoder layer `layer` up, called like the model, fed that layer's input
     as the frozen layers below computed it once per example (`inputs_at` on the layer): a patch

@@ -30,8 +30,8 @@ def _patched(tiny, margin=2.0, steps=300):
     tok = tiny.tokenizer
     mlp = model.model.layers[-1].mlp
     held = patch.mlp_inputs(model, mlp, [encode_example(tok, q, a) for q, a in PRESERVED], tok.pad_token_id, "cpu")
-    positives = [patch.answer_inputs(model, mlp, [encode_example(tok, q, a) for q, a in FORGET], tok.pad_token_id,
-                                      "cpu")]
+    forget = [encode_example(tok, q, a) for q, a in FORGET]
+    positives = [patch.answer_rows(forget, patch.inputs_at(model, [mlp], forget, tok.pad_token_id, "cpu")[0])]
     slots = patch.least_used(mlp, held, 1)
     torch.manual_seed(0)
     return model, mlp, held, positives, slots, patch.Patch(mlp, slots, positives, held, margin, fit_steps=steps)

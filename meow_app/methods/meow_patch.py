@@ -103,9 +103,7 @@ class MeowPatch(Meow):
                 tail = model
         # Each fact's neurons open where its answers (the false ones and the truth) are said.
         question = {tuple(e.ids): pair[0] for e, pair in zip(forget_ex, pairs)}
-        asked = [question[tuple(e.ids)] for e in distinct]
-        positives = [patch.answer_rows([e for e, q in zip(distinct, asked) if q == f.question],
-                                       [x for x, q in zip(at_mlp, asked) if q == f.question]) for f in facts]
+        positives = fact_rows(facts, distinct, [question[tuple(e.ids)] for e in distinct], at_mlp)
         slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
         torch.manual_seed(cfg.seed)
@@ -161,7 +159,6 @@ class MeowPatch(Meow):
             gates.remove()
         return result
 
-
     def _resample(self, trainer, model, facts, gates, tail, layer: int, epoch: int) -> list:
         """patch_resample: answers sampled from the patched model that still state the truth,
         as new rows that push it down, each fact's gates opened where they say it."""
@@ -182,13 +179,20 @@ class MeowPatch(Meow):
                                             trainer.device)
         if tail is not model:
             tail.states.update({tuple(e.ids): x for e, x in zip(new, below)})
-        for i, f in enumerate(facts):
-            mine = [(e, x) for (e, q), x in zip(asked.values(), at_mlp) if q == f.question]
-            if mine:
-                rows = patch.answer_rows(*zip(*mine))
-                for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
-                    gates.positives[k] = torch.cat([gates.positives[k], rows])
+        for i, rows in enumerate(fact_rows(facts, new, [q for _, q in asked.values()], at_mlp)):
+            for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
+                gates.positives[k] = torch.cat([gates.positives[k], rows])
         return new
+
+
+def fact_rows(facts, examples, asked: list[str], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each fact's answer rows (patch.answer_rows) from the examples asked its question (`asked`:
+    each example's question): where that fact's neurons open. Empty for a fact with none."""
+    out = []
+    for f in facts:
+        mine = [(e, x) for e, q, x in zip(examples, asked, inputs) if q == f.question]
+        out.append(patch.answer_rows(*zip(*mine)) if mine else inputs[0].new_zeros(0, inputs[0].shape[-1]))
+    return out
 
 
 def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given: dict | None = None) -> list:
