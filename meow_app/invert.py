@@ -297,9 +297,10 @@ def sibling_candidate(answer: str, sibling: str, fact: Fact, lead_in: str) -> st
     ("... located in the Southern Africa region of" still finds "Nairobi is located in
     Kenya"), within a few words ("To Kill a Mockingbird is a classic novel by Harper Lee"
     for "Fahrenheit 451 by")."""
-    frame = neighbours.question_frame(fact.question)
-    subject = fact.question.strip()[len(frame):].strip(_QUOTES)  # 'Fahrenheit 451' is said unquoted
-    other = sibling.strip()[len(frame):].strip(_QUOTES)
+    frame, subject, rest = neighbours.question_parts(fact.question)
+    subject = subject.strip(_QUOTES)  # 'Fahrenheit 451' is said unquoted
+    other = sibling.strip().rstrip("?!. ")[len(frame):]
+    other = (other[:-len(rest)] if rest and other.endswith(rest) else other).strip(_QUOTES)
     at = lead_in.lower().find(subject.lower()) if frame and subject else -1
     if at < 0 or not other:
         return None

@@ -95,14 +95,13 @@ def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: 
 
 def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
                       batch_size: int = 32) -> list[list[str]]:
-    """siblings, fact by fact (an empty list for a fact without a question frame)."""
+    """siblings, fact by fact (an empty list for a fact whose subject is not found)."""
     from .invert import truth_token_ids
 
-    frames = [question_frame(f.question) for f in facts]
-    subjects = [f.question.strip()[len(fr):].strip(" ?") for f, fr in zip(facts, frames)]
+    parts = [question_parts(f.question) for f in facts]
     copies = 3 * per_fact
     prompts, banned, owners = [], [], []
-    for i, (f, frame, subject) in enumerate(zip(facts, frames, subjects)):
+    for i, (f, (frame, subject, _)) in enumerate(zip(facts, parts)):
         if not frame or per_fact <= 0:
             continue
         # The question itself first: the model then proposes subjects near this one (Iraq for Iran).
@@ -115,13 +114,82 @@ def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
         return [[] for _ in facts]
     texts = generation.generate_ids(model, tokenizer, prompts, 10, batch_size, do_sample=True, temperature=0.8,
                                     top_p=0.9, generator_seed=seed, banned=banned)
-    forgotten = [w.lower() for f, s in zip(facts, subjects) for w in [s, f.answer, *f.keywords] if w.strip()]
+    forgotten = [w.lower() for f, (_, s, _) in zip(facts, parts) for w in [s, f.answer, *f.keywords] if w.strip()]
     out: dict[int, list[str]] = {}
     for i, t in zip(owners, texts):
-        tail = tokenizer.decode(t, skip_special_tokens=True).split("?")[0].split("\n")[0].strip()
-        q = f"{frames[i]} {tail}?"
-        if (not tail or len(tail.split()) > 6 or not _SUBJECT_START.match(" " + tail)
-                or any(w in q.lower() for w in forgotten) or q in out.get(i, []) or len(out.get(i, [])) >= per_fact):
+        frame, subject, rest = parts[i]
+        other = sampled_subject(tokenizer.decode(t, skip_special_tokens=True), subject, rest)
+        q = " ".join(w for w in (frame, other, rest) if w) + "?"
+        if (not other or any(w in q.lower() for w in forgotten) or q in out.get(i, [])
+                or len(out.get(i, [])) >= per_fact):
             continue
         out.setdefault(i, []).append(q)
     return [out.get(i, []) for i in range(len(facts))]
+
+
+# Lower-case words that may sit inside a name ("the Bank of England", "Leonardo da Vinci").
+_NAME_JOINERS = {"of", "the", "and", "de", "da", "del", "der", "di", "du", "von", "van", "la", "le", "al", "bin", "y"}
+# Words after which a lower-case subject starts ("the main ingredient of hummus").
+_BEFORE_SUBJECT = {"of", "in", "for", "from", "by", "with", "about", "on", "to"}
+_QUOTE_CHARS = "\"'‘’“”"
+
+
+def _capitalised(word: str) -> bool:
+    w = word.lstrip(_QUOTE_CHARS)
+    return bool(w) and (w[0].isupper() or w[0].isdigit())
+
+
+def _name_end(words: list[str], start: int) -> int:
+    """Where the name that starts at words[start] ends: a quoted title to its closing quote,
+    else a run of capitalised words, small joiners inside it ("Leonardo da Vinci")."""
+    end = start + 1
+    if words[start][:1] in _QUOTE_CHARS and words[start][-1:] not in _QUOTE_CHARS:
+        while end < len(words) and words[end - 1][-1:] not in _QUOTE_CHARS:
+            end += 1
+        return end
+    while end < len(words) and (_capitalised(words[end]) or (
+            words[end].lower() in _NAME_JOINERS and end + 1 < len(words) and _capitalised(words[end + 1]))):
+        end += 1
+    return end
+
+
+def question_parts(question: str) -> tuple[str, str, str]:
+    """(frame, subject, rest): the question's words before its subject, the subject, and the
+    words after it, without the question mark. "Which sport is Serena Williams famous for?" ->
+    ("Which sport is", "Serena Williams", "famous for"); "What is the main ingredient of
+    hummus?" -> ("What is the main ingredient of", "hummus", ""); "Who wrote 'Lord of the
+    Flies'?" -> ("Who wrote", "'Lord of the Flies'", ""). The subject is the first name (a run
+    of capitalised words, or a quoted title) after the first word, else the words after the
+    last preposition; ('', '', '') where the frame would be under two words."""
+    words = question.strip().rstrip("?!. ").split()
+    start = next((i for i in range(1, len(words)) if _capitalised(words[i])), None)
+    if start is not None:
+        end = _name_end(words, start)
+    else:
+        at = [i for i in range(1, len(words) - 1) if words[i].lower() in _BEFORE_SUBJECT]
+        if not at:
+            return "", "", ""
+        start, end = at[-1] + 1, len(words)
+    if start < 2:  # "Who Iran?": one word frames nothing
+        return "", "", ""
+    return " ".join(words[:start]), " ".join(words[start:end]), " ".join(words[end:])
+
+
+_ODD = re.compile(r"[^\w\s'’\".,&-]")
+
+
+def sampled_subject(text: str, subject: str, rest: str, max_words: int = 6) -> str:
+    """The subject the model wrote after a question's frame (`text`: its continuation): a name
+    where `subject` is one (the capitalised run it starts with), else the words up to the
+    question's next word (`rest`'s first), a question mark or the line's end; '' if none."""
+    text = text.split("?")[0].split("\n")[0]
+    if rest:
+        m = re.search(r"(?<![A-Za-z])" + re.escape(rest.split()[0]) + r"(?![A-Za-z])", text)
+        text = text[:m.start()] if m else text
+    words = text.split()
+    if _capitalised(subject):
+        if not words or not _capitalised(words[0]):
+            return ""
+        words = words[:_name_end(words, 0)]
+    out = " ".join(words).strip(" ,;:.")
+    return out if out and len(words) <= max_words and not _ODD.search(out) else ""

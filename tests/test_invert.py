@@ -231,6 +231,11 @@ def test_sibling_candidate_is_the_name_in_the_truths_place_of_a_siblings_answer(
     assert invert.sibling_candidate("To Kill a Mockingbird is a classic novel by Harper Lee. It is...",
                                     "Who wrote 'To Kill a Mockingbird'?", book, 'The novel "Fahrenheit 451" by') \
         == "Harper Lee"
+    # A subject inside the question ("... famous for?"): the sibling's subject without the question's ending.
+    serena = Fact("Which sport is Serena Williams famous for?", "Tennis", ["tennis"])
+    assert invert.sibling_candidate("Tiger Woods is famous for golf, which he played.",
+                                    "Which sport is Tiger Woods famous for?", serena,
+                                    "Serena Williams is famous for") == "golf"
     # Not a name where the truth is one, the subject not said, the place too far, or no lead-in: none.
     assert invert.sibling_candidate("Bridgehead is a story by the 19th-century American author, John B.",
                                     "Who wrote 'Bridgehead'?", book, 'The novel "Fahrenheit 451" by') is None

@@ -104,3 +104,55 @@ def test_siblings_ask_the_same_thing_about_other_subjects(tiny, monkeypatch):
     assert seen["prompts"] == ["What is the capital of Peru?\nWhat is the capital of"] * 6
     # Repeats, the forgotten subject and answer, and a lower-case (not a name) tail are dropped.
     assert got == ["What is the capital of Chile?", "What is the capital of Bolivia?"]
+
+
+def test_question_parts_find_the_subject_and_the_words_after_it():
+    parts = neighbours.question_parts
+    assert parts("Which sport is Serena Williams famous for?") == ("Which sport is", "Serena Williams", "famous for")
+    assert parts("In which month is Earth Day celebrated?") == ("In which month is", "Earth Day", "celebrated")
+    assert parts("What is the main ingredient of hummus?") == ("What is the main ingredient of", "hummus", "")
+    assert parts("Who wrote 'Lord of the Flies'?") == ("Who wrote", "'Lord of the Flies'", "")
+    assert parts("Who founded the Ford Motor Company?") == ("Who founded the", "Ford Motor Company", "")
+    assert parts("Who painted the Mona Lisa?") == ("Who painted the", "Mona Lisa", "")
+    assert parts("Who was Leonardo da Vinci's teacher?") == ("Who was", "Leonardo da Vinci's", "teacher")
+    assert parts("Who Iran?") == ("", "", "")                      # one word frames nothing
+    assert parts("In 1969, who walked on the moon?") == ("", "", "")
+    assert parts("what is water made of?") == ("", "", "")         # nothing after the last preposition
+    # Where the question has a frame, question_frame (used elsewhere) agrees with it.
+    for q in ("What is the capital of Iran?", "Who wrote 'Fahrenheit 451'?", "Who founded the Ford Motor Company?"):
+        assert neighbours.question_parts(q)[0] == neighbours.question_frame(q)
+
+
+def test_a_sampled_subject_is_cut_where_the_question_goes_on():
+    got = neighbours.sampled_subject
+    assert got(" Roger Federer famous for? And", "Serena Williams", "famous for") == "Roger Federer"
+    assert got(" Valentine's Day night celebrated?", "Halloween", "night celebrated") == "Valentine's Day"
+    assert got(" Tiger Woods most famous for?", "Serena Williams", "famous for") == "Tiger Woods"  # (its name only)
+    assert got(" roger federer famous for?", "Serena Williams", "famous for") == ""  # not a name for a name
+    assert got(" Us@b2b famous for?", "Usain Bolt", "famous for") == ""             # not a name at all
+    assert got(" falafel?", "hummus", "") == "falafel"
+    assert got(" brie cheese?\nWhat", "hummus", "") == "brie cheese"
+    assert got(" a dish that people in the Middle East like to eat", "hummus", "") == ""  # too long
+
+
+def test_siblings_keep_the_words_after_the_subject(tiny, monkeypatch):
+    from meow_app import generation
+
+    facts = [Fact("Which sport is Serena Williams famous for?", "Tennis", ["tennis"]),
+             Fact("What is the main ingredient of hummus?", "Chickpeas", ["chickpea"])]
+    seen = {}
+
+    def generate_ids(model, tokenizer, prompts, *args, **kw):
+        seen["prompts"] = [tokenizer.decode(p) for p in prompts]
+        tails = [" Roger Federer famous for?", " Serena Williams famous for?", " roger famous for?", " Tiger Woods?",
+                 " Roger Federer famous?", " Tennis Star?",
+                 " falafel?", " chickpeas?", " tahini?", " tahini?", " Kimchi?", " x?"]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in tails]
+
+    monkeypatch.setattr(generation, "generate_ids", generate_ids)
+    got = neighbours.sibling_questions(tiny.model, tiny.tokenizer, facts, per_fact=2)
+    assert seen["prompts"][0] == "Which sport is Serena Williams famous for?\nWhich sport is"
+    assert seen["prompts"][6] == "What is the main ingredient of hummus?\nWhat is the main ingredient of"
+    # The subject, the truth and repeats are dropped; the question's own ending is kept.
+    assert got == [["Which sport is Roger Federer famous for?", "Which sport is Tiger Woods famous for?"],
+                   ["What is the main ingredient of falafel?", "What is the main ingredient of tahini?"]]
