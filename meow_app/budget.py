@@ -43,11 +43,16 @@ def answer_seconds(passes: float, n_params: int, device: str) -> float:
     return passes * ANSWER_TOKENS * _cost(device, "token", n_params / 1e9)
 
 
+def sampled_per_fact(config) -> int:
+    """Answers meow_patch samples a fact (methods/meow_patch.py): patch_samples, patch_resample
+    and patch_about together."""
+    return config.patch_samples + config.patch_resample + config.patch_about
+
+
 def rows_per_fact(config, patch: bool = False) -> int:
     """Training rows a fact gives an epoch: num_batch false answers; meow_patch adds its truth
-    rows and up to patch_samples + patch_resample sampled ones (methods/meow_patch.py)."""
-    sampled = config.patch_samples + config.patch_resample
-    return config.num_batch + ((2 + sampled) if patch and config.truth_weight > 0 else 0)
+    rows and up to one per sampled answer."""
+    return config.num_batch + ((2 + sampled_per_fact(config)) if patch and config.truth_weight > 0 else 0)
 
 
 def epochs_run(n_facts: int, config, patch: bool = False) -> int:
@@ -81,7 +86,7 @@ def unlearn_seconds(n_facts: int, config, n_params: int, device: str, custom_loo
               + (2 * math.ceil(n_facts * n_inverted / BATCH) if inverting else 0)  # false answers, MEMO
               + (1 if config.anchors or config.neighbours or config.siblings else 0)  # the anchors' own answers
               + probe * (epochs if config.early_stop else 1)       # a probe per epoch (early stopping) or one
-              + (math.ceil(n_facts * (config.patch_samples + config.patch_resample) / BATCH) + 1  # its samples,
+              + (math.ceil(n_facts * sampled_per_fact(config) / BATCH) + 1  # its samples,
                  if patch else 0)                                                              # siblings
               + 2)                                        # retain and everyday after
     steps = training_steps(n_facts, config, custom_loop, edit, patch)

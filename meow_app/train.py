@@ -163,6 +163,10 @@ class TrainConfig:
                                       "model (T=1); where one still states the truth, it is pushed down there too "
                                       "and the fact's gates opened there (the routes the first samples missed). "
                                       "0: off")
+    patch_about: int = _setting(0, "meow_patch: answers sampled per fact from the original model (T=1) to 'What is "
+                                   "<subject> known for?'; where one states the truth, it is pushed down there "
+                                   "too and the fact's gates opened there (the fact said outside its own "
+                                   "question). 0: off")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "
@@ -205,7 +209,8 @@ class TrainConfig:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
         if not 0 <= self.null_space_outliers < 1:
             raise MeowError(f"null_space_outliers must be 0 (off) or a share below 1, got {self.null_space_outliers}")
-        for name in ("anchors", "neighbours", "siblings", "min_steps", "patch_samples", "patch_resample"):
+        for name in ("anchors", "neighbours", "siblings", "min_steps", "patch_samples", "patch_resample",
+                     "patch_about"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.fisher_backend not in ("diag", "woodfisher"):

@@ -313,3 +313,51 @@ def test_the_tail_keeps_each_layer_s_own_attention_type_where_the_model_picks_it
     real = batch["attention_mask"].bool()
     assert torch.allclose(got[real], full[real], atol=1e-5)
     assert model.config.layer_types == cfg.layer_types and len(model.model.layers) == 8  # (put back)
+
+
+def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_open_the_fact_s_gates(
+        tiny, monkeypatch):
+    import dataclasses
+
+    from meow_app import generation
+    from meow_app.methods import meow_patch
+
+    assert meow_patch.about_question("Which sport is Serena Williams famous for?") == \
+        "What is Serena Williams known for?"
+    assert meow_patch.about_question("Who wrote 'Lord of the Flies'?") == "What is Lord of the Flies known for?"
+    assert meow_patch.about_question("Who Iran?") == ""
+    tok = tiny.tokenizer
+    seen = {}
+
+    def generate_ids(model, tokenizer, prompts, *a, **k):
+        seen["asked"] = [tokenizer.decode(p) for p in prompts]
+        said = ["It is Lima.", "No idea.", "Peru is known for Lima, its capital.", "Peru is known for llamas."]
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in said]
+
+    monkeypatch.setattr(generation, "generate_ids", generate_ids)
+    fact = Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco"])
+    [out] = meow_patch.with_sampled_truths(tiny.model, tok, [fact], samples=2, seed=0, about=2)
+    assert ["What is Peru known for?" in a for a in seen["asked"]] == [False, False, True, True]
+    assert out.extra["sampled_truths"] == [("It is", " Lima")]
+    assert out.extra["about_truths"] == [("What is Peru known for?", "Peru is known for", " Lima")]
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "patch_about": 2})
+    assert ("What is Peru known for?", " Lima", "Peru is known for", True) in \
+        methods.get("meow_patch").forget_pairs([out], cfg)
+
+    # In training, those rows open the fact's own gates too.
+    def sampled(model, tokenizer, facts, samples, seed, given=None, about=0):
+        return [dataclasses.replace(f, extra={**f.extra, "sampled_truths": [], "about_truths": [
+            ("What is Peru known for?", "Peru is known for", " Lima")] if about else []}) for f in facts]
+
+    monkeypatch.setattr(meow_patch, "with_sampled_truths", sampled)
+    opened = []
+    real = patch.Patch.write
+    monkeypatch.setattr(patch.Patch, "write", lambda self: (opened.append([p.shape[0] for p in self.positives]),
+                                                           real(self)))
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    for about in (0, 2):
+        cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 1,
+                             "early_stop": False, "patch_layer": -1, "patch_about": about, "batch_size": 4})
+        Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, [fact], anchors=anchors,
+                run_probes=False).train()
+    assert all(a > b for a, b in zip(opened[1], opened[0]))

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .. import generation, losses, patch, probes
+from .. import generation, losses, neighbours, patch, probes
 from ..batches import encode_example, length_grouped
 from ..edit import decoder_layers
 from ..errors import Cancelled, MeowError
@@ -40,7 +40,7 @@ class MeowPatch(Meow):
                 "patch_samples": 8}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
                        "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
-                       "truth_weight", "stop_depth")
+                       "patch_about", "truth_weight", "stop_depth")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -51,6 +51,8 @@ class MeowPatch(Meow):
                  for f in facts if f.inverted for _ in range(TRUTH_COPIES if config.truth_weight > 0 else 0)]
         sampled = [(f.question, said, lead, True) for f in facts if f.inverted
                    for lead, said in f.extra.get("sampled_truths", [])] if config.truth_weight > 0 else []
+        sampled += [(asked, said, lead, True) for f in facts if f.inverted
+                    for asked, lead, said in f.extra.get("about_truths", [])] if config.truth_weight > 0 else []
         return super().forget_pairs(facts, config) + truth + sampled
 
     def forget_loss(self, model, forget, reference, config):
@@ -90,7 +92,8 @@ class MeowPatch(Meow):
         if cfg.patch_samples and cfg.truth_weight > 0:
             # (the truth as the user gave it, its keywords: `facts` may carry the model's own sentence)
             given = {f.question: f for f in trainer.probe_facts}
-            facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given)
+            facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given,
+                                        about=cfg.patch_about)
         pairs = self.forget_pairs(facts, cfg)
         forget_ex = [encode_example(tok, *pair) for pair in pairs]
         distinct = list({tuple(e.ids): e for e in forget_ex}.values())
@@ -102,7 +105,8 @@ class MeowPatch(Meow):
             if not tail.agrees(distinct[0], tok.pad_token_id):
                 tail = model
         # Each fact's neurons open where its answers (the false ones and the truth) are said.
-        question = {tuple(e.ids): pair[0] for e, pair in zip(forget_ex, pairs)}
+        owner = {asked: f.question for f in facts for asked, _, _ in f.extra.get("about_truths", [])}
+        question = {tuple(e.ids): owner.get(pair[0], pair[0]) for e, pair in zip(forget_ex, pairs)}
         positives = fact_rows(facts, distinct, [question[tuple(e.ids)] for e in distinct], at_mlp)
         slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
@@ -195,14 +199,25 @@ def fact_rows(facts, examples, asked: list[str], inputs: list[torch.Tensor]) -> 
     return out
 
 
-def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given: dict | None = None) -> list:
+def about_question(question: str) -> str:
+    """The fact's subject asked about outside its question: "What is Serena Williams known
+    for?"; '' where no subject is found."""
+    subject = neighbours.question_parts(question)[1].strip("'\"‘’“”")
+    return f"What is {subject} known for?" if subject else ""
+
+
+def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given: dict | None = None,
+                        about: int = 0) -> list:
     """Copies of the facts whose extra["sampled_truths"] holds, for each of `samples` answers
     sampled from the model at T=1 that states the truth, (the answer up to it, the truth as
     said there): " Croatian" after "The official language of Croatia is the". `given`: the
-    facts as the user gave them, by question, whose keywords or short answer mark the truth."""
-    prompts = [generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
-               for f in facts for _ in range(samples)]
-    truths = [(given or {}).get(f.question, f) for f in facts for _ in range(samples)]
+    facts as the user gave them, by question, whose keywords or short answer mark the truth.
+    about: as many answers to about_question, kept in extra["about_truths"] as (that question,
+    the answer up to the truth, the truth)."""
+    asked = [[f.question] * samples + ([about_question(f.question)] * about if about_question(f.question) else [])
+             for f in facts]
+    prompts = [generation.encode(tokenizer, generation.chat_prompt(tokenizer, q)) for qs in asked for q in qs]
+    truths = [(given or {}).get(f.question, f) for f, qs in zip(facts, asked) for _ in qs]
 
     def said(i, ids) -> bool:  # a row ends once it has said the truth: only the text up to it is used
         return probes.first_mention(tokenizer.decode(ids, skip_special_tokens=True), truths[i]) >= 0
@@ -214,11 +229,11 @@ def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given:
                                       temperature=1.0, generator_seed=seed + 7919, stop=said)
     finally:
         model.train(was_training)
-    out = []
-    for i, f in enumerate(facts):
-        truth = truths[i * samples]
-        found = []
-        for t in ids[i * samples:(i + 1) * samples]:
+    out, at_row = [], 0
+    for f, qs in zip(facts, asked):
+        truth = truths[at_row]
+        found, found_about = [], []
+        for q, t in zip(qs, ids[at_row:at_row + len(qs)]):
             text = tokenizer.decode(t, skip_special_tokens=True)
             at = probes.first_mention(text, truth)
             if at < 0:
@@ -229,7 +244,10 @@ def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given:
             if word is None:
                 continue
             pair = (lead, text[len(lead):at + len(word.strip())])
-            if pair not in found:
+            if q == f.question and pair not in found:
                 found.append(pair)
-        out.append(dataclasses.replace(f, extra={**f.extra, "sampled_truths": found}))
+            elif q != f.question and (q, *pair) not in found_about:
+                found_about.append((q, *pair))
+        at_row += len(qs)
+        out.append(dataclasses.replace(f, extra={**f.extra, "sampled_truths": found, "about_truths": found_about}))
     return out
