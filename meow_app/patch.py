@@ -97,12 +97,15 @@ def mlp_inputs(model, mlp, examples, pad_id: int, device) -> torch.Tensor:
     return torch.cat(inputs_at(model, [mlp], examples, pad_id, device)[0])
 
 
-def answer_rows(examples, inputs: list[torch.Tensor]) -> torch.Tensor:
+def answer_rows(examples, inputs: list[torch.Tensor], starts: list[int] | None = None) -> torch.Tensor:
     """The rows of each example's inputs (from `inputs_at`) at the positions that predict an
     answer token (the last prompt token to the answer's second-to-last): where a patch neuron
-    has to fire."""
-    return torch.cat([x[torch.tensor(e.labels[1:] + [IGNORE], device=x.device) != IGNORE]
-                      for e, x in zip(examples, inputs)])
+    has to fire. starts: per example, where its answer begins instead (a lead-in given as
+    context then counts as answer: the rows from the one before it on)."""
+    if starts is None:
+        return torch.cat([x[torch.tensor(e.labels[1:] + [IGNORE], device=x.device) != IGNORE]
+                          for e, x in zip(examples, inputs)])
+    return torch.cat([x[max(s, 1) - 1:len(e.ids) - 1] for e, x, s in zip(examples, inputs, starts)])
 
 
 class Tail:

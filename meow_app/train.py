@@ -167,6 +167,9 @@ class TrainConfig:
                                    "<subject> known for?'; where one states the truth, it is pushed down there "
                                    "too and the fact's gates opened there (the fact said outside its own "
                                    "question). 0: off")
+    patch_open_answer: bool = _setting(False, "yes/no: meow_patch: open each fact's gates along the whole of its "
+                                              "answers (a sampled answer's words before the truth too), not only "
+                                              "where an answer token trained on is predicted")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "

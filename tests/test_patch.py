@@ -361,3 +361,25 @@ def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_o
         Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, [fact], anchors=anchors,
                 run_probes=False).train()
     assert all(a > b for a, b in zip(opened[1], opened[0]))
+
+
+def test_open_answer_counts_a_lead_in_given_as_context_as_part_of_the_answer(tiny):
+    from meow_app import generation
+    from meow_app.methods.meow_patch import answer_starts
+
+    tok = tiny.tokenizer
+    q = "What is the capital of Peru?"
+    plain = encode_example(tok, q, " Cusco")
+    led = encode_example(tok, q, " Lima", prefix="Well, it is")  # a sampled answer's words before the truth
+    prompt = len(generation.encode(tok, generation.chat_prompt(tok, q)))
+    assert answer_starts(tok, [plain, led], [q, q]) == [prompt, prompt]
+    first_label = next(i for i, t in enumerate(led.labels) if t != -100)
+    assert first_label > prompt  # (the lead-in is masked, so only its start is moved)
+    inputs = [torch.arange(len(e.ids), dtype=torch.float).unsqueeze(1) for e in (plain, led)]  # row i holds i
+    default = patch.answer_rows([plain, led], inputs)
+    opened = patch.answer_rows([plain, led], inputs, [prompt, prompt])
+    # The plain row is the same either way; the led one gains the lead-in's positions.
+    assert default[:, 0].tolist() == list(range(prompt - 1, len(plain.ids) - 1)) + \
+        list(range(first_label - 1, len(led.ids) - 1))
+    assert opened[:, 0].tolist() == list(range(prompt - 1, len(plain.ids) - 1)) + \
+        list(range(prompt - 1, len(led.ids) - 1))

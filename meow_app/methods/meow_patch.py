@@ -14,7 +14,7 @@ import time
 import torch
 
 from .. import generation, losses, neighbours, patch, probes
-from ..batches import encode_example, length_grouped
+from ..batches import IGNORE, encode_example, length_grouped
 from ..edit import decoder_layers
 from ..errors import Cancelled, MeowError
 from ..train import TrainResult
@@ -40,7 +40,7 @@ class MeowPatch(Meow):
                 "patch_samples": 8}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
                        "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
-                       "patch_about", "truth_weight", "stop_depth")
+                       "patch_about", "patch_open_answer", "truth_weight", "stop_depth")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -106,8 +106,12 @@ class MeowPatch(Meow):
                 tail = model
         # Each fact's neurons open where its answers (the false ones and the truth) are said.
         owner = {asked: f.question for f in facts for asked, _, _ in f.extra.get("about_truths", [])}
-        question = {tuple(e.ids): owner.get(pair[0], pair[0]) for e, pair in zip(forget_ex, pairs)}
-        positives = fact_rows(facts, distinct, [question[tuple(e.ids)] for e in distinct], at_mlp)
+        pair_question = {tuple(e.ids): pair[0] for e, pair in zip(forget_ex, pairs)}
+        question = {ids: owner.get(q, q) for ids, q in pair_question.items()}
+        asked = [question[tuple(e.ids)] for e in distinct]
+        starts = answer_starts(tok, distinct, [pair_question[tuple(e.ids)] for e in distinct]) \
+            if cfg.patch_open_answer else None
+        positives = fact_rows(facts, distinct, asked, at_mlp, starts)
         slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
         torch.manual_seed(cfg.seed)
@@ -189,14 +193,27 @@ class MeowPatch(Meow):
         return new
 
 
-def fact_rows(facts, examples, asked: list[str], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+def fact_rows(facts, examples, asked: list[str], inputs: list[torch.Tensor],
+              starts: list[int] | None = None) -> list[torch.Tensor]:
     """Each fact's answer rows (patch.answer_rows) from the examples asked its question (`asked`:
-    each example's question): where that fact's neurons open. Empty for a fact with none."""
+    each example's question): where that fact's neurons open. Empty for a fact with none.
+    starts: per example, where its answer begins (patch_open_answer)."""
     out = []
+    starts = starts or [None] * len(examples)
     for f in facts:
-        mine = [(e, x) for e, q, x in zip(examples, asked, inputs) if q == f.question]
-        out.append(patch.answer_rows(*zip(*mine)) if mine else inputs[0].new_zeros(0, inputs[0].shape[-1]))
+        mine = [(e, x, s) for e, q, x, s in zip(examples, asked, inputs, starts) if q == f.question]
+        if not mine:
+            out.append(inputs[0].new_zeros(0, inputs[0].shape[-1]))
+            continue
+        es, xs, ss = zip(*mine)
+        out.append(patch.answer_rows(es, xs, None if ss[0] is None else list(ss)))
     return out
+
+
+def answer_starts(tokenizer, examples, asked: list[str]) -> list[int]:
+    """Where each example's answer begins: after its question's chat prompt, before any lead-in."""
+    lengths = {q: len(generation.encode(tokenizer, generation.chat_prompt(tokenizer, q))) for q in set(asked)}
+    return [min(lengths[q], next(i for i, t in enumerate(e.labels) if t != IGNORE)) for e, q in zip(examples, asked)]
 
 
 def about_question(question: str) -> str:
