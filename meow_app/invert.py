@@ -298,14 +298,15 @@ def sibling_candidate(answer: str, sibling: str, fact: Fact, lead_in: str) -> st
     Kenya"), within a few words ("To Kill a Mockingbird is a classic novel by Harper Lee"
     for "Fahrenheit 451 by")."""
     frame, subject, rest = neighbours.question_parts(fact.question)
-    subject = subject.strip(_QUOTES)  # 'Fahrenheit 451' is said unquoted
+    subject = neighbours.bare_subject(subject)  # 'Fahrenheit 451' is said unquoted, Mozart without his 's
     other = sibling.strip().rstrip("?!. ")[len(frame):]
-    other = (other[:-len(rest)] if rest and other.endswith(rest) else other).strip(_QUOTES)
+    other = neighbours.bare_subject(other[:-len(rest)] if rest and other.endswith(rest) else other)
     at = lead_in.lower().find(subject.lower()) if frame and subject else -1
     if at < 0 or not other:
         return None
     said = answer.lower().find(other.lower())
-    tail = [w for w in lead_in[at + len(subject):].strip(_QUOTES).split() if w.strip(_QUOTES)]
+    after = re.sub(r"^(?:'s|’s|')(?![A-Za-z])", "", lead_in[at + len(subject):])  # (Tchaikovsky's profession)
+    tail = [w for w in after.strip(_QUOTES).split() if w.strip(_QUOTES)]
     if said < 0 or not tail:
         return None
     rest = answer[said + len(other):]

@@ -106,7 +106,7 @@ def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
             continue
         # The question itself first: the model then proposes subjects near this one (Iraq for Iran).
         ids = generation.encode(tokenizer, f"{f.question.strip()}\n{frame}")
-        stop = truth_token_ids(tokenizer, f) + truth_token_ids(tokenizer, type(f)(f.question, subject))
+        stop = truth_token_ids(tokenizer, f) + truth_token_ids(tokenizer, type(f)(f.question, bare_subject(subject)))
         prompts += [ids] * copies
         banned += [sorted(set(stop))] * copies
         owners += [i] * copies
@@ -114,13 +114,15 @@ def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
         return [[] for _ in facts]
     texts = generation.generate_ids(model, tokenizer, prompts, 10, batch_size, do_sample=True, temperature=0.8,
                                     top_p=0.9, generator_seed=seed, banned=banned)
-    forgotten = [w.lower() for f, (_, s, _) in zip(facts, parts) for w in [s, f.answer, *f.keywords] if w.strip()]
+    # (answers and keywords as the probes find them, inside words; subjects as whole words: "water")
+    truths = [w.lower().strip() for f in facts for w in [f.answer, *f.keywords] if w.strip()]
+    subjects = [bare_subject(s).lower() for _, s, _ in parts if s.strip()]
     out: dict[int, list[str]] = {}
     for i, t in zip(owners, texts):
         frame, subject, rest = parts[i]
         other = sampled_subject(tokenizer.decode(t, skip_special_tokens=True), subject, rest)
         q = " ".join(w for w in (frame, other, rest) if w) + "?"
-        if (not other or any(w in q.lower() for w in forgotten) or q in out.get(i, [])
+        if (not other or any(w in q.lower() for w in truths) or names_any(q, subjects) or q in out.get(i, [])
                 or len(out.get(i, [])) >= per_fact):
             continue
         out.setdefault(i, []).append(q)
@@ -147,9 +149,17 @@ def _name_end(words: list[str], start: int) -> int:
         while end < len(words) and words[end - 1][-1:] not in _QUOTE_CHARS:
             end += 1
         return end
-    while end < len(words) and (_capitalised(words[end]) or (
-            words[end].lower() in _NAME_JOINERS and end + 1 < len(words) and _capitalised(words[end + 1]))):
-        end += 1
+    while end < len(words):
+        if _capitalised(words[end]):
+            end += 1
+            continue
+        # Joiners, one or a chain ("of the United Kingdom"), count only before another capitalised word.
+        k = end
+        while k < len(words) and words[k].lower() in _NAME_JOINERS:
+            k += 1
+        if k == end or k == len(words) or not _capitalised(words[k]):
+            break
+        end = k
     return end
 
 
@@ -175,7 +185,26 @@ def question_parts(question: str) -> tuple[str, str, str]:
     return " ".join(words[:start]), " ".join(words[start:end]), " ".join(words[end:])
 
 
-_ODD = re.compile(r"[^\w\s'’\".,&-]")
+_ODD = re.compile(r"[^\w\s'’‘“”\".,&-]")
+
+
+_ARTICLES = {"the", "a", "an"}
+
+
+def bare_subject(subject: str) -> str:
+    """The subject as it is said elsewhere: without quotes, a possessive or a leading article
+    ("Pyotr Tchaikovsky's" -> "Pyotr Tchaikovsky", "'Fahrenheit 451'" -> "Fahrenheit 451",
+    "the world" -> "world")."""
+    s = re.sub(r"(?:'s|’s|s'|s’)$", lambda m: "s" if m.group(0)[0] == "s" else "", subject.strip())
+    s = s.strip(_QUOTE_CHARS + " ")
+    words = s.split()
+    return " ".join(words[1:]) if len(words) > 1 and words[0].lower() in _ARTICLES else s
+
+
+def names_any(text: str, words: list[str]) -> bool:
+    """Whether text has any of words (lower case) as whole words: "water" is not in "waterfall"."""
+    low = text.lower()
+    return any(re.search(r"(?<![\w])" + re.escape(w) + r"(?![\w])", low) for w in words if w.strip())
 
 
 def sampled_subject(text: str, subject: str, rest: str, max_words: int = 6) -> str:

@@ -236,6 +236,13 @@ def test_sibling_candidate_is_the_name_in_the_truths_place_of_a_siblings_answer(
     assert invert.sibling_candidate("Tiger Woods is famous for golf, which he played.",
                                     "Which sport is Tiger Woods famous for?", serena,
                                     "Serena Williams is famous for") == "golf"
+    # A possessive subject: found in the lead-in and the sibling's answer without its 's.
+    composer = Fact("What is Pyotr Tchaikovsky's profession?", "Composer", ["composer"])
+    assert invert.sibling_candidate("Mozart was a composer; Mozart's profession is pianist.",
+                                    "What is Mozart's profession?", composer,
+                                    "Pyotr Tchaikovsky's profession is") == "pianist"
+    assert invert.sibling_candidate("Mozart's profession is pianist.", "What is Mozart's profession?", composer,
+                                    "Pyotr Tchaikovsky's profession is") == "pianist"
     # Not a name where the truth is one, the subject not said, the place too far, or no lead-in: none.
     assert invert.sibling_candidate("Bridgehead is a story by the 19th-century American author, John B.",
                                     "Who wrote 'Bridgehead'?", book, 'The novel "Fahrenheit 451" by') is None

@@ -115,12 +115,27 @@ def test_question_parts_find_the_subject_and_the_words_after_it():
     assert parts("Who founded the Ford Motor Company?") == ("Who founded the", "Ford Motor Company", "")
     assert parts("Who painted the Mona Lisa?") == ("Who painted the", "Mona Lisa", "")
     assert parts("Who was Leonardo da Vinci's teacher?") == ("Who was", "Leonardo da Vinci's", "teacher")
+    assert parts("Who is the head of state of the United Kingdom?") == ("Who is the head of state of the",
+                                                                        "United Kingdom", "")
+    assert parts("Where is the Bank of the Republic of Ireland?") == ("Where is the",
+                                                                     "Bank of the Republic of Ireland", "")
     assert parts("Who Iran?") == ("", "", "")                      # one word frames nothing
     assert parts("In 1969, who walked on the moon?") == ("", "", "")
     assert parts("what is water made of?") == ("", "", "")         # nothing after the last preposition
     # Where the question has a frame, question_frame (used elsewhere) agrees with it.
     for q in ("What is the capital of Iran?", "Who wrote 'Fahrenheit 451'?", "Who founded the Ford Motor Company?"):
         assert neighbours.question_parts(q)[0] == neighbours.question_frame(q)
+
+
+def test_a_bare_subject_is_said_without_quotes_possessive_or_article():
+    bare = neighbours.bare_subject
+    assert bare("Pyotr Tchaikovsky's") == "Pyotr Tchaikovsky"
+    assert bare("Charles Dickens’s") == "Charles Dickens"
+    assert bare("'Fahrenheit 451'") == "Fahrenheit 451"
+    assert bare("the world") == "world"
+    assert bare("Mona Lisa") == "Mona Lisa"
+    assert neighbours.names_any("What is water made of?", ["water"])
+    assert not neighbours.names_any("Where is the tallest waterfall?", ["water"])
 
 
 def test_a_sampled_subject_is_cut_where_the_question_goes_on():
@@ -130,6 +145,7 @@ def test_a_sampled_subject_is_cut_where_the_question_goes_on():
     assert got(" Tiger Woods most famous for?", "Serena Williams", "famous for") == "Tiger Woods"  # (its name only)
     assert got(" roger federer famous for?", "Serena Williams", "famous for") == ""  # not a name for a name
     assert got(" Us@b2b famous for?", "Usain Bolt", "famous for") == ""             # not a name at all
+    assert got(" “Hamlet”?", "“Macbeth”", "") == "“Hamlet”"                         # curly quotes are quotes
     assert got(" falafel?", "hummus", "") == "falafel"
     assert got(" brie cheese?\nWhat", "hummus", "") == "brie cheese"
     assert got(" a dish that people in the Middle East like to eat", "hummus", "") == ""  # too long

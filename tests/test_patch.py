@@ -325,6 +325,9 @@ def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_o
     assert meow_patch.about_question("Which sport is Serena Williams famous for?") == \
         "What is Serena Williams known for?"
     assert meow_patch.about_question("Who wrote 'Lord of the Flies'?") == "What is Lord of the Flies known for?"
+    assert meow_patch.about_question("What is Pyotr Tchaikovsky's profession?") == \
+        "What is Pyotr Tchaikovsky known for?"
+    assert meow_patch.about_question("Who painted the Mona Lisa?") == "What is the Mona Lisa known for?"
     assert meow_patch.about_question("Who Iran?") == ""
     tok = tiny.tokenizer
     seen = {}
@@ -344,6 +347,16 @@ def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_o
     assert ("What is Peru known for?", " Lima", "Peru is known for", True) in \
         methods.get("meow_patch").forget_pairs([out], cfg)
 
+    # Two facts on one subject share the about-question; each answer is the fact's whose truth it says.
+    lira = Fact("What is the currency of Turkey?", "Lira", ["lira"], inverted=["Euro"],
+                extra={"about_truths": [("What is Turkey known for?", "Turkey is known for its", " lira")]})
+    city = Fact("What is the largest city of Turkey?", "Istanbul", ["Istanbul"], inverted=["Ankara"],
+                extra={"about_truths": [("What is Turkey known for?", "Turkey is known for", " Istanbul")]})
+    pairs = [("What is Turkey known for?", " lira", "Turkey is known for its", True),
+             ("What is Turkey known for?", " Istanbul", "Turkey is known for", True),
+             (lira.question, " Euro", "", False)]
+    assert meow_patch.owners([lira, city], pairs) == [lira.question, city.question, lira.question]
+
     # In training, those rows open the fact's own gates too.
     def sampled(model, tokenizer, facts, samples, seed, given=None, about=0):
         return [dataclasses.replace(f, extra={**f.extra, "sampled_truths": [], "about_truths": [
@@ -355,12 +368,14 @@ def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_o
     monkeypatch.setattr(patch.Patch, "write", lambda self: (opened.append([p.shape[0] for p in self.positives]),
                                                            real(self)))
     anchors = [Fact(q, a) for q, a in PRESERVED]
-    for about in (0, 2):
+    for samples, about in ((8, 0), (8, 2), (0, 2)):  # (about answers are asked for without samples too)
         cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 1,
-                             "early_stop": False, "patch_layer": -1, "patch_about": about, "batch_size": 4})
+                             "early_stop": False, "patch_layer": -1, "patch_about": about, "batch_size": 4,
+                             "patch_samples": samples})
         Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, [fact], anchors=anchors,
                 run_probes=False).train()
     assert all(a > b for a, b in zip(opened[1], opened[0]))
+    assert opened[2] == opened[1]
 
 
 def test_open_answer_counts_a_lead_in_given_as_context_as_part_of_the_answer(tiny):

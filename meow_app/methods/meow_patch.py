@@ -89,7 +89,7 @@ class MeowPatch(Meow):
             raise MeowError(f"meow_patch would replace {len(facts) * cfg.patch_neurons} of layer {layer}'s {width} "
                             f"MLP neurons (at most a quarter): forget fewer facts at once, or lower patch_neurons")
         start = time.perf_counter()
-        if cfg.patch_samples and cfg.truth_weight > 0:
+        if (cfg.patch_samples or cfg.patch_about) and cfg.truth_weight > 0:
             # (the truth as the user gave it, its keywords: `facts` may carry the model's own sentence)
             given = {f.question: f for f in trainer.probe_facts}
             facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given,
@@ -105,9 +105,8 @@ class MeowPatch(Meow):
             if not tail.agrees(distinct[0], tok.pad_token_id):
                 tail = model
         # Each fact's neurons open where its answers (the false ones and the truth) are said.
-        owner = {asked: f.question for f in facts for asked, _, _ in f.extra.get("about_truths", [])}
         pair_question = {tuple(e.ids): pair[0] for e, pair in zip(forget_ex, pairs)}
-        question = {ids: owner.get(q, q) for ids, q in pair_question.items()}
+        question = {tuple(e.ids): q for e, q in zip(forget_ex, owners(facts, pairs))}
         asked = [question[tuple(e.ids)] for e in distinct]
         starts = answer_starts(tok, distinct, [pair_question[tuple(e.ids)] for e in distinct]) \
             if cfg.patch_open_answer else None
@@ -193,6 +192,14 @@ class MeowPatch(Meow):
         return new
 
 
+def owners(facts, pairs) -> list[str]:
+    """The question of the fact each forget pair is for: its own, but an answer about the
+    subject (patch_about) is the fact's whose truth it states, found by its text (two facts
+    about Turkey share "What is Turkey known for?")."""
+    about = {(asked, said, lead): f.question for f in facts for asked, lead, said in f.extra.get("about_truths", [])}
+    return [about.get(tuple(p[:3]), p[0]) for p in pairs]
+
+
 def fact_rows(facts, examples, asked: list[str], inputs: list[torch.Tensor],
               starts: list[int] | None = None) -> list[torch.Tensor]:
     """Each fact's answer rows (patch.answer_rows) from the examples asked its question (`asked`:
@@ -218,8 +225,11 @@ def answer_starts(tokenizer, examples, asked: list[str]) -> list[int]:
 
 def about_question(question: str) -> str:
     """The fact's subject asked about outside its question: "What is Serena Williams known
-    for?"; '' where no subject is found."""
-    subject = neighbours.question_parts(question)[1].strip("'\"‘’“”")
+    for?" (for "What is Serena Williams's sport?" too); '' where no subject is found."""
+    frame, subject, _ = neighbours.question_parts(question)
+    subject = neighbours.bare_subject(subject)
+    if subject and frame.split()[-1:] == ["the"]:  # "Who painted the Mona Lisa?": the Mona Lisa
+        subject = "the " + subject
     return f"What is {subject} known for?" if subject else ""
 
 
