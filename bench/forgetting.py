@@ -53,6 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from meow_app import methods  # noqa: E402
 
 ASSETS = common.ROOT / "assets"
 SETS = {name: tuple(common.FACTS / f"{name}_{part}.jsonl" for part in ("forget", "retain", "unseen"))
@@ -450,7 +451,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)  # (the runs are children with this many; the header says what they had)
     try:
-        variants = [parse_variant(v) for v in (a.variant or ["meow"])]
+        variants = [parse_variant(v) for v in (a.variant or [methods.DEFAULT])]
     except Exception as e:  # noqa: BLE001 (a MeowError or a ValueError: one line)
         ap.error(str(e))
     if a.forget:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from meow_app import methods  # noqa: E402
 
 # name -> unlearn options (TrainConfig fields) that differ from the method's defaults
 # (the inversion's `generator` is an InvertSettings field, the rest TrainConfig fields)
@@ -51,7 +52,11 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             # and with answers sampled again from the patched model after half its epochs (docs/forgetting.md round 14)
             "patch_resample": {"patch_resample": 8}}
 # variants that run another method than meow
-VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch"}
+# (`default`, `warm` and the rest run the default method, meow_patch since the sixteenth round of
+# docs/forgetting.md; `meow` is the default before it, with its own defaults)
+VARIANTS["meow"] = {}
+VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch",
+                   "meow": "meow", "previous": "meow", "ns_outliers": "meow", "lora": "meow"}
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.
@@ -68,7 +73,7 @@ def build_shape(changes: dict, folder: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: str = "meow",
+def forget_once(facts_files: list[str], n_facts: int, overrides: dict, method: str = methods.DEFAULT,
                 model: str | None = None, retain_file: str | None = str(common.RETAIN),
                 threads: int | None = None) -> dict:
     """One timed unlearn run in this process; returns the stage times and hit rates."""
@@ -152,7 +157,7 @@ def child(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", default="default")
     ap.add_argument("--set", default="{}", help="more TrainConfig changes, as JSON")
-    ap.add_argument("--method", default="meow")
+    ap.add_argument("--method", default=methods.DEFAULT)
     ap.add_argument("--facts", nargs="+", default=[str(common.FORGET)])
     ap.add_argument("--n", type=int, default=10**9)
     ap.add_argument("--model", default=None)
@@ -212,7 +217,7 @@ def main() -> None:
         shape_args = ["--model", str(folder), "--set", json.dumps({"early_stop": False})]
         title = f"Time to forget, {params / 1e9:.2f}B-parameter random model ({a.shape}) (item 8)"
     for name in a.variants:
-        extra = (["--variant", name, "--method", VARIANT_METHODS.get(name, "meow")]
+        extra = (["--variant", name, "--method", VARIANT_METHODS.get(name, methods.DEFAULT)]
                  + (["--threads", str(a.threads)] if a.threads else []) + shape_args)
         r = common.run_child(__file__, extra)
         raw[name] = r

@@ -223,21 +223,22 @@ def _add_train_options(p, method: str):
 def method_in(argv) -> str:
     """The --method an `unlearn` command line names (default meow), read before parsing so
     that --help can show that method's defaults."""
+    from .methods import DEFAULT
+
     argv = list(argv)
     for i, a in enumerate(argv):
         if a == "--method" and i + 1 < len(argv):
             return argv[i + 1]
         if a.startswith("--method="):
             return a.split("=", 1)[1]
-    return "meow"
+    return DEFAULT
 
 
 def cmd_unlearn(args):
     from . import methods, probes
     from .pipeline import SelectSettings, unlearn
-    from .train import TrainConfig
 
-    method = methods.get(args.method)
+    methods.get(args.method or methods.DEFAULT)  # (an unknown name is refused before the facts are read)
     forget = _facts(args.forget, args)
     if args.inverted:
         inverted = _facts(args.inverted, args)
@@ -255,11 +256,11 @@ def cmd_unlearn(args):
         "bf16": args.bf16 or None, "low_memory": args.low_memory or None,
         "shard": args.shard or None,
     }.items() if v is not None}
-    config = TrainConfig(**{**method.defaults, **overrides})
     select_settings = SelectSettings(top_k=args.top_k, strategy=args.selection, memo_stride=args.stride,
                                      distinct=args.distinct_answers)
-    run = unlearn(forget, args.out, args.method, args.model, retain, config, _invert_settings(args),
-                  select_settings, on_event=_print_event, device=args.device)
+    # The user's own settings, not a whole config: where the default gives way to its fallback, they carry over.
+    run = unlearn(forget, args.out, args.method, args.model, retain, None, _invert_settings(args),
+                  select_settings, on_event=_print_event, device=args.device, overrides=overrides)
     if run is None:  # one of several data-parallel processes: the main one reports
         return
     s = run["summary"]
@@ -508,8 +509,13 @@ def _unlearn_verb(sub, method: str) -> None:
     p = _verb(sub, "unlearn", cmd_unlearn, help="make the model forget facts and save it to RUN_DIR")
     p.add_argument("--forget", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--method", default="meow",
-                   help="an unlearning method (`methods -v` lists them); the defaults below are this method's")
+    from .methods import DEFAULT, REGISTRY
+
+    fallback = REGISTRY[DEFAULT].falls_back_to
+    p.add_argument("--method", default=None,
+                   help=f"an unlearning method (`methods -v` lists them; default {DEFAULT}"
+                        + (f", or {fallback} where it does not apply, as the run's notes then say" if fallback else "")
+                        + "); the defaults below are this method's")
     p.add_argument("--inverted", default=None, help="a file from `invert` (skips generation)")
     p.add_argument("--retain", default=None, help="facts to keep (needed by *_grad_diff, *_kl)")
     p.add_argument("--lora", action="store_true", help=_field_help("lora"))
@@ -604,8 +610,11 @@ def _push_verb(sub) -> None:
     p.add_argument("--out", default=None, help="with --dry-run: a new folder for the files")
 
 
-def build_parser(method: str = "meow") -> argparse.ArgumentParser:
-    """The command line; `method`: whose defaults `unlearn --help` shows."""
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The command line; `method`: whose defaults `unlearn --help` shows (the default method's)."""
+    from .methods import DEFAULT
+
+    method = method or DEFAULT
     parser = argparse.ArgumentParser(prog="python -m meow_app", description="MEOW Studio: make an LLM forget facts.")
     sub = parser.add_subparsers(dest="verb", required=True)
     _check_verb(sub)

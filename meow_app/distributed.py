@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from .batches import IGNORE, Example, collate, to_device
-from .errors import MeowError, PeerFailed
+from .errors import MeowError, NotApplicable, PeerFailed
 
 
 @dataclass
@@ -126,7 +126,7 @@ def check_method(method, size: int) -> None:
     if size > 1 and (method.custom_loop or method.optimizer == "sophia"):
         reason = method.one_process or ("it writes in closed form" if method.projects
                                         else "its curvature is estimated from whole batches")
-        raise MeowError(f"method '{method.name}' runs in one process ({reason}): start it without "
+        raise NotApplicable(f"method '{method.name}' runs in one process ({reason}): start it without "
                         "`accelerate launch`, or with --num_processes 1")
 
 

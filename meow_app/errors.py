@@ -9,6 +9,11 @@ class MeowError(Exception):
     """A problem the user can fix: bad file, unknown model, bad setting."""
 
 
+class NotApplicable(MeowError):
+    """The method cannot run in this setting (with LoRA, on this model...): where it names a
+    fallback (Method.falls_back_to), pipeline.unlearn runs that one instead and says why."""
+
+
 class Cancelled(MeowError):
     """The user cancelled a running job."""
 

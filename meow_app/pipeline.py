@@ -28,7 +28,7 @@ from . import invert as invert_mod
 from . import distributed, general, generation, memo, methods, models, probes, select
 from . import neighbours as neighbours_mod
 from .answer_cache import AnswerCache
-from .errors import MeowError
+from .errors import MeowError, NotApplicable
 from .facts import Fact, write_jsonl
 from .progress import Stages
 from .train import TrainConfig, Trainer, check_edit_first, check_null_space, check_precondition
@@ -248,6 +248,38 @@ def _check_job(forget, method: str, retain, config, inv, sel):
     return method_obj, config
 
 
+def configured(method: str, overrides: dict | None = None) -> TrainConfig:
+    """The method's defaults with the user's own settings on top."""
+    return TrainConfig(**{**methods.get(method).defaults, **(overrides or {})})
+
+
+def fallback(method: str, why: NotApplicable, overrides: dict | None) -> tuple[str, TrainConfig, str]:
+    """Where the default `method` cannot run here and names a method to run instead
+    (Method.falls_back_to): that one, configured with the user's settings (`overrides`; None:
+    the method or its whole configuration was chosen, so nothing is swapped), and a note that
+    says why. Else `why` is raised."""
+    other = methods.get(method).falls_back_to
+    if not other or overrides is None:
+        raise why
+    return other, configured(other, overrides), f"{method} does not apply here, so {other} ran instead: {why}"
+
+
+def method_for(method: str | None, overrides: dict | None = None, model=None) -> tuple[str, TrainConfig]:
+    """The method `unlearn` will run, and its configuration: `method`; or, for None, the default
+    or its fallback where the settings, the processes or the model (when given) rule it out
+    (what a time estimate needs). An explicit method that cannot run raises NotApplicable."""
+    name = method or methods.DEFAULT
+    config, obj = configured(name, overrides), methods.get(name)
+    try:
+        distributed.check_method(obj, distributed.launched_size())
+        obj.check(config)
+        if model is not None:
+            obj.check_model(model)
+    except NotApplicable as why:
+        name, config, _ = fallback(name, why, (overrides or {}) if method is None else None)
+    return name, config
+
+
 def probe_sets(model, tokenizer, forget: list[Fact] | None, retain: list[Fact] | None, everyday: list[Fact],
                cache: AnswerCache | None = None, before: bool = False, retain_read: bool = True) -> dict:
     """Greedy answers on the forget set (with paraphrases), the retain set and the everyday
@@ -332,19 +364,35 @@ def write_run_files(folder: Path, run: dict, forget: list[Fact], selection: list
     _write_json(folder / "probes.json", rows)
 
 
-def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None = None,
+def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str | None = None,
             retain: list[Fact] | None = None, config: TrainConfig | None = None,
             invert_settings: InvertSettings | None = None, select_settings: SelectSettings | None = None,
             loaded: models.LoadedModel | None = None, on_event=None, should_stop=None,
-            device: str | None = None) -> dict | None:
+            device: str | None = None, overrides: dict | None = None) -> dict | None:
     """Run one unlearning job end to end and return the contents of run.json.
+
+    method: a registered name, or None for the default (methods.DEFAULT), which where it
+    cannot run (NotApplicable: LoRA for meow_patch, a model without gated MLPs...) gives way
+    to its falls_back_to, configured with the same `overrides`; run.json's notes say so.
+    config: the whole training configuration; or None, and `overrides`, the user's own
+    settings over the method's defaults.
 
     Under `accelerate launch` with N processes (distributed.py) every process trains on its
     shard of each batch; only the main one does the rest and returns run.json, the others
     return None."""
     inv = invert_settings or InvertSettings()
     sel = select_settings or SelectSettings()
-    method_obj, config = _check_job(forget, method, retain, config, inv, sel)
+    if config is not None and (overrides is not None or method is None):
+        raise ValueError("give a method and its whole config, or the overrides on the method's defaults")
+    # Only the default gives way to its fallback: a method asked for by name runs, or says why not.
+    swap, method = (overrides or {}) if method is None else None, method or methods.DEFAULT
+    notes = []
+    try:
+        method_obj, config = _check_job(forget, method, retain, config or configured(method, overrides), inv, sel)
+    except NotApplicable as why:
+        method, config, note = fallback(method, why, swap)
+        notes.append(note)
+        method_obj, config = _check_job(forget, method, retain, config, inv, sel)
     if loaded is None:
         models.resolve(model)  # a bad model name fails here, before anything is written
     out_dir = Path(out_dir)
@@ -357,9 +405,17 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
         stages = Stages(emit)
         with stages("load"):
             loaded = loaded or models.load_shared(model, procs.device_name() or device)
+        try:
+            method_obj.check_model(loaded.model)
+        except NotApplicable as why:
+            method, config, note = fallback(method, why, swap)
+            notes.append(note)
+            method_obj, config = _check_job(forget, method, retain, config, inv, sel)
+        for note in notes:
+            emit({"type": "note", "text": note})
         # Everyday questions, asked before and after: collateral damage shows without a keep set.
         everyday = general.held_out_questions(forget)
-        selection, notes, inputs = None, [], None
+        selection, inputs = None, None
         # The original's answers to shipped questions, kept between runs (answer_cache.py).
         cache = AnswerCache.for_model(loaded.model, loaded.tokenizer) if procs.is_main else None
         if procs.is_main:
@@ -368,11 +424,20 @@ def unlearn(forget: list[Fact], out_dir, method: str = "meow", model: str | None
                 before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday, cache, before=True,
                                     retain_read=method_obj.uses_retain or method_obj.custom_loop)
             if method_obj.needs_inverted:
-                selection, notes = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"],
-                                                     stages, emit)
+                selection, more = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"],
+                                                    stages, emit)
+                notes += more
         with stages("train"):
             if procs.is_main:
                 inputs = training_inputs(loaded, forget, retain, config, before, cache)
+                try:  # (a method that checks its anchors runs in one process: the others never get here)
+                    method_obj.check_anchors(inputs[2])
+                except NotApplicable as why:
+                    method, config, note = fallback(method, why, swap)
+                    notes.append(note)
+                    emit({"type": "note", "text": note})
+                    method_obj, config = _check_job(forget, method, retain, config, inv, sel)
+                    inputs = training_inputs(loaded, forget, retain, config, before, cache)
             train_forget, train_retain, anchors = procs.broadcast(inputs)  # the others wait here for them
             trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
                               should_stop, anchors, probe_facts=forget, processes=procs, defer_final_probe=True)

@@ -47,6 +47,9 @@ def method_info(name: str):
         needs.append("**needs a keep set** (Facts tab)")
     elif cls.uses_retain:
         needs.append("uses a keep set if you give one")
+    if cls.falls_back_to:
+        needs.append(f"where it does not apply (LoRA, a model it cannot patch) **{cls.falls_back_to}** runs instead, "
+                     "as the run's notes then say")
     text = f"**{name}**: {cls.description}" + (f" ({'; '.join(needs)})" if needs else "")
     table = pd.DataFrame([[h, str(getattr(config, h))] for h in method_hyperparameters(name)],
                          columns=["setting", "value"])
@@ -62,6 +65,13 @@ def train_config(name: str, hp_table, lora: bool) -> TrainConfig:
     return config
 
 
+def train_overrides(name: str, hp_table, lora: bool) -> dict:
+    """The settings the user changed in the table, and LoRA: what carries over where the method
+    gives way to its fallback (pipeline.unlearn)."""
+    base, config = TrainConfig(**methods.REGISTRY[name].defaults), train_config(name, hp_table, lora)
+    return {k: v for k, v in config.to_dict().items() if v != getattr(base, k)}
+
+
 def new_run_dir(s, method: str) -> Path:
     """A unique folder per run, under this session's own folder."""
     return runs.new_run_dir(runs_root() / s["id"], method)
@@ -75,7 +85,7 @@ def unlearn_job(s, method, hp_table, lora, inv_settings, sel_settings, inv_table
         raise MeowError(f"unknown method '{method}'")
     cls = methods.REGISTRY[method]
     items = _facts_or_error(s)
-    config = train_config(method, hp_table, lora)
+    overrides = train_overrides(method, hp_table, lora)
     if cls.needs_inverted and _rows(sel_table):
         items = selected_facts(s, sel_table)
         sel_settings.top_k = max(len(f.inverted) for f in items)
@@ -90,7 +100,9 @@ def unlearn_job(s, method, hp_table, lora, inv_settings, sel_settings, inv_table
 
     def work():
         try:
-            result["run"] = pipeline.unlearn(items, out_dir, method, retain=s["retain"] or None, config=config,
+            # (the default method as shown: it gives way to its fallback where it cannot run, and says so)
+            chosen = None if method == methods.DEFAULT else method
+            result["run"] = pipeline.unlearn(items, out_dir, chosen, retain=s["retain"] or None, overrides=overrides,
                                              invert_settings=inv_settings, select_settings=sel_settings,
                                              loaded=_original(s), on_event=events.put, should_stop=stop.is_set)
         except BaseException as e:  # handed to the caller's thread below
@@ -179,9 +191,12 @@ def _event_status(item: dict, steps: list[dict], progress) -> str | None:
 def run_seconds(s, method, hp_table, lora, n=None) -> float:
     """The run's estimated seconds at most (meow_app.budget), on the device it will use;
     `n`: inverted answers written per fact."""
+    # (the method that will run: meow_patch gives way to meow with LoRA, or on a model it cannot patch)
+    method, config = pipeline.method_for(None if method == methods.DEFAULT else method,
+                                         train_overrides(method, hp_table, lora), _original(s).model)
     cls = methods.REGISTRY[method]
     device = "cuda" if ZERO_GPU else str(_original(s).device)
-    return budget.unlearn_seconds(len(s["facts"]), train_config(method, hp_table, lora), model_parameters(s),
+    return budget.unlearn_seconds(len(s["facts"]), config, model_parameters(s),
                                   device, custom_loop=cls.custom_loop, inverting=cls.needs_inverted,
                                   n_inverted=int(n or 4), edit=cls.name == "meow_edit", patch=cls.name == "meow_patch")
 
@@ -254,7 +269,7 @@ def cancel(s):
 def build() -> dict:
     with gr.Tab("5. Unlearn", id="unlearn"):
         names = methods.names()
-        first = "meow" if "meow" in names else names[0]
+        first = methods.DEFAULT if methods.DEFAULT in names else names[0]
         with gr.Row():
             method = gr.Dropdown(names, value=first, label="Method", scale=2)
             lora = gr.Checkbox(False, label="LoRA (train small adapters; less memory, merged at the end)", scale=1)

@@ -76,7 +76,7 @@ def test_a_second_run_takes_the_shipped_answers_from_the_cache_and_no_user_fact_
                    inverted=["Charles Dickens", "Jane Austen"])]
     retain = [Fact("What is the capital of Peru?", "Lima", ["Lima"])]
     config = TrainConfig(epochs=1, num_batch=2, neighbours=4, early_stop=False)
-    runs = [pipeline.unlearn(forget, tmp_path / f"run{i}", model=tiny_dir, retain=retain, config=config,
+    runs = [pipeline.unlearn(forget, tmp_path / f"run{i}", "meow", model=tiny_dir, retain=retain, config=config,
                              invert_settings=InvertSettings(n=2), select_settings=SelectSettings(top_k=2))
             for i in range(2)]
     shipped = len(general.held_out_questions(forget)) + 4  # everyday questions, neighbour questions

@@ -93,7 +93,13 @@ def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
     assert "other knowledge (" in r.stdout and "everyday questions)" in r.stdout
     meta = json.loads((run / "run.json").read_text())
     assert meta["notes"][0].startswith("top-k is 5") and meta["summary"]["everyday"]["asked"] >= 20
-    assert meta["method"] == "meow" and meta["seed"] == 0 and meta["steps"] and "train" in meta["timings"]
+    assert meta["seed"] == 0 and meta["steps"] and "train" in meta["timings"]
+    # The default method, meow_patch, found no preserved text (the tiny model answers nothing): meow ran,
+    # with the settings given on the command line, and the run says why.
+    assert meta["method"] == "meow" and meta["settings"]["train"]["lr"] == 1e-3
+    assert "note: meow_patch does not apply here, so meow ran instead: meow_patch holds its neurons shut on " \
+        "preserved text and found none" in r.stderr
+    assert meta["notes"][-1].startswith("meow_patch does not apply here, so meow ran instead")
     assert (run / "model" / "model.safetensors").is_file() and (run / "model" / "tokenizer.json").is_file()
     from transformers import AutoModelForCausalLM
     loaded = AutoModelForCausalLM.from_pretrained(run / "model")
@@ -145,8 +151,12 @@ def test_unlearn_inverts_by_itself_with_lora_and_low_memory(tmp_path, facts_file
            "--epochs", 1, "--n", 2, "--top-k", 2, "--distinct-answers"))
     rows = [json.loads(line) for line in (run / "facts.jsonl").read_text().splitlines()]
     assert all(len(r["inverted"]) == 2 and len(r["memo_inverted"]) == 2 for r in rows)
-    settings = json.loads((run / "run.json").read_text())["settings"]
+    meta = json.loads((run / "run.json").read_text())
+    settings = meta["settings"]
     assert settings["train"]["low_memory"] is True and settings["select"]["distinct"] is True
+    # LoRA rules the default method out before anything loads: meow runs, and the run says so.
+    assert meta["method"] == "meow" and settings["train"]["lora"] is True
+    assert "--lora and --shard do not apply" in meta["notes"][0]
 
 
 def test_unlearn_subject_only_reaches_the_run_and_says_what_it_keyed_on(tmp_path, facts_file, tiny_dir):
@@ -191,6 +201,9 @@ def test_unlearn_subject_only_reaches_the_run_and_says_what_it_keyed_on(tmp_path
       "--edit-layers", "first"], "edit_layers must look like"),
     (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_edit", "--lora"],
      "--lora and --shard do not apply"),
+    # (asked for by name, meow_patch says why it cannot run; the default gives way to meow instead)
+    (["unlearn", "--forget", "{facts}", "--out", "{tmp}/r", "--model", "{tiny}", "--method", "meow_patch", "--lora"],
+     "meow_patch trains a few neurons of its own: --lora and --shard do not apply"),
 ])
 def test_errors_are_one_clear_line(tmp_path, facts_file, tiny_dir, args, text):
     args = [a.format(facts=facts_file, tmp=tmp_path, tiny=tiny_dir) for a in args]
@@ -207,7 +220,11 @@ def test_unlearn_help_shows_the_defaults_the_chosen_method_runs_with():
     from meow_app import cli as cli_mod, methods
     from meow_app.train import TrainConfig
 
-    assert "--lr LR (default for meow: 0.0005)" in " ".join(ok(cli("unlearn", "--help")).stdout.split())
+    shown = " ".join(ok(cli("unlearn", "--help")).stdout.split())
+    assert "--lr LR (default for meow_patch: 0.01)" in shown
+    assert "default meow_patch, or meow where it does not apply" in shown
+    shown = " ".join(ok(cli("unlearn", "--method", "meow", "--help")).stdout.split())
+    assert "--lr LR (default for meow: 0.0005)" in shown
     assert "(default for ga: 1e-05)" in ok(cli("unlearn", "--method", "ga", "--help")).stdout
     for name, cls in methods.REGISTRY.items():
         sub = cli_mod.build_parser(name)._subparsers._group_actions[0].choices["unlearn"]

@@ -253,7 +253,7 @@ def test_a_run_closes_its_process_group_whether_it_ends_or_fails(tmp_path, tiny_
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "mine.txt").write_text("kept")
     facts = [Fact(f["question"], f["answer"], f["keywords"], inverted=f["inverted"]) for f in FACTS[:1]]
-    run = lambda: pipeline.unlearn(facts, tmp_path / "run", model=tiny_dir, device="cpu",  # noqa: E731
+    run = lambda: pipeline.unlearn(facts, tmp_path / "run", "meow", model=tiny_dir, device="cpu",  # noqa: E731
                                    config=TrainConfig(epochs=1, num_batch=2, neighbours=0, early_stop=False),
                                    invert_settings=InvertSettings(n=2))
     if fails == "no":

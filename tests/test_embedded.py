@@ -54,6 +54,8 @@ def test_unlearn_forgets_three_facts_and_keeps_others(embedded, tmp_path):
     retain = load_facts(ROOT / "assets/facts/demo_retain.jsonl")[::6]
     run = unlearn(forget, tmp_path / "run", retain=retain, loaded=embedded)
     before, after = run["summary"]["before"], run["summary"]["after"]
+    # The default method ran, not its fallback (meow_patch applies to this Llama-shaped model).
+    assert run["method"] == "meow_patch" and not any("does not apply" in n for n in run["notes"]), run["notes"]
     assert before["forget"]["hit_rate"] == 1.0
     assert after["forget"]["hit_rate"] == 0.0
     assert after["forget"]["paraphrase_hit_rate"] <= 0.25

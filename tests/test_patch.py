@@ -398,3 +398,55 @@ def test_open_answer_counts_a_lead_in_given_as_context_as_part_of_the_answer(tin
         list(range(first_label - 1, len(led.ids) - 1))
     assert opened[:, 0].tolist() == list(range(prompt - 1, len(plain.ids) - 1)) + \
         list(range(prompt - 1, len(led.ids) - 1))
+
+
+def test_the_default_method_is_meow_patch_and_gives_way_to_meow_where_it_cannot_run(tiny, tmp_path, monkeypatch):
+    from meow_app import pipeline
+    from meow_app.errors import NotApplicable
+
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Arequipa"])]
+    # (the tiny random model answers nothing: it is given preserved text to hold its gates shut on)
+    monkeypatch.setattr(pipeline, "anchor_facts", lambda *a, **k: [Fact(q, a) for q, a in PRESERVED])
+    quick = {"epochs": 1, "min_steps": 1, "early_stop": False, "patch_layer": -1, "patch_samples": 0, "lr": 1e-3}
+
+    def run(name, method=None, **more):
+        return pipeline.unlearn(facts, tmp_path / name, method, loaded=tiny, overrides={**quick, **more},
+                                select_settings=pipeline.SelectSettings(top_k=2))
+
+    first = run("default")
+    assert first["method"] == "meow_patch" and first["method_info"]["patch"]["neurons"] == 2
+    assert not first["notes"]
+    # LoRA rules it out before anything loads: meow runs, the user's settings on meow's own defaults.
+    lora = run("lora", lora=True)
+    assert lora["method"] == "meow" and "--lora and --shard do not apply" in lora["notes"][0]
+    assert lora["settings"]["train"]["lr"] == 1e-3 and lora["settings"]["train"]["lora"] is True
+    assert lora["settings"]["train"]["null_space"] == methods.REGISTRY["meow"].defaults["null_space"]
+    # No preserved text, known once the neighbours are answered: meow, with its own neighbours asked again.
+    asked = []
+    monkeypatch.setattr(pipeline, "anchor_facts", lambda loaded, forget, count, neighbours=0, *a, **k: (
+        asked.append((count, neighbours)), [])[1])
+    bare = run("bare")
+    assert bare["method"] == "meow" and "found none" in bare["notes"][-1]
+    assert asked == [(32, 32), (0, 32)]  # meow_patch's anchors and neighbours, then meow's
+    # Asked for by name, it says why not instead, and nothing is written.
+    with pytest.raises(NotApplicable, match="--lora and --shard"):
+        run("named", "meow_patch", lora=True)
+    assert not (tmp_path / "named").exists()
+    with pytest.raises(ValueError):
+        pipeline.unlearn(facts, tmp_path / "x", None, loaded=tiny, config=TrainConfig())
+
+
+def test_a_model_without_gated_mlps_runs_meow_by_default():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from meow_app import pipeline
+    from meow_app.errors import NotApplicable
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(NotApplicable, match="gated MLP"):
+        methods.get("meow_patch").check_model(gpt2)
+    name, config = pipeline.method_for(None, {"epochs": 2}, gpt2)
+    assert name == "meow" and config.epochs == 2 and config.lr == methods.REGISTRY["meow"].defaults["lr"]
+    assert pipeline.method_for(None, {}, None)[0] == "meow_patch"
+    with pytest.raises(NotApplicable):
+        pipeline.method_for("meow_patch", {}, gpt2)

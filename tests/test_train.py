@@ -360,7 +360,7 @@ def test_the_last_probe_is_asked_with_the_others_after_the_run(tiny_dir, inverte
 
     monkeypatch.setattr(pipeline, "probe_sets", recorded)
     config = TrainConfig(epochs=epochs, min_steps=1, num_batch=2, neighbours=0, early_stop=True, bf16=bf16)
-    run = pipeline.unlearn(inverted_facts, tmp_path / "run", model=tiny_dir, config=config, device="cpu",
+    run = pipeline.unlearn(inverted_facts, tmp_path / "run", "meow", model=tiny_dir, config=config, device="cpu",
                            invert_settings=InvertSettings(n=2), on_event=events.append)
     stopped = epochs == 2
     assert run["stopped_early"] == stopped and len(run["probes"]) == 1

@@ -35,9 +35,19 @@ class Method:
     # for a forget term that weighs them back (losses.nll, losses.nll_or_unlikelihood).
     merges_duplicates = False
     tofu_defaults: dict = {}  # TrainConfig fields changed on top of `defaults` in the TOFU protocol (tofu.py)
+    # The method run instead, with the user's settings, where this one does not apply (NotApplicable).
+    falls_back_to = ""
 
     def check(self, config) -> None:
-        """Refuse settings this method cannot run with, before any work (MeowError)."""
+        """Refuse settings this method cannot run with, before any work (MeowError;
+        NotApplicable where the setting is fine but this method cannot use it)."""
+
+    def check_model(self, model) -> None:
+        """Refuse a model this method cannot train, once it is loaded (NotApplicable)."""
+
+    def check_anchors(self, anchors) -> None:
+        """Refuse a run whose preserved text (neighbour, sibling and anchor answers) this
+        method cannot work without, once it is known (NotApplicable)."""
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
         """(question, answer[, answer prefix]) trained on each epoch: each fact num_batch times."""

@@ -16,7 +16,7 @@ import torch
 from .. import generation, losses, neighbours, patch, probes
 from ..batches import IGNORE, encode_example, length_grouped
 from ..edit import decoder_layers
-from ..errors import Cancelled, MeowError
+from ..errors import Cancelled, MeowError, NotApplicable
 from ..train import TrainResult
 from .base import register
 from .meow import Meow
@@ -42,9 +42,27 @@ class MeowPatch(Meow):
                        "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
                        "patch_about", "patch_open_answer", "truth_weight", "stop_depth")
 
+    falls_back_to = "meow"
+
     def check(self, config) -> None:
         if config.lora or config.shard:
-            raise MeowError("meow_patch trains a few neurons of its own: --lora and --shard do not apply to it")
+            raise NotApplicable("meow_patch trains a few neurons of its own: --lora and --shard do not apply to it")
+
+    def check_model(self, model) -> None:
+        blocks = decoder_layers(model)
+        mlp = blocks[0].mlp if blocks is not None else None
+        linear = (isinstance(getattr(mlp, n, None), torch.nn.Linear) and getattr(mlp, n).bias is None
+                  for n in ("gate_proj", "up_proj", "down_proj"))
+        if mlp is None or not all(linear) or not hasattr(mlp, "act_fn"):
+            raise NotApplicable("meow_patch adds neurons to gated MLP blocks without biases (gate_proj, up_proj, "
+                                "down_proj, act_fn: Llama, Qwen, Mistral, Gemma) and this model has none: "
+                                "use --method meow")
+
+    def check_anchors(self, anchors) -> None:
+        if not anchors:
+            raise NotApplicable("meow_patch holds its neurons shut on preserved text and found none (no neighbour, "
+                                "sibling or anchor answer: set --neighbours, --siblings or --anchors above 0; an "
+                                "empty answer, or one that names a fact being forgotten, is left out)")
 
     def forget_pairs(self, facts, config):
         truth = [(f.question, f.answer, f.extra.get("answer_prefix", ""), True)
@@ -61,25 +79,16 @@ class MeowPatch(Meow):
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
+        self.check_model(model)
         blocks = decoder_layers(model)
-        mlp0 = blocks[0].mlp if blocks is not None else None
-        linear = (isinstance(getattr(mlp0, n, None), torch.nn.Linear) and getattr(mlp0, n).bias is None
-                  for n in ("gate_proj", "up_proj", "down_proj"))
-        if mlp0 is None or not all(linear) or not hasattr(mlp0, "act_fn"):
-            raise MeowError("meow_patch adds neurons to gated MLP blocks without biases (gate_proj, up_proj, "
-                            "down_proj, act_fn: Llama, Qwen, Mistral, Gemma) and this model has none: "
-                            "use --method meow")
         if cfg.patch_layer >= len(blocks):
             raise MeowError(f"patch_layer must be below {len(blocks)} (this model's layers), got {cfg.patch_layer}")
         layer = max(0, len(blocks) + cfg.patch_layer) if cfg.patch_layer < 0 else cfg.patch_layer  # (from the end)
         facts = [f for f in trainer.forget if f.inverted]
         if not facts:
             raise MeowError("meow_patch found nothing to train on (no inverted facts?)")
+        self.check_anchors(trainer.anchors)
         preserved_ex = trainer.examples(trainer.anchors)
-        if not preserved_ex:
-            raise MeowError("meow_patch holds its neurons shut on preserved text and found none (no neighbour, "
-                            "sibling or anchor answer: set --neighbours, --siblings or --anchors above 0; an empty "
-                            "answer, or one that names a fact being forgotten, is left out)")
         for p in model.parameters():
             p.requires_grad_(False)
         model.train()
