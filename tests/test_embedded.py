@@ -59,8 +59,8 @@ def test_unlearn_forgets_three_facts_and_keeps_others(embedded, tmp_path):
     assert before["forget"]["hit_rate"] == 1.0
     assert after["forget"]["hit_rate"] == 0.0
     assert after["forget"]["paraphrase_hit_rate"] <= 0.25
-    # With the defaults these 3 facts left 75% of all 48 retain facts answered (2026-12-01;
-    # 6 of these 8 with the previous defaults). See docs/forgetting.md.
+    # meow, the default before meow_patch, left 75% of all 48 retain facts answered with these 3
+    # facts (2026-12-01); meow_patch keeps more neighbours on every held-out set. See docs/forgetting.md.
     assert after["retain"]["hit_rate"] >= 0.5, after
     # The saved checkpoint is what was measured, and loads like any other model.
     reloaded = models.load(str(tmp_path / "run"))
