@@ -61,13 +61,14 @@ def _weights(run):
 # meow: the default (anchors, inverted answers); npo: a reference model, a rows-normalised
 # loss and the retain term (its default lr barely moves the tiny model in 2 epochs); shard:
 # FSDP2 (every unit's reduce-scatter must sum, as the plain all-reduce does).
-@pytest.mark.parametrize("method,options", [
-    ("meow", []),
-    ("npo", ["--retain", "RETAIN", "--lr", "1e-3"]),
-    ("meow", ["--shard"]),
+# Adam's steps are lr-sized whatever the gradient's scale, so where rounding tips one its effect
+# grows with lr: npo's 10x lr gets 10x the tolerance (an AMD EPYC saw 1.2e-6 there).
+@pytest.mark.parametrize("method,options,tolerance", [
+    ("meow", [], TOLERANCE),
+    ("npo", ["--retain", "RETAIN", "--lr", "1e-3"], 10 * TOLERANCE),
+    ("meow", ["--shard"], TOLERANCE),
 ])
-def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, method, options):
-    tolerance = TOLERANCE
+def test_two_processes_end_with_the_one_process_weights(tmp_path, tiny_dir, method, options, tolerance):
     forget, retain = _files(tmp_path)
     extra = ["--method", method] + [str(retain) if o == "RETAIN" else o for o in options]
     one_process = [o for o in extra if o != "--shard"]
