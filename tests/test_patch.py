@@ -286,6 +286,19 @@ def test_resampling_adds_the_patched_model_s_truthful_answers_as_rows_and_opens_
     Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, plain, facts, anchors=anchors,
             run_probes=False).train()
     assert all(a > b for a, b in zip(opened[0], before[0]))  # each of the fact's neurons opens where they say it
+    # With patch_open_answer the resampled rows open along their whole answer too ("It is" before " Lima").
+    counts = {}
+    for resample in (0, 4):
+        open_cfg = TrainConfig(**{**cfg.__dict__, "patch_resample": resample, "patch_open_answer": True})
+        got = []
+        monkeypatch.setattr(patch.Patch, "write", lambda self: (got.append([p.shape[0] for p in self.positives]),
+                                                               real(self)))
+        Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, open_cfg, facts, anchors=anchors,
+                run_probes=False).train()
+        counts[resample] = got[0]
+    added_open = [a - b for a, b in zip(counts[4], counts[0])]
+    added = [a - b for a, b in zip(opened[0], before[0])]
+    assert all(a > b for a, b in zip(added_open, added))
 
 
 def test_the_tail_keeps_each_layer_s_own_attention_type_where_the_model_picks_it_by_index():

@@ -195,7 +195,9 @@ class MeowPatch(Meow):
                                             trainer.device)
         if tail is not model:
             tail.states.update({tuple(e.ids): x for e, x in zip(new, below)})
-        for i, rows in enumerate(fact_rows(facts, new, [q for _, q in asked.values()], at_mlp)):
+        questions = [q for _, q in asked.values()]
+        starts = answer_starts(tok, new, questions) if cfg.patch_open_answer else None
+        for i, rows in enumerate(fact_rows(facts, new, questions, at_mlp, starts)):
             for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
                 gates.positives[k] = torch.cat([gates.positives[k], rows])
         return new
