@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -112,13 +114,15 @@ def nll(model, batch) -> torch.Tensor:
     return (per_token * row_weight(batch)).sum() / per(batch, "tokens", mask.sum().clamp(min=1))
 
 
-def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0) -> tuple[torch.Tensor, float, float]:
+def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0,
+                        logits_labels: tuple | None = None) -> tuple[torch.Tensor, float, float]:
     """NLL on the rows to learn and, on the rows marked `unlikely` (batches.Example), the
     unlikelihood -log(1 - p) of each answer token but the closing end-of-turn (Welleck et
     al. 2020), times `truth_weight`: it pushes the true answer down and fades as its
     probability nears 0, so, unlike gradient ascent, it does not grow without bound.
-    Returns (loss, the NLL part, the unlikelihood part), both over all answer tokens."""
-    logits, labels = answer_logits(model, batch)
+    Returns (loss, the NLL part, the unlikelihood part), both over all answer tokens.
+    logits_labels: answer_logits(model, batch), where the caller has them already."""
+    logits, labels = logits_labels or answer_logits(model, batch)
     per_token, mask = token_nll(logits, labels)
     unlikely = batch["unlikely"].to(mask.device)[:, None] & mask
     last = mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)  # each row's end of turn
@@ -129,6 +133,27 @@ def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0) -> tuple[torch.
     count = per(batch, "tokens", mask.sum().clamp(min=1))
     nll_part, ul_part = learn.sum() / count, ul.sum() / count
     return nll_part + truth_weight * ul_part, nll_part.item(), ul_part.item()
+
+
+def truth_floor(logits, labels, truth_ids: list[torch.Tensor], floor: float) -> torch.Tensor:
+    """Mean over answer positions of relu(log p(truth) - log floor), p(truth) the probability
+    of any of the row's truth tokens (`truth_ids[j]`, empty for none) being next. Unlike the
+    unlikelihood, its pull does not fade as p falls, until p is below `floor`; it does not
+    grow without bound either. A position whose own label is a truth token (a row that states
+    the truth, pushed down by the unlikelihood instead) does not count. Over the batch's
+    distinct rows (a merged row counts once)."""
+    mask = labels != IGNORE
+    total, count = logits.new_zeros(()), 0
+    for j, ids in enumerate(truth_ids):
+        keep = mask[j] & ~torch.isin(labels[j], ids.to(labels.device)) if len(ids) else mask[j] & False
+        if not keep.any():
+            count += int(mask[j].sum())
+            continue
+        rows = logits[j][keep]
+        log_p = torch.logsumexp(rows[:, ids.to(rows.device)], -1) - torch.logsumexp(rows, -1)
+        total = total + F.relu(log_p - math.log(floor)).sum()
+        count += int(mask[j].sum())
+    return total / max(count, 1)
 
 
 def sequence_nll(model, batch) -> torch.Tensor:

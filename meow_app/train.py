@@ -170,6 +170,11 @@ class TrainConfig:
     patch_open_answer: bool = _setting(False, "yes/no: meow_patch: open each fact's gates along the whole of its "
                                               "answers (a sampled answer's words before the truth too), not only "
                                               "where an answer token trained on is predicted")
+    patch_truth_floor: float = _setting(0.0, "meow_patch: at every answer position of a fact's rows (its false "
+                                             "answers' words included), the truth's tokens held below this "
+                                             "probability (a hinge on its log; losses.truth_floor), against a "
+                                             "sampled answer that turns to the truth after a false answer's first "
+                                             "words. 0: off")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "
@@ -231,6 +236,8 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise MeowError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.patch_truth_floor < 1:
+            raise MeowError(f"patch_truth_floor must be 0 (off) or a probability below 1, got {self.patch_truth_floor}")
         if self.patch_neurons < 1:
             raise MeowError(f"patch_neurons must be at least 1, got {self.patch_neurons}")
         for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight", "truth_weight",

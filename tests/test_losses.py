@@ -189,6 +189,53 @@ def test_unlikelihood_rows_push_the_truth_down_and_match_a_plain_loop():
     assert truth_nll() > before  # the true answers became less likely
 
 
+def test_truth_floor_matches_a_plain_loop_and_pulls_until_the_floor():
+    """meow_patch's patch_truth_floor (losses.truth_floor): at each answer position of a row,
+    relu(log p(any truth token next) - log floor), averaged over the rows' answer positions; a
+    position whose own label is a truth token does not count; a row with no truth tokens adds 0."""
+    from meow_app.batches import collate, encode_example
+
+    tok = tiny_tokenizer()
+    model = sharp_tiny_model(tok).train()
+    rows = [encode_example(tok, "Who wrote Hamlet?", "Ben Jonson wrote it"),
+            encode_example(tok, "Who wrote Hamlet?", "Shakespeare did", "", True),
+            encode_example(tok, "What is the capital of Peru?", "Cusco")]
+    # (the tiny tokenizer spells by letters: the truth's are "S" and "h")
+    truth = torch.tensor(sorted(set(tok("Shakespeare", add_special_tokens=False)["input_ids"][:2])))
+    ids = [truth, truth, torch.zeros(0, dtype=torch.long)]
+    batch = collate(rows, tok.pad_token_id)
+    logits, labels = losses.answer_logits(model, batch)
+    floor = 1e-3
+    got = losses.truth_floor(logits, labels, ids, floor)
+
+    total, positions, counted = 0.0, 0, 0
+    for j, ex in enumerate(rows):  # one row at a time, position by position
+        with torch.no_grad():
+            lg, lb = losses.answer_logits(model, collate([ex], tok.pad_token_id))
+        logp = lg.log_softmax(-1)[0]
+        for k, t in enumerate(lb[0].tolist()):
+            if t == -100:
+                continue
+            positions += 1
+            if len(ids[j]) and t not in ids[j].tolist():
+                counted += 1
+                total += max(0.0, torch.logsumexp(logp[k, ids[j]], -1).item() - math.log(floor))
+    assert got.item() == pytest.approx(total / positions, rel=1e-4)
+    assert total > 0 and counted < positions  # some positions over the floor, some left out (the comparison bites)
+
+    # Its pull on the truth's logits does not fade with p (the unlikelihood's does): the gradient
+    # on a position's truth logit is 1 - p(truth) times its share, until p(truth) is under the floor.
+    z = torch.zeros(1, 1, 10, requires_grad=True)
+    one = torch.tensor([[3]])
+    for gap, pulls in ((2.0, True), (12.0, False)):  # p(truth) ~ e^-2 / ~ e^-12 of each other token's
+        with torch.no_grad():
+            z.zero_()
+            z[0, 0, 0] = -gap
+        z.grad = None
+        losses.truth_floor(z, one, [torch.tensor([0])], floor).backward()
+        assert (z.grad[0, 0, 0].item() > 0.5) == pulls
+
+
 @pytest.mark.parametrize("loss", ["nll", "nll_or_unlikelihood"])
 def test_merged_repeated_rows_give_the_unmerged_loss_and_gradients(loss):
     """MEOW's batches repeat each (question, false answer) pair: computed once with its count

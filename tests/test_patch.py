@@ -463,3 +463,33 @@ def test_a_model_without_gated_mlps_runs_meow_by_default():
     assert pipeline.method_for(None, {}, None)[0] == "meow_patch"
     with pytest.raises(NotApplicable):
         pipeline.method_for("meow_patch", {}, gpt2)
+
+
+def test_the_truth_floor_holds_the_truth_down_along_the_false_answers(tiny, monkeypatch):
+    """patch_truth_floor: at the false answers' positions the truth's tokens become less likely
+    than the same run gives without it (the unlikelihood alone acts only where the truth is said)."""
+    from meow_app import losses
+    from meow_app.methods import meow_patch
+
+    tok = tiny.tokenizer
+    truth = tok("L", add_special_tokens=False)["input_ids"]  # (the tiny tokenizer spells by letters)
+    monkeypatch.setattr(meow_patch, "truth_token_ids", lambda tokenizer, fact: truth)
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    base = {**methods.REGISTRY["meow_patch"].defaults, "epochs": 3, "min_steps": 3, "early_stop": False,
+            "patch_layer": -1, "patch_samples": 0, "batch_size": 4}
+
+    def truth_mass(model):
+        rows = collate([encode_example(tok, facts[0].question, a) for a in facts[0].inverted], tok.pad_token_id)
+        with torch.no_grad():
+            logits, labels = losses.answer_logits(model, rows)
+        return logits.log_softmax(-1)[..., truth].logsumexp(-1)[labels != -100].exp().mean().item()
+
+    got = {}
+    for floor in (0.0, 1e-4):
+        cfg = TrainConfig(**{**base, "patch_truth_floor": floor})
+        result = Trainer(methods.get("meow_patch"), tiny.model, tok, cfg, facts, anchors=anchors,
+                         run_probes=False).train()
+        got[floor] = truth_mass(result.model), [s.get("truth_floor") for s in result.steps]
+    assert all(v is None for v in got[0.0][1]) and all(v is not None for v in got[1e-4][1])
+    assert got[1e-4][0] < got[0.0][0] / 2, got

@@ -16,6 +16,7 @@ import torch
 from .. import generation, losses, neighbours, patch, probes
 from ..batches import IGNORE, encode_example, length_grouped
 from ..edit import decoder_layers
+from ..invert import truth_token_ids
 from ..errors import Cancelled, MeowError, NotApplicable
 from ..train import TrainResult
 from .base import register
@@ -40,7 +41,7 @@ class MeowPatch(Meow):
                 "patch_samples": 8}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
                        "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
-                       "patch_about", "patch_open_answer", "truth_weight", "stop_depth")
+                       "patch_about", "patch_open_answer", "patch_truth_floor", "truth_weight", "stop_depth")
 
     falls_back_to = "meow"
 
@@ -74,8 +75,13 @@ class MeowPatch(Meow):
         return super().forget_pairs(facts, config) + truth + sampled
 
     def forget_loss(self, model, forget, reference, config):
-        loss, nll, unlikely = losses.nll_or_unlikelihood(model, forget, config.truth_weight)
-        return loss, {"forget_nll": nll, "truth_unlikelihood": unlikely}
+        logits_labels = losses.answer_logits(model, forget)
+        loss, nll, unlikely = losses.nll_or_unlikelihood(model, forget, config.truth_weight, logits_labels)
+        parts = {"forget_nll": nll, "truth_unlikelihood": unlikely}
+        if config.patch_truth_floor and "truth_ids" in forget:
+            floor = losses.truth_floor(*logits_labels, forget["truth_ids"], config.patch_truth_floor)
+            loss, parts["truth_floor"] = loss + floor, floor.item()
+        return loss, parts
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
@@ -120,6 +126,10 @@ class MeowPatch(Meow):
         starts = answer_starts(tok, distinct, [pair_question[tuple(e.ids)] for e in distinct]) \
             if cfg.patch_open_answer else None
         positives = fact_rows(facts, distinct, asked, at_mlp, starts)
+        # (patch_truth_floor: each row's fact's truth tokens, as the user's keywords spell them)
+        truth = {f.question: torch.tensor(truth_token_ids(tok, given_fact(trainer, f)), dtype=torch.long)
+                 for f in facts} if cfg.patch_truth_floor else {}
+        truth_of = {ids: truth[q] for ids, q in question.items()} if truth else {}
         slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
         torch.manual_seed(cfg.seed)
@@ -142,6 +152,8 @@ class MeowPatch(Meow):
                         inputs = trainer._batch(batch, merge=True)
                         if tail is not model:  # (the tail takes ids to look its inputs up, not shared prefixes)
                             inputs.pop("middle_ids")
+                        if truth_of:
+                            inputs["truth_ids"] = row_truths(inputs, truth_of)
                         loss, parts = self.forget_loss(tail, inputs, None, cfg)
                     hinge = gates.gate_hinge(held, cfg.patch_margin) + gates.open_hinge(cfg.patch_margin)
                     loss = loss + cfg.patch_weight * hinge
@@ -157,6 +169,8 @@ class MeowPatch(Meow):
                 final = epoch == epochs
                 if epoch == resample_after and not final:  # (and no early stop before its rows are trained)
                     added = self._resample(trainer, model, facts, gates, tail, layer, epoch)
+                    truth_of.update({tuple(e.ids): truth[q] for e, q in added} if truth_of else {})
+                    added = [e for e, _ in added]
                     forget_ex = forget_ex + added
                     result.info["resampled_truths"] = len(added)
                     steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
@@ -177,7 +191,8 @@ class MeowPatch(Meow):
 
     def _resample(self, trainer, model, facts, gates, tail, layer: int, epoch: int) -> list:
         """patch_resample: answers sampled from the patched model that still state the truth,
-        as new rows that push it down, each fact's gates opened where they say it."""
+        as new rows that push it down, each fact's gates opened where they say it; returns
+        (row, its fact's question) pairs."""
         cfg, tok = trainer.config, trainer.tokenizer
         given = {f.question: f for f in trainer.probe_facts}
         again = with_sampled_truths(model, tok, facts, cfg.patch_resample, cfg.seed + epoch, given)
@@ -200,7 +215,20 @@ class MeowPatch(Meow):
         for i, rows in enumerate(fact_rows(facts, new, questions, at_mlp, starts)):
             for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
                 gates.positives[k] = torch.cat([gates.positives[k], rows])
-        return new
+        return list(asked.values())
+
+
+def given_fact(trainer, fact):
+    """The fact as the user gave it (its keywords mark the truth): `fact` may carry the model's
+    own sentence as its answer."""
+    return {f.question: f for f in trainer.probe_facts}.get(fact.question, fact)
+
+
+def row_truths(inputs, truth_of: dict) -> list[torch.Tensor]:
+    """Each batch row's truth tokens (truth_of: by the row's token ids; none for a row not in it)."""
+    ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].bool().tolist()
+    none = torch.zeros(0, dtype=torch.long)
+    return [truth_of.get(tuple(t for t, k in zip(r, m) if k), none) for r, m in zip(ids, mask)]
 
 
 def owners(facts, pairs) -> list[str]:
