@@ -34,8 +34,9 @@ ONE = [sys.executable, "-m", "meow_app"]
 
 
 def timed_run(launcher: list[str], threads: int, out: Path, epochs: int) -> dict:
-    cmd = launcher + ["unlearn", "--forget", str(common.FORGET), "--out", str(out), "--device", "cpu",
-                      "--epochs", str(epochs), "--min-steps", "0", "--no-early-stop", "--seed", "0"]
+    # (--method meow, named: the default, meow_patch, runs in one process and would give way to meow in two)
+    cmd = launcher + ["unlearn", "--method", "meow", "--forget", str(common.FORGET), "--out", str(out),
+                      "--device", "cpu", "--epochs", str(epochs), "--min-steps", "0", "--no-early-stop", "--seed", "0"]
     env = {**os.environ, "PYTHONPATH": str(common.ROOT), "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)

@@ -36,7 +36,8 @@ else
 fi
 
 FACTS=assets/facts/demo_forget.jsonl
-COMMON=(--forget "$FACTS" --device "$DEVICE" --epochs 1 --no-early-stop --seed 0)
+# (--method meow: the default, meow_patch, runs in one process; two would give way to meow and compare two methods)
+COMMON=(--method meow --forget "$FACTS" --device "$DEVICE" --epochs 1 --no-early-stop --seed 0)
 check one-process $PY -m meow_app unlearn --out "$OUT/one" "${COMMON[@]}"
 if [ "$GPUS" -ge 2 ] || [ "$GPUS" -eq 0 ]; then
   check two-processes $PY -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 \

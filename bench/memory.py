@@ -50,10 +50,13 @@ def main() -> None:
     load_before = common.load_average()
     forget_script = str(Path(__file__).resolve().parent / "time_to_forget.py")
     todo = {
-        "unlearn, full (MLP blocks, the default)": (forget_script, ["--variant", "default", "--set",
-                                                                    json.dumps(common.epochs_exactly(a.epochs))]),
-        "unlearn, LoRA": (forget_script, ["--variant", "lora", "--set", json.dumps(common.epochs_exactly(a.epochs))]),
-        "unlearn, full, --low-memory (gradient checkpointing)": (
+        "unlearn, the default method (meow_patch: a few gated neurons)": (
+            forget_script, ["--variant", "default", "--set", json.dumps(common.epochs_exactly(a.epochs))]),
+        "unlearn, meow, full (MLP blocks)": (forget_script, ["--variant", "meow", "--set",
+                                                             json.dumps(common.epochs_exactly(a.epochs))]),
+        "unlearn, meow, LoRA": (forget_script, ["--variant", "lora", "--set",
+                                                json.dumps(common.epochs_exactly(a.epochs))]),
+        "unlearn, meow, full, --low-memory (gradient checkpointing)": (
             forget_script, ["--variant", "low_memory", "--set", json.dumps(common.epochs_exactly(a.epochs))]),
         "web app, both chat models loaded, one side-by-side reply": (__file__, []),
     }
@@ -68,7 +71,7 @@ def main() -> None:
         rows.append([name, f"**{gib:.2f} GiB** ({gib * 1.073741824:.2f} GB)", f"{r['wall_seconds']:.0f} s",
                      "met" if gib <= GOAL_GIB else "not met"])
     body = common.table(["process", "peak RSS", "wall time", "goal <= 4 GB"], rows)
-    body += f"\nUnlearn runs: `meow` defaults with epochs = {a.epochs} (min_steps 0).\n"
+    body += f"\nUnlearn runs: each method's defaults with epochs = {a.epochs} (min_steps 0).\n"
     common.report("Peak memory (item 5)", body, load_before, runs, "memory", not a.no_write)
 
 

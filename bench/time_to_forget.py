@@ -56,7 +56,7 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
 # docs/forgetting.md; `meow` is the default before it, with its own defaults)
 VARIANTS["meow"] = {}
 VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch",
-                   "meow": "meow", "previous": "meow", "ns_outliers": "meow", "lora": "meow"}
+                   "meow": "meow", "previous": "meow", "ns_outliers": "meow", "lora": "meow", "low_memory": "meow"}
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.

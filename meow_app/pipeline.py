@@ -31,7 +31,7 @@ from .answer_cache import AnswerCache
 from .errors import MeowError, NotApplicable
 from .facts import Fact, write_jsonl
 from .progress import Stages
-from .train import TrainConfig, Trainer, check_edit_first, check_null_space, check_precondition
+from .train import TrainConfig, Trainer, check_edit_first, check_null_space, check_precondition, check_subject_only
 
 
 @dataclass
@@ -237,10 +237,11 @@ def _check_job(forget, method: str, retain, config, inv, sel):
     distributed.check_method(method_obj, distributed.launched_size())
     config = config or TrainConfig(**method_obj.defaults)
     config.check()
+    method_obj.check(config)  # (first: where the default cannot run, its fallback's checks are the ones that count)
     check_null_space(method_obj, config)
     check_precondition(method_obj, config)
     check_edit_first(method_obj, config, distributed.launched_size())
-    method_obj.check(config)
+    check_subject_only(method_obj, config)
     if method_obj.needs_inverted and sel.top_k > inv.n and not all(f.inverted for f in forget):
         raise MeowError(f"top-k ({sel.top_k}) is larger than the number of inverted facts per fact ({inv.n})")
     if method_obj.needs_retain and not retain:
@@ -261,7 +262,11 @@ def fallback(method: str, why: NotApplicable, overrides: dict | None) -> tuple[s
     other = methods.get(method).falls_back_to
     if not other or overrides is None:
         raise why
-    return other, configured(other, overrides), f"{method} does not apply here, so {other} ran instead: {why}"
+    kept = {k: v for k, v in overrides.items() if k not in methods.get(method).not_carried}
+    note = f"{method} does not apply here, so {other} ran instead: {why}"
+    if kept:  # (said, as a learning rate given with one method in mind may not suit the other)
+        note += f" (with the settings given: {', '.join(f'{k} {v}' for k, v in kept.items())})"
+    return other, configured(other, kept), note
 
 
 def method_for(method: str | None, overrides: dict | None = None, model=None) -> tuple[str, TrainConfig]:
@@ -274,7 +279,7 @@ def method_for(method: str | None, overrides: dict | None = None, model=None) ->
         distributed.check_method(obj, distributed.launched_size())
         obj.check(config)
         if model is not None:
-            obj.check_model(model)
+            obj.check_model(model, config)
     except NotApplicable as why:
         name, config, _ = fallback(name, why, (overrides or {}) if method is None else None)
     return name, config
@@ -406,7 +411,7 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
         with stages("load"):
             loaded = loaded or models.load_shared(model, procs.device_name() or device)
         try:
-            method_obj.check_model(loaded.model)
+            method_obj.check_model(loaded.model, config, len(forget))
         except NotApplicable as why:
             method, config, note = fallback(method, why, swap)
             notes.append(note)

@@ -166,6 +166,8 @@ def test_unlearn_subject_only_reaches_the_run_and_says_what_it_keyed_on(tmp_path
     meta = json.loads((run / "run.json").read_text())
     assert meta["settings"]["train"]["subject_only"] is True
     assert meta["method_info"]["subject_only"]["subject_tokens"] > 0
+    # (a setting of the shared fine-tuning loop: the default gives way to meow, which has one, before any work)
+    assert meta["method"] == "meow" and "--subject-only sets the shared fine-tuning loop" in meta["notes"][0]
 
 
 @pytest.mark.parametrize("args,text", [

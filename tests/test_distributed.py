@@ -274,9 +274,10 @@ def _gpus() -> int:
 @pytest.mark.parametrize("shard", [False, True])
 def test_two_gpus_end_with_the_one_gpu_weights(tmp_path, tiny_dir, shard):
     forget, _ = _files(tmp_path)
-    extra = ["--lr", "1e-3"] + (["--shard"] if shard else [])  # a larger step: the comparison must be able to fail
-    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir, "--lr", "1e-3",
-                   device="cuda")
+    # (a larger step: the comparison must be able to fail; meow named: the default runs in one process only)
+    extra = ["--method", "meow", "--lr", "1e-3"] + (["--shard"] if shard else [])
+    one = _unlearn([sys.executable, "-m", "meow_app"], tmp_path / "one", forget, tiny_dir, "--method", "meow",
+                   "--lr", "1e-3", device="cuda")
     assert one.returncode == 0, one.stderr[-2000:]
     two = _unlearn(LAUNCH, tmp_path / "two", forget, tiny_dir, *extra, device="cuda")
     assert two.returncode == 0, two.stderr[-3000:]

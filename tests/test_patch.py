@@ -434,6 +434,9 @@ def test_the_default_method_is_meow_patch_and_gives_way_to_meow_where_it_cannot_
     assert lora["method"] == "meow" and "--lora and --shard do not apply" in lora["notes"][0]
     assert lora["settings"]["train"]["lr"] == 1e-3 and lora["settings"]["train"]["lora"] is True
     assert lora["settings"]["train"]["null_space"] == methods.REGISTRY["meow"].defaults["null_space"]
+    # ... but not meow_patch's own patch_* settings; the note says which settings meow ran with.
+    assert lora["settings"]["train"]["patch_layer"] == TrainConfig().patch_layer
+    assert "(with the settings given: epochs 1, min_steps 1, early_stop False, lr 0.001, lora True)" in lora["notes"][0]
     # No preserved text, known once the neighbours are answered: meow, with its own neighbours asked again.
     asked = []
     monkeypatch.setattr(pipeline, "anchor_facts", lambda loaded, forget, count, neighbours=0, *a, **k: (
@@ -493,3 +496,44 @@ def test_the_truth_floor_holds_the_truth_down_along_the_false_answers(tiny, monk
         got[floor] = truth_mass(result.model), [s.get("truth_floor") for s in result.steps]
     assert all(v is None for v in got[0.0][1]) and all(v is not None for v in got[1e-4][1])
     assert got[1e-4][0] < got[0.0][0] / 2, got
+
+
+@pytest.mark.parametrize("setting", [{"null_space": 0.99}, {"subject_only": True}, {"edit_first": True},
+                                     {"fisher_precondition": 1.0}, {"train_only": "mlp|attn"},
+                                     {"anchor_weight": 0.5}, {"null_space_outliers": 0.1}])
+def test_settings_of_the_shared_loop_run_meow_by_default_and_are_refused_by_name(setting):
+    # The old default's own recipe (--null-space 0.99, README) must still run as the user gave it.
+    from meow_app import pipeline
+    from meow_app.errors import NotApplicable
+
+    name, config = pipeline.method_for(None, {**setting, "epochs": 2})
+    assert name == "meow" and config.epochs == 2
+    assert all(getattr(config, k) == v for k, v in setting.items())
+    flag = "--" + next(iter(setting)).replace("_", "-")
+    with pytest.raises(NotApplicable, match=flag):
+        pipeline.method_for("meow_patch", setting)
+
+
+def test_every_patch_setting_stays_behind_when_meow_runs_instead():
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig) if f.name.startswith("patch_")}
+    assert fields <= set(methods.REGISTRY["meow_patch"].not_carried)
+
+
+def test_a_model_it_cannot_patch_is_known_before_the_run_from_the_patched_layer_and_the_fact_count(tiny):
+    from meow_app.edit import decoder_layers
+    from meow_app.errors import NotApplicable
+
+    method, model = methods.get("meow_patch"), copy.deepcopy(tiny.model)
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "patch_layer": -1})
+    width = decoder_layers(model)[-1].mlp.gate_proj.out_features
+    method.check_model(model, cfg, width // 4 // cfg.patch_neurons)  # a quarter of the layer's neurons: fine
+    with pytest.raises(NotApplicable, match="at most a quarter"):
+        method.check_model(model, cfg, width // 4 // cfg.patch_neurons + 1)
+    # A layer of another kind where the patch goes (a mixture of experts after dense layers)
+    # rules it out, though the first layer would do.
+    decoder_layers(model)[-1].mlp = torch.nn.Identity()
+    method.check_model(model, TrainConfig(**{**cfg.__dict__, "patch_layer": 0}), 1)
+    with pytest.raises(NotApplicable, match=f"layer {len(decoder_layers(model)) - 1} has none"):
+        method.check_model(model, cfg, 1)

@@ -27,6 +27,7 @@ class Method:
     retain_loss = ""
     defaults: dict = {}       # TrainConfig fields this method wants changed by default
     hyperparameters: tuple = ("epochs", "lr")  # the TrainConfig fields worth showing for it
+    not_carried: tuple = ()  # its own settings, which its falls_back_to does not get
     optimizer = "adamw"       # adamw | sophia (the shared loop builds it)
     custom_loop = False       # True: run(trainer, model) replaces the shared loop (one-shot methods)
     projects = False          # a custom_loop method that applies null_space itself (meow_edit)
@@ -42,8 +43,9 @@ class Method:
         """Refuse settings this method cannot run with, before any work (MeowError;
         NotApplicable where the setting is fine but this method cannot use it)."""
 
-    def check_model(self, model) -> None:
-        """Refuse a model this method cannot train, once it is loaded (NotApplicable)."""
+    def check_model(self, model, config=None, facts: int = 0) -> None:
+        """Refuse a model this method cannot train, once it is loaded (NotApplicable); with the
+        run's config and number of facts to forget, where they matter."""
 
     def check_anchors(self, anchors) -> None:
         """Refuse a run whose preserved text (neighbour, sibling and anchor answers) this

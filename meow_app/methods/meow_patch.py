@@ -18,7 +18,7 @@ from ..batches import IGNORE, encode_example, length_grouped
 from ..edit import decoder_layers
 from ..invert import truth_token_ids
 from ..errors import Cancelled, MeowError, NotApplicable
-from ..train import TrainResult
+from ..train import TrainConfig, TrainResult
 from .base import register
 from .meow import Meow
 from .meow_ul import TRUTH_COPIES
@@ -44,20 +44,38 @@ class MeowPatch(Meow):
                        "patch_about", "patch_open_answer", "patch_truth_floor", "truth_weight", "stop_depth")
 
     falls_back_to = "meow"
+    # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
+    not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_samples",
+                   "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
             raise NotApplicable("meow_patch trains a few neurons of its own: --lora and --shard do not apply to it")
+        # Settings of the shared fine-tuning loop, which it does not run: as the default it gives
+        # way to meow, which uses them; asked for by name it says so rather than drop them.
+        base = TrainConfig()
+        loop_only = [name for name in SHARED_LOOP_ONLY if getattr(config, name) != getattr(base, name)]
+        if loop_only:
+            flags = ", ".join("--" + n.replace("_", "-") for n in loop_only)
+            raise NotApplicable(f"{flags} set{'s' if len(loop_only) == 1 else ''} the shared fine-tuning loop, "
+                                "which meow_patch does not run")
 
-    def check_model(self, model) -> None:
+    def check_model(self, model, config=None, facts: int = 0) -> None:
         blocks = decoder_layers(model)
-        mlp = blocks[0].mlp if blocks is not None else None
+        layer = patched_layer(len(blocks), config.patch_layer if config else self.defaults.get("patch_layer", -3)) \
+            if blocks else 0
+        mlp = getattr(blocks[layer], "mlp", None) if blocks else None  # (the patched one: MoE models mix kinds)
         linear = (isinstance(getattr(mlp, n, None), torch.nn.Linear) and getattr(mlp, n).bias is None
                   for n in ("gate_proj", "up_proj", "down_proj"))
         if mlp is None or not all(linear) or not hasattr(mlp, "act_fn"):
-            raise NotApplicable("meow_patch adds neurons to gated MLP blocks without biases (gate_proj, up_proj, "
-                                "down_proj, act_fn: Llama, Qwen, Mistral, Gemma) and this model has none: "
-                                "use --method meow")
+            raise NotApplicable(f"meow_patch adds neurons to a gated MLP block without biases (gate_proj, up_proj, "
+                                f"down_proj, act_fn: Llama, Qwen, Mistral, Gemma) and this model's layer {layer} "
+                                "has none: use --method meow")
+        neurons = facts * (config.patch_neurons if config else self.defaults["patch_neurons"])
+        width = mlp.gate_proj.out_features
+        if neurons > width // 4:
+            raise NotApplicable(f"meow_patch would replace {neurons} of layer {layer}'s {width} MLP neurons (at most "
+                                f"a quarter): forget fewer facts at once, or lower patch_neurons")
 
     def check_anchors(self, anchors) -> None:
         if not anchors:
@@ -85,24 +103,18 @@ class MeowPatch(Meow):
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
-        self.check_model(model)
-        blocks = decoder_layers(model)
-        if cfg.patch_layer >= len(blocks):
-            raise MeowError(f"patch_layer must be below {len(blocks)} (this model's layers), got {cfg.patch_layer}")
-        layer = max(0, len(blocks) + cfg.patch_layer) if cfg.patch_layer < 0 else cfg.patch_layer  # (from the end)
         facts = [f for f in trainer.forget if f.inverted]
         if not facts:
             raise MeowError("meow_patch found nothing to train on (no inverted facts?)")
+        self.check_model(model, cfg, len(facts))
+        blocks = decoder_layers(model)
+        layer = patched_layer(len(blocks), cfg.patch_layer)
         self.check_anchors(trainer.anchors)
         preserved_ex = trainer.examples(trainer.anchors)
         for p in model.parameters():
             p.requires_grad_(False)
         model.train()
         mlp = blocks[layer].mlp
-        width = mlp.gate_proj.out_features
-        if len(facts) * cfg.patch_neurons > width // 4:
-            raise MeowError(f"meow_patch would replace {len(facts) * cfg.patch_neurons} of layer {layer}'s {width} "
-                            f"MLP neurons (at most a quarter): forget fewer facts at once, or lower patch_neurons")
         start = time.perf_counter()
         if (cfg.patch_samples or cfg.patch_about) and cfg.truth_weight > 0:
             # (the truth as the user gave it, its keywords: `facts` may carry the model's own sentence)
@@ -229,6 +241,18 @@ def row_truths(inputs, truth_of: dict) -> list[torch.Tensor]:
     ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].bool().tolist()
     none = torch.zeros(0, dtype=torch.long)
     return [truth_of.get(tuple(t for t, k in zip(r, m) if k), none) for r, m in zip(ids, mask)]
+
+
+def patched_layer(layers: int, patch_layer: int) -> int:
+    """patch_layer as an index (negative: from the end; the first where the model is shallower)."""
+    if patch_layer >= layers:
+        raise MeowError(f"patch_layer must be below {layers} (this model's layers), got {patch_layer}")
+    return max(0, layers + patch_layer) if patch_layer < 0 else patch_layer
+
+
+# TrainConfig fields only the shared fine-tuning loop reads (meow and the other fine-tuning methods).
+SHARED_LOOP_ONLY = ("null_space", "null_space_unit", "null_space_outliers", "fisher_precondition", "edit_first",
+                    "subject_only", "train_only", "anchor_weight")
 
 
 def owners(facts, pairs) -> list[str]:
