@@ -94,14 +94,16 @@ def unlearn_job(s, method, hp_table, lora, inv_settings, sel_settings, inv_table
         items = _facts_with_candidates(s, inv_table)
     if cls.needs_retain and not s["retain"]:
         raise MeowError(f"method '{method}' needs a keep set: choose one in the Facts tab")
-    out_dir = new_run_dir(s, method)
+    # (named after the method that will run: the default gives way to meow where its settings or the
+    # model rule it out, and says so; only a run with no preserved text finds out later)
+    chosen = None if method == methods.DEFAULT else method
+    out_dir = new_run_dir(s, pipeline.method_for(chosen, overrides, _original(s).model)[0])
     events: queue.Queue = queue.Queue()
     result: dict = {}
 
     def work():
         try:
             # (the default method as shown: it gives way to its fallback where it cannot run, and says so)
-            chosen = None if method == methods.DEFAULT else method
             result["run"] = pipeline.unlearn(items, out_dir, chosen, retain=s["retain"] or None, overrides=overrides,
                                              invert_settings=inv_settings, select_settings=sel_settings,
                                              loaded=_original(s), on_event=events.put, should_stop=stop.is_set)
@@ -185,6 +187,8 @@ def _event_status(item: dict, steps: list[dict], progress) -> str | None:
             return f"After epoch {item['epoch']}: {deep}, training goes on"
         done = f"{_pct(item['hit_rate'])} of forget questions still answered"
         return f"After epoch {item['epoch']}: {done}{'; ' + deep if deep else ''}"
+    if item["type"] == "note":  # (the default giving way to meow: said as it happens, not only at the end)
+        return f"Note: {item['text']}"
     return None
 
 

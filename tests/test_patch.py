@@ -342,6 +342,10 @@ def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_o
         "What is Pyotr Tchaikovsky known for?"
     assert meow_patch.about_question("Who painted the Mona Lisa?") == "What is the Mona Lisa known for?"
     assert meow_patch.about_question("Who Iran?") == ""
+    # A name that ends in 's (nothing after it to own), a title's own article, a lower-case subject's.
+    assert meow_patch.about_question("Who founded McDonald's?") == "What is McDonald's known for?"
+    assert meow_patch.about_question("Who directed The Godfather?") == "What is The Godfather known for?"
+    assert meow_patch.about_question("What is the largest ocean in the world?") == "What is the world known for?"
     tok = tiny.tokenizer
     seen = {}
 
@@ -512,6 +516,18 @@ def test_settings_of_the_shared_loop_run_meow_by_default_and_are_refused_by_name
     flag = "--" + next(iter(setting)).replace("_", "-")
     with pytest.raises(NotApplicable, match=flag):
         pipeline.method_for("meow_patch", setting)
+
+
+def test_no_preserved_text_asked_for_is_known_from_the_settings():
+    # (what the app's time estimate on a ZeroGPU Space goes by, before any answer is asked)
+    from meow_app import pipeline
+    from meow_app.errors import NotApplicable
+
+    none = {"neighbours": 0, "siblings": 0, "anchors": 0}
+    assert pipeline.method_for(None, none)[0] == "meow"
+    assert pipeline.method_for(None, {**none, "anchors": 4})[0] == "meow_patch"
+    with pytest.raises(NotApplicable, match="leave it none"):
+        pipeline.method_for("meow_patch", none)
 
 
 def test_every_patch_setting_stays_behind_when_meow_runs_instead():

@@ -33,6 +33,9 @@ def test_bar_fills_with_the_steps():
     ({"type": "probe", "epoch": 3, "hit_rate": 0.0, "paraphrase_hit_rate": None},
      "probe after epoch 3: forget hit rate 0%, paraphrases n/a",
      "After epoch 3: 0% of forget questions still answered"),
+    ({"type": "note", "text": "meow_patch does not apply here, so meow ran instead: no preserved text"},
+     "note: meow_patch does not apply here, so meow ran instead: no preserved text",
+     "Note: meow_patch does not apply here, so meow ran instead: no preserved text"),
 ])
 def test_probe_progress_lines_in_the_cli_and_the_app(event, cli_text, app_text, capsys):
     """A probe that skipped the greedy answers (a true answer still likely) says so, in both."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 import time
 
 import torch
@@ -51,6 +52,9 @@ class MeowPatch(Meow):
     def check(self, config) -> None:
         if config.lora or config.shard:
             raise NotApplicable("meow_patch trains a few neurons of its own: --lora and --shard do not apply to it")
+        if not (config.neighbours or config.siblings or config.anchors):
+            raise NotApplicable("meow_patch holds its neurons shut on preserved text, and --neighbours, --siblings "
+                                "and --anchors 0 leave it none")
         # Settings of the shared fine-tuning loop, which it does not run: as the default it gives
         # way to meow, which uses them; asked for by name it says so rather than drop them.
         base = TrainConfig()
@@ -289,11 +293,16 @@ def answer_starts(tokenizer, examples, asked: list[str]) -> list[int]:
 def about_question(question: str) -> str:
     """The fact's subject asked about outside its question: "What is Serena Williams known
     for?" (for "What is Serena Williams's sport?" too); '' where no subject is found."""
-    frame, subject, _ = neighbours.question_parts(question)
-    subject = neighbours.bare_subject(subject)
-    if subject and frame.split()[-1:] == ["the"]:  # "Who painted the Mona Lisa?": the Mona Lisa
-        subject = "the " + subject
-    return f"What is {subject} known for?" if subject else ""
+    frame, subject, rest = neighbours.question_parts(question)
+    said = neighbours.bare_subject(subject)
+    if said and rest == "" and re.search(r"(?:'s|’s)[\"'‘’“”]*$", subject.strip()):
+        said = subject.strip().strip("\"'‘“” ")  # a name that ends so ("McDonald's"), not a possessive
+    article = subject.strip().strip("\"'‘“” ").split()[0] if subject.split() else ""
+    if said and article.lower() in ("the", "a", "an") and not said.startswith(article):
+        said = f"{article} {said}"  # kept as asked: "The Godfather", "the world"
+    elif said and frame.split()[-1:] == ["the"]:  # "Who painted the Mona Lisa?": the Mona Lisa
+        said = "the " + said
+    return f"What is {said} known for?" if said else ""
 
 
 def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given: dict | None = None,
