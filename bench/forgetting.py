@@ -5,6 +5,7 @@
     .venv/bin/python bench/forgetting.py --sets eval_d            # the fourth (opt-in, 2026-12-04)
     .venv/bin/python bench/forgetting.py --sets eval_e            # the fifth (opt-in, 2026-12-04, late)
     .venv/bin/python bench/forgetting.py --sets eval_f            # the sixth (opt-in, 2026-12-05)
+    .venv/bin/python bench/forgetting.py --sets eval_g            # the seventh (opt-in, 2026-12-05, later)
     .venv/bin/python bench/forgetting.py --sets eval_a --variant meow \\
         --variant lr2e-4:meow:lr=2e-4,epochs=4                    # NAME:METHOD:FIELD=VALUE,... (TrainConfig)
     .venv/bin/python bench/forgetting.py --check-sets             # no model: the sets' overlap with the pools
@@ -57,13 +58,14 @@ from meow_app import methods  # noqa: E402
 
 ASSETS = common.ROOT / "assets"
 SETS = {name: tuple(common.FACTS / f"{name}_{part}.jsonl" for part in ("forget", "retain", "unseen"))
-        for name in ("eval_a", "eval_b", "eval_c", "eval_d", "eval_e", "eval_f")}
+        for name in ("eval_a", "eval_b", "eval_c", "eval_d", "eval_e", "eval_f", "eval_g")}
 # What a run without --sets measures: eval_a and eval_b, as before eval_c was added, so that an old
 # command prints the same rows. eval_c (built last, after the other two had been used for reading
 # results) is opt-in: --sets eval_c, and so is eval_d (built 2026-12-04, after eval_c had been
 # looked at too), and eval_e (built late on 2026-12-04, after meow_patch's settings were fixed
 # on the other four; nothing has been tried on it), and eval_f (built 2026-12-05, nothing tried
-# on it either). --check-sets checks all of SETS.
+# on it either), and eval_g (built later on 2026-12-05, from the model's answers alone; nothing
+# tried on it). --check-sets checks all of SETS.
 DEFAULT_SETS = ("eval_a", "eval_b")
 GENERAL = [ASSETS / "general" / "questions.jsonl", ASSETS / "general" / "multiple_choice.jsonl"]
 SAMPLES = 10
