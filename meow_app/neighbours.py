@@ -133,11 +133,11 @@ def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
 _NAME_JOINERS = {"of", "the", "and", "de", "da", "del", "der", "di", "du", "von", "van", "la", "le", "al", "bin", "y"}
 # Words after which a lower-case subject starts ("the main ingredient of hummus").
 _BEFORE_SUBJECT = {"of", "in", "for", "from", "by", "with", "about", "on", "to"}
-_QUOTE_CHARS = "\"'‘’“”"
+QUOTE_CHARS = "\"'‘’“”"
 
 
 def _capitalised(word: str) -> bool:
-    w = word.lstrip(_QUOTE_CHARS)
+    w = word.lstrip(QUOTE_CHARS)
     return bool(w) and (w[0].isupper() or w[0].isdigit())
 
 
@@ -145,8 +145,8 @@ def _name_end(words: list[str], start: int) -> int:
     """Where the name that starts at words[start] ends: a quoted title to its closing quote,
     else a run of capitalised words, small joiners inside it ("Leonardo da Vinci")."""
     end = start + 1
-    if words[start][:1] in _QUOTE_CHARS and words[start][-1:] not in _QUOTE_CHARS:
-        while end < len(words) and words[end - 1][-1:] not in _QUOTE_CHARS:
+    if words[start][:1] in QUOTE_CHARS and words[start][-1:] not in QUOTE_CHARS:
+        while end < len(words) and words[end - 1][-1:] not in QUOTE_CHARS:
             end += 1
         return end
     while end < len(words):
@@ -196,7 +196,7 @@ def bare_subject(subject: str) -> str:
     ("Pyotr Tchaikovsky's" -> "Pyotr Tchaikovsky", "'Fahrenheit 451'" -> "Fahrenheit 451",
     "the world" -> "world")."""
     s = re.sub(r"(?:'s|’s|s'|s’)$", lambda m: "s" if m.group(0)[0] == "s" else "", subject.strip())
-    s = s.strip(_QUOTE_CHARS + " ")
+    s = s.strip(QUOTE_CHARS + " ")
     words = s.split()
     return " ".join(words[1:]) if len(words) > 1 and words[0].lower() in _ARTICLES else s
 

@@ -345,6 +345,9 @@ def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_o
     # A name that ends in 's (nothing after it to own), a title's own article, a lower-case subject's.
     assert meow_patch.about_question("Who founded McDonald's?") == "What is McDonald's known for?"
     assert meow_patch.about_question("Who directed The Godfather?") == "What is The Godfather known for?"
+    # typographic quotes, closing ones included
+    assert meow_patch.about_question("Who founded ‘McDonald’s’?") == "What is McDonald’s known for?"
+    assert meow_patch.about_question("Who directed “The Godfather”?") == "What is The Godfather known for?"
     assert meow_patch.about_question("What is the largest ocean in the world?") == "What is the world known for?"
     tok = tiny.tokenizer
     seen = {}

@@ -120,9 +120,10 @@ class MeowPatch(Meow):
         model.train()
         mlp = blocks[layer].mlp
         start = time.perf_counter()
+        # The facts as the user gave them, by question: their keywords mark the truth (`facts`
+        # may carry the model's own sentence as the answer).
+        given = {f.question: f for f in trainer.probe_facts}
         if (cfg.patch_samples or cfg.patch_about) and cfg.truth_weight > 0:
-            # (the truth as the user gave it, its keywords: `facts` may carry the model's own sentence)
-            given = {f.question: f for f in trainer.probe_facts}
             facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given,
                                         about=cfg.patch_about)
         pairs = self.forget_pairs(facts, cfg)
@@ -143,7 +144,7 @@ class MeowPatch(Meow):
             if cfg.patch_open_answer else None
         positives = fact_rows(facts, distinct, asked, at_mlp, starts)
         # (patch_truth_floor: each row's fact's truth tokens, as the user's keywords spell them)
-        truth = {f.question: torch.tensor(truth_token_ids(tok, given_fact(trainer, f)), dtype=torch.long)
+        truth = {f.question: torch.tensor(truth_token_ids(tok, given.get(f.question, f)), dtype=torch.long)
                  for f in facts} if cfg.patch_truth_floor else {}
         truth_of = {ids: truth[q] for ids, q in question.items()} if truth else {}
         slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
@@ -184,7 +185,7 @@ class MeowPatch(Meow):
                     trainer.on_event(event)
                 final = epoch == epochs
                 if epoch == resample_after and not final:  # (and no early stop before its rows are trained)
-                    added = self._resample(trainer, model, facts, gates, tail, layer, epoch)
+                    added = self._resample(trainer, model, facts, gates, tail, layer, epoch, given)
                     truth_of.update({tuple(e.ids): truth[q] for e, q in added} if truth_of else {})
                     added = [e for e, _ in added]
                     forget_ex = forget_ex + added
@@ -205,12 +206,11 @@ class MeowPatch(Meow):
             gates.remove()
         return result
 
-    def _resample(self, trainer, model, facts, gates, tail, layer: int, epoch: int) -> list:
+    def _resample(self, trainer, model, facts, gates, tail, layer: int, epoch: int, given: dict) -> list:
         """patch_resample: answers sampled from the patched model that still state the truth,
         as new rows that push it down, each fact's gates opened where they say it; returns
-        (row, its fact's question) pairs."""
+        (row, its fact's question) pairs. given: the facts as the user gave them, by question."""
         cfg, tok = trainer.config, trainer.tokenizer
-        given = {f.question: f for f in trainer.probe_facts}
         again = with_sampled_truths(model, tok, facts, cfg.patch_resample, cfg.seed + epoch, given)
         pairs = [(f.question, said, lead, True) for f in again for lead, said in f.extra["sampled_truths"]]
         asked = {}  # the new rows (one per distinct text), each with its fact's question
@@ -232,12 +232,6 @@ class MeowPatch(Meow):
             for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
                 gates.positives[k] = torch.cat([gates.positives[k], rows])
         return list(asked.values())
-
-
-def given_fact(trainer, fact):
-    """The fact as the user gave it (its keywords mark the truth): `fact` may carry the model's
-    own sentence as its answer."""
-    return {f.question: f for f in trainer.probe_facts}.get(fact.question, fact)
 
 
 def row_truths(inputs, truth_of: dict) -> list[torch.Tensor]:
@@ -295,9 +289,10 @@ def about_question(question: str) -> str:
     for?" (for "What is Serena Williams's sport?" too); '' where no subject is found."""
     frame, subject, rest = neighbours.question_parts(question)
     said = neighbours.bare_subject(subject)
-    if said and rest == "" and re.search(r"(?:'s|’s)[\"'‘’“”]*$", subject.strip()):
-        said = subject.strip().strip("\"'‘“” ")  # a name that ends so ("McDonald's"), not a possessive
-    article = subject.strip().strip("\"'‘“” ").split()[0] if subject.split() else ""
+    unquoted = subject.strip().strip(neighbours.QUOTE_CHARS + " ")
+    if said and rest == "" and re.search(rf"(?:'s|’s)[{neighbours.QUOTE_CHARS}]*$", subject.strip()):
+        said = unquoted  # a name that ends so ("McDonald's"), not a possessive
+    article = unquoted.split()[0] if unquoted.split() else ""
     if said and article.lower() in ("the", "a", "an") and not said.startswith(article):
         said = f"{article} {said}"  # kept as asked: "The Godfather", "the world"
     elif said and frame.split()[-1:] == ["the"]:  # "Who painted the Mona Lisa?": the Mona Lisa
