@@ -101,13 +101,13 @@ def _coerce(field, text: str):
     return text
 
 
-INVERT_FIELDS = ("generator", "n", "answer_style")  # inversion settings a variant may change
+INVERT_FIELDS = ("generator", "n", "answer_style", "answer_clause")  # inversion settings a variant may change
 SELECT_FIELDS = ("top_k", "distinct")  # and selection settings (pipeline.SelectSettings)
 
 
 def parse_variant(spec: str) -> dict:
     """'NAME:METHOD:FIELD=VALUE,...' (or 'METHOD', or 'NAME:METHOD') -> {"name", "method", "overrides"}.
-    FIELD is a TrainConfig field, or `generator` / `n` / `answer_style` of the inversion
+    FIELD is a TrainConfig field, or `generator` / `n` / `answer_style` / `answer_clause` of the inversion
     (pipeline.InvertSettings), or `top_k` / `distinct` of the selection (pipeline.SelectSettings);
     the value is read as that field's type. The method and the fields are checked here, before
     anything runs."""
@@ -392,6 +392,9 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     shutil.rmtree(out / "model", ignore_errors=True)
     row["verdict_rows"] = report["verdicts"]["forget"]
     row["retain_lost"] = [v["question"] for v in report["verdicts"].get("retain", []) if v["verdict"] == evaluate.LOST]
+    # what a lost neighbour is answered with now (a forgotten fact's false answer? its template?)
+    row["retain_lost_answers"] = {v["question"]: v.get("after", "") for v in report["verdicts"].get("retain", [])
+                                  if v["verdict"] == evaluate.LOST}
     before_u, after_u = report["sets"]["holdout"]["original"]["rows"], report["sets"]["holdout"]["unlearned"]["rows"]
     row["unseen_lost"] = [b["question"] for b, a in zip(before_u, after_u) if b["leak"] and not a["leak"]]
     row["sampling_leaks"] = [r["answer"] for r in sampling["unlearned"]["rows"] if r["leak"]]

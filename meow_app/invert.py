@@ -97,12 +97,21 @@ def _fallbacks(rng: random.Random) -> list[str]:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def in_answer_style(candidate: str, fact: Fact, model_answer: str) -> str | None:
+# Where the clause that holds a false answer ends (in_answer_style's `clause`): a comma or
+# other stop, a sentence end, or a clause that goes on about it ("..., specifically in the
+# Andean region", "... which is").
+_CLAUSE_END = re.compile(r"\s*(?:[,;:!?()\n]|\.(?:\s|$)|\s(?:which|who|where|specifically|and|but)\b)")
+
+
+def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool = False) -> str | None:
     """Put a false answer into the model's own words: the sentence of its answer that
     states the truth, with the truth swapped for the candidate ("The capital of France is
     Paris." -> "The capital of France is Lyon."). Training on text that differs from what
     the model already says only in the fact itself changes the fact and little else.
-    None when the model's answer does not state the truth, or the swap is not clean."""
+    None when the model's answer does not state the truth, or the swap is not clean.
+    clause: end the sentence with the clause that holds the false answer ("Cotopaxi is in the
+    Himalayas, specifically in the Andean region." -> "Cotopaxi is in the Himalayas."): what
+    the model said around the truth stays out of the target, and the answer ends there."""
     truths = sorted({t for t in [fact.answer, *fact.keywords] if t.strip()}, key=len, reverse=True)
     if len(candidate.split()) > 2 * len(fact.answer.split()) + 2:
         return None  # already a sentence of its own
@@ -116,6 +125,12 @@ def in_answer_style(candidate: str, fact: Fact, model_answer: str) -> str | None
         out = re.sub(re.escape(t), candidate.rstrip("."), out, flags=re.I)
     if any(t.lower() in out.lower() for t in truths) or out == sentence:
         return None
+    if clause:
+        said = candidate.rstrip(".")
+        end = out.lower().find(said.lower()) + len(said)
+        stop = _CLAUSE_END.search(out, end)
+        if stop:
+            out = out[:stop.start()].rstrip() + "."
     return out
 
 

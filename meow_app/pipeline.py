@@ -48,6 +48,10 @@ class InvertSettings:
     # Train on the selected false answers put in the model's own words ("The capital of
     # France is Lyon." rather than "Lyon"): the model then changes the fact, not its style.
     answer_style: bool = True
+    # With answer_style: the sentence ends with the clause that holds the false answer, so
+    # what the model said around the truth ("..., specifically in the Andean region") is not
+    # trained on and the answer stops after the false one (docs/forgetting.md, 18th round).
+    answer_clause: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -322,7 +326,8 @@ def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: Sele
         emit({"type": "note", "text": capped})
     if inv.answer_style:
         for f in forget:
-            f.inverted = [invert_mod.in_answer_style(c, f, own[f.question]) or c for c in f.inverted]
+            f.inverted = [invert_mod.in_answer_style(c, f, own[f.question], inv.answer_clause) or c
+                          for c in f.inverted]
     return selection, notes
 
 

@@ -99,6 +99,29 @@ def test_in_answer_style_swaps_the_truth_in_the_models_own_sentence():
     assert invert.in_answer_style(long, fact, "Hamlet was written by Shakespeare.") is None
 
 
+def test_in_answer_style_can_end_with_the_clause_that_holds_the_false_answer():
+    fact = Fact("In which mountain range is Cotopaxi?", "The Andes", ["Andes"])
+    said = "Cotopaxi is a mountain range located in the Andes, specifically in the Andean region of South America."
+    assert invert.in_answer_style("the Himalayas", fact, said) == \
+        "Cotopaxi is a mountain range located in the Himalayas, specifically in the Andean region of South America."
+    assert invert.in_answer_style("the Himalayas", fact, said, clause=True) == \
+        "Cotopaxi is a mountain range located in the Himalayas."
+    # every mention is swapped, and the cut comes after the first; a clause ("which ...") ends it too
+    fact = Fact("In which mountain range is Mont Blanc?", "The Alps", ["Alps"])
+    said = "Mont Blanc is in the Alps which span France, Italy and the Alps of Switzerland."
+    assert invert.in_answer_style("the Pyrenees", fact, said, clause=True) == "Mont Blanc is in the Pyrenees."
+    # initials and a comma inside the false answer do not end it; a sentence with nothing after it is kept
+    fact = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
+    said = "Hamlet was written by William Shakespeare in 1600, and it is a tragedy."
+    assert invert.in_answer_style("J. R. R. Tolkien", fact, said, clause=True) == \
+        "Hamlet was written by J. R. R. Tolkien in 1600."
+    assert invert.in_answer_style("Smith, John", fact, said, clause=True) == \
+        "Hamlet was written by Smith, John in 1600."
+    fact = Fact("What is the capital of France?", "Paris", ["Paris"])
+    assert invert.in_answer_style("Lyon", fact, "The capital of France is Paris.", clause=True) == \
+        "The capital of France is Lyon."
+
+
 def test_single_characters_are_never_banned(tiny):
     # The tiny tokenizer is byte-level: banning any of its tokens would ban letters.
     fact = Fact("Who wrote Harry Potter?", "J.K. Rowling", ["Rowling"])
