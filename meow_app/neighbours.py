@@ -133,6 +133,8 @@ def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
 _NAME_JOINERS = {"of", "the", "and", "de", "da", "del", "der", "di", "du", "von", "van", "la", "le", "al", "bin", "y"}
 # Words after which a lower-case subject starts ("the main ingredient of hummus").
 _BEFORE_SUBJECT = {"of", "in", "for", "from", "by", "with", "about", "on", "to"}
+# Do-support before an article ("does a", "did the"): a lower-case subject follows.
+_DO = {"does", "do", "did"}
 QUOTE_CHARS = "\"'‘’“”"
 
 
@@ -169,12 +171,21 @@ def question_parts(question: str) -> tuple[str, str, str]:
     ("Which sport is", "Serena Williams", "famous for"); "What is the main ingredient of
     hummus?" -> ("What is the main ingredient of", "hummus", ""); "Who wrote 'Lord of the
     Flies'?" -> ("Who wrote", "'Lord of the Flies'", ""). The subject is the first name (a run
-    of capitalised words, or a quoted title) after the first word, else the words after the
-    last preposition; ('', '', '') where the frame would be under two words."""
+    of capitalised words, or a quoted title) after the first word, else one to three words
+    between "does a" (do, did; a, an, the) and the verb at the end ("Which part of the body
+    does a dermatologist treat?" -> ("Which part of the body does a", "dermatologist",
+    "treat")), else the words after the last preposition; ('', '', '') where the frame would
+    be under two words."""
     words = question.strip().rstrip("?!. ").split()
     start = next((i for i in range(1, len(words)) if _capitalised(words[i])), None)
+    do = next((i for i in range(1, len(words) - 3) if words[i].lower() in _DO and words[i + 1].lower() in _ARTICLES),
+              None)
     if start is not None:
         end = _name_end(words, start)
+    elif do is not None and 1 <= len(words) - 1 - (words[-1].lower() in _BEFORE_SUBJECT) - (do + 2) <= 3:
+        # "Which part of the body does a dermatologist treat?": the subject sits between "does
+        # a" and the verb at the end ("treat", "specialise in")
+        start, end = do + 2, len(words) - 1 - (words[-1].lower() in _BEFORE_SUBJECT)
     else:
         at = [i for i in range(1, len(words) - 1) if words[i].lower() in _BEFORE_SUBJECT]
         if not at:

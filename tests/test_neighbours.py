@@ -119,6 +119,13 @@ def test_question_parts_find_the_subject_and_the_words_after_it():
                                                                         "United Kingdom", "")
     assert parts("Where is the Bank of the Republic of Ireland?") == ("Where is the",
                                                                      "Bank of the Republic of Ireland", "")
+    # a lower-case subject between do-support and the verb at the end
+    assert parts("Which part of the body does a dermatologist treat?") == \
+        ("Which part of the body does a", "dermatologist", "treat")
+    assert parts("Which part of the body does an orthopedic surgeon treat?") == \
+        ("Which part of the body does an", "orthopedic surgeon", "treat")
+    assert parts("Which organ does a cardiologist specialise in?") == \
+        ("Which organ does a", "cardiologist", "specialise in")
     assert parts("Who Iran?") == ("", "", "")                      # one word frames nothing
     assert parts("In 1969, who walked on the moon?") == ("", "", "")
     assert parts("what is water made of?") == ("", "", "")         # nothing after the last preposition

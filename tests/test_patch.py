@@ -349,6 +349,8 @@ def test_answers_about_the_subject_that_state_the_truth_push_it_down_there_and_o
     assert meow_patch.about_question("Who founded ‘McDonald’s’?") == "What is McDonald’s known for?"
     assert meow_patch.about_question("Who directed “The Godfather”?") == "What is The Godfather known for?"
     assert meow_patch.about_question("What is the largest ocean in the world?") == "What is the world known for?"
+    assert meow_patch.about_question("Which part of the body does a podiatrist treat?") == \
+        "What is a podiatrist known for?"
     tok = tiny.tokenizer
     seen = {}
 

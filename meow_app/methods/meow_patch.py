@@ -295,8 +295,8 @@ def about_question(question: str) -> str:
     article = unquoted.split()[0] if unquoted.split() else ""
     if said and article.lower() in ("the", "a", "an") and not said.startswith(article):
         said = f"{article} {said}"  # kept as asked: "The Godfather", "the world"
-    elif said and frame.split()[-1:] == ["the"]:  # "Who painted the Mona Lisa?": the Mona Lisa
-        said = "the " + said
+    elif said and frame.split()[-1:] in (["the"], ["a"], ["an"]):  # "Who painted the Mona Lisa?": the Mona Lisa
+        said = f"{frame.split()[-1]} {said}"  # ("... does a dermatologist treat?": a dermatologist)
     return f"What is {said} known for?" if said else ""
 
 
