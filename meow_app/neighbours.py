@@ -171,10 +171,11 @@ def question_parts(question: str) -> tuple[str, str, str]:
     ("Which sport is", "Serena Williams", "famous for"); "What is the main ingredient of
     hummus?" -> ("What is the main ingredient of", "hummus", ""); "Who wrote 'Lord of the
     Flies'?" -> ("Who wrote", "'Lord of the Flies'", ""). The subject is the first name (a run
-    of capitalised words, or a quoted title) after the first word, else one to three words
-    between "does a" (do, did; a, an, the) and the verb at the end ("Which part of the body
-    does a dermatologist treat?" -> ("Which part of the body does a", "dermatologist",
-    "treat")), else the words after the last preposition; ('', '', '') where the frame would
+    of capitalised words, or a quoted title) after the first word, else the word after "does
+    a" (do, did; a, an, the) where one to three words follow it ("Which part of the body does
+    a dermatologist treat?" -> ("Which part of the body does a", "dermatologist", "treat");
+    "an orthopedic surgeon treat" gives "orthopedic": a compound is not told from a verb
+    phrase), else the words after the last preposition; ('', '', '') where the frame would
     be under two words."""
     words = question.strip().rstrip("?!. ").split()
     start = next((i for i in range(1, len(words)) if _capitalised(words[i])), None)
@@ -182,10 +183,10 @@ def question_parts(question: str) -> tuple[str, str, str]:
               None)
     if start is not None:
         end = _name_end(words, start)
-    elif do is not None and 1 <= len(words) - 1 - (words[-1].lower() in _BEFORE_SUBJECT) - (do + 2) <= 3:
-        # "Which part of the body does a dermatologist treat?": the subject sits between "does
-        # a" and the verb at the end ("treat", "specialise in")
-        start, end = do + 2, len(words) - 1 - (words[-1].lower() in _BEFORE_SUBJECT)
+    elif do is not None and len(words) - (do + 3) <= 3:
+        # "Which part of the body does a dermatologist treat?": the one word after "does a" is
+        # the subject, a verb phrase follows ("treat", "turn into", "eat for breakfast")
+        start, end = do + 2, do + 3
     else:
         at = [i for i in range(1, len(words) - 1) if words[i].lower() in _BEFORE_SUBJECT]
         if not at:

@@ -120,6 +120,17 @@ def test_in_answer_style_can_end_with_the_clause_that_holds_the_false_answer():
     fact = Fact("What is the capital of France?", "Paris", ["Paris"])
     assert invert.in_answer_style("Lyon", fact, "The capital of France is Paris.", clause=True) == \
         "The capital of France is Lyon."
+    # the cut comes after the swapped words, not after an earlier mention of the candidate
+    fact = Fact("What is the capital of Australia?", "Canberra", ["Canberra"])
+    said = "Sydney is the largest city, but the capital of Australia is Canberra, its seat of government."
+    assert invert.in_answer_style("Sydney", fact, said, clause=True) == \
+        "Sydney is the largest city, but the capital of Australia is Sydney."
+    # no cut where the truth opens the sentence (a fragment would be left), nor a doubled stop
+    fact = Fact("What is the capital of France?", "Paris", ["Paris"])
+    assert invert.in_answer_style("Lyon", fact, "In Paris, the Eiffel Tower stands tall.", clause=True) == \
+        "In Lyon, the Eiffel Tower stands tall."
+    assert invert.in_answer_style("Rome!", fact, "The capital of France is Paris, a city.", clause=True) == \
+        "The capital of France is Rome!"
 
 
 def test_single_characters_are_never_banned(tiny):
