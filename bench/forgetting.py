@@ -391,10 +391,10 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     del unlearned
     shutil.rmtree(out / "model", ignore_errors=True)
     row["verdict_rows"] = report["verdicts"]["forget"]
-    row["retain_lost"] = [v["question"] for v in report["verdicts"].get("retain", []) if v["verdict"] == evaluate.LOST]
-    # what a lost neighbour is answered with now (a forgotten fact's false answer? its template?)
+    # each lost neighbour, with what it is answered with now (a forgotten fact's false answer? its template?)
     row["retain_lost_answers"] = {v["question"]: v.get("after", "") for v in report["verdicts"].get("retain", [])
                                   if v["verdict"] == evaluate.LOST}
+    row["retain_lost"] = list(row["retain_lost_answers"])
     before_u, after_u = report["sets"]["holdout"]["original"]["rows"], report["sets"]["holdout"]["unlearned"]["rows"]
     row["unseen_lost"] = [b["question"] for b, a in zip(before_u, after_u) if b["leak"] and not a["leak"]]
     row["sampling_leaks"] = [r["answer"] for r in sampling["unlearned"]["rows"] if r["leak"]]

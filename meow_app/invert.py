@@ -120,14 +120,14 @@ def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool 
             break
     else:
         return None
-    # where the first mention starts: the text before it is the same in `out`
-    first = min(i for i in (sentence.lower().find(t.lower()) for t in truths) if i >= 0)
+    said = candidate.rstrip(".")
     out = sentence
     for t in truths:
-        out = re.sub(re.escape(t), candidate.rstrip("."), out, flags=re.I)
+        out = re.sub(re.escape(t), said, out, flags=re.I)
     if any(t.lower() in out.lower() for t in truths) or out == sentence:
         return None
-    said = candidate.rstrip(".")
+    # where the first mention started: the text before it is the same in `out`
+    first = min(i for i in (sentence.lower().find(t.lower()) for t in truths) if i >= 0)
     # (cut only after a clause's start, "Cotopaxi is in", not "In Paris, ..." -> "In Lyon.")
     if clause and out[first:first + len(said)] == said and len(out[:first].split()) >= 3:
         stop = _CLAUSE_END.search(out, first + len(said))

@@ -179,7 +179,7 @@ def question_parts(question: str) -> tuple[str, str, str]:
     be under two words."""
     words = question.strip().rstrip("?!. ").split()
     start = next((i for i in range(1, len(words)) if _capitalised(words[i])), None)
-    do = next((i for i in range(1, len(words) - 3) if words[i].lower() in _DO and words[i + 1].lower() in _ARTICLES),
+    do = next((i for i in range(1, len(words) - 3) if words[i].lower() in _DO and words[i + 1].lower() in ARTICLES),
               None)
     if start is not None:
         end = _name_end(words, start)
@@ -200,7 +200,7 @@ def question_parts(question: str) -> tuple[str, str, str]:
 _ODD = re.compile(r"[^\w\s'’‘“”\".,&-]")
 
 
-_ARTICLES = {"the", "a", "an"}
+ARTICLES = {"the", "a", "an"}
 
 
 def bare_subject(subject: str) -> str:
@@ -210,7 +210,7 @@ def bare_subject(subject: str) -> str:
     s = re.sub(r"(?:'s|’s|s'|s’)$", lambda m: "s" if m.group(0)[0] == "s" else "", subject.strip())
     s = s.strip(QUOTE_CHARS + " ")
     words = s.split()
-    return " ".join(words[1:]) if len(words) > 1 and words[0].lower() in _ARTICLES else s
+    return " ".join(words[1:]) if len(words) > 1 and words[0].lower() in ARTICLES else s
 
 
 def names_any(text: str, words: list[str]) -> bool:

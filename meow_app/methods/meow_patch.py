@@ -293,10 +293,11 @@ def about_question(question: str) -> str:
     if said and rest == "" and re.search(rf"(?:'s|’s)[{neighbours.QUOTE_CHARS}]*$", subject.strip()):
         said = unquoted  # a name that ends so ("McDonald's"), not a possessive
     article = unquoted.split()[0] if unquoted.split() else ""
-    if said and article.lower() in ("the", "a", "an") and not said.startswith(article):
+    before = frame.split()[-1] if frame.split() else ""
+    if said and article.lower() in neighbours.ARTICLES and not said.startswith(article):
         said = f"{article} {said}"  # kept as asked: "The Godfather", "the world"
-    elif said and frame.split()[-1:] in (["the"], ["a"], ["an"]):  # "Who painted the Mona Lisa?": the Mona Lisa
-        said = f"{frame.split()[-1]} {said}"  # ("... does a dermatologist treat?": a dermatologist)
+    elif said and before.lower() in neighbours.ARTICLES:  # "Who painted the Mona Lisa?": the Mona Lisa
+        said = f"{before} {said}"  # ("... does a dermatologist treat?": a dermatologist)
     return f"What is {said} known for?" if said else ""
 
 
