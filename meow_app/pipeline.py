@@ -430,9 +430,8 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
         cache = AnswerCache.for_model(loaded.model, loaded.tokenizer) if procs.is_main else None
         if procs.is_main:
             with stages("probe_before"):
-                # (a custom loop may read the retain set whatever uses_retain says)
                 before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday, cache, before=True,
-                                    retain_read=method_obj.uses_retain or method_obj.custom_loop)
+                                    retain_read=method_obj.uses_retain)
             if method_obj.needs_inverted:
                 selection, more = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"],
                                                     stages, emit)

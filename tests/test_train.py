@@ -376,14 +376,18 @@ def test_the_last_probe_is_asked_with_the_others_after_the_run(tiny_dir, inverte
     assert kinds.index("probe") > kinds.index("probe_after" if not stopped else "train")
 
 
-@pytest.mark.parametrize("method", ["meow", "gd"])
+@pytest.mark.parametrize("method", ["meow", "gd", "meow_patch", "fisher_removal"])
 def test_probe_answers_are_cut_only_where_their_words_are_not_used(tiny_dir, inverted_facts, facts, tmp_path,
                                                                     monkeypatch, method):
     """Answers end once they leak (probes.probe's stop_once_leaked) except the original's answers
-    to the forget questions (own_answers' targets) and, for a method that trains on the retain
-    set (gd), to the retain questions."""
+    to the forget questions (own_answers' targets) and, for a method that reads the retain set
+    (gd's retain batches, fisher_removal's own loop; not meow_patch's), to the retain questions."""
     from meow_app import pipeline, probes
+    from meow_app.facts import Fact
     from meow_app.pipeline import InvertSettings
+
+    # (the tiny random model answers nothing: meow_patch is given preserved text to hold its gates shut on)
+    monkeypatch.setattr(pipeline, "anchor_facts", lambda *a, **k: [Fact("What is two plus two?", "Four.")])
 
     calls, plain = [], probes.probe_many
 
@@ -393,7 +397,8 @@ def test_probe_answers_are_cut_only_where_their_words_are_not_used(tiny_dir, inv
 
     monkeypatch.setattr(probes, "probe_many", recorded)
     config = TrainConfig(**{**methods.get(method).defaults, "epochs": 1, "min_steps": 1, "num_batch": 2,
-                            "neighbours": 0, "null_space": 0.0, "early_stop": True})
+                            "neighbours": 0, "null_space": 0.0, "early_stop": True, "patch_samples": 0,
+                            "patch_layer": -1})
     retain = facts[2:]  # (the others are the forget set's questions)
     pipeline.unlearn(inverted_facts, tmp_path / "run", method, retain=retain, model=tiny_dir, config=config,
                      device="cpu", invert_settings=InvertSettings(n=2))
@@ -402,4 +407,5 @@ def test_probe_answers_are_cut_only_where_their_words_are_not_used(tiny_dir, inv
     retain_calls = [stop for q, _, stop in calls if q == retain_q]
     assert forget_calls[0] == ("paraphrase",)  # before: the questions' answers whole
     assert all(stop == probes.KINDS for stop in forget_calls[1:]) and len(forget_calls) >= 2
-    assert retain_calls == [() if method == "gd" else probes.KINDS, probes.KINDS]  # before, after
+    reads_retain = method in ("gd", "fisher_removal")
+    assert retain_calls == [() if reads_retain else probes.KINDS, probes.KINDS]  # before, after

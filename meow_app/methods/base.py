@@ -19,7 +19,9 @@ class Method:
     description = ""          # one line, shown by `methods` and in the app
     needs_inverted = False    # trains on inverted facts (runs invert + MEMO + select first)
     needs_retain = False      # cannot run without a retain set
-    uses_retain = False       # draws a retain batch each step when a retain set is given
+    # Draws a retain batch each step when a retain set is given; a custom loop that reads the
+    # retain set in any way says so here too (its original answers are then kept whole).
+    uses_retain = False
     needs_reference = False   # keeps a frozen copy of the original model
     # The term that holds the retain set in place, added when a retain batch is drawn:
     # "nll" (retain_weight x its NLL), "kl" (kl_weight x KL to the original), "" none.
