@@ -84,7 +84,8 @@ def question_frame(question: str) -> str:
     return frame if len(frame.split()) >= 2 else ""  # "Who Iran?": one word frames nothing
 
 
-def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: int = 32) -> list[str]:
+def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0,
+             batch_size: int = generation.ANSWER_BATCH) -> list[str]:
     """Questions of the same frame about other subjects ("What is the capital of Iraq?" for
     Iran), sampled from the model after the frame with the fact's subject and answer tokens
     forbidden: the subjects it places nearest, which a forgetting run most easily drags
@@ -94,7 +95,7 @@ def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0, batch_size: 
 
 
 def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
-                      batch_size: int = 32) -> list[list[str]]:
+                      batch_size: int = generation.ANSWER_BATCH) -> list[list[str]]:
     """siblings, fact by fact (an empty list for a fact whose subject is not found)."""
     from .invert import truth_token_ids
 

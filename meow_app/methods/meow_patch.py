@@ -320,8 +320,8 @@ def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given:
     was_training = model.training
     model.eval()
     try:  # (its own seed: not the evaluation's samples, which are drawn from the unlearned model anyway)
-        ids = generation.generate_ids(model, tokenizer, prompts, generation.MAX_NEW_TOKENS, do_sample=True,
-                                      temperature=1.0, generator_seed=seed + 7919, stop=said)
+        ids = generation.generate_ids(model, tokenizer, prompts, generation.MAX_NEW_TOKENS, generation.ANSWER_BATCH,
+                                      do_sample=True, temperature=1.0, generator_seed=seed + 7919, stop=said)
     finally:
         model.train(was_training)
     out, at_row = [], 0
