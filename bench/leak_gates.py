@@ -1,0 +1,212 @@
+"""Where a `meow_patch` run's sampled leaks come from, read in its checkpoint.
+
+    .venv/bin/python bench/leak_gates.py RUN_DIR --facts assets/facts/eval_g_forget.jsonl
+    .venv/bin/python bench/leak_gates.py RUN_DIR --facts ... --truth-neurons 5,10,20 --retain R.jsonl --unseen U.jsonl
+
+For each forget fact, `--samples` answers sampled at T=1 from the unlearned model (as the
+evaluation's sampling check does). For each one that states the truth, at the token where the
+truth begins: the largest gate pre-activation (g . x) of the fact's patch neurons, and the
+truth token's probability under the unlearned model, under it with the fact's neurons
+switched off (their down columns zeroed) and under the original. A leak through a shut gate
+(g . x < 0) would need gates that open more widely; one through an open gate whose neurons
+barely move the truth's probability needs a value that acts there.
+
+`--truth-neurons D,...` (docs/forgetting.md, nineteenth round): a test of one answer to the
+second case, not a method. Each fact gets one more neuron in a free slot of the patched layer:
+its gate and up vectors are the fact's first trained gate (so act(g . x) * (g . x) is large
+where that gate opens and near zero where it is shut), its down vector minus the direction
+that raises the truth's first tokens' logits most directly (their unembedding rows times the
+final norm's weight, averaged), scaled so that the truth's log-probability along the fact's
+question and paraphrases answered with the truth falls by D nats (a linear estimate from its fall
+at scale 1). For each D: the sampled
+leaks again and the greedy answers of the retain and unseen sets (how many still say their
+fact). Nothing is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402,F401  (the repository root on sys.path)
+from meow_app import generation, models, probes  # noqa: E402
+from meow_app.facts import load_facts  # noqa: E402
+
+
+def token_at(tokenizer, ids: list[int], char: int) -> int:
+    """The index in `ids` of the token whose text holds character `char` of their decoded text."""
+    for k in range(len(ids)):
+        if len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)) > char:
+            return k
+    return len(ids) - 1
+
+
+@torch.no_grad()
+def read(model, ids: list[int], layer: int, slots: list[int]):
+    """(the slots' gate pre-activations at every position, the log-probabilities of every next token)."""
+    got = {}
+    mlp = model.model.layers[layer].mlp
+    handle = mlp.gate_proj.register_forward_hook(lambda m, i, o: got.__setitem__("g", o[0][:, slots]))
+    try:
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    finally:
+        handle.remove()
+    return got["g"], logits.log_softmax(-1)
+
+
+def samples(model, tokenizer, question: str, n: int, seed: int) -> tuple[list[int], list[list[int]]]:
+    prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, question))
+    return prompt, generation.generate_ids(model, tokenizer, [prompt] * n, generation.MAX_NEW_TOKENS, do_sample=True,
+                                           temperature=1.0, generator_seed=seed)
+
+
+@torch.no_grad()
+def leak_rows(original, unlearned, tokenizer, facts, layer: int, slots: list[int], n: int) -> list[dict]:
+    per = len(slots) // len(facts)
+    down = unlearned.model.layers[layer].mlp.down_proj.weight
+    rows = []
+    for i, f in enumerate(facts):
+        own = [slots[j] for j in range(i * per, (i + 1) * per)]
+        prompt, outs = samples(unlearned, tokenizer, f.question, n, 100 + i)
+        for out in outs:
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            at = probes.first_mention(text, f)
+            if at < 0:
+                continue
+            ids = prompt + list(out)
+            k = len(prompt) + token_at(tokenizer, list(out), at)  # the truth's first token
+            gates, logp = read(unlearned, ids, layer, own)
+            _, logp_original = read(original, ids, layer, own)
+            saved = down[:, own].clone()
+            down[:, own] = 0
+            try:
+                _, logp_off = read(unlearned, ids, layer, own)
+            finally:
+                down[:, own] = saved
+            rows.append({"fact": i, "text": text, "token": tokenizer.decode([ids[k]]),
+                         "gate": round(float(gates[k - 1].max()), 2),
+                         "p": round(float(logp[k - 1, ids[k]].exp()), 4),
+                         "p_neurons_off": round(float(logp_off[k - 1, ids[k]].exp()), 4),
+                         "p_original": round(float(logp_original[k - 1, ids[k]].exp()), 4)})
+    return rows
+
+
+def first_truth_ids(tokenizer, fact) -> list[int]:
+    """The first token of each spelling of the fact's keywords (as said, lower case, capitalised, after a
+    space), leaving out one-character pieces where a longer first token exists."""
+    firsts = set()
+    for word in fact.keywords or [fact.answer]:
+        for variant in (word, word.lower(), word.capitalize()):
+            for text in (variant, " " + variant):
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                firsts.update(ids[:1])
+    longer = {t for t in firsts if len(tokenizer.decode([t]).strip()) >= 2}
+    return sorted(longer or firsts)
+
+
+class TruthNeurons:
+    """--truth-neurons: one fixed neuron a fact in a free slot (see the module's docstring)."""
+
+    def __init__(self, model, tokenizer, facts, layer: int, slots: list[int]):
+        self.model, self.tokenizer, self.facts = model, tokenizer, facts
+        self.mlp = model.model.layers[layer].mlp
+        per = len(slots) // len(facts)
+        self.gates = [self.mlp.gate_proj.weight[slots[i * per]].detach().clone() for i in range(len(facts))]
+        free = [j for j in self.mlp.down_proj.weight.norm(dim=0).argsort().tolist() if j not in slots]
+        self.slots = free[:len(facts)]  # (the smallest down columns: their removal alone changes nothing measured)
+        unembed = model.get_output_embeddings().weight.detach().float() * model.model.norm.weight.detach().float()
+        self.directions = []
+        for f in facts:
+            rows = unembed[first_truth_ids(tokenizer, f)]
+            v = (rows / rows.norm(dim=1, keepdim=True)).mean(0)
+            self.directions.append(v / v.norm())
+        self.set([0.0] * len(facts))
+        base = [self.truth_logp(f) for f in facts]
+        self.set([1.0] * len(facts))
+        self.slope = [b - self.truth_logp(f) for b, f in zip(base, facts)]  # nats a unit of scale
+
+    @torch.no_grad()
+    def set(self, scales: list[float]) -> None:
+        for j, g, v, s in zip(self.slots, self.gates, self.directions, scales):
+            self.mlp.gate_proj.weight[j] = g
+            self.mlp.up_proj.weight[j] = g
+            self.mlp.down_proj.weight[:, j] = -s * v
+
+    def drop(self, nats: float) -> None:
+        self.set([nats / max(s, 1e-3) for s in self.slope])
+
+    @torch.no_grad()
+    def truth_logp(self, fact) -> float:
+        """The truth's first tokens' log-probability, mean over the answer positions of the fact's
+        question and paraphrases answered with its reference answer."""
+        truth = torch.tensor(first_truth_ids(self.tokenizer, fact), dtype=torch.long)
+        total, count = 0.0, 0
+        for q in [fact.question, *fact.paraphrases]:
+            prompt = generation.encode(self.tokenizer, generation.chat_prompt(self.tokenizer, q))
+            ids = prompt + self.tokenizer(fact.answer, add_special_tokens=False)["input_ids"]
+            logp = self.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)[len(prompt) - 1:-1]
+            total += float(torch.logsumexp(logp[:, truth], -1).sum())
+            count += logp.shape[0]
+        return total / count
+
+
+def sampled_leaks(model, tokenizer, facts, n: int) -> list[int]:
+    """Per fact, how many of n answers sampled at T=1 state the truth."""
+    out = []
+    for i, f in enumerate(facts):
+        _, outs = samples(model, tokenizer, f.question, n, 100 + i)
+        out.append(sum(probes.leaks(tokenizer.decode(o, skip_special_tokens=True), f) for o in outs))
+    return out
+
+
+def still_said(model, tokenizer, facts) -> int:
+    answers = generation.answer(model, tokenizer, [f.question for f in facts])
+    return sum(probes.leaks(a, f) for a, f in zip(answers, facts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--facts", required=True, help="the run's forget set (JSONL), in the run's order")
+    ap.add_argument("--samples", type=int, default=20)
+    ap.add_argument("--truth-neurons", default="", help="comma-separated drops in nats (see above)")
+    ap.add_argument("--retain", default=None)
+    ap.add_argument("--unseen", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    run = json.loads((Path(args.run_dir) / "run.json").read_text())
+    patch = run["method_info"]["patch"]
+    facts = load_facts(args.facts)
+    original = models.load(None)
+    unlearned = models.load(str(Path(args.run_dir) / "model"))
+    tok = unlearned.tokenizer
+    rows = leak_rows(original.model, unlearned.model, tok, facts, patch["layer"], patch["slots"], args.samples)
+    for r in rows:
+        print(f"[{r['fact']}] gate {r['gate']:+.2f}  p(truth) {r['p']:.3f}, neurons off {r['p_neurons_off']:.3f}, "
+              f"original {r['p_original']:.3f}  {r['token']!r} :: {r['text'][:100]!r}")
+    opened = sum(r["gate"] > 0 for r in rows)
+    print(f"{len(rows)} of {args.samples * len(facts)} samples state the truth; a fact's gate open at {opened} of them")
+    out = {"leaks": rows, "truth_neurons": []}
+    if args.truth_neurons:
+        sets = {name: load_facts(p) for name, p in (("retain", args.retain), ("unseen", args.unseen)) if p}
+        neurons = TruthNeurons(unlearned.model, tok, facts, patch["layer"], patch["slots"])
+        for nats in [0.0] + [float(x) for x in args.truth_neurons.split(",")]:
+            neurons.drop(nats)
+            leaks = sampled_leaks(unlearned.model, tok, facts, args.samples)
+            said = {name: still_said(unlearned.model, tok, fs) for name, fs in sets.items()}
+            row = {"drop_nats": nats, "leaks_per_fact": leaks, "facts_leaking": sum(x > 0 for x in leaks),
+                   **{f"{name}_said": k for name, k in said.items()},
+                   **{f"{name}_n": len(s) for name, s in sets.items()}}
+            out["truth_neurons"].append(row)
+            print(row, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
