@@ -397,6 +397,11 @@ def measure(variant: dict, set_name: str, forget_path: str, retain_path: str, un
     row["retain_lost"] = list(row["retain_lost_answers"])
     before_u, after_u = report["sets"]["holdout"]["original"]["rows"], report["sets"]["holdout"]["unlearned"]["rows"]
     row["unseen_lost"] = [b["question"] for b, a in zip(before_u, after_u) if b["leak"] and not a["leak"]]
+    general = report.get("general") or {}
+    if general:  # each general question lost, with what it is answered with now
+        row["general_lost_answers"] = {b["question"]: a["generated"] for b, a in
+                                       zip(general["original"]["questions"], general["unlearned"]["questions"])
+                                       if b["correct"] and not a["correct"]}
     row["sampling_leaks"] = [r["answer"] for r in sampling["unlearned"]["rows"] if r["leak"]]
     row["retain_trained_on"] = [f.question for f in retain if any(near(f.question, t.question) for t in trained)]
     untrained = [v for v in report["verdicts"].get("retain", []) if v["question"] not in row["retain_trained_on"]
