@@ -53,7 +53,7 @@ def read(model, ids: list[int], layer: int, slots: list[int]):
     mlp = model.model.layers[layer].mlp
     handle = mlp.gate_proj.register_forward_hook(lambda m, i, o: got.__setitem__("g", o[0][:, slots]))
     try:
-        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
     finally:
         handle.remove()
     return got["g"], logits.log_softmax(-1)
@@ -118,7 +118,7 @@ class TruthNeurons:
         per = len(slots) // len(facts)
         self.gates = [self.mlp.gate_proj.weight[slots[i * per]].detach().clone() for i in range(len(facts))]
         free = [j for j in self.mlp.down_proj.weight.norm(dim=0).argsort().tolist() if j not in slots]
-        self.slots = free[:len(facts)]  # (the smallest down columns: their removal alone changes nothing measured)
+        self.slots = free[:len(facts)]  # (the smallest down columns; their removal alone: the drop 0 row)
         unembed = model.get_output_embeddings().weight.detach().float() * model.model.norm.weight.detach().float()
         self.directions = []
         for f in facts:
@@ -138,18 +138,22 @@ class TruthNeurons:
             self.mlp.down_proj.weight[:, j] = -s * v
 
     def drop(self, nats: float) -> None:
-        self.set([nats / max(s, 1e-3) for s in self.slope])
+        if nats and min(self.slope) <= 1e-3:
+            raise SystemExit(f"a truth neuron does not lower its truth at scale 1 (falls: {self.slope}): "
+                             "no scale to set")
+        self.set([nats / s if nats else 0.0 for s in self.slope])
 
     @torch.no_grad()
     def truth_logp(self, fact) -> float:
         """The truth's first tokens' log-probability, mean over the answer positions of the fact's
         question and paraphrases answered with its reference answer."""
-        truth = torch.tensor(first_truth_ids(self.tokenizer, fact), dtype=torch.long)
+        truth = torch.tensor(first_truth_ids(self.tokenizer, fact), dtype=torch.long, device=self.model.device)
         total, count = 0.0, 0
         for q in [fact.question, *fact.paraphrases]:
             prompt = generation.encode(self.tokenizer, generation.chat_prompt(self.tokenizer, q))
             ids = prompt + self.tokenizer(fact.answer, add_special_tokens=False)["input_ids"]
-            logp = self.model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)[len(prompt) - 1:-1]
+            logits = self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0].float()
+            logp = logits.log_softmax(-1)[len(prompt) - 1:-1]
             total += float(torch.logsumexp(logp[:, truth], -1).sum())
             count += logp.shape[0]
         return total / count
@@ -182,7 +186,11 @@ def main() -> None:
     run = json.loads((Path(args.run_dir) / "run.json").read_text())
     patch = run["method_info"]["patch"]
     facts = load_facts(args.facts)
-    original = models.load(None)
+    if run["n_forget"] != len(facts) or len(patch["slots"]) % len(facts):
+        raise SystemExit(f"{args.facts} has {len(facts)} facts, the run {run['n_forget']} and "
+                         f"{len(patch['slots'])} neurons: give the run's own forget set, in its order")
+    # (the model the run started from: run.json names the embedded one by its display name)
+    original = models.load(None if run["model"] == models.EMBEDDED_NAME else run["model"])
     unlearned = models.load(str(Path(args.run_dir) / "model"))
     tok = unlearned.tokenizer
     rows = leak_rows(original.model, unlearned.model, tok, facts, patch["layer"], patch["slots"], args.samples)
@@ -191,7 +199,8 @@ def main() -> None:
               f"original {r['p_original']:.3f}  {r['token']!r} :: {r['text'][:100]!r}")
     opened = sum(r["gate"] > 0 for r in rows)
     print(f"{len(rows)} of {args.samples * len(facts)} samples state the truth; a fact's gate open at {opened} of them")
-    out = {"leaks": rows, "truth_neurons": []}
+    out = {"run_dir": args.run_dir, "facts": args.facts, "samples": args.samples, "layer": patch["layer"],
+           "leaks": rows, "truth_neurons": []}
     if args.truth_neurons:
         sets = {name: load_facts(p) for name, p in (("retain", args.retain), ("unseen", args.unseen)) if p}
         neurons = TruthNeurons(unlearned.model, tok, facts, patch["layer"], patch["slots"])

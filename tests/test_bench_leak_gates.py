@@ -14,19 +14,24 @@ from meow_app.facts import Fact  # noqa: E402
 
 
 def test_the_token_that_holds_a_character_is_found(tiny):
-    ids = tiny.tokenizer("The capital is Lima.", add_special_tokens=False)["input_ids"]
+    ids = tiny.tokenizer("Café capital: Lima.", add_special_tokens=False)["input_ids"]
     text = tiny.tokenizer.decode(ids)
     k = leak_gates.token_at(tiny.tokenizer, ids, text.index("Lima"))
-    assert tiny.tokenizer.decode(ids[:k]) == "The capital is " and tiny.tokenizer.decode(ids[k:]).startswith("L")
+    assert k != text.index("Lima")  # ("é" is two byte tokens: characters and tokens part ways)
+    assert tiny.tokenizer.decode(ids[:k]) == "Café capital: " and tiny.tokenizer.decode(ids[k:]).startswith("L")
 
 
 def test_a_truth_neuron_lowers_the_truth_by_about_the_drop_asked_and_is_off_at_zero(tiny):
     fact = Fact("Who wrote Hamlet?", "Shakespeare", ["Shakespeare"], ["Which playwright wrote Hamlet?"])
     model = copy.deepcopy(tiny.model).float()
     ids = torch.tensor([generation.encode(tiny.tokenizer, "Who painted the Mona Lisa? Leonardo")])
+    mlp = model.model.layers[1].mlp
+    with torch.no_grad():  # (the patch's own slots, empty: the smallest down columns, never taken)
+        mlp.down_proj.weight[:, [0, 1]] = 0
     reference, untouched = copy.deepcopy(model), copy.deepcopy(model)
     neurons = leak_gates.TruthNeurons(model, tiny.tokenizer, [fact], layer=1, slots=[0, 1])
-    assert neurons.slots[0] not in (0, 1)
+    free = neurons.slots[0]
+    assert free not in (0, 1)
     neurons.drop(0.0)
     with torch.no_grad():  # at 0 the model is the original with the free slot's own neuron switched off
         reference.model.layers[1].mlp.down_proj.weight[:, neurons.slots] = 0
@@ -34,5 +39,10 @@ def test_a_truth_neuron_lowers_the_truth_by_about_the_drop_asked_and_is_off_at_z
         assert not torch.allclose(model(input_ids=ids).logits, untouched(input_ids=ids).logits, atol=1e-6)
     base = neurons.truth_logp(fact)
     neurons.drop(0.5)
+    # gate and up both the fact's first gate; down along minus the truth's direction
+    assert torch.equal(mlp.gate_proj.weight[free], mlp.gate_proj.weight[0])
+    assert torch.equal(mlp.up_proj.weight[free], mlp.gate_proj.weight[0])
+    cos = torch.nn.functional.cosine_similarity(mlp.down_proj.weight[:, free], neurons.directions[0], dim=0)
+    assert cos < -0.999
     fell = base - neurons.truth_logp(fact)
     assert 0.2 < fell < 1.0  # (scaled by the fall at scale 1: a linear estimate)
