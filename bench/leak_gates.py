@@ -3,11 +3,12 @@
     .venv/bin/python bench/leak_gates.py RUN_DIR --facts assets/facts/eval_g_forget.jsonl
     .venv/bin/python bench/leak_gates.py RUN_DIR --facts ... --truth-neurons 5,10,20 --retain R.jsonl --unseen U.jsonl
 
-For each forget fact, `--samples` answers sampled at T=1 from the unlearned model (as the
-evaluation's sampling check does). For each one that states the truth, at the token where the
-truth begins: the largest gate pre-activation (g . x) of the fact's patch neurons, and the
-truth token's probability under the unlearned model, under it with the fact's neurons
-switched off (their down columns zeroed) and under the original. A leak through a shut gate
+For each forget fact, `--samples` answers sampled at T=1 from the unlearned model (the
+evaluation's own sampling check, `extraction.sampling`, with its seed). For each one that
+states the truth, at the token where the truth begins: the largest gate pre-activation
+(g . x) of the fact's patch neurons, and the truth token's probability under the unlearned
+model, under it with the fact's neurons switched off (their down columns zeroed) and under
+the original. A leak through a shut gate
 (g . x < 0) would need gates that open more widely; one through an open gate whose neurons
 barely move the truth's probability needs a value that acts there.
 
@@ -34,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (the repository root on sys.path)
-from meow_app import generation, models, probes  # noqa: E402
+from meow_app import extraction, generation, models, probes  # noqa: E402
 from meow_app.facts import load_facts  # noqa: E402
 
 
@@ -59,40 +60,36 @@ def read(model, ids: list[int], layer: int, slots: list[int]):
     return got["g"], logits.log_softmax(-1)
 
 
-def samples(model, tokenizer, question: str, n: int, seed: int) -> tuple[list[int], list[list[int]]]:
-    prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, question))
-    return prompt, generation.generate_ids(model, tokenizer, [prompt] * n, generation.MAX_NEW_TOKENS, do_sample=True,
-                                           temperature=1.0, generator_seed=seed)
-
-
 @torch.no_grad()
 def leak_rows(original, unlearned, tokenizer, facts, layer: int, slots: list[int], n: int) -> list[dict]:
+    """Each answer of the evaluation's sampling check (extraction.sampling: n a fact, T=1, seed 0)
+    that states the truth, read at the token where the truth begins."""
     per = len(slots) // len(facts)
     down = unlearned.model.layers[layer].mlp.down_proj.weight
     rows = []
-    for i, f in enumerate(facts):
+    for r in extraction.sampling(unlearned, tokenizer, facts, samples=n)["rows"]:
+        i, f, text = r["fact"], facts[r["fact"]], r["answer"]
+        at = probes.first_mention(text, f)
+        if not r["leak"] or at < 0:
+            continue
         own = [slots[j] for j in range(i * per, (i + 1) * per)]
-        prompt, outs = samples(unlearned, tokenizer, f.question, n, 100 + i)
-        for out in outs:
-            text = tokenizer.decode(out, skip_special_tokens=True)
-            at = probes.first_mention(text, f)
-            if at < 0:
-                continue
-            ids = prompt + list(out)
-            k = len(prompt) + token_at(tokenizer, list(out), at)  # the truth's first token
-            gates, logp = read(unlearned, ids, layer, own)
-            _, logp_original = read(original, ids, layer, own)
-            saved = down[:, own].clone()
-            down[:, own] = 0
-            try:
-                _, logp_off = read(unlearned, ids, layer, own)
-            finally:
-                down[:, own] = saved
-            rows.append({"fact": i, "text": text, "token": tokenizer.decode([ids[k]]),
-                         "gate": round(float(gates[k - 1].max()), 2),
-                         "p": round(float(logp[k - 1, ids[k]].exp()), 4),
-                         "p_neurons_off": round(float(logp_off[k - 1, ids[k]].exp()), 4),
-                         "p_original": round(float(logp_original[k - 1, ids[k]].exp()), 4)})
+        prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
+        said = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = prompt + said
+        k = len(prompt) + token_at(tokenizer, said, at)  # the truth's first token
+        gates, logp = read(unlearned, ids, layer, own)
+        _, logp_original = read(original, ids, layer, own)
+        saved = down[:, own].clone()
+        down[:, own] = 0
+        try:
+            _, logp_off = read(unlearned, ids, layer, own)
+        finally:
+            down[:, own] = saved
+        rows.append({"fact": i, "text": text, "token": tokenizer.decode([ids[k]]),
+                     "gate": round(float(gates[k - 1].max()), 2),
+                     "p": round(float(logp[k - 1, ids[k]].exp()), 4),
+                     "p_neurons_off": round(float(logp_off[k - 1, ids[k]].exp()), 4),
+                     "p_original": round(float(logp_original[k - 1, ids[k]].exp()), 4)})
     return rows
 
 
@@ -160,17 +157,14 @@ class TruthNeurons:
 
 
 def sampled_leaks(model, tokenizer, facts, n: int) -> list[int]:
-    """Per fact, how many of n answers sampled at T=1 state the truth."""
-    out = []
-    for i, f in enumerate(facts):
-        _, outs = samples(model, tokenizer, f.question, n, 100 + i)
-        out.append(sum(probes.leaks(tokenizer.decode(o, skip_special_tokens=True), f) for o in outs))
-    return out
+    """Per fact, how many of the evaluation's n samples (extraction.sampling) state the truth."""
+    rows = extraction.sampling(model, tokenizer, facts, samples=n)["rows"]
+    return [sum(r["leak"] for r in rows if r["fact"] == i) for i in range(len(facts))]
 
 
 def still_said(model, tokenizer, facts) -> int:
-    answers = generation.answer(model, tokenizer, [f.question for f in facts])
-    return sum(probes.leaks(a, f) for a, f in zip(answers, facts))
+    """How many of the facts the greedy answer to their question still states."""
+    return sum(r["leak"] for r in probes.probe(model, tokenizer, facts, paraphrases=False)["rows"])
 
 
 def main() -> None:
