@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (the repository root on sys.path)
-from meow_app import extraction, generation, models, probes  # noqa: E402
+from meow_app import extraction, generation, models, patch, probes  # noqa: E402
 from meow_app.facts import load_facts  # noqa: E402
 
 
@@ -94,16 +94,8 @@ def leak_rows(original, unlearned, tokenizer, facts, layer: int, slots: list[int
 
 
 def first_truth_ids(tokenizer, fact) -> list[int]:
-    """The first token of each spelling of the fact's keywords (as said, lower case, capitalised, after a
-    space), leaving out one-character pieces where a longer first token exists."""
-    firsts = set()
-    for word in fact.keywords or [fact.answer]:
-        for variant in (word, word.lower(), word.capitalize()):
-            for text in (variant, " " + variant):
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                firsts.update(ids[:1])
-    longer = {t for t in firsts if len(tokenizer.decode([t]).strip()) >= 2}
-    return sorted(longer or firsts)
+    """The first token of each spelling of the fact's keywords (patch.first_token_ids)."""
+    return patch.first_token_ids(tokenizer, fact.keywords or [fact.answer])
 
 
 class TruthNeurons:
@@ -116,12 +108,7 @@ class TruthNeurons:
         self.gates = [self.mlp.gate_proj.weight[slots[i * per]].detach().clone() for i in range(len(facts))]
         free = [j for j in self.mlp.down_proj.weight.norm(dim=0).argsort().tolist() if j not in slots]
         self.slots = free[:len(facts)]  # (the smallest down columns; their removal alone: the drop 0 row)
-        unembed = model.get_output_embeddings().weight.detach().float() * model.model.norm.weight.detach().float()
-        self.directions = []
-        for f in facts:
-            rows = unembed[first_truth_ids(tokenizer, f)]
-            v = (rows / rows.norm(dim=1, keepdim=True)).mean(0)
-            self.directions.append(v / v.norm())
+        self.directions = [patch.logit_direction(model, first_truth_ids(tokenizer, f)) for f in facts]
         self.set([0.0] * len(facts))
         base = [self.truth_logp(f) for f in facts]
         self.set([1.0] * len(facts))
@@ -178,26 +165,26 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     run = json.loads((Path(args.run_dir) / "run.json").read_text())
-    patch = run["method_info"]["patch"]
+    info = run["method_info"]["patch"]
     facts = load_facts(args.facts)
-    if run["n_forget"] != len(facts) or len(patch["slots"]) % len(facts):
+    if run["n_forget"] != len(facts) or len(info["slots"]) % len(facts):
         raise SystemExit(f"{args.facts} has {len(facts)} facts, the run {run['n_forget']} and "
-                         f"{len(patch['slots'])} neurons: give the run's own forget set, in its order")
+                         f"{len(info['slots'])} neurons: give the run's own forget set, in its order")
     # (the model the run started from: run.json names the embedded one by its display name)
     original = models.load(None if run["model"] == models.EMBEDDED_NAME else run["model"])
     unlearned = models.load(str(Path(args.run_dir) / "model"))
     tok = unlearned.tokenizer
-    rows = leak_rows(original.model, unlearned.model, tok, facts, patch["layer"], patch["slots"], args.samples)
+    rows = leak_rows(original.model, unlearned.model, tok, facts, info["layer"], info["slots"], args.samples)
     for r in rows:
         print(f"[{r['fact']}] gate {r['gate']:+.2f}  p(truth) {r['p']:.3f}, neurons off {r['p_neurons_off']:.3f}, "
               f"original {r['p_original']:.3f}  {r['token']!r} :: {r['text'][:100]!r}")
     opened = sum(r["gate"] > 0 for r in rows)
     print(f"{len(rows)} of {args.samples * len(facts)} samples state the truth; a fact's gate open at {opened} of them")
-    out = {"run_dir": args.run_dir, "facts": args.facts, "samples": args.samples, "layer": patch["layer"],
+    out = {"run_dir": args.run_dir, "facts": args.facts, "samples": args.samples, "layer": info["layer"],
            "leaks": rows, "truth_neurons": []}
     if args.truth_neurons:
         sets = {name: load_facts(p) for name, p in (("retain", args.retain), ("unseen", args.unseen)) if p}
-        neurons = TruthNeurons(unlearned.model, tok, facts, patch["layer"], patch["slots"])
+        neurons = TruthNeurons(unlearned.model, tok, facts, info["layer"], info["slots"])
         for nats in [0.0] + [float(x) for x in args.truth_neurons.split(",")]:
             neurons.drop(nats)
             leaks = sampled_leaks(unlearned.model, tok, facts, args.samples)

@@ -226,7 +226,54 @@ class Patch(torch.nn.Module):
         m.down_proj.weight[:, self.slots] = self.down.to(m.down_proj.weight.dtype)
         self.remove()
 
+    def attach(self) -> None:
+        """The hook back on after `remove` (no-op while it is on)."""
+        if self.handle is None:
+            self.handle = self.mlp.register_forward_hook(self._add)
+
     def remove(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
+
+
+def first_token_ids(tokenizer, words) -> list[int]:
+    """The first token of each spelling of the words (as given, lower case, capitalised, after a
+    space), leaving out one-character pieces where a longer first token exists: the tokens a
+    sentence that states one of them starts it with."""
+    firsts = set()
+    for word in words:
+        for variant in (word, word.lower(), word.capitalize()):
+            for text in (variant, " " + variant):
+                firsts.update(tokenizer(text, add_special_tokens=False)["input_ids"][:1])
+    longer = {t for t in firsts if len(tokenizer.decode([t]).strip()) >= 2}
+    return sorted(longer or firsts)
+
+
+@torch.no_grad()
+def logit_direction(model, token_ids: list[int]) -> torch.Tensor:
+    """The unit direction of the residual stream that raises these tokens' logits most directly:
+    their unembedding rows times the final norm's weight, each of unit length, averaged."""
+    rows = model.get_output_embeddings().weight.detach().float()[token_ids]
+    norm = getattr(model.base_model, "norm", None)
+    if getattr(norm, "weight", None) is not None:
+        rows = rows * norm.weight.detach().float()
+    v = (rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-6)).mean(dim=0)
+    return v / v.norm().clamp(min=1e-6)
+
+
+@torch.no_grad()
+def mean_logp(model, examples, positions: list[list[int]], token_ids: list[list[int]]) -> list[float]:
+    """Per example, the mean over its `positions` of log p(any of its `token_ids` next); `model`
+    a model or a `Tail` that knows the examples. An example without positions gives nan."""
+    device = next(model.model.parameters()).device if isinstance(model, Tail) else next(model.parameters()).device
+    out = []
+    for e, at, ids in zip(examples, positions, token_ids):
+        if not at:
+            out.append(float("nan"))
+            continue
+        ids_t = torch.tensor([e.ids], device=device)
+        logits = model(ids_t, torch.ones_like(ids_t), logits_to_keep=torch.tensor(at, device=device)).logits[0]
+        logp = logits.float().log_softmax(-1)[:, ids]
+        out.append(float(torch.logsumexp(logp, dim=-1).mean()))
+    return out

@@ -175,6 +175,11 @@ class TrainConfig:
                                              "probability (a hinge on its log; losses.truth_floor), against a "
                                              "sampled answer that turns to the truth after a false answer's first "
                                              "words. 0: off")
+    patch_truth_drop: float = _setting(0.0, "meow_patch: one more neuron per fact, its gate fitted to open only where "
+                                            "the truth is about to be said (the answers that state it) and to stay "
+                                            "shut on preserved text, its value a fixed push of the truth's first "
+                                            "tokens down along their logit direction, scaled to lower their "
+                                            "log-probability there by this many nats (a linear estimate). 0: off")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "
@@ -238,6 +243,9 @@ class TrainConfig:
                 raise MeowError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.patch_truth_floor < 1:
             raise MeowError(f"patch_truth_floor must be 0 (off) or a probability below 1, got {self.patch_truth_floor}")
+        if not (math.isfinite(self.patch_truth_drop) and self.patch_truth_drop >= 0):
+            raise MeowError(f"patch_truth_drop must be 0 (off) or a positive number of nats, "
+                            f"got {self.patch_truth_drop}")
         if self.patch_neurons < 1:
             raise MeowError(f"patch_neurons must be at least 1, got {self.patch_neurons}")
         for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight", "truth_weight",

@@ -202,6 +202,9 @@ def test_meow_patch_refuses_what_it_cannot_do(tiny):
                 facts, anchors=[Fact(q, a) for q, a in PRESERVED], run_probes=False).train()
     with pytest.raises(MeowError, match="patch_neurons"):
         TrainConfig(**{**base, "patch_neurons": 0}).check()
+    for drop in (-1.0, float("nan")):
+        with pytest.raises(MeowError, match="patch_truth_drop"):
+            TrainConfig(**{**base, "patch_truth_drop": drop}).check()
     with pytest.raises(MeowError, match="at most a quarter"):  # the tiny model's MLPs are 128 wide
         Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, TrainConfig(**{**base, "patch_neurons": 40}),
                 facts, anchors=[Fact(q, a) for q, a in PRESERVED], run_probes=False).train()
@@ -552,9 +555,60 @@ def test_a_model_it_cannot_patch_is_known_before_the_run_from_the_patched_layer_
     method.check_model(model, cfg, width // 4 // cfg.patch_neurons)  # a quarter of the layer's neurons: fine
     with pytest.raises(NotApplicable, match="at most a quarter"):
         method.check_model(model, cfg, width // 4 // cfg.patch_neurons + 1)
+    stoppers = TrainConfig(**{**cfg.__dict__, "patch_truth_drop": 5.0})  # (one more neuron a fact)
+    method.check_model(model, stoppers, width // 4 // (cfg.patch_neurons + 1))
+    with pytest.raises(NotApplicable, match="at most a quarter"):
+        method.check_model(model, stoppers, width // 4 // (cfg.patch_neurons + 1) + 1)
     # A layer of another kind where the patch goes (a mixture of experts after dense layers)
     # rules it out, though the first layer would do.
     decoder_layers(model)[-1].mlp = torch.nn.Identity()
     method.check_model(model, TrainConfig(**{**cfg.__dict__, "patch_layer": 0}), 1)
     with pytest.raises(NotApplicable, match=f"layer {len(decoder_layers(model)) - 1} has none"):
         method.check_model(model, cfg, 1)
+
+
+def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it_down_there(tiny):
+    """patch_truth_drop: one more neuron per fact, in a slot of its own, whose gate opens at the
+    positions before the truth in the rows that state it and is shut on preserved text; switched
+    off, the truth there is likelier by about the nats asked for, and preserved text barely moves."""
+    from meow_app.methods.meow_patch import truth_positions
+
+    tok = tiny.tokenizer
+    # (the truth after words of its own: in a random tiny model the last prompt token, where
+    # every preserved answer starts too, is much the same whatever the question)
+    facts = [Fact("What is the capital of Peru?", "The capital of Peru is 'Lima'.", ["Lima"], inverted=["Cusco"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 2,
+                         "early_stop": False, "patch_layer": -1, "patch_samples": 0, "patch_truth_drop": 3.0})
+    result = Trainer(methods.get("meow_patch"), tiny.model, tok, cfg, facts, anchors=anchors,
+                     run_probes=False).train()
+    info = result.info["patch"]
+    stop = info["truth_stoppers"]
+    assert len(stop["slots"]) == 1 and not set(stop["slots"]) & set(info["slots"])
+    assert stop["positions"][0] > 0 and stop["scales"][0] > 0
+    model, mlp = result.model, result.model.model.layers[-1].mlp
+    truth_row = encode_example(tok, facts[0].question, facts[0].answer)
+    at = truth_positions(truth_row, ["Lima"], tok)
+    assert [tok.decode(truth_row.ids[p + 1:p + 5]) for p in at] == ["Lima"]  # (letters: the tiny tokenizer)
+    lima = truth_row.ids[at[0] + 1]
+
+    def logp(row):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([row.ids])).logits[0].float().log_softmax(-1)
+
+    on, j = logp(truth_row), stop["slots"][0]
+    kept = mlp.down_proj.weight[:, j].clone()
+    with torch.no_grad():
+        mlp.down_proj.weight[:, j] = 0
+    off = logp(truth_row)
+    preserved_off = [logp(encode_example(tok, q, a)) for q, a in PRESERVED]
+    with torch.no_grad():
+        mlp.down_proj.weight[:, j] = kept
+    preserved_on = [logp(encode_example(tok, q, a)) for q, a in PRESERVED]
+    fall = float(off[at[0], lima] - on[at[0], lima])
+    assert fall > 1.0, fall  # (3 nats asked, a linear estimate on the rows it was fitted on)
+    # What the preserved text says: its answer tokens' log-probabilities.
+    said = [encode_example(tok, q, a) for q, a in PRESERVED]
+    moved = max(float((a - b)[torch.arange(len(e.ids) - 1), e.ids[1:]].abs().max())
+                for a, b, e in zip(preserved_on, preserved_off, said))
+    assert moved < fall / 10, (moved, fall)

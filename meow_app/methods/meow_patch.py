@@ -42,12 +42,13 @@ class MeowPatch(Meow):
                 "patch_samples": 8}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
                        "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
-                       "patch_about", "patch_open_answer", "patch_truth_floor", "truth_weight", "stop_depth")
+                       "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop", "truth_weight",
+                       "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
     not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_samples",
-                   "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor")
+                   "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -76,6 +77,7 @@ class MeowPatch(Meow):
                                 f"down_proj, act_fn: Llama, Qwen, Mistral, Gemma) and this model's layer {layer} "
                                 "has none: use --method meow")
         neurons = facts * (config.patch_neurons if config else self.defaults["patch_neurons"])
+        neurons += facts if config and config.patch_truth_drop else 0
         width = mlp.gate_proj.out_features
         if neurons > width // 4:
             raise NotApplicable(f"meow_patch would replace {neurons} of layer {layer}'s {width} MLP neurons (at most "
@@ -147,8 +149,15 @@ class MeowPatch(Meow):
         truth = {f.question: torch.tensor(truth_token_ids(tok, given.get(f.question, f)), dtype=torch.long)
                  for f in facts} if cfg.patch_truth_floor else {}
         truth_of = {ids: truth[q] for ids, q in question.items()} if truth else {}
-        slots = patch.least_used(mlp, held, len(facts) * cfg.patch_neurons)
+        slots = patch.least_used(mlp, held, len(facts) * (cfg.patch_neurons + (1 if cfg.patch_truth_drop else 0)))
+        slots, truth_slots = slots[:len(facts) * cfg.patch_neurons], slots[len(facts) * cfg.patch_neurons:]
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
+        stoppers = None
+        if truth_slots:  # (before the seed: the gates' start is the same with it or without it)
+            stoppers = truth_stoppers(tail, mlp, truth_slots, facts, given, tok, distinct, asked, at_mlp, held, cfg)
+            # Off while the fact's neurons train: with the truth already down where they are
+            # trained, they learned less of it (eval_g, docs/forgetting.md twentieth round).
+            stoppers.remove()
         torch.manual_seed(cfg.seed)
         gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin)
         params = list(gates.parameters())
@@ -191,6 +200,8 @@ class MeowPatch(Meow):
                     forget_ex = forget_ex + added
                     result.info["resampled_truths"] = len(added)
                     steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
+                if final and stoppers is not None:
+                    stoppers.attach()
                 if cfg.early_stop or final:
                     if trainer.probe_and_check(model, epoch, result, final,
                                                deferred=final and trainer.defer_final_probe) and cfg.early_stop \
@@ -201,9 +212,17 @@ class MeowPatch(Meow):
                                     "preserved_tokens": int(held.shape[0]), "frozen_layers_cached": tail is not model,
                                     "open_on_preserved": round(gates.firing(held), 5),
                                     "open_on_own_fact_answers": round(gates.firing_own(), 3)}
+            if stoppers is not None:
+                stoppers.attach()  # (an early stop ends the loop before its last epoch)
+                result.info["patch"]["truth_stoppers"] = {
+                    "slots": stoppers.slots, "scales": stoppers.scales, "positions": stoppers.counts,
+                    "open_on_preserved": round(stoppers.firing(held), 5)}
+                stoppers.write()
             gates.write()
         finally:
             gates.remove()
+            if stoppers is not None:
+                stoppers.remove()
         return result
 
     def _resample(self, trainer, model, facts, gates, tail, layer: int, epoch: int, given: dict) -> list:
@@ -232,6 +251,73 @@ class MeowPatch(Meow):
             for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
                 gates.positives[k] = torch.cat([gates.positives[k], rows])
         return list(asked.values())
+
+
+def truth_positions(example, words: list[str], tokenizer) -> list[int]:
+    """The positions of a row whose next token begins one of the words (case aside): where the
+    truth is about to be said in an answer that states it."""
+    start = next((i for i, t in enumerate(example.labels) if t != IGNORE), len(example.labels))
+    answer = example.ids[start:]
+    lowered = [w.lower().strip() for w in words if w.strip()]
+    out = []
+    for k in range(len(answer)):
+        rest = tokenizer.decode(answer[k:], skip_special_tokens=True).lstrip().lower()
+        head = tokenizer.decode(answer[k:k + 1], skip_special_tokens=True).strip()
+        if head and any(rest.startswith(w) for w in lowered):
+            out.append(start + k - 1)
+    return out
+
+
+STOPPER_SHARPEN = 2.0
+
+
+def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, inputs, held, cfg) -> patch.Patch:
+    """patch_truth_drop: a neuron per fact in `slots` whose gate is fitted to open where the
+    fact's truth is about to be said in the rows that state it (the truth and the answers sampled
+    from the original) and to stay shut on the preserved rows `held`, whose up vector is its gate
+    (so its activation is near 0 where the gate is shut) and whose down vector is minus the truth's
+    first tokens' logit direction, scaled so that their log-probability at those positions falls by
+    cfg.patch_truth_drop nats (linear from the fall at scale 1). The fact's trained neurons learn a
+    value that works in the contexts they were trained in (docs/forgetting.md, nineteenth round);
+    this one acts the same in any context its gate opens on, so its gate must be the narrower."""
+    rows, at_of, ids_of, counts = [], [], [], []
+    d = held.shape[1]
+    for f in facts:
+        truth = given.get(f.question, f)
+        words = list(truth.keywords) or [truth.answer]
+        mine = [(e, x) for e, q, x in zip(examples, asked, inputs) if q == f.question and e.unlikely]
+        at = [truth_positions(e, words, tokenizer) for e, _ in mine]
+        ids = set(patch.first_token_ids(tokenizer, words)) | {e.ids[p + 1] for (e, _), ps in zip(mine, at) for p in ps}
+        found = [x[ps] for (_, x), ps in zip(mine, at) if ps]
+        counts.append(sum(len(r) for r in found))
+        # (none found: a zero row, which the gate's fit cannot open on; its value stays zero below)
+        rows.append(torch.cat(found) if found else held.new_zeros(1, d))
+        at_of.append([(e, ps) for (e, _), ps in zip(mine, at) if ps])
+        ids_of.append(sorted(ids))
+    stoppers = patch.Patch(mlp, slots, rows, held, cfg.patch_margin)
+    stoppers.counts = counts
+    directions = torch.stack([patch.logit_direction(tail.model if isinstance(tail, patch.Tail) else tail, ids)
+                              for ids in ids_of])
+
+    def fall(scale: float) -> list[float]:
+        with torch.no_grad():
+            stoppers.down.copy_(-scale * directions.T.to(stoppers.down))
+        return [float(torch.tensor(patch.mean_logp(tail, [e for e, _ in pairs], [ps for _, ps in pairs],
+                                                   [ids] * len(pairs))).mean()) if pairs else float("nan")
+                for pairs, ids in zip(at_of, ids_of)]
+
+    # Sharper than fitted: act(z) * z is 0.29 at z = -4, where the fit leaves preserved text, and 0.02 at -8.
+    with torch.no_grad():
+        stoppers.gate.mul_(STOPPER_SHARPEN)
+        stoppers.up.copy_(stoppers.gate)
+    for p in stoppers.parameters():
+        p.requires_grad_(False)
+    base, one = fall(0.0), fall(1.0)
+    # (a fact with no such position, or whose neuron does not lower its truth, keeps a zero value)
+    stoppers.scales = [round(cfg.patch_truth_drop / (b - o), 3) if b - o > 1e-3 else 0.0 for b, o in zip(base, one)]
+    with torch.no_grad():
+        stoppers.down.copy_(-directions.T.to(stoppers.down) * torch.tensor(stoppers.scales).to(stoppers.down))
+    return stoppers
 
 
 def row_truths(inputs, truth_of: dict) -> list[torch.Tensor]:
