@@ -567,7 +567,7 @@ def test_a_model_it_cannot_patch_is_known_before_the_run_from_the_patched_layer_
         method.check_model(model, cfg, 1)
 
 
-def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it_down_there(tiny):
+def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it_down_there(tiny, monkeypatch):
     """patch_truth_drop: one more neuron per fact, in a slot of its own, whose gate opens at the
     positions before the truth in the rows that state it and is shut on preserved text; switched
     off, the truth there is likelier by about the nats asked for, and preserved text barely moves."""
@@ -578,10 +578,23 @@ def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it
     # every preserved answer starts too, is much the same whatever the question)
     facts = [Fact("What is the capital of Peru?", "The capital of Peru is 'Lima'.", ["Lima"], inverted=["Cusco"])]
     anchors = [Fact(q, a) for q, a in PRESERVED]
-    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 2,
-                         "early_stop": False, "patch_layer": -1, "patch_samples": 0, "patch_truth_drop": 3.0})
-    result = Trainer(methods.get("meow_patch"), tiny.model, tok, cfg, facts, anchors=anchors,
-                     run_probes=False).train()
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 2, "min_steps": 2,
+                         "patch_layer": -1, "patch_samples": 0, "patch_truth_drop": 3.0})
+    method = methods.get("meow_patch")
+    trainer = Trainer(method, tiny.model, tok, cfg, facts, anchors=anchors, run_probes=False)
+    # Off while the fact's neurons train, on for every probe (the model as it would be returned).
+    seen = {"probe": [], "step": []}
+
+    def hooks(model):  # (the steps get the tail, which holds the model)
+        return len((model.model if isinstance(model, patch.Tail) else model).model.layers[-1].mlp._forward_hooks)
+
+    probe_and_check, forget_loss = trainer.probe_and_check, method.forget_loss
+    trainer.probe_and_check = lambda model, *a, **k: seen["probe"].append(hooks(model)) or probe_and_check(
+        model, *a, **k)
+    monkeypatch.setattr(method, "forget_loss", lambda model, *a: seen["step"].append(hooks(model)) or forget_loss(
+        model, *a))
+    result = trainer.train()
+    assert set(seen["step"]) == {1} and seen["probe"] and set(seen["probe"]) == {2}, seen
     info = result.info["patch"]
     stop = info["truth_stoppers"]
     assert len(stop["slots"]) == 1 and not set(stop["slots"]) & set(info["slots"])

@@ -200,20 +200,22 @@ class MeowPatch(Meow):
                     forget_ex = forget_ex + added
                     result.info["resampled_truths"] = len(added)
                     steps_per_epoch = math.ceil(len(forget_ex) / cfg.batch_size)
-                if final and stoppers is not None:
-                    stoppers.attach()
                 if cfg.early_stop or final:
+                    if stoppers is not None:  # (a probe is of the model as it would be returned)
+                        stoppers.attach()
                     if trainer.probe_and_check(model, epoch, result, final,
                                                deferred=final and trainer.defer_final_probe) and cfg.early_stop \
                             and epoch >= cfg.min_epochs and epoch > resample_after and not final:
                         result.stopped_early = True
                         break
+                    if stoppers is not None and not final:
+                        stoppers.remove()
             result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots,
                                     "preserved_tokens": int(held.shape[0]), "frozen_layers_cached": tail is not model,
                                     "open_on_preserved": round(gates.firing(held), 5),
                                     "open_on_own_fact_answers": round(gates.firing_own(), 3)}
             if stoppers is not None:
-                stoppers.attach()  # (an early stop ends the loop before its last epoch)
+                stoppers.attach()  # (on already where a probe ended the loop)
                 result.info["patch"]["truth_stoppers"] = {
                     "slots": stoppers.slots, "scales": stoppers.scales, "positions": stoppers.counts,
                     "open_on_preserved": round(stoppers.firing(held), 5)}
