@@ -256,8 +256,9 @@ def logit_direction(model, token_ids: list[int]) -> torch.Tensor:
     their unembedding rows times the final norm's weight, each of unit length, averaged."""
     rows = model.get_output_embeddings().weight.detach().float()[token_ids]
     norm = getattr(model.base_model, "norm", None)
-    if getattr(norm, "weight", None) is not None:
-        rows = rows * norm.weight.detach().float()
+    if norm is not None:  # its gain, read off the norm itself (Gemma's is 1 + weight): an RMS norm of ones
+        weight = next(norm.parameters(), rows)
+        rows = rows * norm(torch.ones(1, rows.shape[1], dtype=weight.dtype, device=weight.device))[0].float()
     v = (rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-6)).mean(dim=0)
     return v / v.norm().clamp(min=1e-6)
 

@@ -570,7 +570,8 @@ def test_a_model_it_cannot_patch_is_known_before_the_run_from_the_patched_layer_
 def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it_down_there(tiny, monkeypatch):
     """patch_truth_drop: one more neuron per fact, in a slot of its own, whose gate opens at the
     positions before the truth in the rows that state it and is shut on preserved text; switched
-    off, the truth there is likelier by about the nats asked for, and preserved text barely moves."""
+    off, the truth there is likelier by over a third of the nats asked for (a linear estimate,
+    made before the fact's own neurons train), and preserved text moves by a tenth of that."""
     from meow_app.methods.meow_patch import truth_positions
 
     tok = tiny.tokenizer
@@ -585,8 +586,9 @@ def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it
     # Off while the fact's neurons train, on for every probe (the model as it would be returned).
     seen = {"probe": [], "step": []}
 
-    def hooks(model):  # (the steps get the tail, which holds the model)
-        return len((model.model if isinstance(model, patch.Tail) else model).model.layers[-1].mlp._forward_hooks)
+    def hooks(model):  # (the steps get the tail, which holds the model; the shared tiny model may carry others')
+        return len((model.model if isinstance(model, patch.Tail) else model).model.layers[-1].mlp._forward_hooks) \
+            - len(tiny.model.model.layers[-1].mlp._forward_hooks)
 
     probe_and_check, forget_loss = trainer.probe_and_check, method.forget_loss
     trainer.probe_and_check = lambda model, *a, **k: seen["probe"].append(hooks(model)) or probe_and_check(
@@ -599,6 +601,13 @@ def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it
     stop = info["truth_stoppers"]
     assert len(stop["slots"]) == 1 and not set(stop["slots"]) & set(info["slots"])
     assert stop["positions"][0] > 0 and stop["scales"][0] > 0
+    assert hooks(result.model) == 0  # (written into its slot, its hook gone)
+    after, before = dict(result.model.named_parameters()), dict(tiny.model.named_parameters())
+    last = f"model.layers.{info['layer']}.mlp."
+    assert {n for n in after if not torch.equal(after[n], before[n])} <= {
+        last + "gate_proj.weight", last + "up_proj.weight", last + "down_proj.weight"}
+    down = after[last + "down_proj.weight"] - before[last + "down_proj.weight"]
+    assert set(down.abs().sum(dim=0).nonzero().flatten().tolist()) <= set(info["slots"]) | set(stop["slots"])
     model, mlp = result.model, result.model.model.layers[-1].mlp
     truth_row = encode_example(tok, facts[0].question, facts[0].answer)
     at = truth_positions(truth_row, ["Lima"], tok)
@@ -625,3 +634,47 @@ def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it
     moved = max(float((a - b)[torch.arange(len(e.ids) - 1), e.ids[1:]].abs().max())
                 for a, b, e in zip(preserved_on, preserved_off, said))
     assert moved < fall / 10, (moved, fall)
+
+
+def test_truth_positions_are_where_a_word_of_the_truth_begins(tiny):
+    from meow_app.methods.meow_patch import truth_positions
+
+    tok = tiny.tokenizer
+    row = encode_example(tok, "Which browser?", "Chrome, made near Rome.")
+    at = truth_positions(row, ["Rome"], tok)
+    assert [tok.decode(row.ids[p + 1:p + 5]) for p in at] == ["Rome"]  # (not the "rome" of "Chrome")
+    assert truth_positions(row, ["Paris"], tok) == []
+
+
+def test_a_truth_stopper_needs_the_rows_that_push_the_truth_down():
+    from meow_app.errors import MeowError
+
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "patch_truth_drop": 5.0, "truth_weight": 0.0})
+    with pytest.raises(MeowError, match="truth_weight 0"):
+        methods.get("meow_patch").check(cfg)
+
+
+def test_the_logit_direction_uses_the_final_norm_s_own_gain(tiny):
+    """Llama's norm scales by its weight, Gemma's by 1 + weight: the direction takes what the norm does."""
+    model = copy.deepcopy(tiny.model)
+    norm, rows = model.model.norm, model.get_output_embeddings().weight.detach().float()[[5, 7]]
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+
+    def expected(gain):
+        v = (rows * gain / (rows * gain).norm(dim=1, keepdim=True)).mean(0)
+        return v / v.norm()
+
+    assert torch.allclose(patch.logit_direction(model, [5, 7]), expected(norm.weight.float()), atol=1e-5)
+
+    class GemmaNorm(torch.nn.Module):  # (Gemma's RMSNorm: x / rms(x) * (1 + weight))
+        def __init__(self, weight):
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight.clone())
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + self.weight)
+
+    model.model.norm = GemmaNorm(norm.weight.detach())
+    assert torch.allclose(patch.logit_direction(model, [5, 7]), expected(1 + norm.weight.float()), atol=1e-5)
+

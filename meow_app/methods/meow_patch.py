@@ -58,6 +58,9 @@ class MeowPatch(Meow):
                                 "and --anchors 0 leave it none")
         # Settings of the shared fine-tuning loop, which it does not run: as the default it gives
         # way to meow, which uses them; asked for by name it says so rather than drop them.
+        if config.patch_truth_drop and config.truth_weight <= 0:
+            raise MeowError("patch_truth_drop fits its neurons where the truth is said in the rows that push it "
+                            "down, and truth_weight 0 leaves none")
         base = TrainConfig()
         loop_only = [name for name in SHARED_LOOP_ONLY if getattr(config, name) != getattr(base, name)]
         if loop_only:
@@ -152,14 +155,17 @@ class MeowPatch(Meow):
         slots = patch.least_used(mlp, held, len(facts) * (cfg.patch_neurons + (1 if cfg.patch_truth_drop else 0)))
         slots, truth_slots = slots[:len(facts) * cfg.patch_neurons], slots[len(facts) * cfg.patch_neurons:]
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
-        stoppers = None
+        stoppers, stopper_info = None, None
         if truth_slots:  # (before the seed: the gates' start is the same with it or without it)
-            stoppers = truth_stoppers(tail, mlp, truth_slots, facts, given, tok, distinct, asked, at_mlp, held, cfg)
-            # Off while the fact's neurons train: with the truth already down where they are
-            # trained, they learned less of it (eval_g, docs/forgetting.md twentieth round).
-            stoppers.remove()
+            stoppers, stopper_info = truth_stoppers(tail, mlp, truth_slots, facts, given, tok, distinct, asked,
+                                                    at_mlp, held, cfg)
         torch.manual_seed(cfg.seed)
-        gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin)
+        try:
+            gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin)
+        except BaseException:
+            if stoppers is not None:
+                stoppers.remove()
+            raise
         params = list(gates.parameters())
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = random.Random(cfg.seed)
@@ -214,11 +220,11 @@ class MeowPatch(Meow):
                                     "preserved_tokens": int(held.shape[0]), "frozen_layers_cached": tail is not model,
                                     "open_on_preserved": round(gates.firing(held), 5),
                                     "open_on_own_fact_answers": round(gates.firing_own(), 3)}
+            if stopper_info is not None:
+                result.info["patch"]["truth_stoppers"] = stopper_info
             if stoppers is not None:
                 stoppers.attach()  # (on already where a probe ended the loop)
-                result.info["patch"]["truth_stoppers"] = {
-                    "slots": stoppers.slots, "scales": stoppers.scales, "positions": stoppers.counts,
-                    "open_on_preserved": round(stoppers.firing(held), 5)}
+                stopper_info["open_on_preserved"] = round(stoppers.firing(held), 5)
                 stoppers.write()
             gates.write()
         finally:
@@ -256,70 +262,81 @@ class MeowPatch(Meow):
 
 
 def truth_positions(example, words: list[str], tokenizer) -> list[int]:
-    """The positions of a row whose next token begins one of the words (case aside): where the
-    truth is about to be said in an answer that states it."""
+    """The positions of a row whose next token begins one of the words (case aside, at the start
+    of a word: not "rome" in "Chrome"): where the truth is about to be said in an answer that
+    states it."""
     start = next((i for i, t in enumerate(example.labels) if t != IGNORE), len(example.labels))
     answer = example.ids[start:]
     lowered = [w.lower().strip() for w in words if w.strip()]
     out = []
     for k in range(len(answer)):
-        rest = tokenizer.decode(answer[k:], skip_special_tokens=True).lstrip().lower()
-        head = tokenizer.decode(answer[k:k + 1], skip_special_tokens=True).strip()
-        if head and any(rest.startswith(w) for w in lowered):
+        said = tokenizer.decode(answer[k:], skip_special_tokens=True)
+        rest, head = said.lstrip().lower(), tokenizer.decode(answer[k:k + 1], skip_special_tokens=True).strip()
+        before = tokenizer.decode(answer[:k], skip_special_tokens=True) if said == said.lstrip() else ""
+        if head and any(rest.startswith(w) for w in lowered) and not (before and before[-1].isalnum()):
             out.append(start + k - 1)
     return out
 
 
+# Sharper than fitted: act(z) * z is 0.29 at z = -4, where the fit leaves preserved text, and 0.02 at -8.
 STOPPER_SHARPEN = 2.0
+# A stopper that needs more than this scale lowers its truth too little at scale 1 to trust the
+# linear estimate, and would push hard wherever its gate leaks: it gets no value instead.
+STOPPER_MAX_SCALE = 100.0
 
 
-def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, inputs, held, cfg) -> patch.Patch:
-    """patch_truth_drop: a neuron per fact in `slots` whose gate is fitted to open where the
-    fact's truth is about to be said in the rows that state it (the truth and the answers sampled
-    from the original) and to stay shut on the preserved rows `held`, whose up vector is its gate
-    (so its activation is near 0 where the gate is shut) and whose down vector is minus the truth's
-    first tokens' logit direction, scaled so that their log-probability at those positions falls by
-    cfg.patch_truth_drop nats (linear from the fall at scale 1). The fact's trained neurons learn a
-    value that works in the contexts they were trained in (docs/forgetting.md, nineteenth round);
-    this one acts the same in any context its gate opens on, so its gate must be the narrower."""
+def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, inputs, held, cfg):
+    """patch_truth_drop: (a patch.Patch of one neuron per fact that has such positions, its hook
+    off; what to report). Each neuron's gate is fitted to open where the fact's truth is about to
+    be said in the rows that state it (the truth and the answers sampled from the original) and to
+    stay shut on the preserved rows `held`; its up vector is its gate (an activation near 0 where
+    the gate is shut) and its down vector minus the truth's first tokens' logit direction, scaled
+    so that their log-probability at those positions falls by cfg.patch_truth_drop nats (linear
+    from the fall at scale 1). The fact's trained neurons learn a value that works in the contexts
+    they were trained in (docs/forgetting.md, nineteenth round); this one acts the same in any
+    context its gate opens on, so its gate must be the narrower. None where no fact has one."""
     rows, at_of, ids_of, counts = [], [], [], []
-    d = held.shape[1]
     for f in facts:
         truth = given.get(f.question, f)
         words = list(truth.keywords) or [truth.answer]
         mine = [(e, x) for e, q, x in zip(examples, asked, inputs) if q == f.question and e.unlikely]
         at = [truth_positions(e, words, tokenizer) for e, _ in mine]
-        ids = set(patch.first_token_ids(tokenizer, words)) | {e.ids[p + 1] for (e, _), ps in zip(mine, at) for p in ps}
         found = [x[ps] for (_, x), ps in zip(mine, at) if ps]
         counts.append(sum(len(r) for r in found))
-        # (none found: a zero row, which the gate's fit cannot open on; its value stays zero below)
-        rows.append(torch.cat(found) if found else held.new_zeros(1, d))
-        at_of.append([(e, ps) for (e, _), ps in zip(mine, at) if ps])
-        ids_of.append(sorted(ids))
-    stoppers = patch.Patch(mlp, slots, rows, held, cfg.patch_margin)
-    stoppers.counts = counts
-    directions = torch.stack([patch.logit_direction(tail.model if isinstance(tail, patch.Tail) else tail, ids)
-                              for ids in ids_of])
+        if found:  # (a fact without one keeps its slot's original neuron)
+            rows.append(torch.cat(found))
+            at_of.append([(e, ps) for (e, _), ps in zip(mine, at) if ps])
+            ids_of.append(sorted(set(patch.first_token_ids(tokenizer, words))
+                                 | {e.ids[p + 1] for (e, _), ps in zip(mine, at) for p in ps}))
+    if not rows:
+        return None, {"positions": counts}
+    stoppers = patch.Patch(mlp, slots[:len(rows)], rows, held, cfg.patch_margin)
+    try:
+        directions = torch.stack([patch.logit_direction(tail.model if isinstance(tail, patch.Tail) else tail, ids)
+                                  for ids in ids_of])
 
-    def fall(scale: float) -> list[float]:
+        def fall(scale: float) -> list[float]:
+            with torch.no_grad():
+                stoppers.down.copy_(-scale * directions.T.to(stoppers.down))
+            return [float(torch.tensor(patch.mean_logp(tail, [e for e, _ in pairs], [ps for _, ps in pairs],
+                                                       [ids] * len(pairs))).mean())
+                    for pairs, ids in zip(at_of, ids_of)]
+
         with torch.no_grad():
-            stoppers.down.copy_(-scale * directions.T.to(stoppers.down))
-        return [float(torch.tensor(patch.mean_logp(tail, [e for e, _ in pairs], [ps for _, ps in pairs],
-                                                   [ids] * len(pairs))).mean()) if pairs else float("nan")
-                for pairs, ids in zip(at_of, ids_of)]
-
-    # Sharper than fitted: act(z) * z is 0.29 at z = -4, where the fit leaves preserved text, and 0.02 at -8.
-    with torch.no_grad():
-        stoppers.gate.mul_(STOPPER_SHARPEN)
-        stoppers.up.copy_(stoppers.gate)
-    for p in stoppers.parameters():
-        p.requires_grad_(False)
-    base, one = fall(0.0), fall(1.0)
-    # (a fact with no such position, or whose neuron does not lower its truth, keeps a zero value)
-    stoppers.scales = [round(cfg.patch_truth_drop / (b - o), 3) if b - o > 1e-3 else 0.0 for b, o in zip(base, one)]
-    with torch.no_grad():
-        stoppers.down.copy_(-directions.T.to(stoppers.down) * torch.tensor(stoppers.scales).to(stoppers.down))
-    return stoppers
+            stoppers.gate.mul_(STOPPER_SHARPEN)
+            stoppers.up.copy_(stoppers.gate)
+        for p in stoppers.parameters():
+            p.requires_grad_(False)
+        base, one = fall(0.0), fall(1.0)
+        scales = [cfg.patch_truth_drop / (b - o) if b - o > 1e-3 else 0.0 for b, o in zip(base, one)]
+        scales = [round(x, 3) if x <= STOPPER_MAX_SCALE else 0.0 for x in scales]
+        with torch.no_grad():
+            stoppers.down.copy_(-directions.T.to(stoppers.down) * torch.tensor(scales).to(stoppers.down))
+    finally:
+        # Off while the fact's neurons train: with the truth already down where they are
+        # trained, they learned less of it (eval_g, docs/forgetting.md twentieth round).
+        stoppers.remove()
+    return stoppers, {"slots": stoppers.slots, "positions": counts, "scales": scales}
 
 
 def row_truths(inputs, truth_of: dict) -> list[torch.Tensor]:
