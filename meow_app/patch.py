@@ -265,14 +265,11 @@ def logit_direction(model, token_ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_logp(model, examples, positions: list[list[int]], token_ids: list[list[int]]) -> list[float]:
-    """Per example, the mean over its `positions` of log p(any of its `token_ids` next); `model`
-    a model or a `Tail` that knows the examples. An example without positions gives nan."""
+    """Per example, the mean over its `positions` (at least one) of log p(any of its `token_ids`
+    next); `model` a model or a `Tail` that knows the examples."""
     device = next(model.model.parameters()).device if isinstance(model, Tail) else next(model.parameters()).device
     out = []
     for e, at, ids in zip(examples, positions, token_ids):
-        if not at:
-            out.append(float("nan"))
-            continue
         ids_t = torch.tensor([e.ids], device=device)
         logits = model(ids_t, torch.ones_like(ids_t), logits_to_keep=torch.tensor(at, device=device)).logits[0]
         logp = logits.float().log_softmax(-1)[:, ids]

@@ -56,11 +56,11 @@ class MeowPatch(Meow):
         if not (config.neighbours or config.siblings or config.anchors):
             raise NotApplicable("meow_patch holds its neurons shut on preserved text, and --neighbours, --siblings "
                                 "and --anchors 0 leave it none")
-        # Settings of the shared fine-tuning loop, which it does not run: as the default it gives
-        # way to meow, which uses them; asked for by name it says so rather than drop them.
         if config.patch_truth_drop and config.truth_weight <= 0:
             raise MeowError("patch_truth_drop fits its neurons where the truth is said in the rows that push it "
                             "down, and truth_weight 0 leaves none")
+        # Settings of the shared fine-tuning loop, which it does not run: as the default it gives
+        # way to meow, which uses them; asked for by name it says so rather than drop them.
         base = TrainConfig()
         loop_only = [name for name in SHARED_LOOP_ONLY if getattr(config, name) != getattr(base, name)]
         if loop_only:
@@ -160,12 +160,7 @@ class MeowPatch(Meow):
             stoppers, stopper_info = truth_stoppers(tail, mlp, truth_slots, facts, given, tok, distinct, asked,
                                                     at_mlp, held, cfg)
         torch.manual_seed(cfg.seed)
-        try:
-            gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin)
-        except BaseException:
-            if stoppers is not None:
-                stoppers.remove()
-            raise
+        gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin)  # (the stoppers' hook is off here)
         params = list(gates.parameters())
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = random.Random(cfg.seed)
@@ -222,8 +217,7 @@ class MeowPatch(Meow):
                                     "open_on_own_fact_answers": round(gates.firing_own(), 3)}
             if stopper_info is not None:
                 result.info["patch"]["truth_stoppers"] = stopper_info
-            if stoppers is not None:
-                stoppers.attach()  # (on already where a probe ended the loop)
+            if stoppers is not None:  # (the last probe put its hook on; write needs none)
                 stopper_info["open_on_preserved"] = round(stoppers.firing(held), 5)
                 stoppers.write()
             gates.write()
