@@ -6,8 +6,9 @@ little (docs/forgetting.md). A neuron need not act in proportion: silu(g . x) is
 wherever g . x is well below zero (silu(-4) = -0.07 times up . x, a bound tests/test_patch.py
 checks) and grows fast above it. Transformer-Patcher (Huang et al., ICLR 2023) corrects a
 model by adding such neurons to its last MLP, trained to fire on the edited input and to stay
-shut on others. Here the neurons are not added but take the place of the layer's least used
-ones on preserved text (so the checkpoint keeps its shape and loads anywhere), and they are
+shut on others. Here the neurons take the place of the layer's least used ones on preserved
+text (so the checkpoint keeps its shape), or with `widen` are added to every layer's MLP (the
+config's width with them, so the checkpoint still loads anywhere), and they are
 trained on the MEOW false answers while a hinge keeps their gate below -margin on every token
 of preserved text (neighbour, sibling and anchor questions and their answers).
 
@@ -149,6 +150,43 @@ class Tail:
         full = self.model(input_ids=batch["input_ids"], use_cache=False, **args).logits.float()
         tail = self(batch["input_ids"], **args).logits.float()
         return bool((full - tail).abs().max() <= tolerance * full.abs().max().clamp(min=1.0))
+
+
+@torch.no_grad()
+def widen(model, blocks, k: int) -> list[int] | None:
+    """k new neurons in every decoder layer's MLP, all zero, and the config's intermediate_size
+    with them; returns their indices, or None (nothing changed) where the MLPs are not all plain
+    gated ones of the config's one width. The model computes exactly what it did (each new
+    neuron's up row and down column are zero), so a patch written there takes nothing of the
+    original out: taking out any 16 neurons of a layer tips one of the embedded model's near-tie
+    answers (docs/forgetting.md, twentieth round). Every layer, not the patched one alone: a
+    config has one intermediate_size, and a checkpoint that matches it loads anywhere."""
+    config = model.config.get_text_config()
+    width = getattr(config, "intermediate_size", None)
+    mlps = [getattr(b, "mlp", None) for b in blocks]
+    names = ("gate_proj", "up_proj", "down_proj")
+    if not isinstance(width, int) or any(
+            m is None or not all(isinstance(getattr(m, n, None), torch.nn.Linear) and getattr(m, n).bias is None
+                                 for n in names)
+            or m.gate_proj.out_features != width or m.up_proj.out_features != width
+            or m.down_proj.in_features != width for m in mlps):
+        return None
+
+    def grown(old: torch.nn.Linear, rows: int, cols: int) -> torch.nn.Linear:
+        w = old.weight
+        new = torch.nn.Linear(w.shape[1] + cols, w.shape[0] + rows, bias=False, device=w.device, dtype=w.dtype)
+        new.weight.zero_()
+        new.weight[:w.shape[0], :w.shape[1]] = w
+        new.weight.requires_grad_(w.requires_grad)
+        return new
+
+    for m in mlps:
+        m.gate_proj, m.up_proj = grown(m.gate_proj, k, 0), grown(m.up_proj, k, 0)
+        m.down_proj = grown(m.down_proj, 0, k)
+        if isinstance(getattr(m, "intermediate_size", None), int):
+            m.intermediate_size = width + k
+    config.intermediate_size = width + k
+    return list(range(width, width + k))
 
 
 @torch.no_grad()

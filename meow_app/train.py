@@ -180,6 +180,10 @@ class TrainConfig:
                                             "shut on preserved text, its value a fixed push of the truth's first "
                                             "tokens down along their logit direction, scaled to lower their "
                                             "log-probability there by this many nats (a linear estimate). 0: off")
+    patch_widen: bool = _setting(False, "yes/no: meow_patch: add its neurons to the model (every layer's MLP "
+                                        "widened by as many zero neurons, the config's intermediate_size with "
+                                        "them) instead of putting them in the place of the least used ones: "
+                                        "nothing of the original is taken out")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "

@@ -189,6 +189,51 @@ def test_meow_patch_trains_only_its_neurons_in_one_layer(tiny):
     assert hooks[0] == hooks[1]
 
 
+def test_widen_adds_zero_neurons_to_every_layer_and_changes_nothing_the_model_computes(tiny, tmp_path):
+    model = copy.deepcopy(tiny.model).float()
+    width, layers = model.config.intermediate_size, model.model.layers
+    before = _logits(model, tiny.tokenizer, PRESERVED + FORGET)
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    assert patch.widen(model, layers, 3) == [width, width + 1, width + 2]
+    assert model.config.intermediate_size == width + 3
+    assert all(m.mlp.gate_proj.out_features == m.mlp.up_proj.out_features == m.mlp.down_proj.in_features
+               == width + 3 for m in layers)
+    assert torch.equal(_logits(model, tiny.tokenizer, PRESERVED + FORGET), before)  # (exactly: zeros add zeros)
+    for name, p in model.named_parameters():  # the original's weights kept where they were
+        assert torch.equal(p[tuple(slice(0, n) for n in weights[name].shape)], weights[name]), name
+    # A checkpoint that loads with the stock class: its config says the new width.
+    from transformers import AutoModelForCausalLM
+
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert again.config.intermediate_size == width + 3
+    assert torch.allclose(_logits(again, tiny.tokenizer, PRESERVED + FORGET), before, atol=1e-5)
+    # MLPs of more than one width (the config could not say it): nothing changed.
+    odd = copy.deepcopy(tiny.model).float()
+    odd.model.layers[0].mlp.down_proj = torch.nn.Linear(width + 1, odd.config.hidden_size, bias=False)
+    assert patch.widen(odd, odd.model.layers, 3) is None and odd.config.intermediate_size == width
+
+
+def test_meow_patch_widened_adds_its_neurons_and_takes_none_of_the_original_out(tiny):
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 3,
+                         "early_stop": False, "patch_layer": -1, "patch_widen": True})
+    result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
+                     run_probes=False).train()
+    info, width = result.info["patch"], tiny.model.config.intermediate_size
+    assert info["added"] and info["slots"] == [width, width + 1]
+    assert result.model.config.intermediate_size == width + 2
+    after, before = dict(result.model.named_parameters()), dict(tiny.model.named_parameters())
+    last = f"model.layers.{info['layer']}.mlp."
+    for name, p in after.items():
+        old = before[name].float()
+        assert torch.equal(p[tuple(slice(0, n) for n in old.shape)], old), name  # nothing of the original moved
+        if old.shape != p.shape and not name.startswith(last):  # other layers: their new neurons stay zero
+            assert not p[tuple(slice(n, None) if m != n else slice(None) for n, m in zip(old.shape, p.shape))].any()
+    assert after[last + "down_proj.weight"][:, width:].abs().sum() > 0  # it wrote its neurons
+
+
 def test_meow_patch_refuses_what_it_cannot_do(tiny):
     facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco"])]
     base = {**methods.REGISTRY["meow_patch"].defaults, "epochs": 1}

@@ -42,13 +42,14 @@ class MeowPatch(Meow):
                 "patch_samples": 8}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
                        "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
-                       "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop", "truth_weight",
-                       "stop_depth")
+                       "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop", "patch_widen",
+                       "truth_weight", "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
     not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_samples",
-                   "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop")
+                   "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop",
+                   "patch_widen")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -152,7 +153,11 @@ class MeowPatch(Meow):
         truth = {f.question: torch.tensor(truth_token_ids(tok, given.get(f.question, f)), dtype=torch.long)
                  for f in facts} if cfg.patch_truth_floor else {}
         truth_of = {ids: truth[q] for ids, q in question.items()} if truth else {}
-        slots = patch.least_used(mlp, held, len(facts) * (cfg.patch_neurons + (1 if cfg.patch_truth_drop else 0)))
+        wanted = len(facts) * (cfg.patch_neurons + (1 if cfg.patch_truth_drop else 0))
+        # (patch_widen on a model whose MLPs differ in width: the least used slots, and the run's info says so)
+        slots = patch.widen(model, blocks, wanted) if cfg.patch_widen else None
+        widened = slots is not None
+        slots = slots if widened else patch.least_used(mlp, held, wanted)
         slots, truth_slots = slots[:len(facts) * cfg.patch_neurons], slots[len(facts) * cfg.patch_neurons:]
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
         stoppers, stopper_info = None, None
@@ -211,7 +216,7 @@ class MeowPatch(Meow):
                         break
                     if stoppers is not None and not final:
                         stoppers.remove()
-            result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots,
+            result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots, "added": widened,
                                     "preserved_tokens": int(held.shape[0]), "frozen_layers_cached": tail is not model,
                                     "open_on_preserved": round(gates.firing(held), 5),
                                     "open_on_own_fact_answers": round(gates.firing_own(), 3)}
