@@ -6,9 +6,9 @@ little (docs/forgetting.md). A neuron need not act in proportion: silu(g . x) is
 wherever g . x is well below zero (silu(-4) = -0.07 times up . x, a bound tests/test_patch.py
 checks) and grows fast above it. Transformer-Patcher (Huang et al., ICLR 2023) corrects a
 model by adding such neurons to its last MLP, trained to fire on the edited input and to stay
-shut on others. Here the neurons take the place of the layer's least used ones on preserved
-text (so the checkpoint keeps its shape), or with `widen` are added to every layer's MLP (the
-config's width with them, so the checkpoint still loads anywhere), and they are
+shut on others. Here the neurons are added to the MLPs by `widen` (every layer's, the config's
+width with them, so the checkpoint loads anywhere), or take the place of the layer's least used
+ones on preserved text (`patch_widen` no: the checkpoint keeps its shape), and they are
 trained on the MEOW false answers while a hinge keeps their gate below -margin on every token
 of preserved text (neighbour, sibling and anchor questions and their answers).
 
@@ -218,7 +218,7 @@ class Patch(torch.nn.Module):
         # neurons would otherwise get the same gradients and stay one neuron.
         self.up = torch.nn.Parameter(self.gate.detach() * (1 + 0.1 * torch.randn_like(self.gate)))
         self.down = torch.nn.Parameter(torch.zeros(d, len(slots), device=preserved.device))
-        with torch.no_grad():  # the replaced neurons off
+        with torch.no_grad():  # the replaced neurons off (added ones are zero already)
             mlp.down_proj.weight[:, self.slots] = 0
         self.handle = mlp.register_forward_hook(self._add)
 

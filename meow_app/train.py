@@ -151,8 +151,8 @@ class TrainConfig:
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
     patch_layer: int = _setting(-3, "meow_patch: the layer whose MLP gets the gated neurons (negative: from the "
                                     "end, -1 = the last; the first where the model is shallower)")
-    patch_neurons: int = _setting(2, "meow_patch: gated neurons per forgotten fact, in the place of the layer's "
-                                     "least used ones on preserved text")
+    patch_neurons: int = _setting(2, "meow_patch: gated neurons per forgotten fact (added to the model, or with "
+                                     "patch_widen no in the place of the layer's least used ones)")
     patch_margin: float = _setting(4.0, "meow_patch: how far below zero the neurons' gates are held on every "
                                         "token of preserved text (the hinge's margin)")
     patch_weight: float = _setting(1.0, "meow_patch: weight of the hinge that keeps the gates shut on preserved text")
@@ -180,10 +180,10 @@ class TrainConfig:
                                             "shut on preserved text, its value a fixed push of the truth's first "
                                             "tokens down along their logit direction, scaled to lower their "
                                             "log-probability there by this many nats (a linear estimate). 0: off")
-    patch_widen: bool = _setting(False, "yes/no: meow_patch: add its neurons to the model (every layer's MLP "
-                                        "widened by as many zero neurons, the config's intermediate_size with "
-                                        "them) instead of putting them in the place of the least used ones: "
-                                        "nothing of the original is taken out")
+    patch_widen: bool = _setting(True, "yes/no: meow_patch: add its neurons to the model (every layer's MLP "
+                                       "widened by as many zero neurons, the config's intermediate_size with "
+                                       "them) rather than put them in the place of the layer's least used "
+                                       "ones (no): nothing of the original is taken out")
     own_answers: bool = _setting(True, "yes/no: train on the original model's own wording of each answer (and, for "
                                        "Fisher methods, measure on it) where it states the fact ('The capital of "
                                        "France is Paris.'), not the dataset's reference answer ('Paris'). On the "

@@ -20,6 +20,23 @@ def _logits(model, tok, texts):
                      position_ids=batch["position_ids"]).logits
 
 
+def _as_before(model, original) -> dict:
+    """The original's parameters by name, zero-padded to the model's shapes (patch_widen's new
+    neurons start as zeros): what each would be had nothing been trained."""
+    before, out = dict(original.named_parameters()), {}
+    for name, p in model.named_parameters():
+        old = before[name].detach().float()
+        out[name] = torch.zeros_like(p)
+        out[name][tuple(slice(0, n) for n in old.shape)] = old
+    return out
+
+
+def _moved(model, original) -> set:
+    """The names of the parameters that differ from the original's (patch_widen's added zeros aside)."""
+    before = _as_before(model, original)
+    return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+
+
 PRESERVED = [("What is the capital of Chile?", "Santiago."), ("Who wrote Emma?", "Jane Austen."),
              ("What is two plus two?", "Four.")]
 FORGET = [("What is the capital of Peru?", "The capital of Peru is Cusco.")]
@@ -163,11 +180,11 @@ def test_a_fact_s_neurons_start_apart_and_the_model_s_own_activation_is_used(tin
     assert torch.allclose(hooked, _logits(gelu, tiny.tokenizer, PRESERVED + FORGET), atol=1e-5)
 
 
-def test_meow_patch_trains_only_its_neurons_in_one_layer(tiny):
+def test_meow_patch_in_the_least_used_slots_trains_only_its_neurons_in_one_layer(tiny):
     facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
     anchors = [Fact(q, a) for q, a in PRESERVED]
     cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 3,
-                         "early_stop": False, "patch_layer": -1})
+                         "early_stop": False, "patch_layer": -1, "patch_widen": False})
     result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
                      run_probes=False).train()
     info = result.info["patch"]
@@ -214,11 +231,12 @@ def test_widen_adds_zero_neurons_to_every_layer_and_changes_nothing_the_model_co
     assert patch.widen(odd, odd.model.layers, 3) is None and odd.config.intermediate_size == width
 
 
-def test_meow_patch_widened_adds_its_neurons_and_takes_none_of_the_original_out(tiny):
+def test_meow_patch_by_default_adds_its_neurons_and_takes_none_of_the_original_out(tiny):
     facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
     anchors = [Fact(q, a) for q, a in PRESERVED]
     cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 3,
-                         "early_stop": False, "patch_layer": -1, "patch_widen": True})
+                         "early_stop": False, "patch_layer": -1})
+    assert cfg.patch_widen and TrainConfig().patch_widen
     result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
                      run_probes=False).train()
     info, width = result.info["patch"], tiny.model.config.intermediate_size
@@ -226,12 +244,12 @@ def test_meow_patch_widened_adds_its_neurons_and_takes_none_of_the_original_out(
     assert result.model.config.intermediate_size == width + 2
     after, before = dict(result.model.named_parameters()), dict(tiny.model.named_parameters())
     last = f"model.layers.{info['layer']}.mlp."
-    for name, p in after.items():
+    for name, p in after.items():  # nothing of the original moved
         old = before[name].float()
-        assert torch.equal(p[tuple(slice(0, n) for n in old.shape)], old), name  # nothing of the original moved
-        if old.shape != p.shape and not name.startswith(last):  # other layers: their new neurons stay zero
-            assert not p[tuple(slice(n, None) if m != n else slice(None) for n, m in zip(old.shape, p.shape))].any()
-    assert after[last + "down_proj.weight"][:, width:].abs().sum() > 0  # it wrote its neurons
+        assert torch.equal(p[tuple(slice(0, n) for n in old.shape)], old), name
+    # Other layers' new neurons stay zero; the patched layer's are the patch.
+    assert _moved(result.model, tiny.model) == {last + "gate_proj.weight", last + "up_proj.weight",
+                                                 last + "down_proj.weight"}
 
 
 def test_meow_patch_refuses_what_it_cannot_do(tiny):
@@ -647,9 +665,9 @@ def test_a_truth_stopper_opens_where_the_truth_is_about_to_be_said_and_pushes_it
     assert len(stop["slots"]) == 1 and not set(stop["slots"]) & set(info["slots"])
     assert stop["positions"][0] > 0 and stop["scales"][0] > 0
     assert hooks(result.model) == 0  # (written into its slot, its hook gone)
-    after, before = dict(result.model.named_parameters()), dict(tiny.model.named_parameters())
+    after, before = dict(result.model.named_parameters()), _as_before(result.model, tiny.model)
     last = f"model.layers.{info['layer']}.mlp."
-    assert {n for n in after if not torch.equal(after[n], before[n])} <= {
+    assert _moved(result.model, tiny.model) <= {
         last + "gate_proj.weight", last + "up_proj.weight", last + "down_proj.weight"}
     down = after[last + "down_proj.weight"] - before[last + "down_proj.weight"]
     assert set(down.abs().sum(dim=0).nonzero().flatten().tolist()) <= set(info["slots"]) | set(stop["slots"])

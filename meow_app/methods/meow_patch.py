@@ -36,10 +36,12 @@ class MeowPatch(Meow):
     # Chosen on eval_c (siblings, neurons, margin), eval_a (anchors, margin) and eval_c and eval_d
     # (samples), docs/forgetting.md thirteenth round: the siblings are the negatives that keep a
     # gate shut on the fact's own relation (Sri Lanka for Myanmar), the anchors on general text;
-    # the sampled answers open the gates where a sampled answer would say the truth.
+    # the sampled answers open the gates where a sampled answer would say the truth. Its neurons are
+    # added, not put in the place of others (twenty-first round: taking any 16 out cost a general
+    # question or a neighbour, whichever 16).
     defaults = {"lr": 1e-2, "epochs": 4, "min_steps": 16, "neighbours": 32, "siblings": 8, "anchors": 32,
                 "stop_depth": 0.5, "weight_decay": 0.0, "truth_weight": 1.0, "patch_neurons": 2, "patch_margin": 4.0,
-                "patch_samples": 8}
+                "patch_samples": 8, "patch_widen": True}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
                        "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
                        "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop", "patch_widen",
@@ -84,7 +86,7 @@ class MeowPatch(Meow):
         neurons += facts if config and config.patch_truth_drop else 0
         width = mlp.gate_proj.out_features
         if neurons > width // 4:
-            raise NotApplicable(f"meow_patch would replace {neurons} of layer {layer}'s {width} MLP neurons (at most "
+            raise NotApplicable(f"meow_patch would train {neurons} neurons beside layer {layer}'s {width} (at most "
                                 f"a quarter): forget fewer facts at once, or lower patch_neurons")
 
     def check_anchors(self, anchors) -> None:
