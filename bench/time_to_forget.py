@@ -49,6 +49,8 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             "ns_outliers": {"null_space_outliers": 0.1},
             # gated neurons in one MLP (methods/meow_patch.py) with their own defaults
             "meow_patch": {},
+            # its neurons in the place of the least used ones, as before the twenty-first round
+            "patch_slots": {"patch_widen": False},
             # and with answers sampled again from the patched model after half its epochs (docs/forgetting.md round 14)
             "patch_resample": {"patch_resample": 8}}
 # variants that run another method than meow
@@ -56,6 +58,7 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
 # docs/forgetting.md; `meow` is the default before it, with its own defaults)
 VARIANTS["meow"] = {}
 VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch",
+                   "patch_slots": "meow_patch",
                    "meow": "meow", "previous": "meow", "ns_outliers": "meow", "lora": "meow", "low_memory": "meow"}
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
