@@ -49,14 +49,17 @@ def token_at(tokenizer, ids: list[int], char: int) -> int:
 
 @torch.no_grad()
 def read(model, ids: list[int], layer: int, slots: list[int]):
-    """(the slots' gate pre-activations at every position, the log-probabilities of every next token)."""
-    got = {}
+    """(the slots' gate pre-activations at every position, or None for no slots (the original, which
+    may not have them: patch_widen adds them); the log-probabilities of every next token)."""
+    got = {"g": None}
     mlp = model.model.layers[layer].mlp
-    handle = mlp.gate_proj.register_forward_hook(lambda m, i, o: got.__setitem__("g", o[0][:, slots]))
+    handle = mlp.gate_proj.register_forward_hook(lambda m, i, o: got.__setitem__("g", o[0][:, slots])) \
+        if slots else None
     try:
         logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     return got["g"], logits.log_softmax(-1)
 
 
@@ -78,7 +81,7 @@ def leak_rows(original, unlearned, tokenizer, facts, layer: int, slots: list[int
         ids = prompt + said
         k = len(prompt) + token_at(tokenizer, said, at)  # the truth's first token
         gates, logp = read(unlearned, ids, layer, own)
-        _, logp_original = read(original, ids, layer, own)
+        _, logp_original = read(original, ids, layer, [])
         saved = down[:, own].clone()
         down[:, own] = 0
         try:
@@ -101,13 +104,16 @@ def first_truth_ids(tokenizer, fact) -> list[int]:
 class TruthNeurons:
     """--truth-neurons: one fixed neuron a fact in a free slot (see the module's docstring)."""
 
-    def __init__(self, model, tokenizer, facts, layer: int, slots: list[int]):
+    def __init__(self, model, tokenizer, facts, layer: int, slots: list[int], added: bool = False):
         self.model, self.tokenizer, self.facts = model, tokenizer, facts
         self.mlp = model.model.layers[layer].mlp
         per = len(slots) // len(facts)
         self.gates = [self.mlp.gate_proj.weight[slots[i * per]].detach().clone() for i in range(len(facts))]
-        free = [j for j in self.mlp.down_proj.weight.norm(dim=0).argsort().tolist() if j not in slots]
-        self.slots = free[:len(facts)]  # (the smallest down columns; their removal alone: the drop 0 row)
+        if added:  # (a run that added its neurons: these are added too, and the drop 0 row removes nothing)
+            self.slots = patch.widen(model, model.model.layers, len(facts))
+        else:  # (the smallest down columns; their removal alone: the drop 0 row)
+            free = [j for j in self.mlp.down_proj.weight.norm(dim=0).argsort().tolist() if j not in slots]
+            self.slots = free[:len(facts)]
         self.directions = [patch.logit_direction(model, first_truth_ids(tokenizer, f)) for f in facts]
         self.set([0.0] * len(facts))
         base = [self.truth_logp(f) for f in facts]
@@ -184,7 +190,7 @@ def main() -> None:
            "leaks": rows, "truth_neurons": []}
     if args.truth_neurons:
         sets = {name: load_facts(p) for name, p in (("retain", args.retain), ("unseen", args.unseen)) if p}
-        neurons = TruthNeurons(unlearned.model, tok, facts, info["layer"], info["slots"])
+        neurons = TruthNeurons(unlearned.model, tok, facts, info["layer"], info["slots"], info.get("added", False))
         for nats in [0.0] + [float(x) for x in args.truth_neurons.split(",")]:
             neurons.drop(nats)
             leaks = sampled_leaks(unlearned.model, tok, facts, args.samples)

@@ -156,36 +156,40 @@ class Tail:
 def widen(model, blocks, k: int) -> list[int] | None:
     """k new neurons in every decoder layer's MLP, all zero, and the config's intermediate_size
     with them; returns their indices, or None (nothing changed) where the MLPs are not all plain
-    gated ones of the config's one width. The model computes exactly what it did (each new
-    neuron's up row and down column are zero), so a patch written there takes nothing of the
-    original out: taking out any 16 neurons of a layer tips one of the embedded model's near-tie
-    answers (docs/forgetting.md, twentieth round). Every layer, not the patched one alone: a
-    config has one intermediate_size, and a checkpoint that matches it loads anywhere."""
+    gated ones of the config's one width. The model computes what it did (each new neuron's
+    rows and down column are zero: it adds nothing), so a patch written there takes nothing of
+    the original out: taking out any 16 neurons of a layer tips one of the embedded model's
+    near-tie answers (docs/forgetting.md, twentieth round). Every layer, not the patched one
+    alone: a config has one intermediate_size, and a checkpoint that matches it loads with the
+    stock class. The width is rounded up to a multiple of 8 (more zero neurons), which fast
+    half-precision kernels like."""
     config = model.config.get_text_config()
     width = getattr(config, "intermediate_size", None)
     mlps = [getattr(b, "mlp", None) for b in blocks]
     names = ("gate_proj", "up_proj", "down_proj")
+    # (exactly Linear: a quantised subclass, bitsandbytes', holds its weights otherwise)
     if not isinstance(width, int) or any(
-            m is None or not all(isinstance(getattr(m, n, None), torch.nn.Linear) and getattr(m, n).bias is None
+            m is None or not all(type(getattr(m, n, None)) is torch.nn.Linear and getattr(m, n).bias is None
                                  for n in names)
             or m.gate_proj.out_features != width or m.up_proj.out_features != width
             or m.down_proj.in_features != width for m in mlps):
         return None
+    grow = k + (-(width + k)) % 8
 
     def grown(old: torch.nn.Linear, rows: int, cols: int) -> torch.nn.Linear:
         w = old.weight
-        new = torch.nn.Linear(w.shape[1] + cols, w.shape[0] + rows, bias=False, device=w.device, dtype=w.dtype)
-        new.weight.zero_()
-        new.weight[:w.shape[0], :w.shape[1]] = w
-        new.weight.requires_grad_(w.requires_grad)
+        new = torch.nn.Linear(w.shape[1] + cols, w.shape[0] + rows, bias=False, device="meta")
+        weight = w.new_zeros(w.shape[0] + rows, w.shape[1] + cols)
+        weight[:w.shape[0], :w.shape[1]] = w
+        new.weight = torch.nn.Parameter(weight, requires_grad=w.requires_grad)
         return new
 
     for m in mlps:
-        m.gate_proj, m.up_proj = grown(m.gate_proj, k, 0), grown(m.up_proj, k, 0)
-        m.down_proj = grown(m.down_proj, 0, k)
+        m.gate_proj, m.up_proj = grown(m.gate_proj, grow, 0), grown(m.up_proj, grow, 0)
+        m.down_proj = grown(m.down_proj, 0, grow)
         if isinstance(getattr(m, "intermediate_size", None), int):
-            m.intermediate_size = width + k
-    config.intermediate_size = width + k
+            m.intermediate_size = width + grow
+    config.intermediate_size = width + grow
     return list(range(width, width + k))
 
 

@@ -46,3 +46,22 @@ def test_a_truth_neuron_lowers_the_truth_by_about_the_drop_asked_and_is_off_at_z
     assert cos < -0.999
     fell = base - neurons.truth_logp(fact)
     assert 0.2 < fell < 1.0  # (scaled by the fall at scale 1: a linear estimate)
+
+
+def test_after_a_run_that_added_its_neurons_the_original_is_read_without_them_and_truth_neurons_are_added(tiny):
+    fact = Fact("Who wrote Hamlet?", "Shakespeare", ["Shakespeare"], ["Which playwright wrote Hamlet?"])
+    from meow_app import patch
+
+    original, model = copy.deepcopy(tiny.model).float(), copy.deepcopy(tiny.model).float()
+    width = model.config.intermediate_size
+    slots = patch.widen(model, model.model.layers, 2)  # (as patch_widen leaves a checkpoint)
+    ids = generation.encode(tiny.tokenizer, "Who painted the Mona Lisa? Leonardo")
+    gates, logp = leak_gates.read(model, ids, 1, slots)
+    none, logp_original = leak_gates.read(original, ids, 1, [])  # (its MLPs have no such slots)
+    assert gates.shape == (len(ids), 2) and none is None and torch.allclose(logp, logp_original, atol=1e-5)
+    neurons = leak_gates.TruthNeurons(model, tiny.tokenizer, [fact], layer=1, slots=slots, added=True)
+    assert neurons.slots[0] >= width + 2  # (new ones: none of the original's taken out)
+    neurons.drop(0.0)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=torch.tensor([ids])).logits,
+                              original(input_ids=torch.tensor([ids])).logits, atol=1e-5)

@@ -212,9 +212,11 @@ def test_widen_adds_zero_neurons_to_every_layer_and_changes_nothing_the_model_co
     before = _logits(model, tiny.tokenizer, PRESERVED + FORGET)
     weights = {n: p.clone() for n, p in model.named_parameters()}
     assert patch.widen(model, layers, 3) == [width, width + 1, width + 2]
-    assert model.config.intermediate_size == width + 3
+    wide = width + 3 + (-(width + 3)) % 8  # (zeros up to a multiple of 8)
+    assert model.config.intermediate_size == wide and wide % 8 == 0
     assert all(m.mlp.gate_proj.out_features == m.mlp.up_proj.out_features == m.mlp.down_proj.in_features
-               == width + 3 for m in layers)
+               == wide for m in layers)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
     assert torch.equal(_logits(model, tiny.tokenizer, PRESERVED + FORGET), before)  # (exactly: zeros add zeros)
     for name, p in model.named_parameters():  # the original's weights kept where they were
         assert torch.equal(p[tuple(slice(0, n) for n in weights[name].shape)], weights[name]), name
@@ -223,12 +225,18 @@ def test_widen_adds_zero_neurons_to_every_layer_and_changes_nothing_the_model_co
 
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
-    assert again.config.intermediate_size == width + 3
+    assert again.config.intermediate_size == wide
     assert torch.allclose(_logits(again, tiny.tokenizer, PRESERVED + FORGET), before, atol=1e-5)
     # MLPs of more than one width (the config could not say it): nothing changed.
     odd = copy.deepcopy(tiny.model).float()
     odd.model.layers[0].mlp.down_proj = torch.nn.Linear(width + 1, odd.config.hidden_size, bias=False)
     assert patch.widen(odd, odd.model.layers, 3) is None and odd.config.intermediate_size == width
+    # bf16 weights stay bf16, frozen ones frozen, and the outputs the same.
+    half = copy.deepcopy(tiny.model).to(torch.bfloat16).requires_grad_(False)
+    before = _logits(half, tiny.tokenizer, PRESERVED)
+    patch.widen(half, half.model.layers, 2)
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in half.parameters())
+    assert torch.equal(_logits(half, tiny.tokenizer, PRESERVED), before)
 
 
 def test_meow_patch_by_default_adds_its_neurons_and_takes_none_of_the_original_out(tiny):
@@ -241,7 +249,7 @@ def test_meow_patch_by_default_adds_its_neurons_and_takes_none_of_the_original_o
                      run_probes=False).train()
     info, width = result.info["patch"], tiny.model.config.intermediate_size
     assert info["added"] and info["slots"] == [width, width + 1]
-    assert result.model.config.intermediate_size == width + 2
+    assert result.model.config.intermediate_size == width + 2 + (-(width + 2)) % 8
     after, before = dict(result.model.named_parameters()), dict(tiny.model.named_parameters())
     last = f"model.layers.{info['layer']}.mlp."
     for name, p in after.items():  # nothing of the original moved

@@ -11,6 +11,7 @@ import math
 import random
 import re
 import time
+import warnings
 
 import torch
 
@@ -18,7 +19,7 @@ from .. import generation, losses, neighbours, patch, probes
 from ..batches import IGNORE, encode_example, length_grouped
 from ..edit import decoder_layers
 from ..invert import truth_token_ids
-from ..errors import Cancelled, MeowError, NotApplicable
+from ..errors import Cancelled, MeowError, MeowWarning, NotApplicable
 from ..train import TrainConfig, TrainResult
 from .base import register
 from .meow import Meow
@@ -156,9 +157,11 @@ class MeowPatch(Meow):
                  for f in facts} if cfg.patch_truth_floor else {}
         truth_of = {ids: truth[q] for ids, q in question.items()} if truth else {}
         wanted = len(facts) * (cfg.patch_neurons + (1 if cfg.patch_truth_drop else 0))
-        # (patch_widen on a model whose MLPs differ in width: the least used slots, and the run's info says so)
         slots = patch.widen(model, blocks, wanted) if cfg.patch_widen else None
         widened = slots is not None
+        if cfg.patch_widen and not widened:
+            warnings.warn(MeowWarning("patch_widen: this model's MLPs are not all plain gated ones of one width, so "
+                                      "the neurons take the place of the patched layer's least used ones instead"))
         slots = slots if widened else patch.least_used(mlp, held, wanted)
         slots, truth_slots = slots[:len(facts) * cfg.patch_neurons], slots[len(facts) * cfg.patch_neurons:]
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
@@ -304,7 +307,7 @@ def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, i
         at = [truth_positions(e, words, tokenizer) for e, _ in mine]
         found = [x[ps] for (_, x), ps in zip(mine, at) if ps]
         counts.append(sum(len(r) for r in found))
-        if found:  # (a fact without one keeps its slot's original neuron)
+        if found:  # (a fact without one leaves its slot as it was: the original neuron, or an added zero one)
             rows.append(torch.cat(found))
             at_of.append([(e, ps) for (e, _), ps in zip(mine, at) if ps])
             ids_of.append(sorted(set(patch.first_token_ids(tokenizer, words))
