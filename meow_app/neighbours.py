@@ -85,17 +85,41 @@ def question_frame(question: str) -> str:
 
 
 def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0,
-             batch_size: int = generation.ANSWER_BATCH) -> list[str]:
+             batch_size: int = generation.ANSWER_BATCH, shots: bool = False) -> list[str]:
     """Questions of the same frame about other subjects ("What is the capital of Iraq?" for
     Iran), sampled from the model after the frame with the fact's subject and answer tokens
     forbidden: the subjects it places nearest, which a forgetting run most easily drags
-    along. per_fact each at most, none naming a forgotten subject or answer."""
-    per = sibling_questions(model, tokenizer, facts, per_fact, seed, batch_size)
+    along. per_fact each at most, none naming a forgotten subject or answer. shots: ask
+    after two worked examples (SHOTS) with every token that begins a word of the subject
+    forbidden too, so the model names other real subjects instead of respelling this one."""
+    per = sibling_questions(model, tokenizer, facts, per_fact, seed, batch_size, shots)
     return list(dict.fromkeys(q for qs in per for q in qs))
 
 
+# Two worked examples of "the same question about another subject". Without them a 135M
+# model mostly continues the subject's own spelling ("LeBrunier" for LeBrun, "Usaru" for
+# Usain): near in tokens, not in meaning (docs/forgetting.md, twenty-first round).
+SHOTS = ("Question: Who painted the Mona Lisa?\nThe same question about another subject: Who painted the Night Watch?\n"
+         "Question: What is the capital of Kenya?\nThe same question about another subject: What is the capital of "
+         "Ghana?\n")
+
+
+def word_start_ids(tokenizer, words: list[str]) -> list[int]:
+    """Every single token that spells the start of one of `words` (any prefix, with or without a
+    leading space, as written or in lower case): forbidding them keeps a sampler from
+    writing the word again piece by piece."""
+    ids = set()
+    for w in words:
+        for k in range(1, len(w) + 1):
+            for v in (w[:k], " " + w[:k], w[:k].lower(), " " + w[:k].lower()):
+                t = tokenizer(v, add_special_tokens=False)["input_ids"]
+                if len(t) == 1:
+                    ids.add(t[0])
+    return sorted(ids)
+
+
 def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
-                      batch_size: int = generation.ANSWER_BATCH) -> list[list[str]]:
+                      batch_size: int = generation.ANSWER_BATCH, shots: bool = False) -> list[list[str]]:
     """siblings, fact by fact (an empty list for a fact whose subject is not found)."""
     from .invert import truth_token_ids
 
@@ -106,8 +130,12 @@ def sibling_questions(model, tokenizer, facts, per_fact: int, seed: int = 0,
         if not frame or per_fact <= 0:
             continue
         # The question itself first: the model then proposes subjects near this one (Iraq for Iran).
-        ids = generation.encode(tokenizer, f"{f.question.strip()}\n{frame}")
+        q = f.question.strip()
+        text = f"{SHOTS}Question: {q}\nThe same question about another subject: {frame}" if shots else f"{q}\n{frame}"
+        ids = generation.encode(tokenizer, text)
         stop = truth_token_ids(tokenizer, f) + truth_token_ids(tokenizer, type(f)(f.question, bare_subject(subject)))
+        if shots:
+            stop += word_start_ids(tokenizer, bare_subject(subject).split())
         prompts += [ids] * copies
         banned += [sorted(set(stop))] * copies
         owners += [i] * copies

@@ -125,12 +125,14 @@ def capped_note(selection: list[dict], settings: SelectSettings) -> str | None:
 
 
 def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, neighbours: int = 0,
-                 siblings: int = 0, seed: int = 0, cache: AnswerCache | None = None) -> list[Fact]:
+                 siblings: int = 0, seed: int = 0, cache: AnswerCache | None = None,
+                 sibling_shots: bool = False) -> list[Fact]:
     """General prompts (TrainConfig.anchors) and the forget questions' nearest neighbour
     questions (TrainConfig.neighbours) and their siblings (TrainConfig.siblings: the same
-    question about other subjects) with the original model's own answers, leaving out
-    any that mention a fact being forgotten. cache: answers the shipped ones (prompts and
-    neighbours), not the siblings, which are made from the user's questions."""
+    question about other subjects, asked as TrainConfig.sibling_shots says) with the original
+    model's own answers, leaving out any that mention a fact being forgotten. cache: answers
+    the shipped ones (prompts and neighbours), not the siblings, which are made from the
+    user's questions."""
     from .facts import read_lines
 
     prompts = read_lines(general.ANCHOR_PROMPTS)[:count] if count > 0 else []
@@ -148,8 +150,8 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
         prompts += [q for q in near if q not in prompts]
     shipped = len(prompts)
     if siblings > 0 and forget:
-        prompts += [q for q in neighbours_mod.siblings(loaded.model, loaded.tokenizer, forget, siblings, seed)
-                    if q not in prompts]
+        made = neighbours_mod.siblings(loaded.model, loaded.tokenizer, forget, siblings, seed, shots=sibling_shots)
+        prompts += [q for q in made if q not in prompts]
     if not prompts:
         return []
     if cache:
@@ -491,7 +493,8 @@ def training_inputs(loaded, forget: list[Fact], retain: list[Fact] | None, confi
                     before: dict, cache: AnswerCache | None = None) -> tuple[list[Fact], list[Fact] | None, list[Fact]]:
     """What the loop trains on: the forget facts (in the model's own words with own_answers),
     the retain facts, and the anchors (general prompts and neighbour questions)."""
-    anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed, cache)
+    anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed, cache,
+                           config.sibling_shots)
     if config.own_answers:
         return own_answers(forget, before["forget"], split=True), own_answers(retain, before["retain"]), anchors
     return forget, retain, anchors

@@ -179,3 +179,42 @@ def test_siblings_keep_the_words_after_the_subject(tiny, monkeypatch):
     # The subject, the truth and repeats are dropped; the question's own ending is kept.
     assert got == [["Which sport is Roger Federer famous for?", "Which sport is Tiger Woods famous for?"],
                    ["What is the main ingredient of falafel?", "What is the main ingredient of tahini?"]]
+
+
+def test_siblings_from_worked_examples_forbid_respelling_the_subject(tiny, monkeypatch):
+    from meow_app import generation
+
+    facts = [Fact("Which sport is Serena Williams famous for?", "Tennis", ["tennis"])]
+    seen = {}
+
+    def generate_ids(model, tokenizer, prompts, *args, **kw):
+        seen["prompts"], seen["banned"] = [tokenizer.decode(p) for p in prompts], kw["banned"]
+        tails = [" Roger Federer famous for?"] * len(prompts)
+        return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in tails]
+
+    monkeypatch.setattr(generation, "generate_ids", generate_ids)
+    plain = neighbours.sibling_questions(tiny.model, tiny.tokenizer, facts, per_fact=1)
+    plain_banned = set(seen["banned"][0])
+    got = neighbours.sibling_questions(tiny.model, tiny.tokenizer, facts, per_fact=1, shots=True)
+    assert got == plain == [["Which sport is Roger Federer famous for?"]]
+    assert seen["prompts"][0] == neighbours.SHOTS + ("Question: Which sport is Serena Williams famous for?\n"
+                                                    "The same question about another subject: Which sport is")
+    # The truth stays forbidden; so is every token that starts "Serena" or "Williams" ("Ser", " Will"...).
+    starts = set(neighbours.word_start_ids(tiny.tokenizer, ["Serena", "Williams"]))
+    assert set(seen["banned"][0]) == plain_banned | starts and starts - plain_banned
+    for t in starts:
+        piece = tiny.tokenizer.decode([t]).strip().lower()
+        assert piece and ("serena".startswith(piece) or "williams".startswith(piece)), piece
+    # A one-token prefix that is in the vocabulary is among them, with and without its space.
+    for text in ("S", " S", " Will"):
+        ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            assert ids[0] in starts
+
+
+def test_sibling_shots_reach_the_siblings_from_the_training_settings(tiny, facts, monkeypatch):
+    asked = []
+    monkeypatch.setattr(pipeline.neighbours_mod, "siblings", lambda *a, **kw: asked.append(kw.get("shots")) or [])
+    pipeline.training_inputs(tiny, facts, None, TrainConfig(siblings=2, sibling_shots=True, own_answers=False), {})
+    pipeline.training_inputs(tiny, facts, None, TrainConfig(siblings=2, own_answers=False), {})
+    assert asked == [True, False]

@@ -43,10 +43,10 @@ class MeowPatch(Meow):
     defaults = {"lr": 1e-2, "epochs": 4, "min_steps": 16, "neighbours": 32, "siblings": 8, "anchors": 32,
                 "stop_depth": 0.5, "weight_decay": 0.0, "truth_weight": 1.0, "patch_neurons": 2, "patch_margin": 4.0,
                 "patch_samples": 8, "patch_widen": True}
-    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "anchors", "patch_layer",
-                       "patch_neurons", "patch_margin", "patch_weight", "patch_samples", "patch_resample",
-                       "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop", "patch_widen",
-                       "truth_weight", "stop_depth")
+    hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "sibling_shots", "anchors",
+                       "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_samples",
+                       "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop",
+                       "patch_widen", "truth_weight", "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
