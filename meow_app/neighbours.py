@@ -105,13 +105,20 @@ SHOTS = ("Question: Who painted the Mona Lisa?\nThe same question about another 
 
 
 def word_start_ids(tokenizer, words: list[str]) -> list[int]:
-    """Every single token that spells the start of one of `words` (any prefix, with or without a
-    leading space, as written or in lower case): forbidding them keeps a sampler from
-    writing the word again piece by piece."""
+    """Every single token that spells the start of one of `words` (a prefix of two letters or
+    more, as written, or after a space as written or in lower case): forbidding them keeps a
+    sampler from writing the word again piece by piece ("LeBrunier" for LeBrun). Left allowed:
+    numbers and small words inside a name ("and" in 'Romeo and Juliet', "451" of 'Fahrenheit
+    451'), and lower-case starts that are common words themselves (" is" of Israel, " to" of
+    Toronto: " Is" and " To" are forbidden)."""
     ids = set()
     for w in words:
-        for k in range(1, len(w) + 1):
-            for v in (w[:k], " " + w[:k], w[:k].lower(), " " + w[:k].lower()):
+        if w in _COMMON or any(c.isdigit() for c in w):
+            continue
+        for k in range(2, len(w) + 1):
+            for v in (w[:k], " " + w[:k], " " + w[:k].lower()):
+                if v.strip() in _COMMON:
+                    continue
                 t = tokenizer(v, add_special_tokens=False)["input_ids"]
                 if len(t) == 1:
                     ids.add(t[0])
@@ -230,6 +237,9 @@ _ODD = re.compile(r"[^\w\s'’‘“”\".,&-]")
 
 
 ARTICLES = {"the", "a", "an"}
+# Small words that a subject's word may start with without being its respelling (word_start_ids).
+_COMMON = _NAME_JOINERS | ARTICLES | _BEFORE_SUBJECT | _DO | {"is", "it", "as", "at", "be", "he", "we", "me", "my",
+                                                               "so", "no", "or", "if", "us", "up", "am", "go"}
 
 
 def bare_subject(subject: str) -> str:

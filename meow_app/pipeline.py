@@ -494,7 +494,7 @@ def training_inputs(loaded, forget: list[Fact], retain: list[Fact] | None, confi
     """What the loop trains on: the forget facts (in the model's own words with own_answers),
     the retain facts, and the anchors (general prompts and neighbour questions)."""
     anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed, cache,
-                           config.sibling_shots)
+                           sibling_shots=config.sibling_shots)
     if config.own_answers:
         return own_answers(forget, before["forget"], split=True), own_answers(retain, before["retain"]), anchors
     return forget, retain, anchors

@@ -182,7 +182,7 @@ def test_siblings_keep_the_words_after_the_subject(tiny, monkeypatch):
 
 
 def test_siblings_from_worked_examples_forbid_respelling_the_subject(tiny, monkeypatch):
-    from meow_app import generation
+    from meow_app import generation, invert
 
     facts = [Fact("Which sport is Serena Williams famous for?", "Tennis", ["tennis"])]
     seen = {}
@@ -193,23 +193,48 @@ def test_siblings_from_worked_examples_forbid_respelling_the_subject(tiny, monke
         return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in tails]
 
     monkeypatch.setattr(generation, "generate_ids", generate_ids)
+    # (the tiny tokenizer's pieces are too short for truth_token_ids: a stand-in id for the truth)
+    monkeypatch.setattr(invert, "truth_token_ids", lambda tokenizer, fact: [7])
     plain = neighbours.sibling_questions(tiny.model, tiny.tokenizer, facts, per_fact=1)
     plain_banned = set(seen["banned"][0])
+    assert plain_banned == {7}
     got = neighbours.sibling_questions(tiny.model, tiny.tokenizer, facts, per_fact=1, shots=True)
     assert got == plain == [["Which sport is Roger Federer famous for?"]]
     assert seen["prompts"][0] == neighbours.SHOTS + ("Question: Which sport is Serena Williams famous for?\n"
                                                     "The same question about another subject: Which sport is")
-    # The truth stays forbidden; so is every token that starts "Serena" or "Williams" ("Ser", " Will"...).
-    starts = set(neighbours.word_start_ids(tiny.tokenizer, ["Serena", "Williams"]))
-    assert set(seen["banned"][0]) == plain_banned | starts and starts - plain_banned
-    for t in starts:
-        piece = tiny.tokenizer.decode([t]).strip().lower()
-        assert piece and ("serena".startswith(piece) or "williams".startswith(piece)), piece
-    # A one-token prefix that is in the vocabulary is among them, with and without its space.
-    for text in ("S", " S", " Will"):
-        ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1:
-            assert ids[0] in starts
+    # The truth stays forbidden, and so is every token that starts "Serena" or "Williams".
+    assert set(seen["banned"][0]) == {7} | set(neighbours.word_start_ids(tiny.tokenizer, ["Serena", "Williams"]))
+    asked = []
+    monkeypatch.setattr(neighbours, "word_start_ids", lambda tokenizer, words: asked.append(words) or [11, 12])
+    neighbours.sibling_questions(tiny.model, tiny.tokenizer, facts, per_fact=1, shots=True)
+    assert asked == [["Serena", "Williams"]] and set(seen["banned"][0]) == {7, 11, 12}
+
+
+class _Vocab:
+    """A tokenizer whose every string in `vocab` is one token (and anything else several)."""
+
+    def __init__(self, vocab):
+        self.vocab = {v: i for i, v in enumerate(vocab)}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab[text]] if text in self.vocab else [-1, -2]}
+
+
+def test_word_starts_are_the_tokens_that_begin_a_subjects_words_but_small_words_and_numbers():
+    vocab = ["Ser", " Ser", " ser", " Will", "Will", " will", " Williams", " S", "S", " of", " and", "4", "45", " Lord",
+             " Fl", " fl", " Is", " is", "Israel", " Le", " le", " tor", " To", " to", " LeBron", " Romeo", " ro", " a",
+             " Jul"]
+    tok = _Vocab(vocab)
+    got = lambda words: {vocab[i] for i in neighbours.word_start_ids(tok, words)}  # noqa: E731
+    # As written, after a space, and after a space in lower case; one letter is too little to tell.
+    assert got(["Serena", "Williams"]) == {"Ser", " Ser", " ser", " Will", "Will", " will", " Williams"}
+    # Small words inside a name and numbers stay allowed ("Antony and Cleopatra", "1984").
+    assert got(["Lord", "of", "the", "Flies"]) == {" Lord", " Fl", " fl"}
+    assert got(["Fahrenheit", "451"]) == set()
+    assert got(["Romeo", "and", "Juliet"]) == {" Romeo", " ro", " Jul"}
+    # A start that is a common word is allowed in lower case, not as written.
+    assert got(["Israel"]) == {" Is", "Israel"} and got(["Toronto"]) == {" To", " tor"}
+    assert got(["LeBron"]) == {" Le", " LeBron"}
 
 
 def test_sibling_shots_reach_the_siblings_from_the_training_settings(tiny, facts, monkeypatch):
