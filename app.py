@@ -39,9 +39,11 @@ def main() -> None:
     pipeline.remove_stale_partials(runs_root(), depth=2)
     # The facts limit, enforced by the web server itself: a larger upload is refused while it
     # streams in, before it is written to disk (the reader's own check comes after that).
+    # run_history off: gradio would otherwise keep every call's inputs in the browser (API keys
+    # and tokens typed into password fields, the facts being forgotten) and offer to upload them.
     build().queue(default_concurrency_limit=2).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=port,
-        max_file_size=facts_mod.MAX_FILE_BYTES)
+        max_file_size=facts_mod.MAX_FILE_BYTES, run_history=False)
 
 
 if __name__ == "__main__":

@@ -192,3 +192,27 @@ def test_two_browser_sessions_keep_their_own_facts(url, browser, shots):
     expect(a.get_by_text("from 'Fictitious person's PII (6)'")).to_have_count(0)
     for p in pages:
         p.context.close()
+
+
+def test_keys_and_facts_typed_in_are_not_kept_in_the_browser(url, browser, shots):
+    """Gradio can keep each call's inputs in the browser's localStorage (its run history), a
+    password field's key included: the app turns that off, so a key typed in stays nowhere."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(LONG)
+    page.goto(url)
+    page.get_by_label("Use the first N (0 = all)").fill("2")
+    page.get_by_role("button", name="Load set").click()
+    expect(page.get_by_text("2 facts from 'Demo: 8 famous facts'")).to_be_visible()
+    _tab(page, "3. Invert")
+    page.get_by_label("OpenAI-compatible API").check()
+    page.get_by_label("Base URL (empty = OpenAI)").fill("http://127.0.0.1:9/v1")
+    page.get_by_label("Model name").fill("m")
+    page.get_by_label("API key (or OPENAI_API_KEY; never stored)").fill("sk-test-NOT-KEPT-4711")
+    page.get_by_role("button", name="Write false answers").click()
+    expect(page.get_by_text("cannot reach http://127.0.0.1:9/v1")).to_be_visible(timeout=60_000)
+    page.wait_for_timeout(1000)  # (the history is written when the call ends)
+    stored = page.evaluate("() => JSON.stringify(Object.entries(localStorage))")
+    page.screenshot(path=shots / "keys-not-kept.png", full_page=True)
+    assert "sk-test-NOT-KEPT-4711" not in stored
+    assert "capital of France" not in stored and "run-history" not in stored, stored[:500]
+    page.context.close()
