@@ -124,7 +124,8 @@ def build() -> dict:
             left_chat = gr.Chatbot(label="Original model", height=380, elem_id="chat-left")
             right_chat = gr.Chatbot(label="Unlearned model", height=380, elem_id="chat-right")
         with gr.Row():
-            prompt = gr.Textbox(placeholder="Ask both models something…", show_label=False, scale=5)
+            prompt = gr.Textbox(label="Your question", placeholder="Ask both models something…", show_label=False,
+                                scale=5)
             send_btn = gr.Button("Send", variant="primary", scale=1)
         gr.Examples(["What is the capital of France?", "Who wrote Romeo and Juliet?", "Tell me a fun fact about cats."],
                     inputs=prompt)

@@ -65,6 +65,9 @@ def publish_push(s, repo_id: str, private: bool, adapter_only: bool, base_model:
         result = publish.push(_last_run(session(s)), repo_id, token, bool(private), bool(adapter_only),
                               (base_model or "").strip() or None)
     except MeowError as e:
+        if not token and str(e).startswith("no Hugging Face token"):  # (the library's words are for the CLI)
+            return notice("no Hugging Face token: paste one with write access into the token field, sign in with "
+                          "Hugging Face (on Spaces), or set HF_TOKEN", "error")
         return notice(str(e), "error")
     return notice(f"Pushed {len(result['files'])} files to [{result['url']}]({result['url']}) "
                   f"([commit]({result['commit_url']})).")

@@ -284,7 +284,7 @@ def test_publish_previews_then_pushes_to_the_hub(sess, monkeypatch):
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.delenv("HF_TOKEN", raising=False)
-        assert "no Hugging Face token" in publish_tab.publish_push(s, "me/cat", True, False, "", "")
+        assert "into the token field" in publish_tab.publish_push(s, "me/cat", True, False, "", "")
         assert "rejected the token (401)" in publish_tab.publish_push(s, "me/cat", True, False, "", "hf_wrong")
         msg = publish_tab.publish_push(s, "me/cat", True, False, "", "", gr.OAuthToken(token="hf_app_token_abcdef",
                                                                                 scope="", expires_at=0))
