@@ -90,8 +90,9 @@ def siblings(model, tokenizer, facts, per_fact: int, seed: int = 0,
     Iran), sampled from the model after the frame with the fact's subject and answer tokens
     forbidden: the subjects it places nearest, which a forgetting run most easily drags
     along. per_fact each at most, none naming a forgotten subject or answer. shots: ask
-    after two worked examples (SHOTS) with every token that begins a word of the subject
-    forbidden too, so the model names other real subjects instead of respelling this one."""
+    after two worked examples (SHOTS) with the tokens that begin a word of the subject
+    forbidden too (word_start_ids), so the model names other real subjects instead of
+    respelling this one."""
     per = sibling_questions(model, tokenizer, facts, per_fact, seed, batch_size, shots)
     return list(dict.fromkeys(q for qs in per for q in qs))
 

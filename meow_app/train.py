@@ -114,9 +114,10 @@ class TrainConfig:
                                 "itself ('What is the capital of Iraq?' for Iran; meow_app/neighbours.py siblings), "
                                 "answered by the original model and used like the neighbour questions (0 = off)")
     sibling_shots: bool = _setting(False, "yes/no: siblings: ask for them after two worked examples ('The same "
-                                          "question about another subject: ...') with every token that begins a "
-                                          "word of the subject forbidden, so the model names other real subjects "
-                                          "rather than respelling this one ('LeBrunier' for LeBrun)")
+                                          "question about another subject: ...') with the tokens that begin a word "
+                                          "of the subject forbidden (two letters or more; numbers and small words "
+                                          "left), so the model names other real subjects rather than respelling "
+                                          "this one ('LeBrunier' for LeBrun)")
     anchor_weight: float = _setting(1.0, "weight of the anchor and neighbour loss", obvious=True)
     null_space: float = _setting(0.0, "locality by construction (AlphaEdit-style, meow_app/null_space.py): after "
                                       "each step, each trained weight's change is projected onto the null space of "
