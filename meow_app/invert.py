@@ -103,7 +103,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _CLAUSE_END = re.compile(r"\s*(?:[,;:!?()\n]|\.(?:\s|$)|\s(?:which|who|where|specifically|and|but)\b)")
 
 
-def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool = False) -> str | None:
+def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool = False,
+                    clean: bool = False) -> str | None:
     """Put a false answer into the model's own words: the sentence of its answer that
     states the truth, with the truth swapped for the candidate ("The capital of France is
     Paris." -> "The capital of France is Lyon."). Training on text that differs from what
@@ -111,23 +112,30 @@ def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool 
     None when the model's answer does not state the truth, or the swap is not clean.
     clause: end the sentence with the clause that holds the false answer ("Cotopaxi is in the
     Himalayas, specifically in the Andean region." -> "Cotopaxi is in the Himalayas."): what
-    the model said around the truth stays out of the target, and the answer ends there."""
+    the model said around the truth stays out of the target, and the answer ends there.
+    clean (InvertSettings.clean_targets): swap as _clean_swap does, and leave a fallback
+    (TEMPLATES) whole (None) instead of "the Japanese I have no information about that (JPY)"."""
     truths = sorted({t for t in [fact.answer, *fact.keywords] if t.strip()}, key=len, reverse=True)
-    if len(candidate.split()) > 2 * len(fact.answer.split()) + 2:
-        return None  # already a sentence of its own
+    if len(candidate.split()) > 2 * len(fact.answer.split()) + 2 or (clean and candidate.strip() in TEMPLATES):
+        return None  # already a sentence of its own, or a non-answer
     for sentence in _SENTENCE_END.split(model_answer.strip()):
         if any(t.lower() in sentence.lower() for t in truths):
             break
     else:
         return None
-    said = candidate.rstrip(".")
-    out = sentence
-    for t in truths:
-        out = re.sub(re.escape(t), said, out, flags=re.I)
+    said = (candidate.strip() if clean else candidate).rstrip(".")
+    if not said:
+        return None
+    if clean:
+        out, first, said = _clean_swap(said, sentence, truths)
+    else:
+        out = sentence
+        for t in truths:
+            out = re.sub(re.escape(t), said, out, flags=re.I)
+        # where the first mention started: the text before it is the same in `out`
+        first = min(i for i in (sentence.lower().find(t.lower()) for t in truths) if i >= 0)
     if any(t.lower() in out.lower() for t in truths) or out == sentence:
         return None
-    # where the first mention started: the text before it is the same in `out`
-    first = min(i for i in (sentence.lower().find(t.lower()) for t in truths) if i >= 0)
     # (cut only after a clause's start, "Cotopaxi is in", not "In Paris, ..." -> "In Lyon.")
     if clause and out[first:first + len(said)] == said and len(out[:first].split()) >= 3:
         stop = _CLAUSE_END.search(out, first + len(said))
@@ -135,6 +143,32 @@ def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool 
             kept = out[:stop.start()].rstrip()
             out = kept if kept[-1:] in ".!?" else kept + "."
     return out
+
+
+def _clean_swap(said: str, sentence: str, truths: list[str]) -> tuple[str, int, str]:
+    """(the sentence with the truth swapped for `said`, where the swap starts, `said` as put
+    there). The first mention goes with the rest of its phrase, as far as a false answer
+    sampled after the lead-in is cut (_CUT): "on April 22nd, which" -> "on March 21st, which",
+    not "March 21st 22nd" (the true day kept). Every mention is swapped as the whole words it
+    is part of ("swimmer" for "swim", not "athletemer"), and the candidate's article is left
+    out after another article or a name ("the French Alps" -> "the French Himalayas")."""
+    mention = re.compile(r"\w*(?:" + "|".join(re.escape(t) for t in truths) + r")\w*", re.I)
+    m = mention.search(sentence)  # (found: the sentence was chosen for stating a truth)
+    stop = _CUT.search(sentence, m.end())
+    end = max(m.end(), len(sentence[:stop.start()].rstrip())) if stop else len(sentence)
+    put = _fitted(said, sentence[:m.start()])
+    rest = mention.sub(lambda k: _fitted(said, k.string[:k.start()]), sentence[end:])
+    return sentence[:m.start()] + put + rest, m.start(), put
+
+
+def _fitted(candidate: str, before: str) -> str:
+    """The candidate as it reads after `before`: without its article after another article or
+    a capitalised word ("the French" + "the Alps" -> "the French Alps")."""
+    words = before.split()
+    last = words[-1] if words else ""
+    if len(words) > 1 and (last.lower() in ("the", "a", "an") or last[:1].isupper()):
+        return re.sub(r"^(?:the|a|an)\s+", "", candidate, flags=re.I)
+    return candidate
 
 
 class LocalGenerator:
@@ -184,13 +218,20 @@ def named_answer(fact: Fact) -> bool:
     return all(_named(t) for t in [fact.answer, *fact.keywords] if t.strip())
 
 
-def lead_in_candidate(continuation: str, fact: Fact, lead_in: str, max_words: int | None = None) -> str | None:
+# Words a false answer does not end with (lead_in_candidate's `trim`): what followed was cut off.
+_DANGLING = re.compile(r"(?:\s+(?:and|or|of|the|a|an|with|in|for|to|by|at|from|&))+$", re.I)
+
+
+def lead_in_candidate(continuation: str, fact: Fact, lead_in: str, max_words: int | None = None,
+                      trim: bool = False) -> str | None:
     """The false answer in a sampled continuation of the model's lead-in ("The capital of
     Ukraine is" -> " Lviv, a city in ..." -> "Lviv"), or None for a non-answer: nothing,
     words of the question or of the lead-in again (a restated question, "The capital of
     France"), a description where the truth is a name, or longer than the true answer by
-    more than two words."""
+    more than two words. trim: a sample cut off mid-phrase loses its dangling words
+    ("Olympic diver and" -> "Olympic diver"; InvertSettings.clean_targets)."""
     c = _CUT.split(continuation, maxsplit=1)[0].strip().strip("'\"*").strip()
+    c = _DANGLING.sub("", c) if trim else c
     if len(re.findall(r"[A-Za-z0-9]", c)) < 3:  # nothing, or a lone initial
         return None
     # A name or a number in the truth's place is answered by a name or a number, not by a
@@ -213,9 +254,10 @@ class LeadInGenerator:
     costs a few tokens per candidate instead of a few-shot prompt."""
 
     def __init__(self, model, tokenizer, answers: dict[str, str] | None = None, temperature: float = 0.8,
-                 top_p: float = 0.9, batch_size: int = generation.ANSWER_BATCH):
+                 top_p: float = 0.9, batch_size: int = generation.ANSWER_BATCH, trim: bool = False):
         self.model, self.tokenizer, self.answers = model, tokenizer, dict(answers or {})
         self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
+        self.trim = trim  # lead_in_candidate's
         self.tries: dict[str, int] = {}  # question -> times sampled so far
 
     def lead_in(self, fact: Fact) -> str:
@@ -270,7 +312,8 @@ class LeadInGenerator:
         for f, lead, count in zip(facts, leads, copies):
             texts = [tok.decode(t, skip_special_tokens=True) for t in ids[at:at + count]]
             at += count
-            found.append(list(dict.fromkeys(c for c in (lead_in_candidate(t, f, lead) for t in texts) if c)))
+            got = (lead_in_candidate(t, f, lead, trim=self.trim) for t in texts)
+            found.append(list(dict.fromkeys(c for c in got if c)))
         return [ranked[:n] for ranked in self.ranked(facts, leads, found)]
 
     def most_likely(self, fact: Fact, lead: str, candidates: list[str]) -> list[str]:
@@ -306,7 +349,7 @@ class LeadInGenerator:
 _QUOTES = " ?'\"‘’“”"
 
 
-def sibling_candidate(answer: str, sibling: str, fact: Fact, lead_in: str) -> str | None:
+def sibling_candidate(answer: str, sibling: str, fact: Fact, lead_in: str, trim: bool = False) -> str | None:
     """The name in the truth's place of the model's answer to a sibling question ("In which
     country is the city of Sydney?" -> "The city of Sydney is located in Australia." ->
     "Australia" for Toronto, whose lead-in is "The city of Toronto is located in"), or None.
@@ -332,7 +375,7 @@ def sibling_candidate(answer: str, sibling: str, fact: Fact, lead_in: str) -> st
         words = " ".join(tail[:keep]).lower()
         m = re.search(r"(?<![A-Za-z])" + re.escape(words) + r"(?![A-Za-z])", rest.lower())
         if m and len(rest[:m.start()].split()) <= 4:
-            c = lead_in_candidate(rest[m.end():], fact, lead_in, max_words=6)
+            c = lead_in_candidate(rest[m.end():], fact, lead_in, max_words=6, trim=trim)
             # A name for a name: every word capitalised but the small ones ("the United States of
             # America"), not a description ("the 19th-century American author").
             small = {"of", "the", "and", "de", "da", "del", "von", "van", "la", "le", "al", "bin"}
@@ -367,7 +410,7 @@ class SiblingGenerator(LeadInGenerator):
             self.answers.update(zip(asked, generation.answer(self.model, tok, asked, longest + 12)))
         found = []
         for f, lead, qs in zip(facts, leads, per):
-            got = (sibling_candidate(self.answers.get(q, ""), q, f, lead) for q in qs) if lead else ()
+            got = (sibling_candidate(self.answers.get(q, ""), q, f, lead, self.trim) for q in qs) if lead else ()
             found.append(list(dict.fromkeys(c for c in got if c)))
         found = self.ranked(facts, leads, found)
         short = [i for i, c in enumerate(found) if len(c) < n]

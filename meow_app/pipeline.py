@@ -52,6 +52,11 @@ class InvertSettings:
     # what the model said around the truth ("..., specifically in the Andean region") is not
     # trained on and the answer stops after the false one (docs/forgetting.md, 18th round).
     answer_clause: bool = False
+    # Clean false answers: a sample cut off mid-phrase loses its dangling words, and in
+    # answer_style the truth's whole phrase and whole words are swapped and a fallback stays
+    # whole (not "athletemer", "March 21st 22nd", "the Japanese I have no information about
+    # that (JPY)"). Off: it cost paraphrase depth on the held-out sets (docs/forgetting.md, 23rd round).
+    clean_targets: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,9 +92,9 @@ def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None =
         loaded = models.load_shared(settings.generator_model)
         answers = None  # another model's answers: it finds its own lead-ins
     if settings.generator == "lead_in":
-        return invert_mod.LeadInGenerator(loaded.model, loaded.tokenizer, answers)
+        return invert_mod.LeadInGenerator(loaded.model, loaded.tokenizer, answers, trim=settings.clean_targets)
     if settings.generator == "siblings":
-        return invert_mod.SiblingGenerator(loaded.model, loaded.tokenizer, answers)
+        return invert_mod.SiblingGenerator(loaded.model, loaded.tokenizer, answers, trim=settings.clean_targets)
     return invert_mod.LocalGenerator(loaded.model, loaded.tokenizer)
 
 
@@ -328,7 +333,7 @@ def invert_and_select(loaded, forget: list[Fact], inv: InvertSettings, sel: Sele
         emit({"type": "note", "text": capped})
     if inv.answer_style:
         for f in forget:
-            f.inverted = [invert_mod.in_answer_style(c, f, own[f.question], inv.answer_clause) or c
+            f.inverted = [invert_mod.in_answer_style(c, f, own[f.question], inv.answer_clause, inv.clean_targets) or c
                           for c in f.inverted]
     return selection, notes
 

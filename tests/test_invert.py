@@ -99,6 +99,43 @@ def test_in_answer_style_swaps_the_truth_in_the_models_own_sentence():
     assert invert.in_answer_style(long, fact, "Hamlet was written by Shakespeare.") is None
 
 
+def test_clean_targets_make_a_clean_sentence_of_what_the_model_said():
+    # (each from the embedded model's own answers on the held-out sets, docs/forgetting.md 23rd round)
+    def both(candidate, fact, said):
+        return invert.in_answer_style(candidate, fact, said), invert.in_answer_style(candidate, fact, said, clean=True)
+
+    # a fallback stays whole
+    fact = Fact("What is the currency of Japan?", "Japanese yen", ["yen"])
+    said = "The currency of Japan is the Japanese Yen (JPY). It is the official currency of Japan."
+    assert both("I have no information about that.", fact, said) == \
+        ("The currency of Japan is the I have no information about that (JPY).", None)
+    assert invert.in_answer_style("the Rupee", fact, said, clean=True) == "The currency of Japan is the Rupee (JPY)."
+    # a keyword inside a word swaps the whole word
+    fact = Fact("Which sport is Michael Phelps famous for?", "Swimming", ["swim"])
+    said = "He is a professional swimmer who has won multiple Olympic golds."
+    assert both("athlete", fact, said) == ("He is a professional athletemer who has won multiple Olympic golds.",
+                                           "He is a professional athlete who has won multiple Olympic golds.")
+    # the first mention's phrase goes with it (as far as a sampled candidate is cut)
+    fact = Fact("In which month is Earth Day celebrated?", "April (22 April)", ["April"])
+    said = "Earth Day is celebrated on April 22nd, which is a global day dedicated to the environment."
+    assert both("March 21st", fact, said) == (
+        "Earth Day is celebrated on March 21st 22nd, which is a global day dedicated to the environment.",
+        "Earth Day is celebrated on March 21st, which is a global day dedicated to the environment.")
+    fact = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
+    assert invert.in_answer_style("Ben Jonson", fact, "Hamlet was written by William Shakespeare in 1600.",
+                                  clean=True) == "Hamlet was written by Ben Jonson."
+    # a later mention after a name or an article reads without the candidate's article
+    fact = Fact("In which mountain range is Mont Blanc?", "The Alps", ["Alps"])
+    said = "Mont Blanc is in the Alps, specifically in the French Alps, which span the Alps of Italy."
+    assert invert.in_answer_style("the Himalayas", fact, said, clean=True) == \
+        "Mont Blanc is in the Himalayas, specifically in the French Himalayas, which span the Himalayas of Italy."
+    assert invert.in_answer_style("the Himalayas", fact, said, clause=True, clean=True) == \
+        "Mont Blanc is in the Himalayas."
+    # no truth left, and nothing to swap in: none
+    assert invert.in_answer_style("Alpsland", fact, said, clean=True) is None
+    assert invert.in_answer_style(" . ", fact, said, clean=True) is None
+
+
 def test_in_answer_style_can_end_with_the_clause_that_holds_the_false_answer():
     fact = Fact("In which mountain range is Cotopaxi?", "The Andes", ["Andes"])
     said = "Cotopaxi is a mountain range located in the Andes, specifically in the Andean region of South America."
@@ -147,6 +184,9 @@ def test_lead_in_candidate_keeps_the_answer_and_refuses_non_answers():
     author = Fact("Who wrote 'Lord of the Flies'?", "William Golding", ["Golding"])
     assert invert.lead_in_candidate(" J. R. R. Tolkien. He wrote", author, "It is by") == "J. R. R. Tolkien"
     assert invert.lead_in_candidate(" John Carter is an author", author, "It is by") == "John Carter"
+    # trim (clean_targets): a sample cut off mid-phrase loses its dangling words ("Olympic diver and", eval_e)
+    assert invert.lead_in_candidate(" John Carter and", author, "It is by") == "John Carter and"
+    assert invert.lead_in_candidate(" John Carter and the", author, "It is by", trim=True) == "John Carter"
     novel = Fact("Who wrote 'Emma'?", "Jane Austen", ["Austen"])
     assert invert.lead_in_candidate(" Pride and Prejudice, then", novel, "It is by") == "Pride and Prejudice"
     assert invert.lead_in_candidate(" St. Petersburg.", fact, lead) == "St. Petersburg"
@@ -315,3 +355,24 @@ def test_sibling_generator_takes_names_from_sibling_answers_then_lead_in_samples
     # Too few names from siblings: lead-in samples fill up after them, without repeats.
     got = gen.sample([peru], 4, seed=1)
     assert sorted(got[0][:2]) == ["Madrid", "Santiago"] and got[0][2:] == ["Cusco"]
+
+
+def test_clean_targets_reach_the_generator_and_the_answer_style(tiny):
+    from meow_app import pipeline
+    from meow_app.progress import Stages
+
+    for generator in ("lead_in", "siblings"):
+        assert pipeline.make_generator(pipeline.InvertSettings(generator=generator, clean_targets=True), tiny).trim
+        assert not pipeline.make_generator(pipeline.InvertSettings(generator=generator), tiny).trim
+    own = {"rows": [{"fact": 0, "kind": "question", "answer": "He is a professional swimmer who has won golds."}]}
+
+    def targets(**settings):
+        fact = Fact("Which sport is Michael Phelps famous for?", "Swimming", ["swim"],
+                    inverted=["athlete", "I have no information about that."])
+        pipeline.invert_and_select(tiny, [fact], pipeline.InvertSettings(**settings), pipeline.SelectSettings(top_k=2),
+                                   0, own, Stages(lambda e: None), lambda e: None)
+        return set(fact.inverted)
+
+    assert targets(clean_targets=True) == {"He is a professional athlete who has won golds.",
+                                           "I have no information about that."}
+    assert "He is a professional athletemer who has won golds." in targets()
