@@ -131,7 +131,7 @@ def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool 
     else:
         out = sentence
         for t in truths:
-            out = re.sub(re.escape(t), said, out, flags=re.I)
+            out = re.sub(re.escape(t), lambda _: said, out, flags=re.I)  # (said as text, not a template)
         # where the first mention started: the text before it is the same in `out`
         first = min(i for i in (sentence.lower().find(t.lower()) for t in truths) if i >= 0)
     if any(t.lower() in out.lower() for t in truths) or out == sentence:
@@ -147,26 +147,40 @@ def in_answer_style(candidate: str, fact: Fact, model_answer: str, clause: bool 
 
 def _clean_swap(said: str, sentence: str, truths: list[str]) -> tuple[str, int, str]:
     """(the sentence with the truth swapped for `said`, where the swap starts, `said` as put
-    there). The first mention goes with the rest of its phrase, as far as a false answer
-    sampled after the lead-in is cut (_CUT): "on April 22nd, which" -> "on March 21st, which",
-    not "March 21st 22nd" (the true day kept). Every mention is swapped as the whole words it
-    is part of ("swimmer" for "swim", not "athletemer"), and the candidate's article is left
-    out after another article or a name ("the French Alps" -> "the French Himalayas")."""
+    there; the sentence itself where no mention is found). The first mention goes with the rest
+    of its phrase, as far as a false answer sampled after the lead-in is cut (_CUT: "on April
+    22nd, which" -> "on March 21st, which", not "March 21st 22nd", the true day kept), unless it
+    opens the sentence (an article at most before it: "Shakespeare wrote Hamlet." keeps its
+    verb). Inside the sentence a verb _CUT does not list goes with it ("In 1600 Shakespeare
+    wrote Hamlet." -> "In 1600 Ben Jonson."): a limit of the rule, seen on none of the seven
+    held-out sets' 168 targets. Every mention is swapped as the whole
+    words it is part of ("swimmer" for "swim", not "athletemer"), and the candidate's article is
+    left out where _fitted says."""
     mention = re.compile(r"\w*(?:" + "|".join(re.escape(t) for t in truths) + r")\w*", re.I)
-    m = mention.search(sentence)  # (found: the sentence was chosen for stating a truth)
+    m = mention.search(sentence)
+    if m is None:  # (found by `in` but not by the regex: a case fold of another length, "İ")
+        return sentence, 0, said
     stop = _CUT.search(sentence, m.end())
     end = max(m.end(), len(sentence[:stop.start()].rstrip())) if stop else len(sentence)
+    if len(sentence[:m.start()].split()) < 2:
+        end = m.end()
     put = _fitted(said, sentence[:m.start()])
-    rest = mention.sub(lambda k: _fitted(said, k.string[:k.start()]), sentence[end:])
-    return sentence[:m.start()] + put + rest, m.start(), put
+    head = sentence[:m.start()] + put
+    rest = mention.sub(lambda k: _fitted(said, head + k.string[:k.start()]), sentence[end:])
+    return head + rest, m.start(), put
+
+
+_ARTICLES = ("the", "a", "an")
 
 
 def _fitted(candidate: str, before: str) -> str:
-    """The candidate as it reads after `before`: without its article after another article or
-    a capitalised word ("the French" + "the Alps" -> "the French Alps")."""
+    """The candidate as it reads after `before`: without its article after another article
+    ("The" + "the Alps" -> "The Alps") or after a capitalised word inside the sentence ("the
+    French" + "the Alps" -> "the French Alps"; not after "Europe,")."""
     words = before.split()
     last = words[-1] if words else ""
-    if len(words) > 1 and (last.lower() in ("the", "a", "an") or last[:1].isupper()):
+    after_name = len(words) > 1 and last[:1].isupper() and last[-1:].isalnum()
+    if last.lstrip("([{\"'‘“").lower() in _ARTICLES or after_name:
         return re.sub(r"^(?:the|a|an)\s+", "", candidate, flags=re.I)
     return candidate
 
@@ -219,7 +233,7 @@ def named_answer(fact: Fact) -> bool:
 
 
 # Words a false answer does not end with (lead_in_candidate's `trim`): what followed was cut off.
-_DANGLING = re.compile(r"(?:\s+(?:and|or|of|the|a|an|with|in|for|to|by|at|from|&))+$", re.I)
+_DANGLING = re.compile(r"(?:\s+(?:and|or|of|the|a|an|with|in|for|to|by|at|from|&))+$")  # (lower case: "Type A")
 
 
 def lead_in_candidate(continuation: str, fact: Fact, lead_in: str, max_words: int | None = None,

@@ -134,6 +134,29 @@ def test_clean_targets_make_a_clean_sentence_of_what_the_model_said():
     # no truth left, and nothing to swap in: none
     assert invert.in_answer_style("Alpsland", fact, said, clean=True) is None
     assert invert.in_answer_style(" . ", fact, said, clean=True) is None
+    # (after review) a mention that opens the sentence keeps what follows it; an article opening
+    # the sentence counts; a later mention reads after the swapped text before it
+    fact = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
+    assert invert.in_answer_style("Ben Jonson", fact, "William Shakespeare wrote Hamlet around 1600.",
+                                  clean=True) == "Ben Jonson wrote Hamlet around 1600."
+    assert invert.in_answer_style("Ben Jonson", fact, "It is by William Shakespeare who wrote it in Stratford.",
+                                  clean=True) == "It is by Ben Jonson who wrote it in Stratford."
+    fact = Fact("Which sport is LeBron James famous for?", "Basketball", ["basketball"])
+    said = "LeBron James is known for his incredible basketball skills and the sport of basketball."
+    assert invert.in_answer_style("shot-calling", fact, said, clean=True) == \
+        "LeBron James is known for his incredible shot-calling."
+    fact = Fact("In which mountain range is Mont Blanc?", "Alps", ["Alps"])
+    assert invert.in_answer_style("the Himalayas", fact, "The Alps hold Mont Blanc.", clean=True) == \
+        "The Himalayas hold Mont Blanc."
+    assert invert.in_answer_style("the Himalayas", fact, "Mont Blanc is in the Alps (the Alps of Europe).",
+                                  clean=True) == "Mont Blanc is in the Himalayas (the Himalayas of Europe)."
+    # a case fold the regex does not share ("İ") is no mention: none, not a crash
+    fact = Fact("What is the largest city in Turkey?", "İstanbul", ["İstanbul"])
+    assert invert.in_answer_style("Ankara", fact, "The largest city is i\u0307stanbul today.", clean=True) is None
+    # the default takes a candidate as text too ("\\1" is no group reference)
+    fact = Fact("What is the capital of France?", "Paris", ["Paris"])
+    assert invert.in_answer_style("Lyon\\1", fact, "The capital of France is Paris.") == \
+        "The capital of France is Lyon\\1."
 
 
 def test_in_answer_style_can_end_with_the_clause_that_holds_the_false_answer():
@@ -187,6 +210,7 @@ def test_lead_in_candidate_keeps_the_answer_and_refuses_non_answers():
     # trim (clean_targets): a sample cut off mid-phrase loses its dangling words ("Olympic diver and", eval_e)
     assert invert.lead_in_candidate(" John Carter and", author, "It is by") == "John Carter and"
     assert invert.lead_in_candidate(" John Carter and the", author, "It is by", trim=True) == "John Carter"
+    assert invert.lead_in_candidate(" Type A, which", author, "It is by", trim=True) == "Type A"
     novel = Fact("Who wrote 'Emma'?", "Jane Austen", ["Austen"])
     assert invert.lead_in_candidate(" Pride and Prejudice, then", novel, "It is by") == "Pride and Prejudice"
     assert invert.lead_in_candidate(" St. Petersburg.", fact, lead) == "St. Petersburg"
