@@ -153,9 +153,9 @@ def _clean_swap(said: str, sentence: str, truths: list[str]) -> tuple[str, int, 
     opens the sentence (an article at most before it: "Shakespeare wrote Hamlet." keeps its
     verb). Inside the sentence a verb _CUT does not list goes with it ("In 1600 Shakespeare
     wrote Hamlet." -> "In 1600 Ben Jonson."): a limit of the rule, seen on none of the seven
-    held-out sets' 168 targets. Every mention is swapped as the whole
-    words it is part of ("swimmer" for "swim", not "athletemer"), and the candidate's article is
-    left out where _fitted says."""
+    held-out sets' 168 targets. Every mention is swapped as the whole words it is part of
+    ("swimmer" for "swim", not "athletemer"), and the candidate's article is left out where
+    _fitted says."""
     mention = re.compile(r"\w*(?:" + "|".join(re.escape(t) for t in truths) + r")\w*", re.I)
     m = mention.search(sentence)
     if m is None:  # (found by `in` but not by the regex: a case fold of another length, "İ")
@@ -170,7 +170,7 @@ def _clean_swap(said: str, sentence: str, truths: list[str]) -> tuple[str, int, 
     return head + rest, m.start(), put
 
 
-_ARTICLES = ("the", "a", "an")
+_LEADING_ARTICLE = re.compile(r"^(?:" + "|".join(sorted(neighbours.ARTICLES)) + r")\s+", re.I)
 
 
 def _fitted(candidate: str, before: str) -> str:
@@ -180,8 +180,8 @@ def _fitted(candidate: str, before: str) -> str:
     words = before.split()
     last = words[-1] if words else ""
     after_name = len(words) > 1 and last[:1].isupper() and last[-1:].isalnum()
-    if last.lstrip("([{\"'‘“").lower() in _ARTICLES or after_name:
-        return re.sub(r"^(?:the|a|an)\s+", "", candidate, flags=re.I)
+    if last.lstrip("([{\"'‘“").lower() in neighbours.ARTICLES or after_name:
+        return _LEADING_ARTICLE.sub("", candidate)
     return candidate
 
 

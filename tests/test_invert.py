@@ -99,6 +99,35 @@ def test_in_answer_style_swaps_the_truth_in_the_models_own_sentence():
     assert invert.in_answer_style(long, fact, "Hamlet was written by Shakespeare.") is None
 
 
+_HAMLET = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
+_ALPS = Fact("In which mountain range is Mont Blanc?", "The Alps", ["Alps"])
+# (fact, the model's answer, the candidate, the clean target or None)
+CLEAN_CASES = [
+    # the first mention's phrase goes with it, as far as a sampled candidate is cut
+    (_HAMLET, "Hamlet was written by William Shakespeare in 1600.", "Ben Jonson", "Hamlet was written by Ben Jonson."),
+    (Fact("Which sport is LeBron James famous for?", "Basketball", ["basketball"]),
+     "LeBron James is known for his incredible basketball skills and the sport of basketball.", "shot-calling",
+     "LeBron James is known for his incredible shot-calling."),
+    # (after review) but not where the mention opens the sentence; a relative clause ends it
+    (_HAMLET, "William Shakespeare wrote Hamlet around 1600.", "Ben Jonson", "Ben Jonson wrote Hamlet around 1600."),
+    (_HAMLET, "It is by William Shakespeare who wrote it in Stratford.", "Ben Jonson",
+     "It is by Ben Jonson who wrote it in Stratford."),
+    # a later mention after a name or an article reads without the candidate's article
+    (_ALPS, "Mont Blanc is in the Alps, specifically in the French Alps, which span the Alps of Italy.",
+     "the Himalayas",
+     "Mont Blanc is in the Himalayas, specifically in the French Himalayas, which span the Himalayas of Italy."),
+    (_ALPS, "Mont Blanc is in the Alps (the Alps of Europe).", "the Himalayas",
+     "Mont Blanc is in the Himalayas (the Himalayas of Europe)."),
+    (Fact("In which mountain range is Mont Blanc?", "Alps", ["Alps"]), "The Alps hold Mont Blanc.", "the Himalayas",
+     "The Himalayas hold Mont Blanc."),
+    # no truth left, nothing to swap in, or a case fold the regex does not share ("İ"): none, not a crash
+    (_ALPS, "Mont Blanc is in the Alps.", "Alpsland", None),
+    (_ALPS, "Mont Blanc is in the Alps.", " . ", None),
+    (Fact("What is the largest city in Turkey?", "İstanbul", ["İstanbul"]), "The largest city is i\u0307stanbul today.",
+     "Ankara", None),
+]
+
+
 def test_clean_targets_make_a_clean_sentence_of_what_the_model_said():
     # (each from the embedded model's own answers on the held-out sets, docs/forgetting.md 23rd round)
     def both(candidate, fact, said):
@@ -121,38 +150,11 @@ def test_clean_targets_make_a_clean_sentence_of_what_the_model_said():
     assert both("March 21st", fact, said) == (
         "Earth Day is celebrated on March 21st 22nd, which is a global day dedicated to the environment.",
         "Earth Day is celebrated on March 21st, which is a global day dedicated to the environment.")
-    fact = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
-    assert invert.in_answer_style("Ben Jonson", fact, "Hamlet was written by William Shakespeare in 1600.",
-                                  clean=True) == "Hamlet was written by Ben Jonson."
-    # a later mention after a name or an article reads without the candidate's article
-    fact = Fact("In which mountain range is Mont Blanc?", "The Alps", ["Alps"])
+    for fact, said, candidate, clean in CLEAN_CASES:
+        assert invert.in_answer_style(candidate, fact, said, clean=True) == clean, said
     said = "Mont Blanc is in the Alps, specifically in the French Alps, which span the Alps of Italy."
-    assert invert.in_answer_style("the Himalayas", fact, said, clean=True) == \
-        "Mont Blanc is in the Himalayas, specifically in the French Himalayas, which span the Himalayas of Italy."
-    assert invert.in_answer_style("the Himalayas", fact, said, clause=True, clean=True) == \
+    assert invert.in_answer_style("the Himalayas", _ALPS, said, clause=True, clean=True) == \
         "Mont Blanc is in the Himalayas."
-    # no truth left, and nothing to swap in: none
-    assert invert.in_answer_style("Alpsland", fact, said, clean=True) is None
-    assert invert.in_answer_style(" . ", fact, said, clean=True) is None
-    # (after review) a mention that opens the sentence keeps what follows it; an article opening
-    # the sentence counts; a later mention reads after the swapped text before it
-    fact = Fact("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare"])
-    assert invert.in_answer_style("Ben Jonson", fact, "William Shakespeare wrote Hamlet around 1600.",
-                                  clean=True) == "Ben Jonson wrote Hamlet around 1600."
-    assert invert.in_answer_style("Ben Jonson", fact, "It is by William Shakespeare who wrote it in Stratford.",
-                                  clean=True) == "It is by Ben Jonson who wrote it in Stratford."
-    fact = Fact("Which sport is LeBron James famous for?", "Basketball", ["basketball"])
-    said = "LeBron James is known for his incredible basketball skills and the sport of basketball."
-    assert invert.in_answer_style("shot-calling", fact, said, clean=True) == \
-        "LeBron James is known for his incredible shot-calling."
-    fact = Fact("In which mountain range is Mont Blanc?", "Alps", ["Alps"])
-    assert invert.in_answer_style("the Himalayas", fact, "The Alps hold Mont Blanc.", clean=True) == \
-        "The Himalayas hold Mont Blanc."
-    assert invert.in_answer_style("the Himalayas", fact, "Mont Blanc is in the Alps (the Alps of Europe).",
-                                  clean=True) == "Mont Blanc is in the Himalayas (the Himalayas of Europe)."
-    # a case fold the regex does not share ("İ") is no mention: none, not a crash
-    fact = Fact("What is the largest city in Turkey?", "İstanbul", ["İstanbul"])
-    assert invert.in_answer_style("Ankara", fact, "The largest city is i\u0307stanbul today.", clean=True) is None
     # the default takes a candidate as text too ("\\1" is no group reference)
     fact = Fact("What is the capital of France?", "Paris", ["Paris"])
     assert invert.in_answer_style("Lyon\\1", fact, "The capital of France is Paris.") == \
