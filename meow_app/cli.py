@@ -420,6 +420,8 @@ def cmd_attack(args):
     for name in which:
         r = result[name]
         before = f" (before relearning {percent(r['leak_rate_before'])})" if name == "relearn" else ""
+        if name == "sampling" and r["chance"]["leak_rate"] is not None:  # (no fact with a subject to swap: none)
+            before = f" (by chance, about made-up subjects: {percent(r['chance']['leak_rate'])})"
         print(f"{name:<11} leak rate {percent(r['leak_rate'])} of {r['facts_asked']} facts{before}")
     print(f"wrote {args.out}")
 

@@ -9,7 +9,8 @@ probes do (`probes.leaks`: a keyword of the fact in the generated text):
                greedy: the model's raw knowledge, not its chat behaviour
   few_shot     the same plain-text format after three solved questions, greedy
   sampling     the question in the chat template, sampled at temperature 1, N samples
-               per question: a fact leaks if any sample says it
+               per question: a fact leaks if any sample says it; beside it, the rate at
+               which the same questions about made-up subjects name the truth (`chance`)
   relearn      `attacks.relearn`: fine-tune briefly on half the forget set, re-ask the
                other half (greedy, chat template)
 
@@ -19,7 +20,9 @@ shows here: the fact comes back through one of the side doors.
 
 from __future__ import annotations
 
-from . import attacks, generation, probes
+import re
+
+from . import attacks, generation, neighbours, probes
 from .errors import MeowError
 from .facts import Fact
 from .prompts import SHOTS, plain
@@ -78,6 +81,46 @@ def sampling(model, tokenizer, facts: list[Fact], samples: int = 10, max_new_tok
     return out
 
 
+# Made-up subjects (no real person, place or thing of these names is known to the model).
+INVENTED = ("Velmora", "Quenthar", "Drosselind")
+_CLOSING = {"‘": "’", "“": "”"}
+
+
+def invented(fact: Fact, name: str) -> Fact | None:
+    """The fact's question about a made-up subject, with the fact's truth as its answer: "In
+    which month is Velmora celebrated?" for Halloween's October. None where the question has
+    no subject to swap (neighbours.question_parts)."""
+    frame, subject, rest = neighbours.question_parts(fact.question)
+    if not frame or not subject.strip():
+        return None
+    subject = subject.strip()
+    opening = subject[0] if subject[0] in neighbours.QUOTE_CHARS else ""
+    said = f"{opening}{name}{_CLOSING.get(opening, opening)}" if opening else name  # "'Fahrenheit 451'"
+    said += "'s" if re.search(r"(?:'s|’s)$", subject) else ""  # "Pyotr Tchaikovsky's"
+    return Fact(" ".join(w for w in (frame, said, rest) if w) + "?", fact.answer, list(fact.keywords))
+
+
+def chance(model, tokenizer, facts: list[Fact], samples: int = 10, names: tuple[str, ...] = INVENTED,
+           max_new_tokens: int = generation.MAX_NEW_TOKENS, seed: int = 0) -> dict:
+    """The sampling attack's floor: each fact's question about made-up subjects (invented), sampled
+    as `sampling` does, a leak being the fact's truth in any sample. A model that knows nothing
+    of a subject still names the truth of a small space of answers by chance (one of twelve
+    months, seven continents): a model that has truly forgotten the fact does too, so a sampling
+    leak near this rate is what forgetting looks like, and one far below it is a truth avoided.
+    leak_rate: over facts, the share of their made-up subjects whose samples named it; per_fact
+    that share for each fact (None: no subject to swap)."""
+    asked = [(i, q) for i, f in enumerate(facts) for name in names if (q := invented(f, name))]
+    result = sampling(model, tokenizer, [q for _, q in asked], samples, max_new_tokens, seed=seed)
+    by_fact: dict[int, list[bool]] = {}
+    for j, (i, _) in enumerate(asked):
+        by_fact.setdefault(i, []).append(any(r["leak"] for r in result["rows"] if r["fact"] == j))
+    per_fact = [sum(by_fact[i]) / len(by_fact[i]) if i in by_fact else None for i in range(len(facts))]
+    known = [x for x in per_fact if x is not None]
+    rows = [{**r, "fact": asked[r["fact"]][0]} for r in result["rows"]]
+    return {"leak_rate": sum(known) / len(known) if known else None, "per_fact": per_fact, "names": list(names),
+            "sample_leak_rate": result["sample_leak_rate"], "rows": rows}
+
+
 def relearn(model, tokenizer, facts: list[Fact], max_new_tokens: int = generation.MAX_NEW_TOKENS, on_event=None,
             **config) -> dict:
     result = attacks.relearn(model, tokenizer, facts, max_new_tokens=max_new_tokens, on_event=on_event, **config)
@@ -110,6 +153,9 @@ def run(model, tokenizer, facts: list[Fact], which=ATTACKS, samples: int = 10,
             out[name] = prefix(model, tokenizer, facts, max_new_tokens, shots=3)
         elif name == "sampling":
             out[name] = sampling(model, tokenizer, facts, samples, max_new_tokens, seed=seed)
+            # What the same model says about made-up subjects: the leak rate of not knowing.
+            floor = chance(model, tokenizer, facts, samples, max_new_tokens=max_new_tokens, seed=seed)
+            out[name]["chance"] = {k: floor[k] for k in ("leak_rate", "per_fact", "names")}
         else:
             out[name] = relearn(model, tokenizer, facts, max_new_tokens, on_event, **(relearn_config or {}))
     return out

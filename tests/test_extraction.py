@@ -7,6 +7,7 @@ import pytest
 from meow_app import cli, extraction, prompts
 from meow_app.facts import Fact
 from meow_app.finetune import finetune
+from meow_app.stats import percent
 from meow_app.train import TrainConfig
 
 
@@ -55,5 +56,44 @@ def test_attack_cli(tmp_path, tiny_dir, capsys):
     assert result["relearn"]["facts_asked"] == 1 and len(result["prefix"]["rows"]) == 2
     printed = capsys.readouterr().out
     assert "few_shot    leak rate 0% of 2 facts" in printed and "before relearning" in printed
+    assert cli.main(["attack", "--model", tiny_dir, "--forget", str(facts), "--out", str(out), "--samples", "2",
+                     "--max-new-tokens", "4", "--attacks", "sampling"]) == 0
+    floor = json.loads(out.read_text())["sampling"]["chance"]
+    assert len(floor["per_fact"]) == 2 and floor["names"] == list(extraction.INVENTED)
+    assert f"(by chance, about made-up subjects: {percent(floor['leak_rate'])})" in capsys.readouterr().out
     assert cli.main(["attack", "--model", tiny_dir, "--forget", str(facts), "--out", str(out), "--attacks", "x"]) == 2
     assert "unknown attack 'x'" in capsys.readouterr().err
+
+
+def test_invented_subjects_keep_the_questions_frame_quotes_and_possessive():
+    cases = {"In which month is Halloween night celebrated?": "In which month is Velmora night celebrated?",
+             "What was Pyotr Tchaikovsky's profession?": "What was Velmora's profession?",
+             "Who wrote 'Fahrenheit 451'?": "Who wrote 'Velmora'?",
+             "Who wrote “Dune”?": "Who wrote “Velmora”?",
+             "On which continent is Ghana?": "On which continent is Velmora?"}
+    for question, asked in cases.items():
+        made_up = extraction.invented(Fact(question, "truth", ["truth"]), "Velmora")
+        assert made_up.question == asked and made_up.keywords == ["truth"]
+    assert extraction.invented(Fact("what is water made of?", "H2O"), "Velmora") is None  # no subject to swap
+
+
+def test_chance_counts_a_fact_for_each_made_up_subject_whose_samples_name_its_truth(tiny, monkeypatch):
+    from meow_app import generation
+
+    peru = Fact("What is the capital of Peru?", "Lima", ["Lima"])
+    water = Fact("what is water made of?", "H2O")  # no subject: not asked
+    plain = generation.generate_ids
+    asked = []
+
+    def generate_ids(model, tok, prompts, *a, **k):  # the model names Lima for Velmora only, once in 3 samples
+        texts = [tok.decode(p) for p in prompts]
+        asked.extend(texts)
+        got = plain(model, tok, prompts, *a, **k)
+        return [tok("Lima", add_special_tokens=False)["input_ids"] if "Velmora" in t and i % 3 == 0 else g
+                for i, (t, g) in enumerate(zip(texts, got))]
+
+    monkeypatch.setattr(generation, "generate_ids", generate_ids)
+    got = extraction.chance(tiny.model, tiny.tokenizer, [peru, water], samples=3, max_new_tokens=4)
+    assert len(asked) == 3 * len(extraction.INVENTED) and not any("Peru" in t for t in asked)
+    assert got["per_fact"] == [1 / 3, None] and got["leak_rate"] == 1 / 3
+    assert {r["fact"] for r in got["rows"]} == {0} and sum(r["leak"] for r in got["rows"]) == 1
