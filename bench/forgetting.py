@@ -102,16 +102,16 @@ def _coerce(field, text: str):
 
 
 # inversion settings a variant may change
-INVERT_FIELDS = ("generator", "n", "answer_style", "answer_clause", "clean_targets")
+INVERT_FIELDS = ("generator", "n", "answer_style", "answer_clause", "clean_targets", "truth_forms", "name_lead")
 SELECT_FIELDS = ("top_k", "distinct")  # and selection settings (pipeline.SelectSettings)
 
 
 def parse_variant(spec: str) -> dict:
     """'NAME:METHOD:FIELD=VALUE,...' (or 'METHOD', or 'NAME:METHOD') -> {"name", "method", "overrides"}.
     FIELD is a TrainConfig field, or `generator` / `n` / `answer_style` / `answer_clause` /
-    `clean_targets` of the inversion (pipeline.InvertSettings), or `top_k` / `distinct` of the
-    selection (pipeline.SelectSettings); the value is read as that field's type. The method and
-    the fields are checked here, before anything runs."""
+    `clean_targets` / `truth_forms` / `name_lead` of the inversion (pipeline.InvertSettings), or
+    `top_k` / `distinct` of the selection (pipeline.SelectSettings); the value is read as that
+    field's type. The method and the fields are checked here, before anything runs."""
     from meow_app import methods
     from meow_app.pipeline import InvertSettings, SelectSettings
     from meow_app.train import TrainConfig

@@ -58,11 +58,13 @@ def _add_model(p):
 
 def _add_generator(p):
     p.add_argument("--n", type=int, default=4, help="inverted answers per fact (default 4)")
-    p.add_argument("--generator", choices=("lead_in", "siblings", "local", "openai"), default="lead_in",
+    p.add_argument("--generator", choices=("lead_in", "siblings", "lead_in_siblings", "local", "openai"),
+                   default="lead_in",
                    help="lead_in (default): the model continues its own answer's lead-in ('The capital of Ukraine "
                         "is') with the truth forbidden, so false answers are of the same kind; siblings: the "
                         "model's answers to the same question about other subjects (Australia, its answer for "
-                        "Sydney, as Toronto's country), lead-in samples where too few; local: the model "
+                        "Sydney, as Toronto's country), lead-in samples where too few; lead_in_siblings: lead-in "
+                        "samples, then siblings' answers for a fact left short; local: the model "
                         "writes them from a few-shot prompt; openai: an OpenAI-compatible API")
     p.add_argument("--generator-model", default=None,
                    help="local generator model (default: the --model being used)")

@@ -260,6 +260,11 @@ def lead_in_candidate(continuation: str, fact: Fact, lead_in: str, max_words: in
     return c
 
 
+# Capitalised words that end a lead-in after a word in lower case ("located in West"), not
+# the subject opening it ("Venezuela is located in" keeps all).
+_NAME_HEAD = re.compile(r"(?<=[a-z,] )(?:[A-Z][\w.-]*\s)*[A-Z][\w.-]*$")
+
+
 class LeadInGenerator:
     """Same-type false answers from the model's own distribution: after its own lead-in to the
     answer ("The capital of Ukraine is"), with the truth's tokens forbidden, sampled at T=1.
@@ -268,10 +273,13 @@ class LeadInGenerator:
     costs a few tokens per candidate instead of a few-shot prompt."""
 
     def __init__(self, model, tokenizer, answers: dict[str, str] | None = None, temperature: float = 0.8,
-                 top_p: float = 0.9, batch_size: int = generation.ANSWER_BATCH, trim: bool = False):
+                 top_p: float = 0.9, batch_size: int = generation.ANSWER_BATCH, trim: bool = False,
+                 whole_ban: bool = False, name_lead: bool = False):
         self.model, self.tokenizer, self.answers = model, tokenizer, dict(answers or {})
         self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
         self.trim = trim  # lead_in_candidate's
+        self.whole_ban, self.name_lead = whole_ban, name_lead  # InvertSettings.whole_truth
+        self._word_starts = None
         self.tries: dict[str, int] = {}  # question -> times sampled so far
 
     def lead_in(self, fact: Fact) -> str:
@@ -283,7 +291,12 @@ class LeadInGenerator:
         said = self.answers[fact.question]
         whole = said.lower().find(fact.answer.lower().strip()) if fact.answer.strip() else -1
         at = whole if whole >= 0 else probes.first_mention(said, fact)
-        return said[:at].rstrip() if at > 0 else ""
+        lead = said[:at].rstrip() if at > 0 else ""
+        if self.name_lead and named_answer(fact):
+            # The name's own capitalised words before it belong to it ("located in West" for
+            # "Africa"): a false answer after them must continue the name ("West-Central Asia").
+            lead = _NAME_HEAD.sub("", lead).rstrip()
+        return lead
 
     def banned(self, fact: Fact) -> list[int]:
         """The truth's tokens, and the first token of each way it may start (" Dh" of " Dhaka"),
@@ -294,7 +307,28 @@ class LeadInGenerator:
         firsts = {tok(v, add_special_tokens=False)["input_ids"][0]
                   for t in [fact.answer, *fact.keywords] if t.strip() for v in (t, " " + t)}
         starts = {t for t in firsts if (piece := tok.decode([t]).strip()) and not piece.isdigit()}
-        return sorted(set(truth_token_ids(tok, fact)) | starts)
+        return sorted(set(truth_token_ids(tok, fact)) | starts | (self.word_forms(fact) if self.whole_ban else set()))
+
+    def word_forms(self, fact: Fact) -> set[int]:
+        """The first token of the truth's first word in either case (" Y" of " Yen" for "yen"), and
+        the word-start tokens of 4 letters or more that begin one of its words of 4 letters or
+        more or another form of it: " chickpeas" (one token, where "chickpea" is " chick" + "pea"),
+        " African" for "Africa". The truth's own tokens miss these, and a sample says the truth
+        through them. (" Newton" stays allowed for "New York"; " Garlic" does not for "garbanzo".)"""
+        if self._word_starts is None:  # (the vocabulary's word starts, decoded once)
+            tok = self.tokenizer
+            pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+            self._word_starts = [(i, text.lower()) for i, p in enumerate(pieces)
+                                 if p and (text := tok.convert_tokens_to_string([p])).startswith(" ")
+                                 and (text := text.strip()).isalpha()]
+        words = list(fact.keywords) or ([fact.answer] if len(fact.answer.split()) <= 5 else [])
+        words = [[w for w in re.findall(r"[a-z]+", t.lower()) if len(w) >= 3 and w not in _STOPWORDS] for t in words]
+        # the first token of each phrase's first word in either case (" Y" of " Yen": " Y" + "en")
+        firsts = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0]
+                  for ws in words if ws for v in (" " + ws[0], " " + ws[0].capitalize())}
+        words = {w for ws in words for w in ws if len(w) >= 4}
+        return firsts | {i for i, text in self._word_starts
+                         if len(text) >= 4 and any(w.startswith(text) or text.startswith(w) for w in words)}
 
     def leads(self, facts: list[Fact]) -> list[str]:
         """lead_in of each fact, after one batched greedy pass for those the caller had no answer for."""
@@ -433,6 +467,22 @@ class SiblingGenerator(LeadInGenerator):
             for i, more in zip(short, extra):
                 found[i] += [c for c in more if c not in found[i]]
         return [c[:n] for c in found]
+
+
+class FillGenerator(SiblingGenerator):
+    """Lead-in samples first (LeadInGenerator); a fact still short of usable ones when invert
+    asks again gets its siblings' names (SiblingGenerator), which cost a pass of questions
+    only for the facts that need them (a truth the model's lead-in cannot be continued past
+    without it: "located in West" for Africa, "made from" for chickpeas)."""
+
+    def __init__(self, model, tokenizer, answers: dict[str, str] | None = None, **kw):
+        super().__init__(model, tokenizer, answers, **kw)
+        self.asked: set[str] = set()
+
+    def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
+        again = all(f.question in self.asked for f in facts)
+        self.asked.update(f.question for f in facts)
+        return super().sample(facts, n, seed) if again else LeadInGenerator.sample(self, facts, n, seed)
 
 
 class OpenAIGenerator:

@@ -57,6 +57,13 @@ class InvertSettings:
     # whole (not "athletemer", "March 21st 22nd", "the Japanese I have no information about
     # that (JPY)"). Off: it cost paraphrase depth on the held-out sets (docs/forgetting.md, 23rd round).
     clean_targets: bool = False
+    # Lead-in sampling (lead_in, siblings): also forbid the word-start tokens that begin the
+    # truth's words or another form of them (" chickpe" of " chickpeas", " African"), which
+    # the truth's own tokens miss.
+    truth_forms: bool = False
+    # Lead-in sampling of a name: the lead-in ends before the name's own capitalised words
+    # ("located in" rather than "located in West" for "Africa").
+    name_lead: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,7 +83,7 @@ class SelectSettings:
     distinct: bool = False
 
 
-GENERATORS = ("local", "lead_in", "siblings", "openai")
+GENERATORS = ("local", "lead_in", "siblings", "lead_in_siblings", "openai")
 
 
 def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None = None,
@@ -91,10 +98,11 @@ def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None =
     if loaded is None or (settings.generator_model and settings.generator_model != loaded.name):
         loaded = models.load_shared(settings.generator_model)
         answers = None  # another model's answers: it finds its own lead-ins
-    if settings.generator == "lead_in":
-        return invert_mod.LeadInGenerator(loaded.model, loaded.tokenizer, answers, trim=settings.clean_targets)
-    if settings.generator == "siblings":
-        return invert_mod.SiblingGenerator(loaded.model, loaded.tokenizer, answers, trim=settings.clean_targets)
+    kinds = {"lead_in": invert_mod.LeadInGenerator, "siblings": invert_mod.SiblingGenerator,
+             "lead_in_siblings": invert_mod.FillGenerator}
+    if settings.generator in kinds:
+        return kinds[settings.generator](loaded.model, loaded.tokenizer, answers, trim=settings.clean_targets,
+                                         whole_ban=settings.truth_forms, name_lead=settings.name_lead)
     return invert_mod.LocalGenerator(loaded.model, loaded.tokenizer)
 
 

@@ -81,7 +81,8 @@ def run_metadata(run: dict, base_model: str | None) -> dict:
         "seed": run.get("seed"),
         "train": {k: v for k, v in (settings.get("train") or {}).items() if isinstance(v, (bool, int, float, str))},
         # The generator's kind and count; not its base URL or model name (they may be private).
-        "invert": {k: invert.get(k) for k in ("generator", "n", "answer_style", "answer_clause", "clean_targets")},
+        "invert": {k: invert.get(k) for k in ("generator", "n", "answer_style", "answer_clause", "clean_targets",
+                                              "truth_forms", "name_lead")},
         "select": _numbers(settings.get("select") or {}) | {"strategy": (settings.get("select") or {}).get("strategy")},
         "stopped_early": bool(run.get("stopped_early")),
         "seconds_total": run.get("seconds_total"),

@@ -70,6 +70,14 @@ def test_invert_with_the_lead_in_generator(tmp_path, facts_file, tiny_dir):
     assert [len(json.loads(line)["inverted"]) for line in inv.read_text().splitlines()] == [2, 2]
 
 
+def test_every_generator_the_library_knows_is_a_cli_choice():
+    from meow_app import cli as cli_mod, pipeline
+
+    invert = next(a for a in cli_mod.build_parser()._subparsers._group_actions[0].choices["invert"]._actions
+                  if a.dest == "generator")
+    assert set(invert.choices) == set(pipeline.GENERATORS)
+
+
 def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
     inv = tmp_path / "inv.jsonl"
     ok(cli("invert", "--facts", facts_file, "--out", inv, "--n", 3, "--model", tiny_dir))

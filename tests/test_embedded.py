@@ -48,6 +48,26 @@ def test_lead_in_bans_the_truths_start_but_not_a_space_or_a_digit(embedded):
     assert not banned & {"", "1", "9", "4", "5"}
 
 
+def test_truth_forms_bans_the_other_forms_of_the_truths_words(embedded):
+    from meow_app.facts import Fact
+    from meow_app.invert import LeadInGenerator
+
+    tok = embedded.tokenizer
+    hummus = Fact("What is the main ingredient of hummus?", "Chickpeas", ["chickpea", "garbanzo"])
+    ghana = Fact("On which continent is Ghana?", "Africa", ["Africa"])
+    plain, forms = LeadInGenerator(embedded.model, tok), LeadInGenerator(embedded.model, tok, whole_ban=True)
+    yen = Fact("What is the currency of Japan?", "The yen", ["yen"])
+    # Tokens the truth's own miss: " chickpeas" is one ("chickpea": " chick" + "pea"), " Yen" starts
+    # with " Y" (" yen" is one).
+    for fact, other_form in [(hummus, " chickpeas"), (ghana, " African"), (yen, " Yen")]:
+        first = tok.convert_tokens_to_ids(tok.tokenize(other_form))[0]
+        assert first not in plain.banned(fact) and first in forms.banned(fact), other_form
+    pieces = {tok.decode([t]) for t in forms.banned(Fact("What is the largest city in the US?", "New York City",
+                                                         ["New York"]))}
+    assert {" York", " Yorkshire"} <= pieces and " Newton" not in pieces  # a short word's other forms are others
+    assert set(plain.banned(ghana)) <= set(forms.banned(ghana))
+
+
 def test_unlearn_forgets_three_facts_and_keeps_others(embedded, tmp_path):
     # Facts from the holdout set, kept out of the tuning (they only confirmed the MLP-only choice).
     forget = load_facts(ROOT / "assets/facts/holdout_facts.jsonl")[:3]

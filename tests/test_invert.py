@@ -243,6 +243,23 @@ def test_lead_in_is_the_models_answer_before_the_truth():
     assert gen.lead_in(Fact("Who founded Microsoft?", "Bill Gates", ["Gates"])) == ""
 
 
+def test_name_lead_ends_before_the_names_own_capitalised_words():
+    answers = {"On which continent is Ghana?": "Ghana is located in West Africa, specifically in the west.",
+               "What was her job?": "She was a US Airplane Pilot.",
+               "On which continent is Peru?": "Peru is in South America.",
+               "Where is Quito?": "Quito is the capital of Ecuador."}
+    facts = [Fact("On which continent is Ghana?", "Africa", ["Africa"]),
+             Fact("What was her job?", "A pilot", ["pilot"]),
+             Fact("On which continent is Peru?", "South America"), Fact("Where is Quito?", "Ecuador")]
+    plain = invert.LeadInGenerator(None, None, answers=answers)
+    named = invert.LeadInGenerator(None, None, answers=answers, name_lead=True)
+    assert [plain.lead_in(f) for f in facts] == ["Ghana is located in West", "She was a US Airplane", "Peru is in",
+                                                 "Quito is the capital of"]
+    # Only before a name: "a pilot" is no name, and the US Airplane is what she flew.
+    assert [named.lead_in(f) for f in facts] == ["Ghana is located in", "She was a US Airplane", "Peru is in",
+                                                 "Quito is the capital of"]
+
+
 def test_lead_in_generator_on_tiny_model_ranks_by_the_models_likelihood(tiny, monkeypatch):
     from meow_app.metrics import teacher_forced
 
@@ -383,13 +400,38 @@ def test_sibling_generator_takes_names_from_sibling_answers_then_lead_in_samples
     assert sorted(got[0][:2]) == ["Madrid", "Santiago"] and got[0][2:] == ["Cusco"]
 
 
+def test_fill_generator_asks_siblings_only_for_facts_the_lead_in_left_short(tiny, monkeypatch):
+    from meow_app import neighbours
+
+    peru = Fact("What is the capital of Peru?", "Lima", ["Lima"])
+    chile = Fact("What is the capital of Chile?", "Santiago", ["Santiago"])
+    siblings = []
+    monkeypatch.setattr(neighbours, "sibling_questions", lambda model, tok, facts, per_fact, seed: siblings.append(
+        [f.question for f in facts]) or [["What is the capital of Spain?"] for _ in facts])
+    sampled = []  # the lead-in sampler (tested above), standing in: nothing usable for Peru
+    monkeypatch.setattr(invert.LeadInGenerator, "sample", lambda self, facts, n, seed: sampled.append(
+        [f.question for f in facts]) or [[] if f is peru else ["Quito", "Bogota"] for f in facts])
+    gen = invert.FillGenerator(tiny.model, tiny.tokenizer, answers={
+        peru.question: "The capital of Peru is Lima.", chile.question: "The capital of Chile is Santiago.",
+        "What is the capital of Spain?": "The capital of Spain is Madrid."})
+    report = invert.invert([peru, chile], gen, n=2, rounds=3, seed=0)
+    # The lead-in for both first; Peru, short, then gets its sibling's name, each time it is asked again.
+    assert sampled[0] == [peru.question, chile.question] and chile.inverted == ["Quito", "Bogota"]
+    assert siblings and all(asked == [peru.question] for asked in siblings)
+    assert peru.inverted[0] == "Madrid" and report.from_generator == [1, 2]
+
+
 def test_clean_targets_reach_the_generator_and_the_answer_style(tiny):
     from meow_app import pipeline
     from meow_app.progress import Stages
 
-    for generator in ("lead_in", "siblings"):
+    for generator in ("lead_in", "siblings", "lead_in_siblings"):
         assert pipeline.make_generator(pipeline.InvertSettings(generator=generator, clean_targets=True), tiny).trim
-        assert not pipeline.make_generator(pipeline.InvertSettings(generator=generator), tiny).trim
+        plain = pipeline.make_generator(pipeline.InvertSettings(generator=generator), tiny)
+        assert not (plain.trim or plain.whole_ban or plain.name_lead)
+        both = pipeline.make_generator(pipeline.InvertSettings(generator=generator, truth_forms=True, name_lead=True),
+                                       tiny)
+        assert both.whole_ban and both.name_lead and not both.trim
     own = {"rows": [{"fact": 0, "kind": "question", "answer": "He is a professional swimmer who has won golds."}]}
 
     def targets(**settings):
