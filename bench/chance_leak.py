@@ -47,7 +47,7 @@ def measured(path: Path | None) -> dict:
         return {}
     out = {}
     for r in json.loads(path.read_text())["rows"]:
-        if not r["overrides"].get("seed"):
+        if "error" not in r and not r["overrides"].get("seed"):  # (a row whose run failed has no numbers)
             out.setdefault(r["set"], r)
     return out
 

@@ -95,8 +95,12 @@ def invented(fact: Fact, name: str) -> Fact | None:
         return None
     subject = subject.strip()
     opening = subject[0] if subject[0] in neighbours.QUOTE_CHARS else ""
-    said = f"{opening}{name}{_CLOSING.get(opening, opening)}" if opening else name  # "'Fahrenheit 451'"
-    said += "'s" if re.search(r"(?:'s|’s)$", subject) else ""  # "Pyotr Tchaikovsky's"
+    if opening:  # "'Fahrenheit 451'", and what follows its closing quote ('"Dune"\'s sequel')
+        closing = _CLOSING.get(opening, opening)
+        end = subject.find(closing, 1)
+        said = f"{opening}{name}{closing}" + (subject[end + 1:] if end > 0 else "")
+    else:  # "Pyotr Tchaikovsky's", "Jesus'", as the subject writes it
+        said = name + re.search(r"(?:['’]s?)?$", subject).group(0)
     return Fact(" ".join(w for w in (frame, said, rest) if w) + "?", fact.answer, list(fact.keywords))
 
 

@@ -260,9 +260,16 @@ def lead_in_candidate(continuation: str, fact: Fact, lead_in: str, max_words: in
     return c
 
 
-# Capitalised words that end a lead-in after a word in lower case ("located in West"), not
-# the subject opening it ("Venezuela is located in" keeps all).
-_NAME_HEAD = re.compile(r"(?<=[a-z,] )(?:[A-Z][\w.-]*\s)*[A-Z][\w.-]*$")
+def without_name_head(lead: str) -> str:
+    """The lead-in without the capitalised words that end it after a word in lower case or a
+    comma ("located in West" -> "located in"); a lead-in of capitalised words only, or one that
+    ends in lower case, is kept ("Venezuela is located in")."""
+    words = lead.split(" ")
+    k = len(words)
+    while k > 1 and words[k - 1][:1].isupper():
+        k -= 1
+    before = words[k - 1] if k < len(words) else ""
+    return " ".join(words[:k]).rstrip() if before[-1:].islower() or before.endswith(",") else lead
 
 
 class LeadInGenerator:
@@ -295,7 +302,7 @@ class LeadInGenerator:
         if self.name_lead and named_answer(fact):
             # The name's own capitalised words before it belong to it ("located in West" for
             # "Africa"): a false answer after them must continue the name ("West-Central Asia").
-            lead = _NAME_HEAD.sub("", lead).rstrip()
+            lead = without_name_head(lead)
         return lead
 
     def banned(self, fact: Fact) -> list[int]:
@@ -310,22 +317,25 @@ class LeadInGenerator:
         return sorted(set(truth_token_ids(tok, fact)) | starts | (self.word_forms(fact) if self.whole_ban else set()))
 
     def word_forms(self, fact: Fact) -> set[int]:
-        """The first token of the truth's first word in either case (" Y" of " Yen" for "yen"), and
+        """The first token of the truth's first word capitalised (" Y" of " Yen" for "yen"), and
         the word-start tokens of 4 letters or more that begin one of its words of 4 letters or
         more or another form of it: " chickpeas" (one token, where "chickpea" is " chick" + "pea"),
         " African" for "Africa". The truth's own tokens miss these, and a sample says the truth
         through them. (" Newton" stays allowed for "New York"; " Garlic" does not for "garbanzo".)"""
-        if self._word_starts is None:  # (the vocabulary's word starts, decoded once)
-            tok = self.tokenizer
+        tok = self.tokenizer
+        if self._word_starts is None:  # (the vocabulary's word starts, decoded once; "Ġ" byte-level, "▁" SentencePiece)
             pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
             self._word_starts = [(i, text.lower()) for i, p in enumerate(pieces)
-                                 if p and (text := tok.convert_tokens_to_string([p])).startswith(" ")
-                                 and (text := text.strip()).isalpha()]
+                                 if isinstance(p, str) and p.startswith(("Ġ", "▁"))
+                                 and (text := tok.convert_tokens_to_string([p]).strip()).isalpha()]
         words = list(fact.keywords) or ([fact.answer] if len(fact.answer.split()) <= 5 else [])
-        words = [[w for w in re.findall(r"[a-z]+", t.lower()) if len(w) >= 3 and w not in _STOPWORDS] for t in words]
-        # the first token of each phrase's first word in either case (" Y" of " Yen": " Y" + "en")
-        firsts = {self.tokenizer(v, add_special_tokens=False)["input_ids"][0]
-                  for ws in words if ws for v in (" " + ws[0], " " + ws[0].capitalize())}
+        words = [[w for w in re.findall(r"[^\W\d_]+", t.lower()) if len(w) >= 3 and w not in _STOPWORDS]
+                 for t in words]
+        # the first token of each phrase's first word, capitalised (" Y" of " Yen": " Y" + "en"), unless
+        # it is a small word of its own (" A" of " Ankara" would ban the article)
+        firsts = {t for ws in words if ws
+                  for t in tok(" " + ws[0].capitalize(), add_special_tokens=False)["input_ids"][:1]
+                  if tok.decode([t]).strip().lower() not in _STOPWORDS | neighbours.ARTICLES}
         words = {w for ws in words for w in ws if len(w) >= 4}
         return firsts | {i for i, text in self._word_starts
                          if len(text) >= 4 and any(w.startswith(text) or text.startswith(w) for w in words)}
@@ -480,9 +490,15 @@ class FillGenerator(SiblingGenerator):
         self.asked: set[str] = set()
 
     def sample(self, facts: list[Fact], n: int, seed: int) -> list[list[str]]:
-        again = all(f.question in self.asked for f in facts)
+        again = [i for i, f in enumerate(facts) if f.question in self.asked]
+        new = [i for i, f in enumerate(facts) if f.question not in self.asked]
         self.asked.update(f.question for f in facts)
-        return super().sample(facts, n, seed) if again else LeadInGenerator.sample(self, facts, n, seed)
+        out: list[list[str]] = [[] for _ in facts]
+        for kind, which in ((SiblingGenerator, again), (LeadInGenerator, new)):
+            if which:
+                for i, got in zip(which, kind.sample(self, [facts[i] for i in which], n, seed)):
+                    out[i] = got
+        return out
 
 
 class OpenAIGenerator:

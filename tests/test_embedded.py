@@ -65,6 +65,11 @@ def test_truth_forms_bans_the_other_forms_of_the_truths_words(embedded):
     pieces = {tok.decode([t]) for t in forms.banned(Fact("What is the largest city in the US?", "New York City",
                                                          ["New York"]))}
     assert {" York", " Yorkshire"} <= pieces and " Newton" not in pieces  # a short word's other forms are others
+    # Letters beyond ASCII are letters ("Zürich" is not "rich"); a small word of its own is no start of a name.
+    zurich = {tok.decode([t]) for t in forms.word_forms(Fact("Where is FIFA based?", "Zürich", ["Zürich"]))}
+    assert zurich and not {" rich", " Richard", " Richmond"} & zurich
+    ocean = {tok.decode([t]).strip() for t in forms.word_forms(Fact("Which ocean?", "The Atlantic", ["Atlantic"]))}
+    assert "Atlantic" in ocean and not {"at", "At", "A", "a"} & ocean
     assert set(plain.banned(ghana)) <= set(forms.banned(ghana))
 
 

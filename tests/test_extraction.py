@@ -70,7 +70,10 @@ def test_invented_subjects_keep_the_questions_frame_quotes_and_possessive():
              "What was Pyotr Tchaikovsky's profession?": "What was Velmora's profession?",
              "Who wrote 'Fahrenheit 451'?": "Who wrote 'Velmora'?",
              "Who wrote “Dune”?": "Who wrote “Velmora”?",
-             "On which continent is Ghana?": "On which continent is Velmora?"}
+             "On which continent is Ghana?": "On which continent is Velmora?",
+             "What was Tchaikovsky’s profession?": "What was Velmora’s profession?",
+             "What did Jesus' disciples do?": "What did Velmora' disciples do?",
+             "Who wrote \"Dune\"'s sequel?": "Who wrote \"Velmora\"'s sequel?"}
     for question, asked in cases.items():
         made_up = extraction.invented(Fact(question, "truth", ["truth"]), "Velmora")
         assert made_up.question == asked and made_up.keywords == ["truth"]

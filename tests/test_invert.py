@@ -255,6 +255,9 @@ def test_name_lead_ends_before_the_names_own_capitalised_words():
     named = invert.LeadInGenerator(None, None, answers=answers, name_lead=True)
     assert [plain.lead_in(f) for f in facts] == ["Ghana is located in West", "She was a US Airplane", "Peru is in",
                                                  "Quito is the capital of"]
+    assert invert.without_name_head("It is in Ürümqi Região") == "It is in"  # (capitals beyond ASCII too)
+    assert invert.without_name_head("Venezuela is located in") == "Venezuela is located in"
+    assert invert.without_name_head("Paris") == "Paris"
     # Only before a name: "a pilot" is no name, and the US Airplane is what she flew.
     assert [named.lead_in(f) for f in facts] == ["Ghana is located in", "She was a US Airplane", "Peru is in",
                                                  "Quito is the capital of"]
@@ -419,6 +422,11 @@ def test_fill_generator_asks_siblings_only_for_facts_the_lead_in_left_short(tiny
     assert sampled[0] == [peru.question, chile.question] and chile.inverted == ["Quito", "Bogota"]
     assert siblings and all(asked == [peru.question] for asked in siblings)
     assert peru.inverted[0] == "Madrid" and report.from_generator == [1, 2]
+    # Asked with a new fact beside one asked before, each gets its own kind.
+    bolivia = Fact("What is the capital of Bolivia?", "Sucre", ["Sucre"])
+    siblings.clear()
+    got = gen.sample([peru, bolivia], 2, seed=1)
+    assert siblings == [[peru.question]] and sampled[-1][-1] == bolivia.question and got[1] == ["Quito", "Bogota"]
 
 
 def test_clean_targets_reach_the_generator_and_the_answer_style(tiny):
