@@ -332,10 +332,11 @@ class LeadInGenerator:
         words = [[w for w in re.findall(r"[^\W\d_]+", t.lower()) if len(w) >= 3 and w not in _STOPWORDS]
                  for t in words]
         # the first token of each phrase's first word, capitalised (" Y" of " Yen": " Y" + "en"), unless
-        # it is a small word of its own (" A" of " Ankara" would ban the article)
+        # it is a small word of its own (" A" of " Ankara" would ban the article) or a bare space (a
+        # SentencePiece tokenizer may begin " Yen" with "▁" alone)
         firsts = {t for ws in words if ws
                   for t in tok(" " + ws[0].capitalize(), add_special_tokens=False)["input_ids"][:1]
-                  if tok.decode([t]).strip().lower() not in _STOPWORDS | neighbours.ARTICLES}
+                  if (piece := tok.decode([t]).strip().lower()) and piece not in _STOPWORDS | neighbours.ARTICLES}
         words = {w for ws in words for w in ws if len(w) >= 4}
         return firsts | {i for i, text in self._word_starts
                          if len(text) >= 4 and any(w.startswith(text) or text.startswith(w) for w in words)}
