@@ -281,11 +281,11 @@ class LeadInGenerator:
 
     def __init__(self, model, tokenizer, answers: dict[str, str] | None = None, temperature: float = 0.8,
                  top_p: float = 0.9, batch_size: int = generation.ANSWER_BATCH, trim: bool = False,
-                 whole_ban: bool = False, name_lead: bool = False):
+                 truth_forms: bool = False, name_lead: bool = False):
         self.model, self.tokenizer, self.answers = model, tokenizer, dict(answers or {})
         self.temperature, self.top_p, self.batch_size = temperature, top_p, batch_size
         self.trim = trim  # lead_in_candidate's
-        self.whole_ban, self.name_lead = whole_ban, name_lead  # InvertSettings.whole_truth
+        self.truth_forms, self.name_lead = truth_forms, name_lead  # InvertSettings fields of these names
         self._word_starts = None
         self.tries: dict[str, int] = {}  # question -> times sampled so far
 
@@ -314,7 +314,7 @@ class LeadInGenerator:
         firsts = {tok(v, add_special_tokens=False)["input_ids"][0]
                   for t in [fact.answer, *fact.keywords] if t.strip() for v in (t, " " + t)}
         starts = {t for t in firsts if (piece := tok.decode([t]).strip()) and not piece.isdigit()}
-        return sorted(set(truth_token_ids(tok, fact)) | starts | (self.word_forms(fact) if self.whole_ban else set()))
+        return sorted(set(truth_token_ids(tok, fact)) | starts | (self.word_forms(fact) if self.truth_forms else set()))
 
     def word_forms(self, fact: Fact) -> set[int]:
         """The first token of the truth's first word capitalised (" Y" of " Yen" for "yen"), and

@@ -102,7 +102,7 @@ def make_generator(settings: InvertSettings, loaded: models.LoadedModel | None =
              "lead_in_siblings": invert_mod.FillGenerator}
     if settings.generator in kinds:
         return kinds[settings.generator](loaded.model, loaded.tokenizer, answers, trim=settings.clean_targets,
-                                         whole_ban=settings.truth_forms, name_lead=settings.name_lead)
+                                         truth_forms=settings.truth_forms, name_lead=settings.name_lead)
     return invert_mod.LocalGenerator(loaded.model, loaded.tokenizer)
 
 

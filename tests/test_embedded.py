@@ -55,7 +55,7 @@ def test_truth_forms_bans_the_other_forms_of_the_truths_words(embedded):
     tok = embedded.tokenizer
     hummus = Fact("What is the main ingredient of hummus?", "Chickpeas", ["chickpea", "garbanzo"])
     ghana = Fact("On which continent is Ghana?", "Africa", ["Africa"])
-    plain, forms = LeadInGenerator(embedded.model, tok), LeadInGenerator(embedded.model, tok, whole_ban=True)
+    plain, forms = LeadInGenerator(embedded.model, tok), LeadInGenerator(embedded.model, tok, truth_forms=True)
     yen = Fact("What is the currency of Japan?", "The yen", ["yen"])
     # Tokens the truth's own miss: " chickpeas" is one ("chickpea": " chick" + "pea"), " Yen" starts
     # with " Y" (" yen" is one).

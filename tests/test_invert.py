@@ -436,10 +436,10 @@ def test_clean_targets_reach_the_generator_and_the_answer_style(tiny):
     for generator in ("lead_in", "siblings", "lead_in_siblings"):
         assert pipeline.make_generator(pipeline.InvertSettings(generator=generator, clean_targets=True), tiny).trim
         plain = pipeline.make_generator(pipeline.InvertSettings(generator=generator), tiny)
-        assert not (plain.trim or plain.whole_ban or plain.name_lead)
+        assert not (plain.trim or plain.truth_forms or plain.name_lead)
         both = pipeline.make_generator(pipeline.InvertSettings(generator=generator, truth_forms=True, name_lead=True),
                                        tiny)
-        assert both.whole_ban and both.name_lead and not both.trim
+        assert both.truth_forms and both.name_lead and not both.trim
     own = {"rows": [{"fact": 0, "kind": "question", "answer": "He is a professional swimmer who has won golds."}]}
 
     def targets(**settings):
