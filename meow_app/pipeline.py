@@ -57,12 +57,12 @@ class InvertSettings:
     # whole (not "athletemer", "March 21st 22nd", "the Japanese I have no information about
     # that (JPY)"). Off: it cost paraphrase depth on the held-out sets (docs/forgetting.md, 23rd round).
     clean_targets: bool = False
-    # Lead-in sampling (lead_in, siblings): also forbid the word-start tokens that begin the
-    # truth's words or another form of them (" chickpe" of " chickpeas", " African"), which
-    # the truth's own tokens miss.
+    # Lead-in sampling (lead_in, siblings, lead_in_siblings): also forbid the tokens that begin
+    # the truth's words or another form of them (" chickpeas", " African", the " Y" of " Yen"),
+    # which the truth's own tokens miss. Off: docs/forgetting.md, 24th round.
     truth_forms: bool = False
     # Lead-in sampling of a name: the lead-in ends before the name's own capitalised words
-    # ("located in" rather than "located in West" for "Africa").
+    # ("located in" rather than "located in West" for "Africa"). Off: as truth_forms.
     name_lead: bool = False
 
     def to_dict(self) -> dict:
