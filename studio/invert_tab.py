@@ -17,7 +17,9 @@ INVERT_COLUMNS = ["fact", "question", "inverted answer"]
 
 # What the "Who writes them" choices mean to pipeline.InvertSettings.generator.
 GENERATOR_CHOICES = {"Local model, continuing its own answer": "lead_in",
-                     "Local model, its answers about similar subjects": "siblings", "Local model": "local",
+                     "Local model, its answers about similar subjects": "siblings",
+                     "Local model, its own answer first, then similar subjects": "lead_in_siblings",
+                     "Local model": "local",
                      "OpenAI-compatible API": "openai"}
 DEFAULT_GENERATOR = "Local model, continuing its own answer"
 
@@ -76,6 +78,8 @@ def build() -> dict:
             generator = gr.Radio(list(GENERATOR_CHOICES), value=DEFAULT_GENERATOR, label="Who writes them",
                                  info="'continuing its own answer': the model starts its usual answer and a "
                                       "different name is sampled where the truth would go (same kind of answer); "
+                                      "'similar subjects': its answers to the same question about other subjects; "
+                                      "'own answer first': the first, and the second for a fact it leaves short; "
                                       "'Local model': it writes them from examples of false answers")
             n_inv = gr.Slider(1, 8, value=4, step=1, label="False answers per fact")
         with gr.Row(visible=False) as api_row:

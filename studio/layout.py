@@ -22,8 +22,13 @@ answers it finds most natural (*MEMO*), train on them (*unlearning*), then chat 
 original and the unlearned model side by side."""
 
 
+# gradio keeps a copy of every file it serves or is given (uploaded facts, a run's zip: half a
+# GB): every hour, the copies older than an hour go, so a long-running Space's disk stays bounded.
+DELETE_CACHE = (3600, 3600)
+
+
 def build() -> gr.Blocks:
-    with gr.Blocks(title="MEOW Studio") as demo:
+    with gr.Blocks(title="MEOW Studio", delete_cache=DELETE_CACHE) as demo:
         # Created once per browser session when the page loads (and per API client), so
         # concurrent first events cannot each start a session of their own.
         c = {"demo": demo, "state": gr.State(new_session)}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -23,13 +25,32 @@ def _last_run(s) -> Path:
     return Path(s["run_dir"])
 
 
+# Zips are made here and gradio serves its own copy of each (a run's zip holds the model: half
+# a GB), so one older than ZIP_AGE seconds is no longer needed and the next download removes it.
+ZIPS = Path(tempfile.gettempdir()) / "meow-zips"
+ZIP_AGE = 600
+
+
+def zip_folder() -> Path:
+    """A new folder under ZIPS for one zip, the folders older than ZIP_AGE removed first."""
+    ZIPS.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in ZIPS.iterdir():
+        try:
+            if now - old.stat().st_mtime > ZIP_AGE:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # (another download removed it first)
+            pass
+    return Path(tempfile.mkdtemp(dir=ZIPS))
+
+
 def download_run(s):
     """The session's last run folder as a zip, forgotten text included (for the user alone)."""
     try:
         run_dir = _last_run(session(s))
     except MeowError as e:
         return None, notice(str(e), "error")
-    zipped = str(runs.zip_run(run_dir))
+    zipped = str(runs.zip_run(run_dir, zip_folder()))
     return zipped, notice(f"{Path(zipped).name}: the unlearned model (a Hugging Face checkpoint), run.json, "
                           "facts.jsonl and probes.json. The last two hold the forgotten text: share with care.")
 

@@ -97,6 +97,19 @@ def test_invert_with_the_lead_in_generator(sess):
     assert msg.startswith("✅") and (inv.groupby("fact").size() == 3).all()
 
 
+def test_every_generator_the_library_knows_is_an_invert_choice():
+    from meow_app import pipeline
+
+    assert sorted(invert_tab.GENERATOR_CHOICES.values()) == sorted(pipeline.GENERATORS)
+    assert invert_tab.GENERATOR_CHOICES[invert_tab.DEFAULT_GENERATOR] == pipeline.InvertSettings().generator
+
+
+def test_invert_own_answer_first_then_similar_subjects(sess):
+    s, _ = _loaded(sess)
+    s, inv, msg = invert_tab.run_invert(s, "Local model, its own answer first, then similar subjects", 2, "", "", "")
+    assert msg.startswith("✅") and (inv.groupby("fact").size() == 2).all()
+
+
 def test_bad_model_is_inline_and_keeps_the_old_one(sess, tiny_dir):
     s, msg = model_tab.load_model(sess, "/no/such/model")
     assert msg.startswith("⚠️") and "does not exist" in msg and s["model"] == tiny_dir
@@ -199,6 +212,26 @@ def test_unlearn_streams_progress_saves_a_run_and_compares(sess, tmp_path):
     assert zipped.endswith(".zip") and "run.json" in msg
     import zipfile
     assert any(n.endswith("/run.json") for n in zipfile.ZipFile(zipped).namelist())
+
+
+def test_old_zips_are_removed_and_gradio_is_told_to_clear_its_copies(sess, tmp_path, monkeypatch):
+    """A run's zip holds the model: the one made before is removed by the next download once
+    gradio has long copied it (ZIP_AGE), and gradio deletes its own copies (delete_cache)."""
+    from studio import layout
+
+    monkeypatch.setattr(publish_tab, "ZIPS", tmp_path / "zips")
+    run = tmp_path / "runs" / "run-1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    sess["run_dir"] = str(run)
+    first, _ = publish_tab.download_run(sess)
+    second, _ = publish_tab.download_run(sess)
+    assert Path(first).is_file() and Path(second).is_file()  # (both younger than ZIP_AGE)
+    monkeypatch.setattr(publish_tab, "ZIP_AGE", -1)
+    third, msg = publish_tab.download_run(sess)
+    assert msg.startswith("✅") and Path(third).is_file() and not Path(first).exists() and not Path(second).exists()
+    assert [p.name for p in (tmp_path / "zips").iterdir()] == [Path(third).parent.name]
+    assert layout.build().delete_cache == layout.DELETE_CACHE
 
 
 def test_unlearn_errors_are_inline(sess):
