@@ -153,6 +153,8 @@ def _print_event(event):
             print(f"  probe after epoch {event['epoch']}: forget hit rate {event['hit_rate']:.0%}, "
                   f"paraphrases {percent(event['paraphrase_hit_rate'])}{', ' + deep if deep else ''}",
                   file=sys.stderr, flush=True)
+    elif kind == "task":
+        print(f"  {event['text']}", file=sys.stderr, flush=True)
     elif kind == "note":
         print(f"note: {event['text']}", file=sys.stderr, flush=True)
 

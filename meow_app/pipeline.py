@@ -453,6 +453,9 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
                 notes += more
         with stages("train"):
             if procs.is_main:
+                if config.anchors or config.neighbours or config.siblings:  # (tens of seconds before a first step)
+                    emit({"type": "task", "text": "asking the original model the questions near these facts "
+                                                  "(its answers must not change)"})
                 inputs = training_inputs(loaded, forget, retain, config, before, cache)
                 try:  # (a method that checks its anchors runs in one process: the others never get here)
                     method_obj.check_anchors(inputs[2])

@@ -175,6 +175,10 @@ def _event_status(item: dict, steps: list[dict], progress) -> str | None:
         status = STAGES.get(item["stage"], item["stage"])
         progress(0, desc=status)
         return status
+    if item["type"] == "task":  # (what the train stage does before its first step)
+        status = f"Training: {item['text']}"
+        progress(0, desc=status)
+        return status
     if item["type"] == "step":
         steps.append(item)
         where = progress_mod.step_text(item)

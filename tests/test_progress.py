@@ -36,6 +36,8 @@ def test_bar_fills_with_the_steps():
     ({"type": "note", "text": "meow_patch does not apply here, so meow ran instead: no preserved text"},
      "note: meow_patch does not apply here, so meow ran instead: no preserved text",
      "Note: meow_patch does not apply here, so meow ran instead: no preserved text"),
+    ({"type": "task", "text": "sampling the original model's answers"},
+     "sampling the original model's answers", "Training: sampling the original model's answers"),
 ])
 def test_probe_progress_lines_in_the_cli_and_the_app(event, cli_text, app_text, capsys):
     """A probe that skipped the greedy answers (a true answer still likely) says so, in both."""

@@ -409,3 +409,26 @@ def test_probe_answers_are_cut_only_where_their_words_are_not_used(tiny_dir, inv
     assert all(stop == probes.KINDS for stop in forget_calls[1:]) and len(forget_calls) >= 2
     reads_retain = method in ("gd", "fisher_removal")
     assert retain_calls == [() if reads_retain else probes.KINDS, probes.KINDS]  # before, after
+
+
+def test_the_train_stage_says_what_it_does_before_its_first_step(tiny_dir, inverted_facts, tmp_path, monkeypatch):
+    """meow_patch's preparation (the neighbours' answers, the sampled answers, the preserved
+    text read once) takes tens of seconds on a CPU: each part is a "task" event, in order,
+    between the train stage's start and its first step."""
+    from meow_app import pipeline
+    from meow_app.facts import Fact
+    from meow_app.pipeline import InvertSettings
+
+    # (the tiny random model answers nothing: meow_patch is given preserved text to hold its gates shut on)
+    monkeypatch.setattr(pipeline, "anchor_facts", lambda *a, **k: [Fact("What is two plus two?", "Four.")])
+    events = []
+    config = TrainConfig(**{**methods.get("meow_patch").defaults, "epochs": 1, "min_steps": 1, "num_batch": 2,
+                            "patch_samples": 2, "patch_layer": -1})
+    run = pipeline.unlearn(inverted_facts, tmp_path / "run", "meow_patch", model=tiny_dir, config=config,
+                           device="cpu", invert_settings=InvertSettings(n=2), on_event=events.append)
+    assert run["method"] == "meow_patch"
+    kinds = [e.get("stage", e["type"]) for e in events]
+    start, first = kinds.index("train"), kinds.index("step")
+    tasks = [e["text"] for e in events[start:first] if e["type"] == "task"]
+    assert [t.split()[0] for t in tasks] == ["asking", "sampling", "reading"]
+    assert "task" not in kinds[first:]

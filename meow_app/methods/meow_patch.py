@@ -133,11 +133,15 @@ class MeowPatch(Meow):
         # may carry the model's own sentence as the answer).
         given = {f.question: f for f in trainer.probe_facts}
         if (cfg.patch_samples or cfg.patch_about) and cfg.truth_weight > 0:
+            trainer.on_event({"type": "task", "text": "sampling the original model's answers, to find where each "
+                                                      "fact's truth is said"})
             facts = with_sampled_truths(trainer.original, tok, facts, cfg.patch_samples, cfg.seed, given,
                                         about=cfg.patch_about)
         pairs = self.forget_pairs(facts, cfg)
         forget_ex = [encode_example(tok, *pair) for pair in pairs]
         distinct = list({tuple(e.ids): e for e in forget_ex}.values())
+        trainer.on_event({"type": "task", "text": "reading the preserved text and the answers through the model "
+                                                  "once (the steps reuse it)"})
         with trainer.autocast():
             held = patch.mlp_inputs(model, mlp, preserved_ex, tok.pad_token_id, device)
             below, at_mlp = patch.inputs_at(model, [blocks[layer], mlp], distinct, tok.pad_token_id, device)
