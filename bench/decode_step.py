@@ -121,8 +121,10 @@ def products_ms(model, rows: int, repeat: int) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, nargs="+", default=[1, 8, 30, 64, 128], help="batch sizes (rows decoded at once)")
-    ap.add_argument("--context", type=int, default=60, help="tokens already in the cache (a chat prompt and a question)")
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 8, 30, 64, 128],
+                    help="batch sizes (rows decoded at once)")
+    ap.add_argument("--context", type=int, default=60,
+                    help="tokens already in the cache (a chat prompt and a question)")
     ap.add_argument("--steps", type=int, default=20, help="decoding steps timed for each row count")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-write", action="store_true")
@@ -143,13 +145,15 @@ def main() -> None:
         separate, fused, head = products_ms(model, n, a.steps)
         floor = separate * layers + head
         same = torch.equal(logits, logits_in_place)
+        kv = f"{in_place:.0f} ({in_place / step:.2f}x; {'same' if same else 'other'} logits)"
+        joined = fused * layers + head
         rows.append([n, f"**{step:.0f}**", f"{step / n:.1f}", f"{floor:.0f} ({floor / step:.0%})", f"{head:.0f}",
-                     f"{step - floor:.0f}", f"{in_place:.0f} ({in_place / step:.2f}x; {'same' if same else 'other'} logits)",
-                     f"{fused * layers + head:.0f} ({(fused * layers + head) / floor:.2f}x)"])
+                     f"{step - floor:.0f}", kv, f"{joined:.0f} ({joined / floor:.2f}x)"])
         raw.append({"rows": n, "step_ms": step, "kv_in_place_ms": in_place, "same_logits": same,
-                    "products_ms": floor, "fused_products_ms": fused * layers + head, "head_ms": head})
-    body = common.table(["rows", "step (ms)", "ms a row", "products alone (share of the step)", "of which the output head",
-                         "the rest (ms)", "KV cache written in place", "products with q,k,v and gate,up fused"], rows)
+                    "products_ms": floor, "fused_products_ms": joined, "head_ms": head})
+    body = common.table(["rows", "step (ms)", "ms a row", "products alone (share of the step)",
+                         "of which the output head", "the rest (ms)", "KV cache written in place",
+                         "products with q,k,v and gate,up fused"], rows)
     body += (f"\nfp32, {layers} layers, {a.context} tokens in the cache before the first timed step, {a.steps} steps "
              "each. The products alone are the step's floor on this CPU; the rest is per-operation work above them.\n")
     common.report("One decoding step, where the time goes (item 1)", body, load_before, raw, "decode_step",
