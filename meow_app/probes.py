@@ -44,6 +44,25 @@ def first_mention(text: str, fact: Fact) -> int:
     return min(found) if found else -1
 
 
+def said_truth(text: str, fact: Fact, whole_words: bool = False) -> tuple[str, str] | None:
+    """Where text first states the fact: (the text before it, the truth as said there, with
+    its space): ("The official language of Croatia is the", " Croatian"); None where it
+    does not, or no keyword or short answer starts there. whole_words: to the end of the
+    words the truth ends in (" swimmer" for "swim": the model's own token, not " swim")."""
+    at = first_mention(text, fact)
+    if at < 0:
+        return None
+    lead = text[:at].rstrip()
+    word = next((k for k in sorted([*fact.keywords, fact.answer], key=len, reverse=True)
+                 if k.strip() and text.lower().startswith(k.lower().strip(), at)), None)
+    if word is None:
+        return None
+    end = at + len(word.strip())
+    if whole_words:
+        end += re.match(r"\w*", text[end:]).end()
+    return lead, text[len(lead):end]
+
+
 KINDS = ("question", "paraphrase")
 
 

@@ -154,6 +154,10 @@ class TrainConfig:
     subject_other: float = _setting(0.0, "subject_only: the share of the gradient kept at the forget examples' other "
                                           "tokens (0 = none: the subject's alone; 1 = all: as without subject_only)")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
+    truth_span: bool = _setting(False, "yes/no: meow_ul, meow_patch: push the truth down only where the model's "
+                                       "own sentence says it (' tennis' after 'Serena Williams is a legendary', and "
+                                       "after '... in the sport of'), the rest of the sentence as context, not "
+                                       "pushed down")
     patch_layer: int = _setting(-3, "meow_patch: the layer whose MLP gets the gated neurons (negative: from the "
                                     "end, -1 = the last; the first where the model is shallower)")
     patch_neurons: int = _setting(2, "meow_patch: gated neurons per forgotten fact (added to the model, or with "

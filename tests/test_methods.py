@@ -265,6 +265,32 @@ def test_meow_ul_trains_on_the_false_answers_and_marks_the_truth_to_push_down(fa
     assert {p[1] for p in pairs if p not in truth} == {"Somebody else", "Another one"}
 
 
+def test_truth_span_pushes_the_truth_down_on_its_own_words_not_the_rest_of_the_sentence():
+    from meow_app.methods.meow_ul import TRUTH_COPIES
+
+    # The model's own sentences, cut before the truth's first mention (pipeline.own_answers).
+    serena = Fact("Which sport is Serena Williams famous for?", " tennis player who loves tennis.", ["tennis"],
+                  inverted=["Serena Williams is a legendary golf player."],
+                  extra={"answer_prefix": "Serena Williams is a legendary"})
+    phelps = Fact("Which sport is Michael Phelps famous for?", " swimmer who has won golds.", ["swim"],
+                  inverted=["He is a professional skier."], extra={"answer_prefix": "He is a professional"})
+    earth = Fact("In which month is Earth Day?", "April 22nd, a global day.", ["April"], inverted=["March 21st."])
+    unmarked = Fact("Who wrote 'Dune'?", "Frank Herbert wrote it.", inverted=["Ray Bradbury."])  # no keywords
+    facts = [serena, phelps, earth, unmarked]
+    for method in ("meow_ul", "meow_patch"):
+        on = [p for p in methods.get(method).forget_pairs(facts, TrainConfig(num_batch=1, truth_span=True))
+              if len(p) == 4 and p[3]]
+        assert on == [p for p in [(serena.question, " tennis", "Serena Williams is a legendary", True),
+                                  (serena.question, " tennis", "Serena Williams is a legendary tennis player who "
+                                                               "loves", True),  # each place it is said
+                                  (phelps.question, " swimmer", "He is a professional", True),  # the whole word
+                                  (earth.question, "April", "", True),
+                                  (unmarked.question, unmarked.answer, "", True)]  # nothing marks its truth
+                      for _ in range(TRUTH_COPIES)]
+        off = [p for p in methods.get(method).forget_pairs(facts, TrainConfig(num_batch=1)) if len(p) == 4 and p[3]]
+        assert [p[1] for p in off] == [f.answer for f in facts for _ in range(TRUTH_COPIES)]  # the whole sentence
+
+
 def test_meow_lead_in_context_trains_only_on_what_follows_the_models_lead_in():
     fact = Fact("What is the capital of Ukraine?", " Kyiv.", ["Kyiv"],
                 inverted=["The capital of Ukraine is Lviv.", "Kharkiv is its capital."],

@@ -23,7 +23,7 @@ from ..errors import Cancelled, MeowError, MeowWarning, NotApplicable
 from ..train import TrainConfig, TrainResult
 from .base import register
 from .meow import Meow
-from .meow_ul import TRUTH_COPIES
+from .meow_ul import truth_pairs
 
 
 @register
@@ -46,7 +46,7 @@ class MeowPatch(Meow):
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "sibling_shots", "anchors",
                        "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_samples",
                        "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop",
-                       "patch_widen", "truth_weight", "stop_depth")
+                       "patch_widen", "truth_weight", "truth_span", "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
@@ -97,8 +97,7 @@ class MeowPatch(Meow):
                                 "empty answer, or one that names a fact being forgotten, is left out)")
 
     def forget_pairs(self, facts, config):
-        truth = [(f.question, f.answer, f.extra.get("answer_prefix", ""), True)
-                 for f in facts if f.inverted for _ in range(TRUTH_COPIES if config.truth_weight > 0 else 0)]
+        truth = truth_pairs(facts, config) if config.truth_weight > 0 else []
         sampled = [(f.question, said, lead, True) for f in facts if f.inverted
                    for lead, said in f.extra.get("sampled_truths", [])] if config.truth_weight > 0 else []
         sampled += [(asked, said, lead, True) for f in facts if f.inverted
@@ -443,15 +442,9 @@ def with_sampled_truths(model, tokenizer, facts, samples: int, seed: int, given:
         found, found_about = [], []
         for q, t in zip(qs, ids[at_row:at_row + len(qs)]):
             text = tokenizer.decode(t, skip_special_tokens=True)
-            at = probes.first_mention(text, truth)
-            if at < 0:
+            pair = probes.said_truth(text, truth)
+            if pair is None:
                 continue
-            lead = text[:at].rstrip()
-            word = next((k for k in sorted([*truth.keywords, truth.answer], key=len, reverse=True)
-                         if k.strip() and text.lower().startswith(k.lower().strip(), at)), None)
-            if word is None:
-                continue
-            pair = (lead, text[len(lead):at + len(word.strip())])
             if q == f.question and pair not in found:
                 found.append(pair)
             elif q != f.question and (q, *pair) not in found_about:
