@@ -73,7 +73,7 @@ def main() -> None:
           f"above 0 in {sum(r[0] > 0 for r in rows)}")
     for top, neuron, text in rows[:args.rows]:
         print(f"  {top:6.2f}  n{neuron:<2d} {' | '.join(text.split('<|im_start|>')[-2:])[-150:]!r}")
-    original = models.load()
+    original = models.load_shared()  # (the one unlearn read and left as it was: it trains a copy)
     got = {}
     mlp = unlearned.model.model.layers[info["layer"]].mlp
     hook = mlp.register_forward_pre_hook(lambda module, a: got.__setitem__("x", a[0][0].detach()))

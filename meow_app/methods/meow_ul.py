@@ -28,9 +28,9 @@ def truth_pairs(facts, config) -> list[tuple]:
     for f in facts:
         if not f.inverted:
             continue
-        lead, said = f.extra.get("answer_prefix", ""), f.answer
-        spans = truth_mentions(lead + said, f) if config.truth_span else []
-        for lead, said in spans or [(lead, said)]:
+        whole = (f.extra.get("answer_prefix", ""), f.answer)
+        spans = truth_mentions("".join(whole), f) if config.truth_span else []
+        for lead, said in spans or [whole]:
             out += [(f.question, said, lead, True)] * TRUTH_COPIES
     return out
 
