@@ -202,14 +202,28 @@ def least_used(mlp, inputs: torch.Tensor, k: int) -> list[int]:
     return use.argsort()[:k].tolist()
 
 
+def row_of(lengths: list[int], device=None) -> torch.Tensor:
+    """Each token's row, for rows of these lengths laid end to end (as mlp_inputs lays them)."""
+    return torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device))
+
+
+def row_hinge(z: torch.Tensor, rows: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean over rows and neurons of relu(the row's largest z + margin); z: [tokens, neurons],
+    rows: each token's row. In a mean over every token a row that opens a gate at one token
+    of eighty weighs next to nothing; here each (row, neuron) weighs as much as another."""
+    top = z.new_full((int(rows.max()) + 1, z.shape[1]), float("-inf"))
+    top = top.scatter_reduce(0, rows[:, None].expand_as(z), z, "amax")
+    return F.relu(top + margin).mean()
+
+
 class Patch(torch.nn.Module):
     """K gated neurons added to `mlp`'s output (a forward hook), in the place of `slots`."""
 
     def __init__(self, mlp, slots: list[int], positives: list[torch.Tensor], preserved: torch.Tensor,
-                 margin: float, fit_steps: int = 200):
+                 margin: float, fit_steps: int = 200, rows: torch.Tensor | None = None):
         super().__init__()
         object.__setattr__(self, "mlp", mlp)  # (not a submodule: its weights are not the patch's parameters)
-        self.slots, self.positives = list(slots), positives
+        self.slots, self.positives, self.rows = list(slots), positives, rows
         d = preserved.shape[1]
         # Each neuron's gate starts as a separator of its fact's answer positions from the
         # preserved tokens (the hinge below, on the gate alone); up starts as the gate, down at
@@ -230,7 +244,7 @@ class Patch(torch.nn.Module):
         opt = torch.optim.Adam([self.gate], lr=1e-2)
         for _ in range(steps):
             opt.zero_grad()
-            loss = self.gate_hinge(preserved, margin) + self.open_hinge(margin)
+            loss = self.gate_hinge(preserved, margin, self.rows) + self.open_hinge(margin)
             loss.backward()
             opt.step()
 
@@ -239,10 +253,12 @@ class Patch(torch.nn.Module):
         act = self.mlp.act_fn(x @ self.gate.to(x.dtype).T) * (x @ self.up.to(x.dtype).T)
         return output + act @ self.down.to(x.dtype).T
 
-    def gate_hinge(self, inputs: torch.Tensor, margin: float) -> torch.Tensor:
+    def gate_hinge(self, inputs: torch.Tensor, margin: float, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of relu(g . x + margin) over the inputs and neurons: 0 once every gate is shut
-        by at least `margin` on them."""
-        return F.relu(inputs @ self.gate.T + margin).mean()
+        by at least `margin` on them. rows (each input's row, patch_row_hinge): plus row_hinge."""
+        z = inputs @ self.gate.T
+        hinge = F.relu(z + margin).mean()
+        return hinge if rows is None else hinge + row_hinge(z, rows, margin)
 
     def open_hinge(self, margin: float) -> torch.Tensor:
         """Mean of relu(margin - g . x) over each neuron's own answer positions: 0 once every

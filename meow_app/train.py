@@ -165,6 +165,9 @@ class TrainConfig:
     patch_margin: float = _setting(4.0, "meow_patch: how far below zero the neurons' gates are held on every "
                                         "token of preserved text (the hinge's margin)")
     patch_weight: float = _setting(1.0, "meow_patch: weight of the hinge that keeps the gates shut on preserved text")
+    patch_row_hinge: bool = _setting(False, "yes/no: meow_patch: hold each gate shut on every preserved row's most "
+                                            "open token too (a hinge per row and neuron, added to the mean over all "
+                                            "tokens, in which one opening token weighs next to nothing)")
     patch_samples: int = _setting(8, "meow_patch: answers sampled per fact from the original model (T=1); where one "
                                      "states the truth, the truth there is pushed down too and the fact's gates "
                                      "are opened there, so a sampled answer cannot go round the patch")

@@ -54,6 +54,50 @@ def _patched(tiny, margin=2.0, steps=300):
     return model, mlp, held, positives, slots, patch.Patch(mlp, slots, positives, held, margin, fit_steps=steps)
 
 
+def test_the_row_hinge_holds_each_row_s_most_open_token_as_a_plain_loop_does():
+    torch.manual_seed(0)
+    lengths = [3, 1, 5, 2]
+    rows = patch.row_of(lengths)
+    assert rows.tolist() == [0, 0, 0, 1, 2, 2, 2, 2, 2, 3, 3]
+    z = (torch.randn(len(rows), 4) * 5).requires_grad_(True)
+    got = patch.row_hinge(z, rows, 2.0)
+    parts, at = [], 0
+    for n in lengths:  # the plain reference: each row's largest z, per neuron
+        parts.append(torch.relu(z[at:at + n].max(dim=0).values + 2.0))
+        at += n
+    want = torch.stack(parts).mean()
+    assert torch.allclose(got, want)
+    got.backward()
+    tops = torch.zeros_like(z, dtype=torch.bool)
+    at = 0
+    for n in lengths:  # only a row's most open token (where its hinge is not 0) gets a gradient
+        top = z[at:at + n].argmax(dim=0)
+        tops[at + top, torch.arange(4)] = (z[at + top, torch.arange(4)] > -2.0).detach()
+        at += n
+    assert torch.equal(z.grad != 0, tops) and tops.any()
+
+
+def test_the_row_hinge_narrows_a_gate_the_mean_over_tokens_leaves_open_on_one_token(tiny):
+    mlp = copy.deepcopy(tiny.model.model.layers[-1].mlp).float()
+    g = torch.Generator().manual_seed(0)
+    d = mlp.gate_proj.in_features
+    held = torch.randn(400, d, generator=g)
+    fact = torch.randn(20, d, generator=g) + 3 * torch.randn(1, d, generator=g)
+    held[57] = 0.5 * fact.mean(dim=0) + 0.5 * torch.randn(d, generator=g)  # one token of row 1 near the fact
+    opened = {}
+    for name, rows in (("mean", None), ("rows", patch.row_of([40] * 10))):
+        torch.manual_seed(0)
+        gates = patch.Patch(mlp, [0], [fact], held, 4.0, rows=rows)
+        with torch.no_grad():
+            z, own = (held @ gates.gate.T)[:, 0], (fact @ gates.gate.T)[:, 0]
+        gates.remove()
+        opened[name] = float(z[57])
+        assert own.min() > 0  # open where the fact is answered, either way
+    # (in the tiny model's 64 dimensions that token cannot be shut without shutting the fact:
+    # the mean leaves it wide open, the row hinge takes most of that back)
+    assert opened["mean"] > 4 and opened["rows"] < opened["mean"] - 3
+
+
 def test_least_used_is_the_neuron_that_adds_least_on_these_inputs(tiny):
     mlp = copy.deepcopy(tiny.model.model.layers[0].mlp).float()
     x = torch.randn(50, mlp.gate_proj.in_features)
@@ -258,6 +302,26 @@ def test_meow_patch_by_default_adds_its_neurons_and_takes_none_of_the_original_o
     # Other layers' new neurons stay zero; the patched layer's are the patch.
     assert _moved(result.model, tiny.model) == {last + "gate_proj.weight", last + "up_proj.weight",
                                                  last + "down_proj.weight"}
+
+
+def test_patch_row_hinge_gives_the_gates_each_preserved_row_s_tokens(tiny, monkeypatch):
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    seen, made = [], patch.Patch.__init__
+
+    def spy(self, mlp, slots, positives, preserved, margin, *args, rows=None, **kwargs):
+        seen.append((preserved.shape[0], rows))
+        made(self, mlp, slots, positives, preserved, margin, *args, rows=rows, **kwargs)
+
+    monkeypatch.setattr(patch.Patch, "__init__", spy)
+    for on in (False, True):
+        cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 1,
+                             "early_stop": False, "patch_layer": -1, "patch_samples": 0, "patch_row_hinge": on})
+        Trainer(methods.get("meow_patch"), copy.deepcopy(tiny.model), tiny.tokenizer, cfg, facts, anchors=anchors,
+                run_probes=False).train()
+    (_, off), (tokens, rows) = seen
+    lengths = [len(encode_example(tiny.tokenizer, a.question, a.answer).ids) for a in anchors]
+    assert off is None and tokens == sum(lengths) and rows.tolist() == patch.row_of(lengths).tolist()
 
 
 def test_meow_patch_refuses_what_it_cannot_do(tiny):

@@ -44,13 +44,13 @@ class MeowPatch(Meow):
                 "stop_depth": 0.5, "weight_decay": 0.0, "truth_weight": 1.0, "patch_neurons": 2, "patch_margin": 4.0,
                 "patch_samples": 8, "patch_widen": True}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "sibling_shots", "anchors",
-                       "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_samples",
-                       "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop",
-                       "patch_widen", "truth_weight", "truth_span", "stop_depth")
+                       "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge",
+                       "patch_samples", "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor",
+                       "patch_truth_drop", "patch_widen", "truth_weight", "truth_span", "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
-    not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_samples",
+    not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge", "patch_samples",
                    "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop",
                    "patch_widen")
 
@@ -168,12 +168,14 @@ class MeowPatch(Meow):
         slots = slots if widened else patch.least_used(mlp, held, wanted)
         slots, truth_slots = slots[:len(facts) * cfg.patch_neurons], slots[len(facts) * cfg.patch_neurons:]
         positives = [p for p in positives for _ in range(cfg.patch_neurons)]
+        held_rows = patch.row_of([len(e.ids) for e in preserved_ex], held.device) if cfg.patch_row_hinge else None
         stoppers, stopper_info = None, None
         if truth_slots:  # (before the seed: the gates' start is the same with it or without it)
             stoppers, stopper_info = truth_stoppers(tail, mlp, truth_slots, facts, given, tok, distinct, asked,
                                                     at_mlp, held, cfg)
         torch.manual_seed(cfg.seed)
-        gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin)  # (the stoppers' hook is off here)
+        gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin,  # (the stoppers' hook is off here)
+                            rows=held_rows)
         params = list(gates.parameters())
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = random.Random(cfg.seed)
@@ -195,7 +197,7 @@ class MeowPatch(Meow):
                         if truth_of:
                             inputs["truth_ids"] = row_truths(inputs, truth_of)
                         loss, parts = self.forget_loss(tail, inputs, None, cfg)
-                    hinge = gates.gate_hinge(held, cfg.patch_margin) + gates.open_hinge(cfg.patch_margin)
+                    hinge = gates.gate_hinge(held, cfg.patch_margin, held_rows) + gates.open_hinge(cfg.patch_margin)
                     loss = loss + cfg.patch_weight * hinge
                     trainer._backward(loss, step)
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
