@@ -154,10 +154,10 @@ class TrainConfig:
     subject_other: float = _setting(0.0, "subject_only: the share of the gradient kept at the forget examples' other "
                                           "tokens (0 = none: the subject's alone; 1 = all: as without subject_only)")
     truth_weight: float = _setting(1.0, "meow_ul: weight of the unlikelihood term that pushes the true answer down")
-    truth_span: bool = _setting(False, "yes/no: meow_ul, meow_patch: push the truth down only where the model's "
-                                       "own sentence says it (' tennis' after 'Serena Williams is a legendary', and "
-                                       "after '... in the sport of'), the rest of the sentence as context, not "
-                                       "pushed down")
+    truth_span: bool = _setting(False, "yes/no: meow_ul, meow_patch (on in its defaults): push the truth down only "
+                                       "where the model's own sentence says it (' tennis' after 'Serena Williams is "
+                                       "a legendary', and after '... in the sport of'), the rest of the sentence as "
+                                       "context, not pushed down")
     patch_layer: int = _setting(-3, "meow_patch: the layer whose MLP gets the gated neurons (negative: from the "
                                     "end, -1 = the last; the first where the model is shallower)")
     patch_neurons: int = _setting(2, "meow_patch: gated neurons per forgotten fact (added to the model, or with "
@@ -165,9 +165,10 @@ class TrainConfig:
     patch_margin: float = _setting(4.0, "meow_patch: how far below zero the neurons' gates are held on every "
                                         "token of preserved text (the hinge's margin)")
     patch_weight: float = _setting(1.0, "meow_patch: weight of the hinge that keeps the gates shut on preserved text")
-    patch_row_hinge: bool = _setting(False, "yes/no: meow_patch: hold each gate shut on every preserved row's most "
-                                            "open token too (a hinge per row and neuron, added to the mean over all "
-                                            "tokens, in which one opening token weighs next to nothing)")
+    patch_row_hinge: bool = _setting(False, "yes/no: meow_patch (on in its defaults): hold each gate shut on every "
+                                            "preserved row's most open token too (a hinge per row and neuron, added "
+                                            "to the mean over all tokens, in which one opening token weighs next to "
+                                            "nothing)")
     patch_samples: int = _setting(8, "meow_patch: answers sampled per fact from the original model (T=1); where one "
                                      "states the truth, the truth there is pushed down too and the fact's gates "
                                      "are opened there, so a sampled answer cannot go round the patch")
