@@ -304,7 +304,7 @@ def test_meow_patch_by_default_adds_its_neurons_and_takes_none_of_the_original_o
                                                  last + "down_proj.weight"}
 
 
-def test_patch_row_hinge_gives_the_gates_each_preserved_row_s_tokens(tiny, monkeypatch):
+def test_patch_row_hinge_gives_every_gate_each_preserved_row_s_tokens(tiny, monkeypatch):
     facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
     anchors = [Fact(q, a) for q, a in PRESERVED]
     seen, made = [], patch.Patch.__init__
@@ -314,14 +314,17 @@ def test_patch_row_hinge_gives_the_gates_each_preserved_row_s_tokens(tiny, monke
         made(self, mlp, slots, positives, preserved, margin, *args, rows=rows, **kwargs)
 
     monkeypatch.setattr(patch.Patch, "__init__", spy)
-    for on in (False, True):
+    for on, drop in ((False, 0.0), (True, 0.0), (True, 3.0)):  # (3.0: a truth stopper's gates too)
         cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 1,
-                             "early_stop": False, "patch_layer": -1, "patch_samples": 0, "patch_row_hinge": on})
+                             "early_stop": False, "patch_layer": -1, "patch_samples": 0, "patch_row_hinge": on,
+                             "patch_truth_drop": drop})
         Trainer(methods.get("meow_patch"), copy.deepcopy(tiny.model), tiny.tokenizer, cfg, facts, anchors=anchors,
                 run_probes=False).train()
-    (_, off), (tokens, rows) = seen
+    (_, off), *made_on = seen
     lengths = [len(encode_example(tiny.tokenizer, a.question, a.answer).ids) for a in anchors]
-    assert off is None and tokens == sum(lengths) and rows.tolist() == patch.row_of(lengths).tolist()
+    assert off is None and len(made_on) == 3  # (the stopper's patch, then the facts')
+    for tokens, rows in made_on:
+        assert tokens == sum(lengths) and rows.tolist() == patch.row_of(lengths).tolist()
 
 
 def test_meow_patch_refuses_what_it_cannot_do(tiny):

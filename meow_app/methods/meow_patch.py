@@ -174,7 +174,7 @@ class MeowPatch(Meow):
         stoppers, stopper_info = None, None
         if truth_slots:  # (before the seed: the gates' start is the same with it or without it)
             stoppers, stopper_info = truth_stoppers(tail, mlp, truth_slots, facts, given, tok, distinct, asked,
-                                                    at_mlp, held, cfg)
+                                                    at_mlp, held, cfg, held_rows)
         torch.manual_seed(cfg.seed)
         gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin,  # (the stoppers' hook is off here)
                             rows=held_rows)
@@ -296,7 +296,7 @@ STOPPER_SHARPEN = 2.0
 STOPPER_MAX_SCALE = 100.0
 
 
-def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, inputs, held, cfg):
+def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, inputs, held, cfg, held_rows=None):
     """patch_truth_drop: (a patch.Patch of one neuron per fact that has such positions, its hook
     off; what to report). Each neuron's gate is fitted to open where the fact's truth is about to
     be said in the rows that state it (the truth and the answers sampled from the original) and to
@@ -305,7 +305,8 @@ def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, i
     so that their log-probability at those positions falls by cfg.patch_truth_drop nats (linear
     from the fall at scale 1). The fact's trained neurons learn a value that works in the contexts
     they were trained in (docs/forgetting.md, nineteenth round); this one acts the same in any
-    context its gate opens on, so its gate must be the narrower. None where no fact has one."""
+    context its gate opens on, so its gate must be the narrower. None where no fact has one.
+    held_rows (patch_row_hinge): each held token's row, so its gates are held as the facts' are."""
     rows, at_of, ids_of, counts = [], [], [], []
     for f in facts:
         truth = given.get(f.question, f)
@@ -321,7 +322,7 @@ def truth_stoppers(tail, mlp, slots, facts, given, tokenizer, examples, asked, i
                                  | {e.ids[p + 1] for (e, _), ps in zip(mine, at) for p in ps}))
     if not rows:
         return None, {"positions": counts}
-    stoppers = patch.Patch(mlp, slots[:len(rows)], rows, held, cfg.patch_margin)
+    stoppers = patch.Patch(mlp, slots[:len(rows)], rows, held, cfg.patch_margin, rows=held_rows)
     try:
         directions = torch.stack([patch.logit_direction(tail.model if isinstance(tail, patch.Tail) else tail, ids)
                                   for ids in ids_of])
