@@ -107,10 +107,12 @@ class MeowPatch(Meow):
         return super().forget_pairs(facts, config) + truth + sampled
 
     def forget_loss(self, model, forget, reference, config):
-        logits_labels = losses.answer_logits(model, forget)
+        # (the truth floor reads every answer position's logits; without it, the labelled ones alone are made)
+        floor = config.patch_truth_floor and "truth_ids" in forget
+        logits_labels = losses.answer_logits(model, forget) if floor else None
         loss, nll, unlikely = losses.nll_or_unlikelihood(model, forget, config.truth_weight, logits_labels)
         parts = {"forget_nll": nll, "truth_unlikelihood": unlikely}
-        if config.patch_truth_floor and "truth_ids" in forget:
+        if floor:
             floor = losses.truth_floor(*logits_labels, forget["truth_ids"], config.patch_truth_floor)
             loss, parts["truth_floor"] = loss + floor, floor.item()
         return loss, parts
