@@ -36,6 +36,8 @@ def labelled_logits(model, batch):
     @contextlib.contextmanager
     def labelled_only():
         def pick(module, args):  # [rows, keep, d] -> [n, d]: the positions that predict a label
+            if args[0].dim() != 3 or args[0].shape[1] != mask.shape[1] + 1:
+                return None  # (not the grid: left as it is, and the grid's labelled cells taken below)
             return (args[0][:, :-1][mask],) + tuple(args[1:])
         handle = head.register_forward_pre_hook(pick)
         try:

@@ -110,11 +110,11 @@ class MeowPatch(Meow):
 
     def forget_loss(self, model, forget, reference, config):
         # (the truth floor reads every answer position's logits; without it, the labelled ones alone are made)
-        floor = config.patch_truth_floor and "truth_ids" in forget
-        logits_labels = losses.answer_logits(model, forget) if floor else None
+        with_floor = config.patch_truth_floor and "truth_ids" in forget
+        logits_labels = losses.answer_logits(model, forget) if with_floor else None
         loss, nll, unlikely = losses.nll_or_unlikelihood(model, forget, config.truth_weight, logits_labels)
         parts = {"forget_nll": nll, "truth_unlikelihood": unlikely}
-        if floor:
+        if with_floor:
             floor = losses.truth_floor(*logits_labels, forget["truth_ids"], config.patch_truth_floor)
             loss, parts["truth_floor"] = loss + floor, floor.item()
         return loss, parts
