@@ -143,6 +143,18 @@ def test_labelled_logits_project_only_the_labelled_positions_and_give_the_dense_
         assert s.hit == (logits.argmax(-1) == lab)[m].tolist()
 
 
+def test_labelled_logits_fall_back_to_the_grid_where_the_output_layer_is_not_the_one_the_model_calls(monkeypatch):
+    # (a model that projects with its embedding matrix directly, say): the hook never fires, the
+    # grid comes back whole, and its labelled cells are taken from it.
+    tok = tiny_tokenizer()
+    model = sharp_tiny_model(tok)
+    batch = _collate(tok, SHARED_START)
+    monkeypatch.setattr(model, "get_output_embeddings", lambda: torch.nn.Linear(2, 2))
+    per_token, mask = losses.answer_nll(model, batch)
+    dense, dense_mask = losses.token_nll(*losses.answer_logits(model, batch))
+    assert torch.equal(mask, dense_mask) and torch.allclose(per_token, dense, atol=1e-5)
+
+
 def test_shared_parts_are_skipped_where_they_would_change_results_or_save_nothing(monkeypatch):
     tok = tiny_tokenizer()
     model = sharp_tiny_model(tok)
