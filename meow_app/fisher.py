@@ -58,7 +58,7 @@ def mean_nll(model, examples, pad_id: int, device, batch_size: int = 16) -> floa
     total, count = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = to_device(collate(examples[start:start + batch_size], pad_id), device)
-        per_token, mask = losses.token_nll(*losses.answer_logits(model, batch))
+        per_token, mask = losses.answer_nll(model, batch)
         total += float(per_token.sum())
         count += int(mask.sum())
     return total / max(1, count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -14,14 +15,64 @@ from .batches import IGNORE
 def answer_logits(model, batch):
     """Logits that predict each answer token, and those tokens (see batches.collate): the
     one forward pass every loss and score goes through."""
+    logits = _forward(model, batch)
+    return logits[:, :-1].float(), _answer_labels(batch)
+
+
+def labelled_logits(model, batch):
+    """answer_logits where a label is only: (logits [n, vocab], their labels [n], the mask
+    [batch, keep - 1] that places them in answer_logits' grid). The vocabulary projection is
+    most of a small model's cost per position, and a dense grid pays it at every row's padding
+    and at its context (a lead-in, a short answer beside a long one) as well; here the model
+    projects the labelled positions alone (a hook hands its output layer only those), and its
+    own head code (soft-capping, scaling) runs on them as on the grid."""
+    labels = _answer_labels(batch)
+    mask = labels != IGNORE
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or _sharded(model):  # (FSDP2 gathers the head's weight in its own hooks)
+        logits = _forward(model, batch)[:, :-1]
+        return logits[mask].float(), labels[mask], mask
+
+    @contextlib.contextmanager
+    def labelled_only():
+        def pick(module, args):  # [rows, keep, d] -> [n, d]: the positions that predict a label
+            if args[0].dim() != 3 or args[0].shape[1] != mask.shape[1] + 1:
+                return None  # (not the grid: left as it is, and the grid's labelled cells taken below)
+            return (args[0][:, :-1][mask],) + tuple(args[1:])
+        handle = head.register_forward_pre_hook(pick)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    logits = _forward(model, batch, labelled_only)
+    if logits.dim() != 2:  # (a head whose code reshapes its output: the grid, and the labelled rows of it)
+        logits = logits[:, :-1][mask]
+    return logits.float(), labels[mask], mask
+
+
+def answer_nll(model, batch):
+    """token_nll(*answer_logits(model, batch)), the logits computed where a label is only
+    (labelled_logits): per-token NLL (0 where masked) and the mask, shapes (batch, keep - 1)."""
+    logits, labels, mask = labelled_logits(model, batch)
+    per_token = torch.zeros(mask.shape, dtype=logits.dtype, device=logits.device)
+    return per_token.masked_scatter(mask, F.cross_entropy(logits, labels, reduction="none")), mask
+
+
+def _answer_labels(batch):
+    labels, keep = batch["labels"], batch["keep"]
+    return labels[:, labels.shape[1] - (keep - 1):]  # (not -(keep - 1): keep may be 1)
+
+
+def _forward(model, batch, around_head=contextlib.nullcontext):
+    """The last `keep` positions' logits of the batch, the pass that makes them run inside
+    around_head() (labelled_logits' hook; the shared passes before it make no logits used)."""
     keep = batch["keep"]
     if _can_share(model, batch):
-        logits = _shared_forward(model, batch, keep)
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"], logits_to_keep=keep).logits
-    labels = batch["labels"]
-    return logits[:, :-1].float(), labels[:, labels.shape[1] - (keep - 1):]  # (not -(keep - 1): keep may be 1)
+        return _shared_forward(model, batch, keep, around_head)
+    with around_head():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=batch["position_ids"], logits_to_keep=keep).logits
 
 
 def _can_share(model, batch) -> bool:
@@ -48,7 +99,7 @@ def _checkpointing(model) -> bool:
     return bool(getattr(model, name, False))
 
 
-def _shared_forward(model, batch, keep: int):
+def _shared_forward(model, batch, keep: int, around_head=contextlib.nullcontext):
     """The logits of one forward pass over the left-padded batch, with what rows share
     computed once (see batches.collate), in three passes that build one KV cache:
 
@@ -80,8 +131,9 @@ def _shared_forward(model, batch, keep: int):
     cache.batch_select_indices(group)
     context = context[group]
     positions = context.sum(-1, keepdim=True) + (own_mask.cumsum(-1) - 1).clamp(min=0)
-    return model(input_ids=ids[:, -keep:], attention_mask=torch.cat([context, own_mask], dim=1),
-                 position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+    with around_head():
+        return model(input_ids=ids[:, -keep:], attention_mask=torch.cat([context, own_mask], dim=1),
+                     position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
 
 
 def token_nll(logits, labels):
@@ -110,7 +162,7 @@ def _unmerged(batch) -> None:
 
 def nll(model, batch) -> torch.Tensor:
     """Mean next-token cross-entropy over all answer tokens of the batch."""
-    per_token, mask = token_nll(*answer_logits(model, batch))
+    per_token, mask = answer_nll(model, batch)
     return (per_token * row_weight(batch)).sum() / per(batch, "tokens", mask.sum().clamp(min=1))
 
 
@@ -122,8 +174,7 @@ def nll_or_unlikelihood(model, batch, truth_weight: float = 1.0,
     probability nears 0, so, unlike gradient ascent, it does not grow without bound.
     Returns (loss, the NLL part, the unlikelihood part), both over all answer tokens.
     logits_labels: answer_logits(model, batch), where the caller has them already."""
-    logits, labels = logits_labels or answer_logits(model, batch)
-    per_token, mask = token_nll(logits, labels)
+    per_token, mask = token_nll(*logits_labels) if logits_labels else answer_nll(model, batch)
     unlikely = batch["unlikely"].to(mask.device)[:, None] & mask
     last = mask & ~torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)  # each row's end of turn
     p = torch.exp(-per_token).clamp(max=1 - 1e-6)
@@ -159,7 +210,7 @@ def truth_floor(logits, labels, truth_ids: list[torch.Tensor], floor: float) -> 
 def sequence_nll(model, batch) -> torch.Tensor:
     """Summed answer NLL per sequence, shape (batch,) (what NPO compares)."""
     _unmerged(batch)
-    per_token, _ = token_nll(*answer_logits(model, batch))
+    per_token, _ = answer_nll(model, batch)
     return per_token.sum(1)
 
 

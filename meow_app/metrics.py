@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from rouge_score import rouge_scorer
 
 from . import generation, losses
@@ -60,12 +61,12 @@ def teacher_forced(model, tokenizer, pairs: list[tuple[str, ...]], batch_size: i
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = to_device(collate([examples[i] for i in rows], tokenizer.pad_token_id), device)
-        logits, labels = losses.answer_logits(model, batch)  # the loss code's own alignment of logits and labels
-        per_token, mask = losses.token_nll(logits, labels)
-        hits = logits.argmax(-1) == labels
+        # the loss code's own alignment of logits and labels, at the labelled positions only
+        logits, labels, mask = losses.labelled_logits(model, batch)
+        nll = F.cross_entropy(logits, labels, reduction="none").split(mask.sum(1).tolist())
+        hits = (logits.argmax(-1) == labels).split(mask.sum(1).tolist())
         for j, i in enumerate(rows):
-            m = mask[j]
-            out[i] = Scored(per_token[j][m].tolist(), hits[j][m].tolist())
+            out[i] = Scored(nll[j].tolist(), hits[j].tolist())
     return out
 
 

@@ -140,6 +140,9 @@ class Tail:
             if types is not None:
                 config.layer_types = types
 
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
     @torch.no_grad()
     def agrees(self, example, pad_id: int, tolerance: float = 0.05) -> bool:
         """Whether it gives the model's own logits on this example (to `tolerance` of their

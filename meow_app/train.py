@@ -172,6 +172,11 @@ class TrainConfig:
     patch_samples: int = _setting(8, "meow_patch: answers sampled per fact from the original model (T=1); where one "
                                      "states the truth, the truth there is pushed down too and the fact's gates "
                                      "are opened there, so a sampled answer cannot go round the patch")
+    patch_sample_swap: bool = _setting(False, "yes/no: meow_patch: each answer sampled from the original that "
+                                              "states the truth is also learned with the truth swapped for one of "
+                                              "the fact's false answers (as said from the truth's place in its own "
+                                              "sentence): the false answer taught in the sampled answer's context, "
+                                              "not only the truth pushed down there")
     patch_resample: int = _setting(0, "meow_patch: after half its epochs, answers sampled per fact from the patched "
                                       "model (T=1); where one still states the truth, it is pushed down there too "
                                       "and the fact's gates opened there (the routes the first samples missed). "

@@ -105,6 +105,56 @@ def test_shared_parts_give_the_same_loss_and_gradients(monkeypatch, pairs):
         assert torch.allclose(shared_seq, losses.sequence_nll(model, batch), atol=1e-4)
 
 
+@pytest.mark.parametrize("pairs", [SHARED_START, NO_START], ids=["start and questions", "questions only"])
+def test_labelled_logits_project_only_the_labelled_positions_and_give_the_dense_loss_and_gradients(pairs):
+    """answer_nll (the losses' and teacher-forced scores' pass) against token_nll on the dense
+    grid of answer_logits: the same per-token NLL, loss and gradients, with the output layer
+    handed as many positions as there are labels, not rows x (keep - 1)."""
+    tok = tiny_tokenizer()
+    model = sharp_tiny_model(tok).train()
+    batch = _collate(tok, [(q, a) for q, a in pairs] + [("Who wrote Hamlet?", "A much longer answer, with more words")])
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(out.shape[:-1]))
+    per_token, mask = losses.answer_nll(model, batch)
+    handle.remove()
+    dense, dense_mask = losses.token_nll(*losses.answer_logits(model, batch))
+    labels = int(mask.sum())
+    assert torch.equal(mask, dense_mask) and labels < mask.numel() / 2  # (most of the grid is not labelled)
+    assert seen[-1] == (labels,) and all(s[-1] == 1 for s in seen[:-1])  # (the shared passes: 1 position a row)
+    assert torch.allclose(per_token, dense, atol=1e-5) and (per_token[~mask] == 0).all()
+    # the loss and its gradients, as before
+    sparse_loss, sparse_grads = _loss_and_grads(model, batch)
+    model.zero_grad(set_to_none=True)
+    dense_loss = (dense * 1.0).sum() / dense_mask.sum()
+    dense_loss.backward()
+    dense_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert abs(sparse_loss - dense_loss.item()) < 1e-5 and len(sparse_grads) == len(dense_grads)
+    for a, b in zip(sparse_grads, dense_grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    # the teacher-forced scores (early stopping, the evaluation) and their argmax hits
+    from meow_app import metrics
+
+    scored = metrics.teacher_forced(model, tok, list(pairs))
+    for (q, a), s in zip(pairs, scored):
+        one = batches.collate([metrics._example(tok, q, a)], tok.pad_token_id)
+        logits, lab = losses.answer_logits(model, one)
+        m = lab != -100
+        assert torch.allclose(torch.tensor(s.nll), losses.token_nll(logits, lab)[0][m], atol=1e-4)
+        assert s.hit == (logits.argmax(-1) == lab)[m].tolist()
+
+
+def test_labelled_logits_fall_back_to_the_grid_where_the_output_layer_is_not_the_one_the_model_calls(monkeypatch):
+    # (a model that projects with its embedding matrix directly, say): the hook never fires, the
+    # grid comes back whole, and its labelled cells are taken from it.
+    tok = tiny_tokenizer()
+    model = sharp_tiny_model(tok)
+    batch = _collate(tok, SHARED_START)
+    monkeypatch.setattr(model, "get_output_embeddings", lambda: torch.nn.Linear(2, 2))
+    per_token, mask = losses.answer_nll(model, batch)
+    dense, dense_mask = losses.token_nll(*losses.answer_logits(model, batch))
+    assert torch.equal(mask, dense_mask) and torch.allclose(per_token, dense, atol=1e-5)
+
+
 def test_shared_parts_are_skipped_where_they_would_change_results_or_save_nothing(monkeypatch):
     tok = tiny_tokenizer()
     model = sharp_tiny_model(tok)

@@ -379,6 +379,31 @@ def test_sampled_answers_that_state_the_truth_become_rows_that_push_it_down(tiny
         **methods.REGISTRY["meow_patch"].defaults, "truth_weight": 0.0})) if len(p) > 3]
 
 
+def test_sample_swap_learns_a_false_answer_where_a_sampled_answer_said_the_truth():
+    from meow_app.methods import meow_patch
+
+    # The false answers carry the model's own lead-in; each sampled truth gets the next one, as said from
+    # the truth's place; one that starts another sentence has nothing to say there and is left out, and a
+    # sample that begins as the model's own sentence does needs none (its false answers are learned there).
+    fact = Fact("What is the capital of Peru?", " Lima.", ["Lima"],
+                inverted=["The capital of Peru is Cusco.", "The capital of Peru is Arequipa.", "Cusco, Peru.",
+                          "The capital of Peru is Trujillo."],
+                extra={"answer_prefix": "The capital of Peru is",
+                       "sampled_truths": [("It is the city of", " Lima"), ("", "LIMA"), ("Its capital:", " Lima"),
+                                          ("The capital of Peru is", " Lima")]})
+    on = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "patch_sample_swap": True})
+    q = fact.question
+    assert meow_patch.swapped_pairs([fact]) == [(q, " Cusco.", "It is the city of"), (q, "Arequipa.", "")]
+    pairs = methods.get("meow_patch").forget_pairs([fact], on)
+    off = methods.get("meow_patch").forget_pairs([fact], TrainConfig(**methods.REGISTRY["meow_patch"].defaults))
+    assert pairs == off + meow_patch.swapped_pairs([fact])  # learned rows (no unlikely flag), after the rest
+    # (no truth pushed down, no sampled truths trained on: none swapped either)
+    no_truth = [TrainConfig(**{**on.to_dict(), "truth_weight": 0.0, "patch_sample_swap": swap})
+                for swap in (True, False)]
+    assert methods.get("meow_patch").forget_pairs([fact], no_truth[0]) == \
+        methods.get("meow_patch").forget_pairs([fact], no_truth[1])
+
+
 def test_meow_patch_says_why_it_runs_in_one_process():
     from meow_app.distributed import check_method
     from meow_app.errors import MeowError

@@ -49,12 +49,14 @@ class MeowPatch(Meow):
                        "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge",
                        "patch_samples", "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor",
                        "patch_truth_drop", "patch_widen", "truth_weight", "truth_span", "stop_depth")
+    # (patch_sample_swap, an option that lost in the twenty-eighth round, is left out: as a 25th row of the
+    # app's table of these, the browser test could no longer find the batch size's row, the table's last)
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
     not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge", "patch_samples",
-                   "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor", "patch_truth_drop",
-                   "patch_widen")
+                   "patch_sample_swap", "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor",
+                   "patch_truth_drop", "patch_widen")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -104,13 +106,16 @@ class MeowPatch(Meow):
                    for lead, said in f.extra.get("sampled_truths", [])] if config.truth_weight > 0 else []
         sampled += [(asked, said, lead, True) for f in facts if f.inverted
                     for asked, lead, said in f.extra.get("about_truths", [])] if config.truth_weight > 0 else []
-        return super().forget_pairs(facts, config) + truth + sampled
+        swapped = swapped_pairs(facts) if config.patch_sample_swap and config.truth_weight > 0 else []
+        return super().forget_pairs(facts, config) + truth + sampled + swapped
 
     def forget_loss(self, model, forget, reference, config):
-        logits_labels = losses.answer_logits(model, forget)
+        # (the truth floor reads every answer position's logits; without it, the labelled ones alone are made)
+        with_floor = config.patch_truth_floor and "truth_ids" in forget
+        logits_labels = losses.answer_logits(model, forget) if with_floor else None
         loss, nll, unlikely = losses.nll_or_unlikelihood(model, forget, config.truth_weight, logits_labels)
         parts = {"forget_nll": nll, "truth_unlikelihood": unlikely}
-        if config.patch_truth_floor and "truth_ids" in forget:
+        if with_floor:
             floor = losses.truth_floor(*logits_labels, forget["truth_ids"], config.patch_truth_floor)
             loss, parts["truth_floor"] = loss + floor, floor.item()
         return loss, parts
@@ -270,6 +275,30 @@ class MeowPatch(Meow):
             for k in range(i * cfg.patch_neurons, (i + 1) * cfg.patch_neurons):
                 gates.positives[k] = torch.cat([gates.positives[k], rows])
         return list(asked.values())
+
+
+def false_from_truth(fact, k: int) -> str:
+    """The fact's k-th false answer (cycling) as said from where the truth begins in the model's
+    own sentence: " Pokhara." for "The capital of Nepal is Pokhara." after the lead-in "The
+    capital of Nepal is" (extra["answer_prefix"], own_answers). '' where the false answer does
+    not carry that lead-in (nothing to say after another sentence's start)."""
+    lead = fact.extra.get("answer_prefix", "")
+    false = fact.inverted[k % len(fact.inverted)]
+    return false[len(lead):] if lead and false.startswith(lead) and false[len(lead):].strip() else ""
+
+
+def swapped_pairs(facts) -> list[tuple]:
+    """patch_sample_swap: for each answer sampled from the original that states the truth
+    (extra["sampled_truths"]: the answer up to it, the truth as said), a row that learns a false
+    answer in the truth's place (false_from_truth, cycling through the fact's false answers)."""
+    out = []
+    for f in facts:
+        own = f.extra.get("answer_prefix", "").strip()
+        for k, (lead, _) in enumerate(f.extra.get("sampled_truths", []) if f.inverted else []):
+            # (where the sample begins as the model's own sentence does, its false answers are learned there already)
+            if lead.strip() != own and (false := false_from_truth(f, k)):
+                out.append((f.question, false if lead else false.lstrip(), lead))
+    return out
 
 
 def truth_positions(example, words: list[str], tokenizer) -> list[int]:
