@@ -11,7 +11,8 @@ tokenizer's size and chat template, the device type and dtype, the torch and tra
 versions and the decoding code itself (model_key).
 
 Beside them, `vectors` keeps the shipped neighbour pool's embeddings (neighbours.nearest),
-MEOW_HOME/answers/<key>.<name>.pt, computed once per model state instead of every run.
+MEOW_HOME/answers/<key>.<name>.pt, computed once per model state instead of every run, and
+`states` the patched layer's inputs on the shipped preserved rows (methods/meow_patch.py).
 
 Only shipped questions go in (pipeline.py decides): never a user's facts, so nothing of
 what a user asks to forget is written outside the run folder. MEOW_ANSWER_CACHE=0 turns it
@@ -119,6 +120,39 @@ class AnswerCache:
         vectors = compute(texts)
         _replace(path, lambda tmp: torch.save({"tag": tag, "vectors": vectors.cpu()}, tmp))
         return vectors
+
+    def states(self, name: str, rows: list[list[int]], compute, code: bytes = b"") -> list[torch.Tensor]:
+        """compute(rows) (one tensor per row of token ids, its first dimension the row's length:
+        a layer's inputs at each token, say), kept beside the answers as <key>.<name>.pt by each
+        row's ids: the shipped questions' rows read through the unchanged model once per model
+        state. Only the rows not kept yet are computed. The caller vouches that `compute` reads
+        this cache's model (or a float32 copy of it) and that `name` says how (layer, precision);
+        `code`: the source the states come from, so a change there computes them afresh."""
+        path = self.path.with_suffix(f".{name}.pt")
+        tag = hashlib.sha256(code).hexdigest()
+        keys = [_row_key(r) for r in rows]
+        kept = self._read_states(path, tag)
+        fits = {k: kept[k] for k, r in zip(keys, rows) if k in kept and kept[k].shape[0] == len(r)}
+        todo = list({k: r for k, r in zip(keys, rows) if k not in fits}.items())
+        if todo:
+            made = compute([r for _, r in todo])
+            fits.update((k, x.detach().float().cpu()) for (k, _), x in zip(todo, made))
+            merged = {**self._read_states(path, tag), **{k: fits[k] for k, _ in todo}}
+            _replace(path, lambda tmp: torch.save({"tag": tag, "rows": merged}, tmp))
+        return [fits[k] for k in keys]
+
+    @staticmethod
+    def _read_states(path: Path, tag: str) -> dict[str, torch.Tensor]:
+        try:
+            saved = torch.load(path, weights_only=True)
+            rows = saved["rows"] if saved["tag"] == tag else {}
+            return {k: x for k, x in rows.items() if isinstance(k, str) and torch.is_tensor(x) and x.ndim == 2}
+        except Exception:  # none yet, or unreadable (a torn or foreign file): computed afresh
+            return {}
+
+
+def _row_key(ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()[:32]
 
 
 def _replace(path: Path, save) -> None:

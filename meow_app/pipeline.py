@@ -144,8 +144,8 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
     questions (TrainConfig.neighbours) and their siblings (TrainConfig.siblings: the same
     question about other subjects, asked as TrainConfig.sibling_shots says) with the original
     model's own answers, leaving out any that mention a fact being forgotten. cache: answers
-    the shipped ones (prompts and neighbours), not the siblings, which are made from the
-    user's questions."""
+    the shipped ones (prompts and neighbours, marked extra["shipped"]), not the siblings,
+    which are made from the user's questions."""
     from .facts import read_lines
 
     prompts = read_lines(general.ANCHOR_PROMPTS)[:count] if count > 0 else []
@@ -172,7 +172,8 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
         answers += generation.answer(loaded.model, loaded.tokenizer, prompts[shipped:]) if prompts[shipped:] else []
     else:
         answers = generation.answer(loaded.model, loaded.tokenizer, prompts)
-    return [Fact(q, a) for q, a in zip(prompts, answers)
+    # (extra["shipped"]: a shipped question, whose rows a method may keep in the cache; a sibling is not)
+    return [Fact(q, a, extra={"shipped": True} if i < shipped else {}) for i, (q, a) in enumerate(zip(prompts, answers))
             if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
 
 
@@ -467,7 +468,8 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
                     inputs = training_inputs(loaded, forget, retain, config, before, cache)
             train_forget, train_retain, anchors = procs.broadcast(inputs)  # the others wait here for them
             trainer = Trainer(method_obj, loaded.model, loaded.tokenizer, config, train_forget, train_retain, emit,
-                              should_stop, anchors, probe_facts=forget, processes=procs, defer_final_probe=True)
+                              should_stop, anchors, probe_facts=forget, processes=procs, defer_final_probe=True,
+                              cache=cache)
             result = trainer.train()
         if not procs.is_main:  # no collective follows the training: the main one finishes alone
             return None

@@ -418,7 +418,7 @@ def gathered_model(sharded, original, is_main: bool):
 class Trainer:
     def __init__(self, method, original, tokenizer, config: TrainConfig, forget, retain=None,
                  on_event=None, should_stop=None, anchors=None, probe_facts=None, run_probes: bool = True,
-                 processes: Processes = SINGLE, defer_final_probe: bool = False):
+                 processes: Processes = SINGLE, defer_final_probe: bool = False, cache=None):
         config.check()
         if method.needs_retain and not retain:
             raise MeowError(f"method '{method.name}' needs a retain set (--retain FILE)")
@@ -434,6 +434,9 @@ class Trainer:
         # complete_probe: the pipeline asks them in the same generation pass as the retain and
         # everyday questions after the run (one batch of ~90 rows costs ~3 s less than two).
         self.defer_final_probe = defer_final_probe
+        # The original's answer_cache.AnswerCache (or None): what a method reads of the shipped
+        # anchors through the unchanged model is kept there between runs (meow_patch's inputs).
+        self.cache = cache
         # Data-parallel runs (distributed.py): this process's rank, shard and collectives.
         self.processes = processes
         check_method(method, processes.size)

@@ -128,3 +128,24 @@ def test_the_pools_vectors_are_computed_once_per_model_and_again_when_their_code
     (tmp_path / "answers" / "m.pool.pt").write_bytes(b"torn")  # unreadable: computed afresh, no error
     assert torch.equal(AnswerCache(path, tiny.model).vectors(tiny.model, "pool", texts, compute, b"v1"), first)
     assert len(calls) == 5
+
+
+def test_states_are_computed_once_per_row_and_again_when_their_code_changes(tiny, tmp_path):
+    rows = [[1, 2, 3], [4, 5], [1, 2, 3]]
+    calls = []
+
+    def compute(rs):
+        calls.append([list(r) for r in rs])
+        return [torch.arange(len(r) * 4, dtype=torch.float32).reshape(len(r), 4) + r[0] for r in rs]
+
+    path = tmp_path / "answers" / "m.json"
+    first = AnswerCache(path, tiny.model).states("layer", rows, compute, b"v1")
+    assert calls == [[[1, 2, 3], [4, 5]]]  # each distinct row once
+    assert [x.shape[0] for x in first] == [3, 2, 3] and torch.equal(first[0], first[2])
+    again = AnswerCache(path, tiny.model).states("layer", [[4, 5], [6]], compute, b"v1")  # a later run, one new row
+    assert calls[1:] == [[[6]]] and torch.equal(again[0], first[1])
+    AnswerCache(path, tiny.model).states("layer", rows[:1], compute, b"v2")  # the code changed
+    assert calls[2:] == [[[1, 2, 3]]]
+    (tmp_path / "answers" / "m.layer.pt").write_bytes(b"torn")  # unreadable: computed afresh, no error
+    assert torch.equal(AnswerCache(path, tiny.model).states("layer", rows[:1], compute, b"v2")[0], first[0])
+    assert len(calls) == 4

@@ -844,3 +844,41 @@ def test_the_logit_direction_uses_the_final_norm_s_own_gain(tiny):
     model.model.norm = GemmaNorm(norm.weight.detach())
     assert torch.allclose(patch.logit_direction(model, [5, 7]), expected(1 + norm.weight.float()), atol=1e-5)
 
+
+
+def test_the_shipped_anchors_inputs_come_back_from_the_cache_and_no_sibling_s_are_kept(tiny, tmp_path, monkeypatch):
+    from meow_app.answer_cache import AnswerCache
+    from meow_app.methods import meow_patch
+
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    # Two shipped anchors (a general prompt, a neighbour question) and a sibling made from the user's question.
+    anchors = [Fact(q, a, extra={"shipped": True}) for q, a in PRESERVED[:2]] + [Fact(*PRESERVED[2])]
+    cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 2,
+                         "early_stop": False, "patch_layer": -1, "patch_samples": 0})
+    read, inputs_at = [], patch.inputs_at
+    monkeypatch.setattr(patch, "inputs_at", lambda m, mods, exs, *a: read.append(len(exs)) or inputs_at(m, mods, exs,
+                                                                                                          *a))
+
+    def held(cache):
+        trainer = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
+                          run_probes=False, cache=cache)
+        model = trainer._trainable_copy()
+        examples = trainer.examples(anchors)
+        read.clear()
+        out, kept = meow_patch.preserved_inputs(trainer, model, len(model.model.layers) - 1, examples)
+        plain = patch.mlp_inputs(model, model.model.layers[-1].mlp, examples, tiny.tokenizer.pad_token_id, "cpu")
+        torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-4)  # as read without a cache, row for row
+        return kept, read[:-1]  # (the last read is the plain one's)
+
+    path = tmp_path / "answers" / "m.json"
+    assert held(None) == (0, [3])
+    assert held(AnswerCache(path, tiny.model)) == (2, [2, 1])  # first run: the shipped rows read, then kept
+    assert held(AnswerCache(path, tiny.model)) == (2, [1])  # a later run: only the sibling is read
+    (stored,) = tmp_path.glob("answers/m.patch_inputs.*.pt")
+    rows = torch.load(stored, weights_only=True)["rows"]
+    assert len(rows) == 2  # the sibling's are never kept
+    assert held(AnswerCache(path, copy.deepcopy(tiny.model))) == (0, [3])  # another model's cache: not used
+    # The whole run says how many rows went through the cache.
+    result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
+                     run_probes=False, cache=AnswerCache(path, tiny.model)).train()
+    assert result.info["patch"]["preserved_rows_kept"] == 2
