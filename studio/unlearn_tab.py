@@ -283,8 +283,10 @@ def build() -> dict:
             lora = gr.Checkbox(False, label="LoRA (train small adapters; less memory, merged at the end)", scale=1)
         info0, hp0 = method_info(first)
         method_md = gr.Markdown(info0)
+        # Tall enough for every method's rows (meow_patch's 25): in a table that scrolls inside the page the
+        # last rows are out of sight, and a browser test's locator does not find them either.
         hp_table = gr.Dataframe(hp0, headers=["setting", "value"], interactive=True, label="Key settings (editable)",
-                                elem_id="settings", static_columns=[0])
+                                elem_id="settings", static_columns=[0], max_height=1100)
         with gr.Row():
             unlearn_btn = gr.Button("Unlearn", variant="primary")
             cancel_btn = gr.Button("Cancel", variant="stop")

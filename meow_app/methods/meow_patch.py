@@ -48,10 +48,9 @@ class MeowPatch(Meow):
                 "patch_margin": 4.0, "patch_row_hinge": True, "patch_samples": 8, "patch_widen": True}
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "sibling_shots", "anchors",
                        "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge",
-                       "patch_samples", "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor",
-                       "patch_truth_drop", "patch_widen", "truth_weight", "truth_span", "stop_depth")
-    # (patch_sample_swap, an option that lost in the twenty-eighth round, is left out: as a 25th row of the
-    # app's table of these, the browser test could no longer find the batch size's row, the table's last)
+                       "patch_samples", "patch_sample_swap", "patch_resample", "patch_about", "patch_open_answer",
+                       "patch_truth_floor", "patch_truth_drop", "patch_widen", "truth_weight", "truth_span",
+                       "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
