@@ -139,13 +139,14 @@ def capped_note(selection: list[dict], settings: SelectSettings) -> str | None:
 
 def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, neighbours: int = 0,
                  siblings: int = 0, seed: int = 0, cache: AnswerCache | None = None,
-                 sibling_shots: bool = False) -> list[Fact]:
+                 sibling_shots: bool = False, sibling_sentences: int = 0) -> list[Fact]:
     """General prompts (TrainConfig.anchors) and the forget questions' nearest neighbour
     questions (TrainConfig.neighbours) and their siblings (TrainConfig.siblings: the same
     question about other subjects, asked as TrainConfig.sibling_shots says) with the original
     model's own answers, leaving out any that mention a fact being forgotten. cache: answers
     the shipped ones (prompts and neighbours, marked extra["shipped"]), not the siblings,
-    which are made from the user's questions."""
+    which are made from the user's questions; sibling_sentences: where above 0, the siblings'
+    answers end after that many sentences."""
     from .facts import read_lines
 
     prompts = read_lines(general.ANCHOR_PROMPTS)[:count] if count > 0 else []
@@ -167,14 +168,24 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
         prompts += [q for q in made if q not in prompts]
     if not prompts:
         return []
-    if cache:
-        answers = cache.answer(loaded.model, loaded.tokenizer, prompts[:shipped])
-        answers += generation.answer(loaded.model, loaded.tokenizer, prompts[shipped:]) if prompts[shipped:] else []
-    else:
-        answers = generation.answer(loaded.model, loaded.tokenizer, prompts)
+    answers = cache.answer(loaded.model, loaded.tokenizer, prompts[:shipped]) if cache and shipped else []
+    if len(answers) < len(prompts):  # the siblings (with no cache, the shipped ones first, in the same pass)
+        answers += sibling_answers(loaded, prompts[len(answers):], sibling_sentences, shipped - len(answers))
     # (extra["shipped"]: a shipped question, whose rows a method may keep in the cache; a sibling is not)
     return [Fact(q, a, extra={"shipped": True} if i < shipped else {}) for i, (q, a) in enumerate(zip(prompts, answers))
             if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
+
+
+def sibling_answers(loaded: models.LoadedModel, questions: list[str], sentences: int = 0, first: int = 0) -> list[str]:
+    """The original's greedy answers to the questions, those from `first` on (the siblings)
+    each ended after `sentences` sentences (0: as long as the model's own answer)."""
+    said = [0] * len(questions)
+
+    def done(i, text) -> bool:  # (asked once at each sentence's end)
+        said[i] += i >= first
+        return i >= first and said[i] >= sentences
+
+    return generation.answer(loaded.model, loaded.tokenizer, questions, done=done if sentences > 0 else None)
 
 
 def own_answers(facts: list[Fact], probe: dict | None, split: bool = False) -> list[Fact]:
@@ -512,7 +523,7 @@ def training_inputs(loaded, forget: list[Fact], retain: list[Fact] | None, confi
     """What the loop trains on: the forget facts (in the model's own words with own_answers),
     the retain facts, and the anchors (general prompts and neighbour questions)."""
     anchors = anchor_facts(loaded, forget, config.anchors, config.neighbours, config.siblings, config.seed, cache,
-                           sibling_shots=config.sibling_shots)
+                           sibling_shots=config.sibling_shots, sibling_sentences=config.sibling_sentences)
     if config.own_answers:
         return own_answers(forget, before["forget"], split=True), own_answers(retain, before["retain"]), anchors
     return forget, retain, anchors

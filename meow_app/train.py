@@ -118,6 +118,8 @@ class TrainConfig:
                                           "of the subject forbidden (two letters or more; numbers and small words "
                                           "left), so the model names other real subjects rather than respelling "
                                           "this one ('LeBrunier' for LeBrun)")
+    sibling_sentences: int = _setting(0, "siblings: their answers end after this many sentences, which is less "
+                                         "to decode and to hold shut (0 = as long as the model's own answer)")
     anchor_weight: float = _setting(1.0, "weight of the anchor and neighbour loss", obvious=True)
     null_space: float = _setting(0.0, "locality by construction (AlphaEdit-style, meow_app/null_space.py): after "
                                       "each step, each trained weight's change is projected onto the null space of "
@@ -244,8 +246,8 @@ class TrainConfig:
             raise MeowError(f"null_space must be between 0 and 1, got {self.null_space}")
         if not 0 <= self.null_space_outliers < 1:
             raise MeowError(f"null_space_outliers must be 0 (off) or a share below 1, got {self.null_space_outliers}")
-        for name in ("anchors", "neighbours", "siblings", "min_steps", "patch_samples", "patch_resample",
-                     "patch_about"):
+        for name in ("anchors", "neighbours", "siblings", "sibling_sentences", "min_steps", "patch_samples",
+                     "patch_resample", "patch_about"):
             if getattr(self, name) < 0:
                 raise MeowError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.fisher_backend not in ("diag", "woodfisher"):

@@ -243,3 +243,25 @@ def test_sibling_shots_reach_the_siblings_from_the_training_settings(tiny, facts
     pipeline.training_inputs(tiny, facts, None, TrainConfig(siblings=2, sibling_shots=True, own_answers=False), {})
     pipeline.training_inputs(tiny, facts, None, TrainConfig(siblings=2, own_answers=False), {})
     assert asked == [True, False]
+
+
+def test_sibling_sentences_end_the_siblings_answers_and_leave_the_shipped_ones_whole(tiny, facts, monkeypatch):
+    def answer(model, tokenizer, questions, done=None, **kw):
+        """Each answer three sentences long; `done` asked at each sentence's end, as generation.answer does."""
+        out = []
+        for i, _ in enumerate(questions):
+            text = ""
+            for sentence in ("One.", " Two.", " Three."):
+                text += sentence
+                if done and done(i, text.strip()):
+                    break
+            out.append(text.strip())
+        return out
+
+    monkeypatch.setattr(pipeline.generation, "answer", answer)
+    monkeypatch.setattr(pipeline.neighbours_mod, "siblings", lambda *a, **kw: ["What is the capital of Zorkland?"])
+    for sentences, said in ((0, "One. Two. Three."), (1, "One."), (2, "One. Two.")):
+        anchors = pipeline.training_inputs(tiny, facts, None, TrainConfig(anchors=2, siblings=1, own_answers=False,
+                                                                          sibling_sentences=sentences), {})[2]
+        assert [a.answer for a in anchors] == ["One. Two. Three."] * 2 + [said]  # (the shipped prompts first)
+        assert [bool(a.extra.get("shipped")) for a in anchors] == [True, True, False]
