@@ -67,6 +67,10 @@ class AnswerCache:
         self.model = model  # the model it keeps answers of (None: the caller vouches); others are passed through
         self.saved: dict[str, str] = self._read()
         self.hits = self.misses = 0
+        # Shipped questions a run asked and then left out (their answer names a fact being
+        # forgotten: pipeline.anchor_facts): where a method keeps the others' `states`, it keeps
+        # theirs too, so which rows are kept does not tell which answers named such a fact.
+        self.left_out: list[tuple[str, str]] = []
 
     @classmethod
     def for_model(cls, model, tokenizer, home: Path | None = None) -> "AnswerCache | None":
@@ -167,5 +171,5 @@ def _replace(path: Path, save) -> None:
     try:
         save(tmp)
         os.replace(tmp, path)
-    except OSError:
+    except Exception:  # (torch.save on a full disk raises RuntimeError, not OSError)
         Path(tmp).unlink(missing_ok=True)

@@ -171,9 +171,14 @@ def anchor_facts(loaded: models.LoadedModel, forget: list[Fact], count: int, nei
     answers = cache.answer(loaded.model, loaded.tokenizer, prompts[:shipped]) if cache and shipped else []
     if len(answers) < len(prompts):  # the siblings (with no cache, the shipped ones first, in the same pass)
         answers += sibling_answers(loaded, prompts[len(answers):], sibling_sentences, shipped - len(answers))
-    # (extra["shipped"]: a shipped question, whose rows a method may keep in the cache; a sibling is not)
-    return [Fact(q, a, extra={"shipped": True} if i < shipped else {}) for i, (q, a) in enumerate(zip(prompts, answers))
-            if a and not any(probes.leaks(q + " " + a, f) for f in forget)]
+    kept = []
+    for i, (q, a) in enumerate(zip(prompts, answers)):
+        if a and not any(probes.leaks(q + " " + a, f) for f in forget):
+            # (extra["shipped"]: a shipped question, whose rows a method may keep in the cache; a sibling is not)
+            kept.append(Fact(q, a, extra={"shipped": True} if i < shipped else {}))
+        elif a and cache and i < shipped:
+            cache.left_out.append((q, a))
+    return kept
 
 
 def sibling_answers(loaded: models.LoadedModel, questions: list[str], sentences: int = 0, first: int = 0) -> list[str]:

@@ -265,3 +265,16 @@ def test_sibling_sentences_end_the_siblings_answers_and_leave_the_shipped_ones_w
                                                                           sibling_sentences=sentences), {})[2]
         assert [a.answer for a in anchors] == ["One. Two. Three."] * 2 + [said]  # (the shipped prompts first)
         assert [bool(a.extra.get("shipped")) for a in anchors] == [True, True, False]
+
+
+def test_shipped_questions_left_out_for_naming_a_forgotten_fact_are_told_to_the_cache(tiny, facts, tmp_path,
+                                                                                      monkeypatch):
+    from meow_app.answer_cache import AnswerCache
+
+    monkeypatch.setattr(pipeline.generation, "answer", lambda m, t, qs, *a, **kw: ["Lima, of course"] * len(qs))
+    monkeypatch.setattr(pipeline.neighbours_mod, "siblings", lambda *a, **kw: ["What is the capital of Zorkland?"])
+    cache = AnswerCache(tmp_path / "a.json", tiny.model)
+    assert pipeline.anchor_facts(tiny, facts, 2, 6, siblings=1, cache=cache) == []
+    # The 2 general prompts and 6 neighbour questions, not the sibling (made from the user's question).
+    assert len(cache.left_out) == 8 and all(a == "Lima, of course" for _, a in cache.left_out)
+    assert "What is the capital of Zorkland?" not in [q for q, _ in cache.left_out]

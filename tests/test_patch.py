@@ -845,14 +845,15 @@ def test_the_logit_direction_uses_the_final_norm_s_own_gain(tiny):
     assert torch.allclose(patch.logit_direction(model, [5, 7]), expected(1 + norm.weight.float()), atol=1e-5)
 
 
-
 def test_the_shipped_anchors_inputs_come_back_from_the_cache_and_no_sibling_s_are_kept(tiny, tmp_path, monkeypatch):
     from meow_app.answer_cache import AnswerCache
     from meow_app.methods import meow_patch
 
     facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
-    # Two shipped anchors (a general prompt, a neighbour question) and a sibling made from the user's question.
-    anchors = [Fact(q, a, extra={"shipped": True}) for q, a in PRESERVED[:2]] + [Fact(*PRESERVED[2])]
+    # Two shipped anchors (a general prompt, a neighbour question) and between them a sibling made from the
+    # user's question.
+    (q0, a0), (q1, a1), (q2, a2) = PRESERVED
+    anchors = [Fact(q0, a0, extra={"shipped": True}), Fact(q2, a2), Fact(q1, a1, extra={"shipped": True})]
     cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 2,
                          "early_stop": False, "patch_layer": -1, "patch_samples": 0})
     read, inputs_at = [], patch.inputs_at
@@ -875,8 +876,13 @@ def test_the_shipped_anchors_inputs_come_back_from_the_cache_and_no_sibling_s_ar
     assert held(AnswerCache(path, tiny.model)) == (2, [2, 1])  # first run: the shipped rows read, then kept
     assert held(AnswerCache(path, tiny.model)) == (2, [1])  # a later run: only the sibling is read
     (stored,) = tmp_path.glob("answers/m.patch_inputs.*.pt")
-    rows = torch.load(stored, weights_only=True)["rows"]
-    assert len(rows) == 2  # the sibling's are never kept
+    assert len(torch.load(stored, weights_only=True)["rows"]) == 2  # the sibling's are never kept
+    # A shipped question the run left out (its answer names a fact being forgotten) is kept as well, so the
+    # file does not tell it apart.
+    cache = AnswerCache(path, tiny.model)
+    cache.left_out = [("What is the capital of Peru?", "Lima, as everyone knows.")]
+    assert held(cache) == (2, [1, 1])  # (the left-out row read and kept; the sibling read)
+    assert len(torch.load(stored, weights_only=True)["rows"]) == 3
     assert held(AnswerCache(path, copy.deepcopy(tiny.model))) == (0, [3])  # another model's cache: not used
     # The whole run says how many rows went through the cache.
     result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,

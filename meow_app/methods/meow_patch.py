@@ -149,7 +149,7 @@ class MeowPatch(Meow):
         trainer.on_event({"type": "task", "text": "reading the preserved text and the answers through the model "
                                                   "once (the steps reuse it)"})
         with trainer.autocast():
-            held, from_cache = preserved_inputs(trainer, model, layer, preserved_ex)
+            held, kept = preserved_inputs(trainer, model, layer, preserved_ex)
             below, at_mlp = patch.inputs_at(model, [blocks[layer], mlp], distinct, tok.pad_token_id, device)
             # Steps run only the layers from the patch's up, on what the frozen ones gave once.
             tail = patch.Tail(model, layer, distinct, below)
@@ -234,7 +234,7 @@ class MeowPatch(Meow):
                     if stoppers is not None and not final:
                         stoppers.remove()
             result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots, "added": widened,
-                                    "preserved_tokens": int(held.shape[0]), "preserved_rows_kept": from_cache,
+                                    "preserved_tokens": int(held.shape[0]), "preserved_rows_kept": kept,
                                     "frozen_layers_cached": tail is not model,
                                     "open_on_preserved": round(gates.firing(held), 5),
                                     "open_on_own_fact_answers": round(gates.firing_own(), 3)}
@@ -282,13 +282,13 @@ def preserved_inputs(trainer, model, layer: int, examples) -> tuple[torch.Tensor
     """(the patched layer's MLP input at every token of the preserved rows, as patch.mlp_inputs
     gives it; how many rows went through trainer.cache). A shipped anchor's rows (a general
     prompt or a neighbour question with the original's answer: extra["shipped"]) are the same
-    every run, so where the trainer has the original's cache they are read through the model once
-    per model state and kept (about 7 of the 10 s a default run spent here); the others (siblings,
-    made from the user's questions) are read every run and never kept. `model`: the trainer's
-    copy of the original, unchanged yet; examples: trainer.examples(trainer.anchors). Call it under
-    trainer.autocast()."""
+    every run on the same model, so where the trainer has the original's cache they are read once
+    and kept; the others (siblings, made from the user's questions) are read every run and never
+    kept. `model`: the trainer's copy of the original, unchanged yet; examples:
+    trainer.examples(trainer.anchors). Call it under trainer.autocast()."""
     tok, device = trainer.tokenizer, trainer.device
     mlp = decoder_layers(model)[layer].mlp
+    assert len(examples) == len(trainer.anchors)
 
     def read(exs) -> list[torch.Tensor]:
         return patch.inputs_at(model, [mlp], exs, tok.pad_token_id, device)[0] if exs else []
@@ -298,14 +298,18 @@ def preserved_inputs(trainer, model, layer: int, examples) -> tuple[torch.Tensor
         if cache is not None and cache.model is trainer.original else []
     if not shipped:
         return torch.cat(read(examples)), 0
-    by_ids = {tuple(examples[i].ids): examples[i] for i in shipped}
+    # The shipped rows the run left out are kept too (AnswerCache.left_out), their inputs unused.
+    left_out = [encode_example(tok, q, a) for q, a in cache.left_out]
+    by_ids = {tuple(e.ids): e for e in [examples[i] for i in shipped] + left_out}
     # (autocast changes the floats: its runs keep theirs apart)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     precision = "autocast" if torch.is_autocast_enabled(device.type) else dtype
-    kept = cache.states(f"patch_inputs.{layer}.{precision}", [examples[i].ids for i in shipped],
-                        lambda rows: read([by_ids[tuple(r)] for r in rows]), Path(patch.__file__).read_bytes())
+    kept = cache.states(f"patch_inputs.{layer}.{precision}", [examples[i].ids for i in shipped] +
+                        [e.ids for e in left_out], lambda rows: read([by_ids[tuple(r)] for r in rows]),
+                        Path(patch.__file__).read_bytes())
+    at = mlp.gate_proj.weight.device  # (where the layer's own inputs are: a model spread over devices)
     others = sorted(set(range(len(examples))) - set(shipped))
-    rows = dict(zip(shipped, (x.to(device) for x in kept))) | dict(zip(others, read([examples[i] for i in others])))
+    rows = dict(zip(shipped, (x.to(at) for x in kept))) | dict(zip(others, read([examples[i] for i in others])))
     return torch.cat([rows[i] for i in range(len(examples))]), len(shipped)
 
 
