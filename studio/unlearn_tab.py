@@ -28,6 +28,9 @@ STAGES = {"load": "Loading the model", "probe_before": "Asking the questions bef
           "save": "Saving the unlearned model"}
 
 
+SETTING_ROW_PX = 44  # a settings table row's height and then some (about 37 px in Gradio 6's default theme)
+
+
 def method_hyperparameters(name: str) -> tuple[str, ...]:
     names = methods.REGISTRY[name].hyperparameters  # TrainConfig fields (checked in tests/test_methods.py)
     # Every method: with few facts, smaller batches mean more steps.
@@ -283,10 +286,11 @@ def build() -> dict:
             lora = gr.Checkbox(False, label="LoRA (train small adapters; less memory, merged at the end)", scale=1)
         info0, hp0 = method_info(first)
         method_md = gr.Markdown(info0)
-        # Tall enough for every method's rows (meow_patch's 25): in a table that scrolls inside the page the
-        # last rows are out of sight, and a browser test's locator does not find them either.
+        # Tall enough for every method's rows (meow_patch's 25, the header too): in a table that scrolls inside
+        # the page the last rows are out of sight, and a browser test's locator does not find them either.
+        rows = max(len(method_hyperparameters(n)) for n in names) + 1
         hp_table = gr.Dataframe(hp0, headers=["setting", "value"], interactive=True, label="Key settings (editable)",
-                                elem_id="settings", static_columns=[0], max_height=1100)
+                                elem_id="settings", static_columns=[0], max_height=SETTING_ROW_PX * rows)
         with gr.Row():
             unlearn_btn = gr.Button("Unlearn", variant="primary")
             cancel_btn = gr.Button("Cancel", variant="stop")
