@@ -56,14 +56,17 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             # the default before the twenty-seventh round: the hinge as a mean over tokens, the truth's whole sentence
             "round26": {"patch_row_hinge": False, "truth_span": False},
             # the siblings' answers ended after their first sentence (docs/forgetting.md round 29: an option)
-            "sibling_sentence": {"sibling_sentences": 1}}
+            "sibling_sentence": {"sibling_sentences": 1},
+            # half the answers sampled from the original to find where each truth is said (round 31)
+            "patch_samples4": {"patch_samples": 4}}
 # variants that run another method than meow
 # (`default`, `warm` and the rest run the default method, meow_patch since the sixteenth round of
 # docs/forgetting.md; `meow` is the default before it, with its own defaults)
 VARIANTS["meow"] = {}
 VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch",
                    "patch_slots": "meow_patch", "round26": "meow_patch", "sibling_sentence": "meow_patch",
-                   "meow": "meow", "previous": "meow", "ns_outliers": "meow", "lora": "meow", "low_memory": "meow"}
+                   "patch_samples4": "meow_patch", "meow": "meow", "previous": "meow", "ns_outliers": "meow",
+                   "lora": "meow", "low_memory": "meow"}
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
 # Config changes from the embedded (SmolLM2-135M) config; its vocabulary and tied embeddings stay.
