@@ -57,7 +57,7 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             "round26": {"patch_row_hinge": False, "truth_span": False},
             # the siblings' answers ended after their first sentence (docs/forgetting.md round 29: an option)
             "sibling_sentence": {"sibling_sentences": 1},
-            # half the answers sampled from the original to find where each truth is said (round 31)
+            # half the answers sampled from the original to find the truths (docs/forgetting.md round 31: not kept)
             "patch_samples4": {"patch_samples": 4}}
 # variants that run another method than meow
 # (`default`, `warm` and the rest run the default method, meow_patch since the sixteenth round of
