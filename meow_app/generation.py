@@ -84,7 +84,7 @@ def rows_that_fit(model, batch_size: int, tokens: int) -> int:
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, batch_size: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  generator_seed: int | None = None, banned: list[list[int]] | None = None,
-                 stop=None) -> list[list[int]]:
+                 stop=None, record=None, drafts=None) -> list[list[int]]:
     """Continue each prompt (token ids); returns the new token ids, cut at EOS.
 
     `max_new_tokens` is one int or one per prompt; each row is generated only as far as
@@ -94,6 +94,11 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     generation_config asks for what _decode does not apply (a repetition penalty, min_p, ...).
     `stop(i, ids)`: True ends prompt i's row after the token just added (only an early end:
     `generate`'s path answers to the limit).
+    `record` (a drafts.Drafts): every greedy or sampled row decoded by _decode is kept in it,
+    with its layer's input at each token read. `drafts` (a drafts.Drafts, greedy only): the
+    answers kept there for these prompts (another model's, the same below the drafts' layer)
+    are checked from that layer up (drafts.Drafts.follow), and only what is left after a row
+    leaves its draft is decoded: the same tokens, for far fewer steps where the drafts hold.
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     device = next(model.parameters()).device
@@ -102,6 +107,21 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     out: list[list[int]] = [[] for _ in prompts]
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
+    if drafts is not None and do_sample:
+        raise ValueError("drafts are checked against greedy decoding only")
+    if prompts and drafts is not None and _plain_greedy(model.generation_config):
+        # The drafts first; what is left is decoded below from each row's prompt and the
+        # tokens kept, to the rest of its limit (`stop` sees the whole answer).
+        pick = _sampler(banned, False, temperature, top_p)
+        kept, finished = drafts.follow(model, prompts, limits, eos, pad_id, pick, stop)
+        rest = [i for i in range(len(prompts)) if not finished[i]]
+        more = generate_ids(model, tokenizer, [prompts[i] + kept[i] for i in rest],
+                            [limits[i] - len(kept[i]) for i in rest], batch_size,
+                            banned=[banned[i] for i in rest] if banned else None,
+                            stop=(lambda k, ids: stop(rest[k], kept[rest[k]] + ids)) if stop else None)
+        for k, i in enumerate(rest):
+            kept[i] += more[k]
+        return kept
     if prompts:
         batch_size = rows_that_fit(model, batch_size, max(len(p) for p in prompts) + max(limits))
     # Group by prompt length and then by limit, so short jobs are not padded to long ones.
@@ -113,7 +133,7 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
             pick = _sampler([banned[i] for i in rows] if banned else None, do_sample, temperature, top_p)
             row_stop = (lambda j, ids, rows=rows: stop(rows[j], ids)) if stop else None
             got = _decode(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device, pick,
-                          row_stop)
+                          row_stop, record)
         else:  # settings only `generate` applies (a repetition penalty, ...)
             got = _sampled(model, [prompts[i] for i in rows], [limits[i] for i in rows], eos, pad_id, device,
                            [banned[i] for i in rows] if banned else None, do_sample, temperature, top_p)
@@ -269,7 +289,7 @@ def full_attention(config) -> bool:
 
 
 def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, device,
-            pick, stop=None) -> list[list[int]]:
+            pick, stop=None, record=None) -> list[list[int]]:
     """Decoding of one batch, the next token chosen by `pick(logits, rows)` (_sampler): what
     `model.generate` computes, for less work, by three savings.
 
@@ -286,13 +306,29 @@ def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
       once and its cache copied to its rows.
 
     `stop(j, ids)`, when given, ends row j early too (after the token just added).
+    `record` (a drafts.Drafts): each row's answer is added to it when the row ends, with the
+    input of the drafts' layer at every token read (its prompt, the answer tokens fed back).
     """
-    from transformers import DynamicCache
-
     out: list[list[int]] = [[] for _ in prompts]
     live = [j for j, limit in enumerate(limits) if limit > 0]
     if not live:
         return out
+    if record is None:
+        return _decode_rows(model, prompts, limits, eos, pad_id, device, pick, stop, live, out, None)
+    seen: list = []  # the layer's input at each model call of the loop, taken by _decode_rows
+    handle = record.module.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+    try:
+        return _decode_rows(model, prompts, limits, eos, pad_id, device, pick, stop, live, out, (record, seen))
+    finally:
+        handle.remove()
+
+
+def _decode_rows(model, prompts, limits, eos, pad_id, device, pick, stop, live, out, recording):
+    """_decode's loop; `recording`: (the drafts.Drafts, the list its hook fills), or None."""
+    from transformers import DynamicCache
+
+    parts: dict[int, list] = {j: [] for j in live}  # row -> its layer inputs so far (recording only)
     rows = [prompts[j] for j in live]
     shared = shared_start(rows) if full_attention(model.config) else 0
     shared = shared if shared >= MIN_SHARED else 0
@@ -303,11 +339,19 @@ def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
         start = torch.tensor([rows[0][:shared]], device=device)
         model(input_ids=start, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(len(distinct))
-    ids, mask = pad([list(r) for r in distinct], pad_id, left=True)
-    ids, mask = ids.to(device), torch.cat([mask.new_ones((len(distinct), shared)), mask], dim=1).to(device)
+        if recording:
+            prefix = recording[1].pop()[0]
+            for j in live:
+                parts[j].append(prefix)
+    ids, own = pad([list(r) for r in distinct], pad_id, left=True)
+    ids, mask = ids.to(device), torch.cat([own.new_ones((len(distinct), shared)), own], dim=1).to(device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits
+    if recording:
+        read = recording[1].pop()
+        for j, g in zip(live, group):
+            parts[j].append(read[g][own[g].bool().to(read.device)])
     if len(distinct) < len(rows):
         index = torch.tensor(group, device=device)
         cache.batch_select_indices(index)
@@ -317,11 +361,13 @@ def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
         nxt = pick(logits[:, -1], live)
         keep = []
         for k, (j, t) in enumerate(zip(live, nxt.tolist())):
-            if t in eos:
-                continue
-            out[j].append(t)
-            if len(out[j]) < limits[j] and not (stop and stop(j, out[j])):
-                keep.append(k)
+            if t not in eos:
+                out[j].append(t)
+                if len(out[j]) < limits[j] and not (stop and stop(j, out[j])):
+                    keep.append(k)
+                    continue
+            if recording:  # (the row's last token, when not EOS, was never read: its input is not known)
+                recording[0].add(prompts[j], out[j], torch.cat(parts.pop(j)))
         if not keep:
             return out
         if len(keep) < len(live):
@@ -333,6 +379,10 @@ def _decode(model, prompts: list[list[int]], limits: list[int], eos: set[int], p
         pos = pos + 1
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
                        use_cache=True).logits
+        if recording:
+            read = recording[1].pop()
+            for k, j in enumerate(live):
+                parts[j].append(read[k])
 
 
 def shared_start(rows: list[list[int]]) -> int:
@@ -357,9 +407,11 @@ SENTENCE_ENDS = ".!?\n"  # where answer's `done` is asked
 
 
 def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW_TOKENS,
-           batch_size: int = ANSWER_BATCH, system: str | None = None, done=None) -> list[str]:
+           batch_size: int = ANSWER_BATCH, system: str | None = None, done=None, record=None,
+           drafts=None) -> list[str]:
     """Greedy chat answers to questions, in a batch. `done(i, text)`: True ends answer i
-    there; asked only where the answer's last token closes a sentence (or a line)."""
+    there; asked only where the answer's last token closes a sentence (or a line).
+    record, drafts: generate_ids'."""
     prompts = [encode(tokenizer, chat_prompt(tokenizer, q, system)) for q in questions]
 
     def stop(i, ids):
@@ -368,5 +420,6 @@ def answer(model, tokenizer, questions: list[str], max_new_tokens: int = MAX_NEW
             return False
         return done(i, tokenizer.decode(ids, skip_special_tokens=True).strip())
 
-    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop=stop if done else None)
+    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, stop=stop if done else None,
+                       record=record, drafts=drafts)
     return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]

@@ -109,6 +109,26 @@ def answer_rows(examples, inputs: list[torch.Tensor], starts: list[int] | None =
     return torch.cat([x[max(s, 1) - 1:len(e.ids) - 1] for e, x, s in zip(examples, inputs, starts)])
 
 
+def from_layer(model, layer: int, states, attention_mask, position_ids=None, hidden: bool = False, **kwargs):
+    """The model's output from decoder layer `layer` up, given that layer's input at every
+    position (`states`, [rows, positions, d]; the frozen layers below are not run). hidden:
+    the base model's output instead (the last hidden states, before the output layer)."""
+    if position_ids is None:  # (left padding: positions count real tokens only, as collate's)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    base, config = model.base_model, model.config
+    layers, types = base.layers, getattr(config, "layer_types", None)
+    base.layers = torch.nn.ModuleList(layers[layer:])
+    if types is not None:  # (models that pick a layer's mask and RoPE by its index in the loop: Gemma3, Qwen2)
+        config.layer_types = list(types[layer:])
+    try:
+        return (model.base_model if hidden else model)(inputs_embeds=states, attention_mask=attention_mask,
+                                                       position_ids=position_ids, use_cache=False, **kwargs)
+    finally:
+        base.layers = layers
+        if types is not None:
+            config.layer_types = types
+
+
 class Tail:
     """The model from decoder layer `layer` up, called like the model, fed that layer's input
     as the frozen layers below computed it once per example (`inputs_at` on the layer): a patch
@@ -125,20 +145,7 @@ class Tail:
         embeds = torch.zeros(*input_ids.shape, first.shape[-1], dtype=first.dtype, device=input_ids.device)
         for j, (ids, keep) in enumerate(zip(input_ids.tolist(), real.tolist())):
             embeds[j, real[j]] = self.states[tuple(t for t, k in zip(ids, keep) if k)]
-        if position_ids is None:  # (left padding: positions count real tokens only, as collate's)
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        base, config = self.model.base_model, self.model.config
-        layers, types = base.layers, getattr(config, "layer_types", None)
-        base.layers = torch.nn.ModuleList(layers[self.layer:])
-        if types is not None:  # (models that pick a layer's mask and RoPE by its index in the loop: Gemma3, Qwen2)
-            config.layer_types = list(types[self.layer:])
-        try:
-            return self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False, **kwargs)
-        finally:
-            base.layers = layers
-            if types is not None:
-                config.layer_types = types
+        return from_layer(self.model, self.layer, embeds, attention_mask, position_ids, **kwargs)
 
     def get_output_embeddings(self):
         return self.model.get_output_embeddings()

@@ -28,6 +28,7 @@ from . import invert as invert_mod
 from . import distributed, general, generation, memo, methods, models, probes, select
 from . import neighbours as neighbours_mod
 from .answer_cache import AnswerCache
+from .drafts import Drafts
 from .errors import MeowError, NotApplicable
 from .facts import Fact, write_jsonl
 from .progress import Stages
@@ -322,19 +323,23 @@ def method_for(method: str | None, overrides: dict | None = None, model=None) ->
 
 
 def probe_sets(model, tokenizer, forget: list[Fact] | None, retain: list[Fact] | None, everyday: list[Fact],
-               cache: AnswerCache | None = None, before: bool = False, retain_read: bool = True) -> dict:
+               cache: AnswerCache | None = None, before: bool = False, retain_read: bool = True,
+               record: Drafts | None = None, drafts: Drafts | None = None) -> dict:
     """Greedy answers on the forget set (with paraphrases), the retain set and the everyday
     questions (these, shipped, from `cache`: give one only for the original model). Answers
     end once they leak (probes.probe's stop_once_leaked) unless their words are used: before
     the run, the forget questions' (own_answers' targets, the inversion's answer style) and,
-    where the method may read the retain set (`retain_read`), the retain questions'."""
+    where the method may read the retain set (`retain_read`), the retain questions'.
+    record: the answers decoded are kept there (the original's, before a run); drafts: the
+    answers are checked against those (after a run; the same answers: drafts.py)."""
     every, ProbeSet = probes.KINDS, probes.ProbeSet
     sets = {"forget": ProbeSet(forget, True, ("paraphrase",) if before else every) if forget is not None else None,
             "retain": ProbeSet(retain, False, () if before and retain_read else every) if retain else None,
             "everyday": None if cache else ProbeSet(everyday, False, every)}
     asked = {k: ps for k, ps in sets.items() if ps is not None}
     # One generation pass for all of them (probes.probe_many); the cached answers apart.
-    out = dict(zip(asked, probes.probe_many(model, tokenizer, list(asked.values())))) if asked else {}
+    out = dict(zip(asked, probes.probe_many(model, tokenizer, list(asked.values()), record=record,
+                                            drafts=drafts))) if asked else {}
     if cache:
         out["everyday"] = probes.probe(model, tokenizer, everyday, paraphrases=False, answer=cache.answer)
     return {k: out.get(k) for k in ("forget", "retain", "everyday")}
@@ -460,10 +465,14 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
         selection, inputs = None, None
         # The original's answers to shipped questions, kept between runs (answer_cache.py).
         cache = AnswerCache.for_model(loaded.model, loaded.tokenizer) if procs.is_main else None
+        # The original's answers, kept with a layer's inputs where the method changes nothing below it:
+        # the probe after checks them from there up rather than decoding them again (drafts.py).
+        frozen = method_obj.unchanged_below(loaded.model, config) if procs.is_main else 0
+        record = Drafts(loaded.model, frozen) if frozen else None
         if procs.is_main:
             with stages("probe_before"):
                 before = probe_sets(loaded.model, loaded.tokenizer, forget, retain, everyday, cache, before=True,
-                                    retain_read=method_obj.uses_retain)
+                                    retain_read=method_obj.uses_retain, record=record)
             if method_obj.needs_inverted:
                 selection, more = invert_and_select(loaded, forget, inv, sel, config.seed, before["forget"],
                                                     stages, emit)
@@ -496,7 +505,12 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
             # autocast), in one pass with the others, and completes the loop's last probe.
             reuse = (result.last_probe and loaded.dtype == torch.float32 and not config.lora and not config.bf16
                      and loaded.device.type != "cuda")  # (on CUDA the loop runs under bf16 autocast)
-            after = probe_sets(result.model, loaded.tokenizer, None if reuse else forget, retain, everyday)
+            drafts = record if record and record.usable(loaded.model, result.model) else None
+            if drafts:
+                drafts.add_answers(loaded.model, loaded.tokenizer, [f.question for f in everyday],
+                                   [r["answer"] for r in before["everyday"]["rows"]], cache)
+            after = probe_sets(result.model, loaded.tokenizer, None if reuse else forget, retain, everyday,
+                               drafts=drafts)
             if reuse:
                 after["forget"] = result.last_probe
             elif result.probe_deferred:
@@ -511,6 +525,8 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
             run["processes"] = procs.size
         if cache:
             run["answer_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        if drafts:
+            run["probe_after_drafts"] = {"layer": drafts.layer, "checked": drafts.checked, "whole": drafts.whole}
         write_run_files(partial, run, forget, selection, before, after)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above

@@ -89,10 +89,13 @@ def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
     return _result(facts, asked, answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens), set())
 
 
-def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = generation.MAX_NEW_TOKENS) -> list[dict]:
+def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = generation.MAX_NEW_TOKENS,
+               record=None, drafts=None) -> list[dict]:
     """probe() of each set, all answered in one generation pass: on a CPU a decoding step
     costs much the same for 20 rows as for 70 (reading the weights, per-step overhead), so
-    one full batch is cheaper than a batch per set (docs/benchmarks.md, item 1)."""
+    one full batch is cheaper than a batch per set (docs/benchmarks.md, item 1).
+    record, drafts: generation.generate_ids' (a drafts.Drafts to keep the answers in, or to
+    check them against: the same answers)."""
     per_set = [_asked(ps.facts, ps.paraphrases) for ps in sets]
     asked = [(s, row) for s, rows in enumerate(per_set) for row in rows]
     cut: set[int] = set()  # rows ended by `done`: marked, so a shorter answer is not read as a change
@@ -106,7 +109,7 @@ def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = gen
 
     stops = any(ps.stop_once_leaked for ps in sets)
     answers = generation.answer(model, tokenizer, [q for _, (_, _, q) in asked], max_new_tokens,
-                                done=done if stops else None)
+                                done=done if stops else None, record=record, drafts=drafts)
     out, at = [], 0
     for ps, rows in zip(sets, per_set):
         out.append(_result(ps.facts, rows, answers[at:at + len(rows)],

@@ -53,6 +53,12 @@ class Method:
         """Refuse a run whose preserved text (neighbour, sibling and anchor answers) this
         method cannot work without, once it is known (NotApplicable)."""
 
+    def unchanged_below(self, model, config) -> int:
+        """The decoder layers (by index) below which this method changes nothing in the model
+        (0: it may change any): the probes after a run check the original's answers from there
+        up (drafts.py). Checked after the run (drafts.Drafts.usable), so a wrong one costs time only."""
+        return 0
+
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
         """(question, answer[, answer prefix]) trained on each epoch: each fact num_batch times."""
         return [(f.question, f.answer, f.extra.get("answer_prefix", ""))

@@ -100,6 +100,10 @@ class MeowPatch(Meow):
                                 "sibling or anchor answer: set --neighbours, --siblings or --anchors above 0; an "
                                 "empty answer, or one that names a fact being forgotten, is left out)")
 
+    def unchanged_below(self, model, config) -> int:
+        blocks = decoder_layers(model)
+        return patched_layer(len(blocks), config.patch_layer) if blocks else 0
+
     def forget_pairs(self, facts, config):
         truth = truth_pairs(facts, config) if config.truth_weight > 0 else []
         sampled = [(f.question, said, lead, True) for f in facts if f.inverted
