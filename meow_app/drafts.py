@@ -64,6 +64,21 @@ class Drafts:
         for (p, a), x in zip(rows, states):
             self.add(p, a, x.to(device=device, dtype=next(model.parameters()).dtype))
 
+    @classmethod
+    def for_model(cls, original, model) -> "Drafts | None":
+        """Drafts to record on `original` for checking `model`'s answers: at the lowest layer
+        `model` changes, where that is in the top half of the stack (a check from lower down
+        costs about what decoding does, docs/benchmarks.md item 1); None otherwise."""
+        layers = getattr(original.base_model, "layers", None)
+        if type(model) is not type(original) or layers is None or len(layers) < 2:
+            return None
+        if len(getattr(model.base_model, "layers", [])) != len(layers) or \
+                not _same_modules(original.get_input_embeddings(), model.get_input_embeddings()):
+            return None
+        first = next((k for k, (a, b) in enumerate(zip(layers, model.base_model.layers)) if not _same_modules(a, b)),
+                     len(layers) - 1)
+        return cls(original, first) if first >= len(layers) // 2 else None
+
     @torch.no_grad()
     def usable(self, original, model, tolerance: float = 1e-3) -> bool:
         """Whether `model`'s answers can be checked against these drafts: it computes what
@@ -76,10 +91,8 @@ class Drafts:
             return False
         below = [(original.get_input_embeddings(), model.get_input_embeddings())]
         below += list(zip(original.base_model.layers[:self.layer], model.base_model.layers[:self.layer]))
-        for a, b in below:
-            pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
-            if pa.keys() != pb.keys() or not all(_same(pa[k], pb[k]) for k in pa):
-                return False
+        if not all(_same_modules(a, b) for a, b in below):
+            return False
         prompt, (answer, states) = next(iter(self.rows.items()))
         device = next(model.parameters()).device
         ids = torch.tensor([list(prompt) + answer[:states.shape[0] - len(prompt)]], device=device)
@@ -141,6 +154,12 @@ class _Row:
 
     def __init__(self, ids: list[int]):
         self.ids = ids
+
+
+def _same_modules(a, b) -> bool:
+    """The same parameters (by name), each equal or grown with zeros (_same)."""
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    return pa.keys() == pb.keys() and all(_same(pa[k], pb[k]) for k in pa)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -12,6 +12,7 @@ scoring.score_set (re-exported here, with its helpers, as evaluate's API).
 from __future__ import annotations
 
 from . import attacks, metrics, stats
+from .drafts import Drafts
 from .facts import Fact
 from .progress import Stages
 from .scoring import MAX_NEW_TOKENS, MEMO_STRIDE, aggregate, score_set, truth_ratio_answers  # noqa: F401 (evaluate's API)
@@ -60,9 +61,11 @@ def new_report(sides: dict, names: dict | None, settings: dict) -> dict:
 
 
 def score_sets(sides: dict, tokenizer, named_sets: dict, max_new_tokens: int = MAX_NEW_TOKENS,
-               with_memo: bool = False, memo_stride: int = MEMO_STRIDE, stages: Stages | None = None) -> dict:
+               with_memo: bool = False, memo_stride: int = MEMO_STRIDE, stages: Stages | None = None,
+               side_options=None) -> dict:
     """Every named fact set scored on every side: {set: {side: score_set(...)}}. Empty sets are
-    left out; MEMO (with_memo) only on the set named "forget"."""
+    left out; MEMO (with_memo) only on the set named "forget". side_options(side): more of
+    score_set's keyword arguments for that side (compare's drafts)."""
     stages = stages or Stages()
     out = {}
     for set_name, facts in named_sets.items():
@@ -72,8 +75,28 @@ def score_sets(sides: dict, tokenizer, named_sets: dict, max_new_tokens: int = M
         for side, model in sides.items():
             with stages(f"score {set_name} on {side}", key=f"{set_name}/{side}"):
                 out[set_name][side] = score_set(model, tokenizer, facts, max_new_tokens,
-                                                with_memo and set_name == "forget", memo_stride)
+                                                with_memo and set_name == "forget", memo_stride,
+                                                **(side_options(side) if side_options else {}))
     return out
+
+
+def with_drafts(original, unlearned):
+    """compare's side_options: the original's greedy answers are kept (record), and where the
+    unlearned model is the original below some layer of the top half (drafts.Drafts.for_model)
+    they are checked on it from there up (drafts.py: the same answers, for far fewer decoding
+    steps where it answers as the original did)."""
+    drafts = Drafts.for_model(original, unlearned)
+    usable = []  # (asked once, when the original's first answers are kept)
+
+    def options(side: str) -> dict:
+        if drafts is None:
+            return {}
+        if side == "original":
+            return {"record": drafts}
+        if not usable:
+            usable.append(drafts.usable(original, unlearned))
+        return {"drafts": drafts} if usable[0] else {}
+    return options
 
 
 def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fact] | None = None,
@@ -92,7 +115,8 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
     report = new_report(sides, names, {"max_new_tokens": max_new_tokens, "memo": with_memo,
                                        "memo_stride": memo_stride, "mia_min_k": metrics.MIN_K})
     named_sets = {"forget": forget, "retain": retain, "holdout": holdout}
-    report["sets"] = score_sets(sides, tokenizer, named_sets, max_new_tokens, with_memo, memo_stride, stages)
+    options = with_drafts(original, unlearned) if unlearned is not None else None
+    report["sets"] = score_sets(sides, tokenizer, named_sets, max_new_tokens, with_memo, memo_stride, stages, options)
     if holdout:
         report["mia"] = {side: mia(report["sets"]["forget"][side]["rows"], report["sets"]["holdout"][side]["rows"])
                          for side in sides}
@@ -102,7 +126,7 @@ def compare(original, unlearned, tokenizer, forget: list[Fact], retain: list[Fac
         report["general"] = {}
         for side, model in sides.items():
             with stages(f"general ability on {side}", key=f"general/{side}"):
-                report["general"][side] = general_mod.score(model, tokenizer)
+                report["general"][side] = general_mod.score(model, tokenizer, **(options(side) if options else {}))
     if relearn is not None and unlearned is not None:
         with stages("relearning attack", key="relearn"):
             report["relearn"] = attacks.relearn(unlearned, tokenizer, forget, max_new_tokens=max_new_tokens,

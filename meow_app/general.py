@@ -47,10 +47,12 @@ def multiple_choice(model, tokenizer, items: list[dict]) -> list[int]:
     return picks
 
 
-def score(model, tokenizer, max_new_tokens: int = generation.MAX_NEW_TOKENS) -> dict:
-    """Accuracy on the shipped questions and multiple-choice items, with the rows."""
+def score(model, tokenizer, max_new_tokens: int = generation.MAX_NEW_TOKENS, record=None, drafts=None) -> dict:
+    """Accuracy on the shipped questions and multiple-choice items, with the rows.
+    record, drafts: the greedy answers' (generation.generate_ids': the same answers)."""
     questions = load_facts(ASSETS / "questions.jsonl")
-    answers = generation.answer(model, tokenizer, [f.question for f in questions], max_new_tokens)
+    answers = generation.answer(model, tokenizer, [f.question for f in questions], max_new_tokens, record=record,
+                                drafts=drafts)
     q_rows = [{"question": f.question, "answer": f.answer, "generated": a, "correct": probes.leaks(a, f)}
               for f, a in zip(questions, answers)]
     items = load_multiple_choice()

@@ -33,14 +33,16 @@ def truth_ratio_answers(fact: Fact) -> tuple[str, list[str], str] | None:
 
 
 def score_set(model, tokenizer, facts: list[Fact], max_new_tokens: int = MAX_NEW_TOKENS, with_memo: bool = True,
-              memo_stride: int = MEMO_STRIDE, batch_size: int = 16) -> dict:
-    """Every per-fact measure of every fact, and the set's aggregates: {"aggregate", "rows"}."""
+              memo_stride: int = MEMO_STRIDE, batch_size: int = 16, record=None, drafts=None) -> dict:
+    """Every per-fact measure of every fact, and the set's aggregates: {"aggregate", "rows"}.
+    record, drafts: the greedy answers' (generation.generate_ids': the same answers)."""
     if not facts:
         raise MeowError("nothing to evaluate: the fact set is empty")
     # 1. Greedy answers to every question and paraphrase, one batched generation.
     asked = [(i, None, f.question) for i, f in enumerate(facts)]
     asked += [(i, p, p) for i, f in enumerate(facts) for p in f.paraphrases]
-    answers = generation.answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens)
+    answers = generation.answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens, record=record,
+                                drafts=drafts)
     # 2. Likelihoods of the true, paraphrased and wrong answers, one batched forward pass.
     pairs, tr = [], []
     for f in facts:

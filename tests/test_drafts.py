@@ -171,3 +171,34 @@ def test_a_meow_patch_run_checks_the_probe_after_and_writes_what_decoding_gives(
     again = pipeline.probe_sets(fresh.model, fresh.tokenizer, facts, retain, everyday)
     for kind in ("retain", "everyday"):
         assert [r["answer"] for r in saved[f"{kind}_after"]] == [r["answer"] for r in again[kind]["rows"]]
+
+
+def test_drafts_for_a_model_are_at_the_lowest_layer_it_changes_in_the_top_half(model_and_tok):
+    model, tok = model_and_tok
+    assert Drafts.for_model(model, changed(model, 1, 0.5)).layer == 1
+    assert Drafts.for_model(model, copy.deepcopy(model)).layer == 1  # (nothing changed: checked from the top layer)
+    assert Drafts.for_model(model, changed(model, 0, 0.5)) is None  # from the bottom half: decoding is as cheap
+    wide = copy.deepcopy(model)
+    patch.widen(wide, wide.model.layers, 3)
+    assert Drafts.for_model(model, wide).layer == 1
+    with torch.no_grad():
+        wide.model.layers[0].mlp.gate_proj.weight[-1, 0] = 1.0
+    assert Drafts.for_model(model, wide) is None
+
+
+def test_evaluate_checks_the_original_s_answers_on_the_unlearned_side_and_reports_the_same(tiny, facts, monkeypatch):
+    """compare() keeps the original's greedy answers (fact sets, general questions) and checks
+    them on an unlearned model changed only in its top layer: its scores are those it gets alone."""
+    from meow_app import evaluate, general, scoring
+
+    other = changed(tiny.model, 1, 0.3)
+    follows, follow = [], Drafts.follow
+    monkeypatch.setattr(Drafts, "follow", lambda self, *a, **k: follows.append(len(a[1])) or follow(self, *a, **k))
+    report = evaluate.compare(tiny.model, other, tiny.tokenizer, facts[:2], retain=facts[2:], with_memo=False,
+                              max_new_tokens=8)
+    asked = [1 + len(f.paraphrases) for f in facts]
+    assert follows == [sum(asked[:2]), sum(asked[2:]), len(report["general"]["original"]["questions"])]
+    for name, facts_of in (("forget", facts[:2]), ("retain", facts[2:])):
+        assert report["sets"][name]["unlearned"] == scoring.score_set(other, tiny.tokenizer, facts_of, 8,
+                                                                      with_memo=False)
+    assert report["general"]["unlearned"] == general.score(other, tiny.tokenizer)
