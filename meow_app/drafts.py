@@ -29,22 +29,25 @@ LOGITS_BUDGET = 256 << 20
 class Drafts:
     """Answers (token ids) by prompt (token ids), each with the input of decoder layer `layer`
     at every token read: the prompt's and the answer's, but for a last token that was never
-    read back (an answer cut by its limit or `stop` rather than ended by EOS)."""
+    read back (an answer cut by its limit or `stop` rather than ended by EOS). Kept on the CPU
+    (a large model's would fill a GPU)."""
 
     def __init__(self, model, layer: int):
         self.layer = layer
         self.module = model.base_model.layers[layer]  # where generation's `record` reads
+        self.dtype = next(model.parameters()).dtype
         self.rows: dict[tuple, tuple[list[int], torch.Tensor]] = {}
-        self.checked = self.whole = 0  # rows checked by `follow`, and of those answered without decoding
+        self.checked = self.settled = 0  # rows checked by `follow`; of those, answered with no decoding
 
     def add(self, prompt: list[int], answer: list[int], states: torch.Tensor) -> None:
-        if len(prompt) <= states.shape[0] <= len(prompt) + len(answer):
-            self.rows[tuple(prompt)] = (list(answer), states)
+        if not len(prompt) <= states.shape[0] <= len(prompt) + len(answer):
+            raise ValueError(f"{states.shape[0]} layer inputs for a prompt of {len(prompt)} tokens and an answer "
+                             f"of {len(answer)}")
+        self.rows[tuple(prompt)] = (list(answer), states.detach().to("cpu"))
 
     def add_answers(self, model, tokenizer, questions: list[str], answers: list[str], cache=None) -> None:
-        """Answers given as text (the original's, from an answer_cache.AnswerCache), their
-        layer inputs read through `model` (the original; kept in `cache` by token ids: shipped
-        questions only), the whole answer: an EOS is expected after it."""
+        """The original's answers given as text (answer_cache's), each followed by an EOS; their
+        layer inputs read through `model` (the original), kept in `cache` by token ids."""
         rows = [(generation.encode(tokenizer, generation.chat_prompt(tokenizer, q)), generation.encode(tokenizer, a))
                 for q, a in zip(questions, answers)]
         rows = [(p, a) for p, a in rows if tuple(p) not in self.rows]
@@ -52,89 +55,102 @@ class Drafts:
             return
         device = next(model.parameters()).device
 
-        def read(ids: list[list[int]]) -> list[torch.Tensor]:
+        def inputs_of(ids: list[list[int]]) -> list[torch.Tensor]:
             return patch.inputs_at(model, [self.module], [_Row(r) for r in ids], tokenizer.pad_token_id, device)[0]
 
         whole = [p + a for p, a in rows]
         if cache is None:
-            states = read(whole)
-        else:
-            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            states = cache.states(f"draft_inputs.{self.layer}.{dtype}", whole, read, Path(__file__).read_bytes())
+            states = inputs_of(whole)
+        else:  # (patch.inputs_at reads them: a change there reads them afresh)
+            code = Path(__file__).read_bytes() + Path(patch.__file__).read_bytes()
+            states = cache.states(f"draft_inputs.{self.layer}.{str(self.dtype).removeprefix('torch.')}", whole,
+                                  inputs_of, code)
         for (p, a), x in zip(rows, states):
-            self.add(p, a, x.to(device=device, dtype=next(model.parameters()).dtype))
+            self.add(p, a, x.to(self.dtype))
 
     @classmethod
     def for_model(cls, original, model) -> "Drafts | None":
         """Drafts to record on `original` for checking `model`'s answers: at the lowest layer
-        `model` changes, where that is in the top half of the stack (a check from lower down
+        `model` changes, where that is in the top half of the stack (from lower down a check
         costs about what decoding does, docs/benchmarks.md item 1); None otherwise."""
         layers = getattr(original.base_model, "layers", None)
-        if type(model) is not type(original) or layers is None or len(layers) < 2:
-            return None
-        if len(getattr(model.base_model, "layers", [])) != len(layers) or \
+        if type(model) is not type(original) or layers is None or len(layers) < 2 or \
+                len(getattr(model.base_model, "layers", [])) != len(layers) or \
                 not _same_modules(original.get_input_embeddings(), model.get_input_embeddings()):
             return None
         first = next((k for k, (a, b) in enumerate(zip(layers, model.base_model.layers)) if not _same_modules(a, b)),
                      len(layers) - 1)
         return cls(original, first) if first >= len(layers) // 2 else None
 
-    @torch.no_grad()
-    def usable(self, original, model, tolerance: float = 1e-3) -> bool:
-        """Whether `model`'s answers can be checked against these drafts: it computes what
-        `original` (the model they were recorded on) does below the drafts' layer (the same
-        embeddings, the same weights in every layer under it; a layer widened with neurons
-        that add nothing, patch.widen's, counts as the same: its new rows and columns all
-        zero), and run from the layer up on a recorded row it gives its own logits (not so
-        where a model changes its input embeddings in its forward: Granite scales them)."""
-        if not self.rows or type(model) is not type(original):
+    def same_below(self, original, model) -> bool:
+        """Whether `model` is `original` below the drafts' layer: the same embeddings and
+        weights, dtypes and devices (a layer widened with neurons that add nothing, patch.widen's,
+        counts as the same), so that layer's input is the same in both on the same tokens."""
+        if type(model) is not type(original):
             return False
         below = [(original.get_input_embeddings(), model.get_input_embeddings())]
         below += list(zip(original.base_model.layers[:self.layer], model.base_model.layers[:self.layer]))
-        if not all(_same_modules(a, b) for a, b in below):
-            return False
-        prompt, (answer, states) = next(iter(self.rows.items()))
-        device = next(model.parameters()).device
-        ids = torch.tensor([list(prompt) + answer[:states.shape[0] - len(prompt)]], device=device)
-        full = model(input_ids=ids, use_cache=False).logits.float()
-        x, mask = _pad_left([states], device)
-        tail = patch.from_layer(model, self.layer, x.to(full.device), mask).logits.float()
-        return bool((full - tail).abs().max() <= tolerance * full.abs().max().clamp(min=1.0))
+        return all(_same_modules(a, b) for a, b in below)
 
     @torch.no_grad()
-    def follow(self, model, prompts: list[list[int]], limits: list[int], eos: set[int], pad_id: int, pick,
+    def agrees(self, model) -> bool:
+        """Whether `model` run from the layer up on kept inputs (as `follow` runs it) gives the
+        hidden states it gives run whole, on the longest row and the last one added: not so
+        where a model changes its input embeddings in its forward (Granite scales them)."""
+        if not self.rows:
+            return False
+        device = next(model.parameters()).device
+        longest = max(self.rows.items(), key=lambda row: row[1][1].shape[0])
+        for prompt, (answer, states) in dict([longest, next(reversed(self.rows.items()))]).items():
+            ids = torch.tensor([list(prompt) + answer[:states.shape[0] - len(prompt)]], device=device)
+            whole = model.base_model(input_ids=ids, use_cache=False).last_hidden_state.float()
+            x, mask = _pad_left([states], device, next(model.parameters()).dtype)
+            tail = patch.from_layer(model, self.layer, x, mask, hidden=True).last_hidden_state.float()
+            # (fp32 agrees to ~1e-6 of the largest value; bf16 and fp16 round at ~4e-3)
+            tolerance = 1e-3 if self.dtype == torch.float32 else 3e-2
+            if (whole - tail).abs().max() > tolerance * whole.abs().max().clamp(min=1.0):
+                return False
+        return True
+
+    def usable(self, original, model) -> bool:
+        """same_below and agrees: whether `model`'s answers can be checked against these."""
+        return self.same_below(original, model) and self.agrees(model)
+
+    @torch.no_grad()
+    def follow(self, model, prompts: list[list[int]], limits: list[int], eos: set[int], pick,
                stop=None) -> tuple[list[list[int]], list[bool]]:
         """Greedy decoding of `model` along the drafts of these prompts, checked from the layer
-        up: at each draft position the token `pick` chooses is the one decoding would have,
+        up: at each draft position the token `pick` chooses is the one decoding would choose,
         as long as the tokens before it were the draft's. Each row keeps its draft up to where
         its choice differs, plus that choice (or the one after a whole draft), and ends there
-        where decoding would have (EOS, its limit, `stop`). Returns (the tokens kept, whether
-        each row is finished); unfinished rows go on by decoding. A prompt without a draft
-        keeps nothing."""
+        where decoding would (EOS, its limit, `stop`). Returns (the tokens kept, whether each
+        row is finished); unfinished rows go on by decoding. A prompt without a draft keeps
+        nothing."""
         kept: list[list[int]] = [[] for _ in prompts]
         finished = [limit <= 0 for limit in limits]
         todo = [i for i, p in enumerate(prompts) if limits[i] > 0 and tuple(p) in self.rows]
         if not todo:
             return kept, finished
-        device = next(model.parameters()).device
+        device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
         head = model.get_output_embeddings()
         states = {i: self.rows[tuple(prompts[i])][1] for i in todo}
-        # draft positions a row can be checked at: one per answer token read, and the first
-        read = {i: states[i].shape[0] - len(prompts[i]) + 1 for i in todo}
-        size = max(1, LOGITS_BUDGET // (max(read.values()) * head.weight.shape[0] * 4))
+        # positions a row can be checked at: one per answer token read, and the first
+        checkable = {i: states[i].shape[0] - len(prompts[i]) + 1 for i in todo}
+        size = max(1, LOGITS_BUDGET // (max(checkable.values()) * head.weight.shape[0] * 4))
         for batch in generation.length_sorted_batches(len(todo), [states[i].shape[0] for i in todo], size):
             batch = [todo[k] for k in batch]
-            x, mask = _pad_left([states[i] for i in batch], device)
+            x, mask = _pad_left([states[i] for i in batch], device, dtype)
             out = patch.from_layer(model, self.layer, x, mask, hidden=True).last_hidden_state
-            # The output layer (most of a position's cost in 3 layers) only where a draft token is
-            # predicted: left-padded, a row's last read[i] positions.
-            logits = head(torch.cat([out[r, out.shape[1] - read[i]:] for r, i in enumerate(batch)]))
-            chosen = pick(logits, [i for i in batch for _ in range(read[i])]).tolist()
+            # The output layer (most of a position's cost in a few layers) only where a draft token
+            # is predicted: left-padded, a row's last checkable[i] positions. (A model's own logits
+            # may be soft-capped or scaled after it: the same argmax.)
+            logits = head(torch.cat([out[r, out.shape[1] - checkable[i]:] for r, i in enumerate(batch)]))
+            chosen = pick(logits, [i for i in batch for _ in range(checkable[i])]).tolist()
             at = 0
             for i in batch:
                 self.checked += 1
-                draft, row = self.rows[tuple(prompts[i])][0], chosen[at:at + read[i]]
-                at += read[i]
+                draft, row = self.rows[tuple(prompts[i])][0], chosen[at:at + checkable[i]]
+                at += checkable[i]
                 for j, t in enumerate(row):
                     if t in eos:
                         finished[i] = True
@@ -145,7 +161,7 @@ class Drafts:
                         break
                     if j >= len(draft) or t != draft[j]:
                         break  # the row leaves its draft here: decoding goes on from this token
-                self.whole += finished[i]
+                self.settled += finished[i]
         return kept, finished
 
 
@@ -163,7 +179,9 @@ def _same_modules(a, b) -> bool:
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal, or `b` is `a` grown with zeros (patch.widen)."""
+    """Equal (dtype and device too), or `b` is `a` grown with zeros (patch.widen)."""
+    if a.dtype != b.dtype or a.device != b.device:
+        return False
     if a.shape == b.shape:
         return torch.equal(a, b)
     if a.dim() != b.dim() or any(x > y for x, y in zip(a.shape, b.shape)):
@@ -176,10 +194,10 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return not grown.any()
 
 
-def _pad_left(rows: list[torch.Tensor], device):
+def _pad_left(rows: list[torch.Tensor], device, dtype):
     """[n, d] rows into one left-padded [rows, longest, d] tensor and its attention mask."""
     width = max(r.shape[0] for r in rows)
-    x = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]), device=device)
+    x = torch.zeros((len(rows), width, rows[0].shape[-1]), dtype=dtype, device=device)
     mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
     for j, r in enumerate(rows):
         x[j, width - r.shape[0]:] = r.to(device)

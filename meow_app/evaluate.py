@@ -86,16 +86,17 @@ def with_drafts(original, unlearned):
     they are checked on it from there up (drafts.py: the same answers, for far fewer decoding
     steps where it answers as the original did)."""
     drafts = Drafts.for_model(original, unlearned)
-    usable = []  # (asked once, when the original's first answers are kept)
+    usable = None  # (asked once, the first time the unlearned side is scored)
 
     def options(side: str) -> dict:
+        nonlocal usable
         if drafts is None:
             return {}
         if side == "original":
             return {"record": drafts}
-        if not usable:
-            usable.append(drafts.usable(original, unlearned))
-        return {"drafts": drafts} if usable[0] else {}
+        if usable is None:
+            usable = drafts.usable(original, unlearned)
+        return {"drafts": drafts} if usable else {}
     return options
 
 

@@ -107,13 +107,13 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens, bat
     out: list[list[int]] = [[] for _ in prompts]
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
-    if drafts is not None and do_sample:
-        raise ValueError("drafts are checked against greedy decoding only")
+    if drafts is not None and (do_sample or record is not None):
+        raise ValueError("drafts are checked against greedy decoding only, and their answers are not recorded")
     if prompts and drafts is not None and _plain_greedy(model.generation_config):
         # The drafts first; what is left is decoded below from each row's prompt and the
         # tokens kept, to the rest of its limit (`stop` sees the whole answer).
         pick = _sampler(banned, False, temperature, top_p)
-        kept, finished = drafts.follow(model, prompts, limits, eos, pad_id, pick, stop)
+        kept, finished = drafts.follow(model, prompts, limits, eos, pick, stop)
         rest = [i for i in range(len(prompts)) if not finished[i]]
         more = generate_ids(model, tokenizer, [prompts[i] + kept[i] for i in rest],
                             [limits[i] - len(kept[i]) for i in rest], batch_size,
@@ -349,9 +349,9 @@ def _decode_rows(model, prompts, limits, eos, pad_id, device, pick, stop, live, 
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits
     if recording:
-        read = recording[1].pop()
+        got = recording[1].pop()
         for j, g in zip(live, group):
-            parts[j].append(read[g][own[g].bool().to(read.device)])
+            parts[j].append(got[g][own[g].bool().to(got.device)])
     if len(distinct) < len(rows):
         index = torch.tensor(group, device=device)
         cache.batch_select_indices(index)
@@ -380,9 +380,9 @@ def _decode_rows(model, prompts, limits, eos, pad_id, device, pick, stop, live, 
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
                        use_cache=True).logits
         if recording:
-            read = recording[1].pop()
+            got = recording[1].pop()
             for k, j in enumerate(live):
-                parts[j].append(read[k])
+                parts[j].append(got[k])
 
 
 def shared_start(rows: list[list[int]]) -> int:

@@ -505,10 +505,11 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
             # autocast), in one pass with the others, and completes the loop's last probe.
             reuse = (result.last_probe and loaded.dtype == torch.float32 and not config.lora and not config.bf16
                      and loaded.device.type != "cuda")  # (on CUDA the loop runs under bf16 autocast)
-            drafts = record if record and record.usable(loaded.model, result.model) else None
-            if drafts:
-                drafts.add_answers(loaded.model, loaded.tokenizer, [f.question for f in everyday],
+            drafts = None
+            if record and record.same_below(loaded.model, result.model):
+                record.add_answers(loaded.model, loaded.tokenizer, [f.question for f in everyday],
                                    [r["answer"] for r in before["everyday"]["rows"]], cache)
+                drafts = record if record.agrees(result.model) else None
             after = probe_sets(result.model, loaded.tokenizer, None if reuse else forget, retain, everyday,
                                drafts=drafts)
             if reuse:
@@ -526,7 +527,7 @@ def unlearn(forget: list[Fact], out_dir, method: str | None = None, model: str |
         if cache:
             run["answer_cache"] = {"hits": cache.hits, "misses": cache.misses}
         if drafts:
-            run["probe_after_drafts"] = {"layer": drafts.layer, "checked": drafts.checked, "whole": drafts.whole}
+            run["probe_after_drafts"] = {"layer": drafts.layer, "checked": drafts.checked, "settled": drafts.settled}
         write_run_files(partial, run, forget, selection, before, after)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above

@@ -66,15 +66,20 @@ def test_recorded_inputs_are_the_layer_s_inputs_on_every_token_read(model_and_to
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.3, 3.0])
-def test_answers_checked_against_drafts_are_the_answers_decoding_gives(model_and_tok, scale, monkeypatch):
-    """A model changed in its top layer (not at all, a little, a lot): its answers with the
+@pytest.mark.parametrize("depth,layer", [(2, 1), (4, 2)])
+def test_answers_checked_against_drafts_are_the_answers_decoding_gives(model_and_tok, scale, depth, layer,
+                                                                       monkeypatch):
+    """A model changed from a layer up (not at all, a little, a lot): its answers with the
     original's as drafts are its own, with limits, `stop`, an extra EOS and banned tokens;
     unchanged, no row is decoded at all."""
-    model, tok = model_and_tok
+    _, tok = model_and_tok
+    model = sharp_tiny_model(tok, layers=depth)
     prompts = prompts_of(tok)
-    record = Drafts(model, 1)
+    record = Drafts(model, layer)
     original = generation.generate_ids(model, tok, prompts, LIMITS, record=record)
-    other = changed(model, 1, scale)
+    other = changed(model, layer, scale)
+    if depth > 2:
+        other = changed(other, depth - 1, scale, seed=1)
     assert record.usable(model, other)
     plain = generation.generate_ids(other, tok, prompts, LIMITS)
     assert (plain == original) == (scale == 0.0)
@@ -83,9 +88,14 @@ def test_answers_checked_against_drafts_are_the_answers_decoding_gives(model_and
     assert generation.generate_ids(other, tok, prompts, LIMITS, drafts=record) == plain
     rows = sum(1 for n in LIMITS if n)
     if scale == 0.0:
-        assert not calls and record.whole == record.checked == rows
-    elif scale == 0.3:  # some rows keep their drafts to the end, the others are decoded from where they leave it
-        assert 0 < record.whole < record.checked == rows and sum(calls) == rows - record.whole
+        assert not calls and record.settled == record.checked == rows
+    else:  # (a little: some rows keep their drafts to the end) the others are decoded from where they leave it
+        assert record.checked == rows and sum(calls) == rows - record.settled
+        assert 0 < record.settled or scale > 1
+    # Drafts cut by their limit (their last token never read) checked under longer limits, or cut by `stop`.
+    longer = [n + 9 if n else 0 for n in LIMITS]
+    assert generation.generate_ids(other, tok, prompts, longer, drafts=record) == \
+        generation.generate_ids(other, tok, prompts, longer)
     monkeypatch.setattr(generation, "_decode", decode)
 
     def stop(i, ids):  # prompt 0 ends after its 7th token, inside its draft or after it
@@ -202,3 +212,59 @@ def test_evaluate_checks_the_original_s_answers_on_the_unlearned_side_and_report
         assert report["sets"][name]["unlearned"] == scoring.score_set(other, tiny.tokenizer, facts_of, 8,
                                                                       with_memo=False)
     assert report["general"]["unlearned"] == general.score(other, tiny.tokenizer)
+
+
+def test_answers_given_as_text_are_read_once_and_kept_in_the_cache(model_and_tok, tmp_path, monkeypatch):
+    """The everyday answers come from the answer cache as text: their layer inputs are read
+    through the original once, kept in the cache by token ids, and check as decoded ones do."""
+    from meow_app.answer_cache import AnswerCache
+
+    model, tok = model_and_tok
+    questions = QUESTIONS[:5]
+    texts = generation.answer(model, tok, questions, 12)
+    reads, inputs_at = [], patch.inputs_at
+    monkeypatch.setattr(patch, "inputs_at", lambda m, mods, rows, *a: reads.append(len(rows)) or
+                        inputs_at(m, mods, rows, *a))
+    path = tmp_path / "answers" / "m.json"
+    for expected_reads in ([5], []):  # the second run's come from the cache
+        reads.clear()
+        record = Drafts(model, 1)
+        record.add_answers(model, tok, questions, texts, AnswerCache(path, model))
+        assert reads == expected_reads and len(record.rows) == 5
+    prompt = generation.encode(tok, generation.chat_prompt(tok, questions[0]))
+    answer, states = record.rows[tuple(prompt)]
+    assert answer == generation.encode(tok, texts[0])
+    want = inputs_at(model, [model.model.layers[1]], [type("Row", (), {"ids": prompt + answer})()], tok.pad_token_id,
+                     "cpu")[0][0]
+    torch.testing.assert_close(states, want)  # every answer token read: an EOS is expected after it
+    other = changed(model, 1, 0.3)
+    assert record.usable(model, other)
+    assert generation.answer(other, tok, questions, 12, drafts=record) == generation.answer(other, tok, questions, 12)
+
+
+def test_a_model_of_another_dtype_is_told_apart_not_run(model_and_tok):
+    model, tok = model_and_tok
+    record = Drafts(model, 1)
+    generation.generate_ids(model, tok, prompts_of(tok), LIMITS, record=record)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    assert not record.usable(model, half) and Drafts.for_model(model, half) is None
+    with pytest.raises(ValueError, match="not recorded"):
+        generation.generate_ids(model, tok, prompts_of(tok), LIMITS, record=record, drafts=record)
+
+
+def test_evaluate_decodes_as_before_where_the_drafts_do_not_agree(tiny, facts, monkeypatch):
+    """An unlearned model that changes no weight below but scales its input embeddings in its
+    forward: the drafts' check refuses it and every answer is decoded."""
+    from meow_app import evaluate, scoring
+
+    scaled = copy.deepcopy(tiny.model)
+    forward = scaled.model.forward
+    scaled.model.forward = lambda *a, inputs_embeds=None, **k: forward(
+        *a, inputs_embeds=None if inputs_embeds is None else 2 * inputs_embeds, **k)
+    follows = []
+    monkeypatch.setattr(Drafts, "follow", lambda self, *a, **k: follows.append(1))
+    report = evaluate.compare(tiny.model, scaled, tiny.tokenizer, facts[:2], retain=facts[2:], with_memo=False,
+                              max_new_tokens=8, general=False)
+    assert not follows
+    assert report["sets"]["retain"]["unlearned"] == scoring.score_set(scaled, tiny.tokenizer, facts[2:], 8,
+                                                                      with_memo=False)

@@ -37,12 +37,12 @@ def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
     return model.eval()
 
 
-def sharp_tiny_model(tokenizer, seed: int = 1) -> LlamaForCausalLM:
+def sharp_tiny_model(tokenizer, seed: int = 1, layers: int = 2) -> LlamaForCausalLM:
     """A tiny random Llama whose outputs depend on the whole context: untied output weights
     (a tied random model just repeats its last token) and sharp attention (a random one
     attends almost uniformly, so positions, padding and the cache would barely matter)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config).eval()
