@@ -14,6 +14,7 @@ from typing import NamedTuple
 from rouge_score import rouge_scorer
 
 from . import generation
+from .drafts import Drafts
 from .facts import Fact
 
 _rougeL = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -75,7 +76,8 @@ class ProbeSet(NamedTuple):
 
 
 def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
-          max_new_tokens: int = generation.MAX_NEW_TOKENS, answer=None, stop_once_leaked: tuple[str, ...] = ()) -> dict:
+          max_new_tokens: int = generation.MAX_NEW_TOKENS, answer=None, stop_once_leaked: tuple[str, ...] = (),
+          record=None, drafts=None) -> dict:
     """Ask every question (and paraphrase); return the answers and the hit rates.
     answer: what answers them (generation.answer's signature; an answer_cache.AnswerCache's).
     stop_once_leaked: the kinds of row (of KINDS) whose answer ends at the first sentence end
@@ -84,7 +86,8 @@ def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
     so the rest costs decoding and changes no verdict; only for answers whose words are not
     reused (the original's answers to the forget questions become own_answers' targets)."""
     if answer is None:
-        return probe_many(model, tokenizer, [ProbeSet(facts, paraphrases, stop_once_leaked)], max_new_tokens)[0]
+        return probe_many(model, tokenizer, [ProbeSet(facts, paraphrases, stop_once_leaked)], max_new_tokens,
+                          record, drafts)[0]
     asked = _asked(facts, paraphrases)
     return _result(facts, asked, answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens), set())
 
@@ -116,6 +119,20 @@ def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = gen
                            {k - at for k in cut if at <= k < at + len(rows)}))
         at += len(rows)
     return out
+
+
+def probe_pair(original, unlearned, tokenizer, facts: list[Fact], paraphrases: bool = True,
+               unlearned_tokenizer=None) -> tuple[dict, dict | None]:
+    """probe() on the original model, then on the unlearned one (None: the original alone).
+    Where the unlearned model changes only layers in the top half (drafts.Drafts.for_model),
+    the original's answers are checked on it from there up: the same answers, fewer steps."""
+    drafts = Drafts.for_model(original, unlearned) if unlearned is not None else None
+    before = probe(original, tokenizer, facts, paraphrases, record=drafts)
+    if unlearned is None:
+        return before, None
+    usable = drafts is not None and drafts.usable(original, unlearned)
+    return before, probe(unlearned, unlearned_tokenizer or tokenizer, facts, paraphrases,
+                         drafts=drafts if usable else None)
 
 
 def _asked(facts: list[Fact], paraphrases: bool) -> list[tuple[int, str, str]]:

@@ -100,8 +100,9 @@ def run_probe(s, kind: str):
     try:
         items, paraphrases = probe_questions(s, kind)
         orig, new = _original(s), s["unlearned"]
-        before = probes.probe(orig.model, orig.tokenizer, items, paraphrases=paraphrases)["rows"]
-        after = probes.probe(new.model, new.tokenizer, items, paraphrases=paraphrases)["rows"] if new else None
+        before, after = probes.probe_pair(orig.model, new and new.model, orig.tokenizer, items, paraphrases,
+                                          new and new.tokenizer)
+        before, after = before["rows"], after and after["rows"]
     except MeowError as e:
         return s, gr.skip(), gr.skip(), gr.skip(), notice(str(e), "error")
     if paraphrases:  # the paraphrase button asks only the paraphrases

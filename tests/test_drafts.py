@@ -268,3 +268,22 @@ def test_evaluate_decodes_as_before_where_the_drafts_do_not_agree(tiny, facts, m
     assert not follows
     assert report["sets"]["retain"]["unlearned"] == scoring.score_set(scaled, tiny.tokenizer, facts[2:], 8,
                                                                       with_memo=False)
+
+
+def test_probing_both_models_checks_the_original_s_answers_on_the_unlearned_one(model_and_tok, monkeypatch):
+    """probes.probe_pair (the app's Compare tab): the same rows as probing each model alone."""
+    from meow_app import probes
+    from meow_app.facts import Fact
+
+    model, tok = model_and_tok
+    facts = [Fact(q, "Lima", paraphrases=[q + " Say it."]) for q in QUESTIONS[:4]]
+    other = changed(model, 1, 0.3)
+    follows, follow = [], Drafts.follow
+    monkeypatch.setattr(Drafts, "follow", lambda self, *a, **k: follows.append(len(a[1])) or follow(self, *a, **k))
+    before, after = probes.probe_pair(model, other, tok, facts)
+    assert follows == [8]
+    assert before == probes.probe(model, tok, facts) and after == probes.probe(other, tok, facts)
+    assert probes.probe_pair(model, None, tok, facts) == (before, None)
+    assert probes.probe_pair(model, changed(model, 0, 0.3), tok, facts)[1] == probes.probe(changed(model, 0, 0.3), tok,
+                                                                                          facts)
+    assert follows == [8]  # (a change below the top half: decoded)
