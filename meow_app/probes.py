@@ -122,11 +122,13 @@ def probe_many(model, tokenizer, sets: list[ProbeSet], max_new_tokens: int = gen
 
 
 def probe_pair(original, unlearned, tokenizer, facts: list[Fact], paraphrases: bool = True,
-               unlearned_tokenizer=None) -> tuple[dict, dict | None]:
+               unlearned_tokenizer=None, check: bool = True) -> tuple[dict, dict | None]:
     """probe() on the original model, then on the unlearned one (None: the original alone).
-    Where the unlearned model changes only layers in the top half (drafts.Drafts.for_model),
-    the original's answers are checked on it from there up: the same answers, fewer steps."""
-    drafts = Drafts.for_model(original, unlearned) if unlearned is not None else None
+    check: where the unlearned model changes only layers in the top half (drafts.Drafts.for_model),
+    the original's answers are checked on it from there up: the same answers, fewer steps. For
+    questions whose answers should stay: a forgotten fact's answer leaves its draft at once, and
+    there the check costs more than it saves (docs/benchmarks.md, item 1)."""
+    drafts = Drafts.for_model(original, unlearned) if unlearned is not None and check else None
     before = probe(original, tokenizer, facts, paraphrases, record=drafts)
     if unlearned is None:
         return before, None

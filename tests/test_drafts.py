@@ -287,3 +287,4 @@ def test_probing_both_models_checks_the_original_s_answers_on_the_unlearned_one(
     assert probes.probe_pair(model, changed(model, 0, 0.3), tok, facts)[1] == probes.probe(changed(model, 0, 0.3), tok,
                                                                                           facts)
     assert follows == [8]  # (a change below the top half: decoded)
+    assert probes.probe_pair(model, other, tok, facts, check=False) == (before, after) and follows == [8]
