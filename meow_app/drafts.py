@@ -28,9 +28,9 @@ LOGITS_BUDGET = 256 << 20
 
 class Drafts:
     """Answers (token ids) by prompt (token ids), each with the input of decoder layer `layer`
-    at every token read: the prompt's and the answer's, but for a last token that was never
-    read back (an answer cut by its limit or `stop` rather than ended by EOS). Kept on the CPU
-    (a large model's would fill a GPU)."""
+    at every token read: the prompt's and the answer's, except the last token of an answer cut
+    by its limit or `stop` (never fed back, so its input is unknown). Kept on the CPU (a large
+    model's would fill a GPU)."""
 
     def __init__(self, model, layer: int):
         self.layer = layer
@@ -40,6 +40,7 @@ class Drafts:
         self.checked = self.settled = 0  # rows checked by `follow`; of those, answered with no decoding
 
     def add(self, prompt: list[int], answer: list[int], states: torch.Tensor) -> None:
+        """One answer and its inputs: the prompt's and all or all but the last of the answer's."""
         if not len(prompt) <= states.shape[0] <= len(prompt) + len(answer):
             raise ValueError(f"{states.shape[0]} layer inputs for a prompt of {len(prompt)} tokens and an answer "
                              f"of {len(answer)}")
@@ -58,13 +59,13 @@ class Drafts:
         def inputs_of(ids: list[list[int]]) -> list[torch.Tensor]:
             return patch.inputs_at(model, [self.module], [_Row(r) for r in ids], tokenizer.pad_token_id, device)[0]
 
-        whole = [p + a for p, a in rows]
+        ids = [p + a for p, a in rows]
         if cache is None:
-            states = inputs_of(whole)
+            states = inputs_of(ids)
         else:  # (patch.inputs_at reads them: a change there reads them afresh)
             code = Path(__file__).read_bytes() + Path(patch.__file__).read_bytes()
-            states = cache.states(f"draft_inputs.{self.layer}.{str(self.dtype).removeprefix('torch.')}", whole,
-                                  inputs_of, code)
+            name = f"draft_inputs.{self.layer}.{str(self.dtype).removeprefix('torch.')}"
+            states = cache.states(name, ids, inputs_of, code)
         for (p, a), x in zip(rows, states):
             self.add(p, a, x.to(self.dtype))
 
@@ -86,7 +87,8 @@ class Drafts:
         """Whether `model` is `original` below the drafts' layer: the same embeddings and
         weights, dtypes and devices (a layer widened with neurons that add nothing, patch.widen's,
         counts as the same), so that layer's input is the same in both on the same tokens."""
-        if type(model) is not type(original):
+        if type(model) is not type(original) or \
+                len(model.base_model.layers) != len(original.base_model.layers):
             return False
         below = [(original.get_input_embeddings(), model.get_input_embeddings())]
         below += list(zip(original.base_model.layers[:self.layer], model.base_model.layers[:self.layer]))
@@ -99,16 +101,17 @@ class Drafts:
         where a model changes its input embeddings in its forward (Granite scales them)."""
         if not self.rows:
             return False
-        device = next(model.parameters()).device
+        device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+        # (fp32 agrees to ~1e-6 of the largest value; bf16 and fp16 round at ~4e-3)
+        tolerance = 1e-3 if dtype == torch.float32 else 3e-2
         longest = max(self.rows.items(), key=lambda row: row[1][1].shape[0])
-        for prompt, (answer, states) in dict([longest, next(reversed(self.rows.items()))]).items():
+        last = next(reversed(self.rows.items()))
+        for prompt, (answer, states) in dict([longest, last]).items():  # (one check where they are one row)
             ids = torch.tensor([list(prompt) + answer[:states.shape[0] - len(prompt)]], device=device)
-            whole = model.base_model(input_ids=ids, use_cache=False).last_hidden_state.float()
-            x, mask = _pad_left([states], device, next(model.parameters()).dtype)
+            full = model.base_model(input_ids=ids, use_cache=False).last_hidden_state.float()
+            x, mask = _pad_left([states], device, dtype)
             tail = patch.from_layer(model, self.layer, x, mask, hidden=True).last_hidden_state.float()
-            # (fp32 agrees to ~1e-6 of the largest value; bf16 and fp16 round at ~4e-3)
-            tolerance = 1e-3 if self.dtype == torch.float32 else 3e-2
-            if (whole - tail).abs().max() > tolerance * whole.abs().max().clamp(min=1.0):
+            if (full - tail).abs().max() > tolerance * full.abs().max().clamp(min=1.0):
                 return False
         return True
 

@@ -88,6 +88,8 @@ def probe(model, tokenizer, facts: list[Fact], paraphrases: bool = True,
     if answer is None:
         return probe_many(model, tokenizer, [ProbeSet(facts, paraphrases, stop_once_leaked)], max_new_tokens,
                           record, drafts)[0]
+    if record is not None or drafts is not None:
+        raise ValueError("record and drafts are generation.answer's: not with another `answer`")
     asked = _asked(facts, paraphrases)
     return _result(facts, asked, answer(model, tokenizer, [q for _, _, q in asked], max_new_tokens), set())
 

@@ -250,6 +250,8 @@ def test_a_model_of_another_dtype_is_told_apart_not_run(model_and_tok):
     assert not record.usable(model, half) and Drafts.for_model(model, half) is None
     with pytest.raises(ValueError, match="not recorded"):
         generation.generate_ids(model, tok, prompts_of(tok), LIMITS, record=record, drafts=record)
+    with pytest.raises(ValueError, match="layer inputs for a prompt of 3 tokens"):
+        record.add([1, 2, 3], [4], torch.zeros(5, 64))  # (at most the prompt's 3 and the answer's 1)
 
 
 def test_evaluate_decodes_as_before_where_the_drafts_do_not_agree(tiny, facts, monkeypatch):

@@ -56,7 +56,7 @@ class Method:
     def unchanged_below(self, model, config) -> int:
         """The decoder layers (by index) below which this method changes nothing in the model
         (0: it may change any): the probes after a run check the original's answers from there
-        up (drafts.py). Checked after the run (drafts.Drafts.usable), so a wrong one costs time only."""
+        up (drafts.py). Checked after the run (drafts.Drafts.same_below), so a wrong one costs time only."""
         return 0
 
     def forget_pairs(self, facts, config) -> list[tuple[str, str]]:
