@@ -73,7 +73,8 @@ class Drafts:
     def for_model(cls, original, model) -> "Drafts | None":
         """Drafts to record on `original` for checking `model`'s answers: at the lowest layer
         `model` changes, where that is in the top half of the stack (from lower down a check
-        costs about what decoding does, docs/benchmarks.md item 1); None otherwise."""
+        costs about what decoding does, docs/benchmarks.md item 1); None otherwise. The layers
+        below are compared here: `agrees` is what is left to ask once answers are kept."""
         layers = getattr(original.base_model, "layers", None)
         if type(model) is not type(original) or layers is None or len(layers) < 2 or \
                 len(getattr(model.base_model, "layers", [])) != len(layers) or \
@@ -114,10 +115,6 @@ class Drafts:
             if (full - tail).abs().max() > tolerance * full.abs().max().clamp(min=1.0):
                 return False
         return True
-
-    def usable(self, original, model) -> bool:
-        """same_below and agrees: whether `model`'s answers can be checked against these."""
-        return self.same_below(original, model) and self.agrees(model)
 
     @torch.no_grad()
     def follow(self, model, prompts: list[list[int]], limits: list[int], eos: set[int], pick,
@@ -189,12 +186,10 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
         return torch.equal(a, b)
     if a.dim() != b.dim() or any(x > y for x, y in zip(a.shape, b.shape)):
         return False
-    inner = tuple(slice(0, n) for n in a.shape)
-    grown = b.clone()
-    if not torch.equal(grown[inner], a):
+    if not torch.equal(b[tuple(slice(0, n) for n in a.shape)], a):
         return False
-    grown[inner] = 0
-    return not grown.any()
+    # (an entry outside `a`'s block lies past a's size along some dimension: each such slab zero)
+    return not any(b.narrow(d, n, b.shape[d] - n).any() for d, n in enumerate(a.shape) if b.shape[d] > n)
 
 
 def _pad_left(rows: list[torch.Tensor], device, dtype):

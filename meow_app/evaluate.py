@@ -95,7 +95,7 @@ def with_drafts(original, unlearned):
         if side == "original":
             return {"record": drafts}
         if usable is None:
-            usable = drafts.usable(original, unlearned)
+            usable = drafts.agrees(unlearned)  # (for_model compared the layers below)
         return {"drafts": drafts} if usable else {}
     return options
 

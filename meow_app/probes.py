@@ -134,7 +134,7 @@ def probe_pair(original, unlearned, tokenizer, facts: list[Fact], paraphrases: b
     before = probe(original, tokenizer, facts, paraphrases, record=drafts)
     if unlearned is None:
         return before, None
-    usable = drafts is not None and drafts.usable(original, unlearned)
+    usable = drafts is not None and drafts.agrees(unlearned)  # (for_model compared the layers below)
     return before, probe(unlearned, unlearned_tokenizer or tokenizer, facts, paraphrases,
                          drafts=drafts if usable else None)
 

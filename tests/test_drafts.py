@@ -22,6 +22,11 @@ def model_and_tok():
     return sharp_tiny_model(tok), tok
 
 
+def usable(record, original, model) -> bool:
+    """What the pipeline asks after a run: the same below the layer, and the tail path agrees."""
+    return record.same_below(original, model) and record.agrees(model)
+
+
 def prompts_of(tok, system="Be brief."):
     return [generation.encode(tok, generation.chat_prompt(tok, q, system)) for q in QUESTIONS]
 
@@ -80,7 +85,7 @@ def test_answers_checked_against_drafts_are_the_answers_decoding_gives(model_and
     other = changed(model, layer, scale)
     if depth > 2:
         other = changed(other, depth - 1, scale, seed=1)
-    assert record.usable(model, other)
+    assert usable(record, model, other)
     plain = generation.generate_ids(other, tok, prompts, LIMITS)
     assert (plain == original) == (scale == 0.0)
     calls, decode = [], generation._decode
@@ -134,27 +139,27 @@ def test_drafts_are_checked_in_passes_that_fit_the_logits_budget(model_and_tok, 
 def test_drafts_are_used_only_where_the_layers_below_are_the_original_s(model_and_tok):
     model, tok = model_and_tok
     record = Drafts(model, 1)
-    assert not record.usable(model, model)  # nothing recorded yet
+    assert not usable(record, model, model)  # nothing recorded yet
     generation.generate_ids(model, tok, prompts_of(tok), LIMITS, record=record)
-    assert record.usable(model, changed(model, 1, 1.0))
-    assert not record.usable(model, changed(model, 0, 1e-3))  # a layer below changed, however little
+    assert usable(record, model, changed(model, 1, 1.0))
+    assert not usable(record, model, changed(model, 0, 1e-3))  # a layer below changed, however little
     embeds = copy.deepcopy(model)
     with torch.no_grad():
         embeds.get_input_embeddings().weight[5, 0] += 1e-3
-    assert not record.usable(model, embeds)
+    assert not usable(record, model, embeds)
     # Zero neurons added to every layer (meow_patch's widen) change nothing below; then its top layer trained.
     wide = copy.deepcopy(model)
     assert patch.widen(wide, wide.model.layers, 3)
-    assert record.usable(model, wide)
+    assert usable(record, model, wide)
     with torch.no_grad():
         wide.model.layers[0].mlp.down_proj.weight[:, -1] = 0.5  # a new neuron below that adds something
-    assert not record.usable(model, wide)
+    assert not usable(record, model, wide)
     # A model that scales its input embeddings in its forward cannot be run from a layer up on them.
     scaled = copy.deepcopy(model)
     forward = scaled.model.forward
     scaled.model.forward = lambda *a, inputs_embeds=None, **k: forward(
         *a, inputs_embeds=None if inputs_embeds is None else 2 * inputs_embeds, **k)
-    assert not record.usable(model, scaled)
+    assert not usable(record, model, scaled)
 
 
 def test_a_meow_patch_run_checks_the_probe_after_and_writes_what_decoding_gives(tiny, tmp_path, monkeypatch):
@@ -238,7 +243,7 @@ def test_answers_given_as_text_are_read_once_and_kept_in_the_cache(model_and_tok
                      "cpu")[0][0]
     torch.testing.assert_close(states, want)  # every answer token read: an EOS is expected after it
     other = changed(model, 1, 0.3)
-    assert record.usable(model, other)
+    assert usable(record, model, other)
     assert generation.answer(other, tok, questions, 12, drafts=record) == generation.answer(other, tok, questions, 12)
 
 
@@ -247,7 +252,7 @@ def test_a_model_of_another_dtype_is_told_apart_not_run(model_and_tok):
     record = Drafts(model, 1)
     generation.generate_ids(model, tok, prompts_of(tok), LIMITS, record=record)
     half = copy.deepcopy(model).to(torch.bfloat16)
-    assert not record.usable(model, half) and Drafts.for_model(model, half) is None
+    assert not usable(record, model, half) and Drafts.for_model(model, half) is None
     with pytest.raises(ValueError, match="not recorded"):
         generation.generate_ids(model, tok, prompts_of(tok), LIMITS, record=record, drafts=record)
     with pytest.raises(ValueError, match="layer inputs for a prompt of 3 tokens"):
