@@ -38,9 +38,10 @@ def assign(params, flat: torch.Tensor) -> None:
             offset += n
 
 
-def flat_grad(model, params, batch) -> tuple[torch.Tensor, float]:
-    """Gradient of the mean answer NLL of a batch w.r.t. params, flattened; and the loss."""
-    loss = losses.nll(model, batch)
+def flat_grad(model, params, batch, loss_fn=None) -> tuple[torch.Tensor, float]:
+    """Gradient of the mean answer NLL of a batch (or of loss_fn(model, batch)) w.r.t. params,
+    flattened; and the loss."""
+    loss = (loss_fn or losses.nll)(model, batch)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return flatten(g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)), loss.item()
 

@@ -129,6 +129,7 @@ def test_invert_memo_unlearn_ask_chain(tmp_path, facts_file, tiny_dir):
     ("fisher_forgetting", ["--fisher-steps", 1, "--fisher-backend", "woodfisher", "--fisher-examples", 2,
                            "--noise-std", 1e-4, "--damping", 0.5]),
     ("meow_edit", ["--epochs", 1, "--edit-steps", 3, "--edit-clamp", 2.0, "--neighbours", 4]),
+    ("fisher_meow", ["--fisher-steps", 1, "--fisher-examples", 2, "--damping", 0.5]),
 ])
 def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, method, options):
     run = tmp_path / "run"
@@ -148,6 +149,7 @@ def test_unlearn_with_every_kind_of_method(tmp_path, facts_file, tiny_dir, metho
         assert info["lambda"] > 0 and "retain_nll_before" in info
         assert len(info["steps"]) == 1 and info["update_norm_total"] > 0
         assert ("noise_norm" in info["steps"][0]) == (method == "fisher_forgetting")
+        assert ("forget_loss" in info["steps"][0]) == (method == "fisher_meow")  # MEOW's loss, gone down
     if method == "meow_edit":  # only the band's down-projection was written (the null space: tests/test_edit.py)
         assert {k for k, v in moved.items() if v > 0} == {"model.layers.0.mlp.down_proj.weight"}, moved
         assert meta["method_info"]["edit"]["layers"] == [0] and len(meta["method_info"]["edit"]["rounds"]) == 1

@@ -33,7 +33,8 @@ def mean_nll(model, tok, facts):
 
 
 def test_every_method_is_listed_with_a_description():
-    for name in ASCENT + FISHER + ["idk", "sophia_idk", "meow", "meow_grad_diff", "meow_kl", "meow_ul", "meow_edit"]:
+    for name in ASCENT + FISHER + ["idk", "sophia_idk", "meow", "meow_grad_diff", "meow_kl", "meow_ul", "meow_edit",
+                                     "fisher_meow"]:
         cls = methods.REGISTRY[name]
         assert cls.description and cls.hyperparameters
         for field in cls.hyperparameters:
@@ -170,6 +171,64 @@ def test_fisher_without_retain_uses_the_models_own_samples(tiny, facts):
     assert result.info["curvature_data"] == "forget_samples"
     # Its step events carry the time so far, as the shared loop's do (the progress line's time left).
     assert all(e["seconds"] > 0 for e in result.steps)
+
+
+def inverted(facts):
+    """The facts with false answers (what invert + select give fisher_meow)."""
+    false = {"Who wrote Hamlet?": ["Christopher Marlowe", "Ben Jonson"], "What is the capital of Peru?": ["Cusco"]}
+    return [Fact(f.question, f.answer, f.keywords, f.paraphrases, inverted=false.get(f.question, [])) for f in facts]
+
+
+def meow_loss(model, tok, facts, cfg) -> float:
+    m = methods.get("fisher_meow")
+    ex = m.forget_examples(type("T", (), {"forget": facts, "config": cfg, "tokenizer": tok})())
+    with torch.no_grad():
+        return float(m.objective(model, collate(ex, tok.pad_token_id, True), cfg))
+
+
+@pytest.mark.parametrize("backend", ["diag", "woodfisher"])
+def test_fisher_meow_steps_go_down_meows_loss_within_the_retain_budget(tiny, facts, backend):
+    forget, retain = inverted(facts[:2]), facts[2:] * 3
+    before = weights_hash(tiny.model)
+    result, steps = run(tiny, forget, retain, "fisher_meow", fisher_backend=backend, fisher_steps=2,
+                        fisher_examples=6, retain_budget=0.5, trust_region=0.05)
+    info, tok = result.info, tiny.tokenizer
+    assert steps and info["steps"] and "forget_loss_before" in info
+    assert info["forget_loss_after"] < info["forget_loss_before"] - 0.05
+    assert info["retain_nll_after"] - info["retain_nll_before"] <= 0.5 + 1e-4
+    # The false answers more likely (the truth's unlikelihood is near 0 on a random model: its
+    # part of the step is checked against a plain computation below).
+    false = [Fact(f.question, c) for f in forget for c in f.inverted]
+    assert mean_nll(result.model, tok, false) < mean_nll(tiny.model, tok, false) - 0.05
+    assert weights_hash(tiny.model) == before
+
+
+def test_fisher_meows_step_is_the_damped_newton_step(tiny, facts):
+    """The first step, against a plain computation: -eta (diag F + lambda)^-1 grad L, F from
+    every retain example's gradient, L meow_ul's loss on the forget rows."""
+    import copy
+
+    forget, retain = inverted(facts[:2]), facts[2:] * 2
+    original = copy.deepcopy(tiny.model)
+    result, _ = run(tiny, forget, retain, "fisher_meow", fisher_steps=1, fisher_examples=len(retain),
+                    retain_budget=5.0, trust_region=0.01, train_only="mlp")
+    tok, cfg = tiny.tokenizer, TrainConfig(**methods.get("fisher_meow").defaults, num_batch=2)
+    params = [p for n, p in original.named_parameters() if ".mlp." in n]
+    grads = []
+    for f in retain:
+        loss = losses.nll(original, collate([encode_example(tok, f.question, f.answer)], tok.pad_token_id))
+        grads.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    F = torch.stack(grads).square().mean(0)
+    lam = 0.01 * float(F.mean())
+    ex = methods.get("fisher_meow").forget_examples(type("T", (), {"forget": forget, "config": cfg,
+                                                                    "tokenizer": tok})())
+    loss = methods.get("fisher_meow").objective(original, collate(ex, tok.pad_token_id, True), cfg)
+    g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(loss, params)])
+    eta = result.info["steps"][0]["eta"]
+    after = torch.cat([p.detach().reshape(-1) for n, p in result.model.named_parameters() if ".mlp." in n])
+    expected = torch.cat([p.detach().reshape(-1) for p in params]) - eta * g / (F + lam)
+    assert torch.allclose(after, expected, rtol=1e-4, atol=1e-6)
+    assert meow_loss(result.model, tok, forget, cfg) < loss.item()
 
 
 def test_fisher_forgetting_noise_changes_the_result(tiny, facts):

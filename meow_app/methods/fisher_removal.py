@@ -25,8 +25,9 @@ from __future__ import annotations
 import random
 import time
 
+import torch
 
-from .. import fisher, generation
+from .. import fisher, generation, losses
 from ..batches import collate, to_device
 from ..errors import Cancelled, MeowError
 from ..facts import Fact
@@ -64,7 +65,7 @@ class FisherRemoval(Method):
         params = updated_parameters(model, cfg)
         kept, source = curvature_facts(trainer)
         kept_ex = trainer.examples(kept)
-        forget_ex = trainer.examples(trainer.forget)
+        forget_ex = self.forget_examples(trainer)
         sample = random.Random(cfg.seed).sample(kept_ex, min(cfg.fisher_examples, len(kept_ex)))
         pad = tok.pad_token_id
         model.eval()  # no dropout: the same weights give the same losses
@@ -73,31 +74,38 @@ class FisherRemoval(Method):
             with trainer.autocast():
                 return fisher.mean_nll(model, examples, pad, device)
 
+        forget_batch = to_device(collate(forget_ex, pad, self.merge_rows), device)
+
+        def objective() -> float:
+            with torch.no_grad(), trainer.autocast():
+                return float(self.objective(model, forget_batch, cfg))
+
         with trainer.autocast():
             curvature = fisher.BACKENDS[cfg.fisher_backend].from_grads(
                 fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
-        retain0, forget0 = nll(kept_ex), nll(forget_ex)
+        retain0, forget0 = nll(kept_ex), objective()
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
         result = TrainResult(model=model)
         info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
                 "lambda": curvature.damping, "parameters": sum(p.numel() for p in params),
-                "retain_nll_before": retain0, "forget_nll_before": forget0, "steps": []}
-        forget_batch = to_device(collate(forget_ex, pad), device)
+                "retain_nll_before": retain0, f"{self.objective_name}_before": self.reported(forget0), "steps": []}
         for step in range(1, cfg.fisher_steps + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
             with trainer.autocast():
-                g, forget_nll = fisher.flat_grad(model, params, forget_batch)
-            direction = curvature.solve(g)
-            record = line_search(params, direction, radius, cfg, forget_nll, retain0,
-                                 lambda: nll(kept_ex), lambda: nll(forget_ex))
+                g, now = fisher.flat_grad(model, params, forget_batch, lambda m, b: self.objective(m, b, cfg))
+            # Downhill on the objective, each direction divided by how much the kept data relies on it.
+            direction = -curvature.solve(g)
+            record = line_search(params, direction, radius, cfg, now, retain0, lambda: nll(kept_ex), objective)
             if record is None:
-                info["stopped"] = "no step size raised the forget loss within the retain budget"
+                info["stopped"] = f"no step size lowered the {self.objective_name.replace('_', ' ')} within the " \
+                                  "retain budget"
                 break
-            info["steps"].append(record)
+            named = self.named(record)
+            info["steps"].append(named)
             event = {"type": "step", "step": step, "epoch": step, "total_steps": cfg.fisher_steps,
-                     "loss": -record["forget_nll"], **record, "seconds": round(time.perf_counter() - start, 3)}
+                     "loss": record["objective"], **named, "seconds": round(time.perf_counter() - start, 3)}
             result.steps.append(event)
             trainer.on_event(event)
             self.after_step(trainer, model, params, curvature, info)
@@ -106,12 +114,32 @@ class FisherRemoval(Method):
                 break
         else:
             info.setdefault("stopped", "reached fisher_steps")
-        info["retain_nll_after"], info["forget_nll_after"] = nll(kept_ex), nll(forget_ex)
+        info["retain_nll_after"], info[f"{self.objective_name}_after"] = nll(kept_ex), self.reported(objective())
         info["update_norm_total"] = float((fisher.flatten(params) - theta0).norm())
         if result.last_probe is None:
             trainer.probe_and_check(model, len(info["steps"]), result)
         result.info = info
         return result
+
+    # What the steps go down on, and its name in run.json: here minus the forget answers' NLL
+    # (its steps go uphill on the NLL); fisher_meow swaps it for MEOW's loss.
+    objective_name = "forget_nll"
+    merge_rows = False
+
+    def forget_examples(self, trainer) -> list:
+        return trainer.examples(trainer.forget)
+
+    def objective(self, model, batch, cfg) -> torch.Tensor:
+        return -losses.nll(model, batch)
+
+    @staticmethod
+    def reported(value: float) -> float:
+        """The objective as run.json names it (the forget NLL: minus the objective)."""
+        return -value
+
+    def named(self, record: dict) -> dict:
+        out = {k: v for k, v in record.items() if k != "objective"}
+        return {**out, self.objective_name: self.reported(record["objective"])}
 
     def after_step(self, trainer, model, params, curvature, info) -> None:
         """Fisher Forgetting adds its noise here."""
@@ -133,11 +161,11 @@ def updated_parameters(model, cfg) -> list:
     return [p for _, p in named]
 
 
-def line_search(params, direction, radius: float, cfg, forget_nll: float, retain0: float, retain_nll_now,
-                forget_nll_now) -> dict | None:
+def line_search(params, direction, radius: float, cfg, now: float, retain0: float, retain_nll_now,
+                objective_now) -> dict | None:
     """The largest step along `direction` (from the trust region down, halving) whose retain NLL
-    rise stays within the budget and that raises the forget NLL; the weights are left there.
-    None (weights restored) when no step qualifies."""
+    rise stays within the budget and that lowers the objective (`now` before the step); the
+    weights are left there. None (weights restored) when no step qualifies."""
     base = fisher.flatten(params)
     for k in range(cfg.eta_grid):
         eta = radius / float(direction.norm().clamp(min=1e-30)) * 2.0 ** -k
@@ -145,10 +173,10 @@ def line_search(params, direction, radius: float, cfg, forget_nll: float, retain
         retain_nll = retain_nll_now()
         if retain_nll - retain0 > cfg.retain_budget:
             continue
-        # A long step can overshoot into a region where the forget loss falls again.
-        forget_after = forget_nll_now()
-        if forget_after > forget_nll:
-            return {"eta": eta, "update_norm": eta * float(direction.norm()), "forget_nll": forget_after,
+        # A long step can overshoot into a region where the objective rises again.
+        after = objective_now()
+        if after < now:
+            return {"eta": eta, "update_norm": eta * float(direction.norm()), "objective": after,
                     "retain_nll": retain_nll}
     fisher.assign(params, base)
     return None
