@@ -154,6 +154,7 @@ class NullSpace:
                  outliers: float = 0.0):
         covs = input_covariances(model, examples, pad_id, device, unit=unit)
         self.layers = trained_linears(model)
+        self._names = {id(m.weight): name for name, m in self.layers.items()}
         self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
         dtype = next(iter(self.start.values())).dtype if self.start else torch.float32
         shared: dict[int, list[str]] = {}  # layers that share their inputs share their directions
@@ -185,6 +186,17 @@ class NullSpace:
             kept.setdefault(kind, []).append(k)
             size[kind] = self.layers[name].in_features
         return {kind: [min(k), max(k), size[kind]] for kind, k in kept.items()}
+
+    @torch.no_grad()
+    def change(self, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """A change `delta` of one trained layer's `weight`, projected as project() projects the
+        change since the start: delta (I - U U^T). Any other tensor's change is returned as is."""
+        name = self._names.get(id(weight))
+        if name is None or self.held[name] == 0:
+            return delta
+        basis, free = self.bases[name]
+        moved = (delta.to(basis.dtype) @ basis) @ basis.T
+        return (moved if free else delta - moved).to(delta.dtype)
 
     @torch.no_grad()
     def project(self) -> None:

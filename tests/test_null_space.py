@@ -208,10 +208,57 @@ def test_what_the_projection_cannot_hold_is_not_trained(tiny):
     assert "model.layers.0.mlp.down_proj.weight" not in names
 
 
-def test_one_shot_methods_refuse_null_space_before_any_work(tiny):
+def test_loops_of_their_own_refuse_null_space_before_any_work(tiny):
     with pytest.raises(MeowError, match="null_space applies to the shared training loop"):
-        Trainer(methods.get("fisher_removal"), tiny.model, tiny.tokenizer, TrainConfig(null_space=0.5), FORGET,
+        Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, TrainConfig(null_space=0.5), FORGET,
                 retain=PRESERVED)
+
+
+@pytest.mark.parametrize("method", ["fisher_meow", "fisher_removal"])
+def test_projected_newton_steps_leave_preserved_outputs_unchanged(tiny, method):
+    """The Fisher methods project each step's direction (fisher_removal.projected): the preserved
+    text's logits stay as they were, the forget objective still moves."""
+    retain = [Fact("Who painted The Starry Night?", "Vincent van Gogh")] * 3
+
+    def newton(null_space):
+        config = TrainConfig(**{**methods.get(method).defaults, "fisher_steps": 2, "fisher_examples": 3,
+                                "retain_budget": 2.0, "trust_region": 0.05, "train_only": "mlp", "num_batch": 2,
+                                "early_stop": False, "null_space": null_space})
+        trainer = Trainer(methods.get(method), tiny.model, tiny.tokenizer, config, FORGET, retain, anchors=PRESERVED)
+        return trainer, trainer.train()
+
+    trainer, result = newton(1.0)
+    info = result.info
+    assert info["steps"] and info["null_space"]["held_directions"]["down_proj"][0] > 0
+    before = _logits(tiny.model, tiny, PRESERVED, trainer)
+    after = _logits(result.model, tiny, PRESERVED, trainer)
+    assert (after - before).abs().max() < 1e-4 * before.abs().max()
+    name = "forget_loss" if method == "fisher_meow" else "forget_nll"
+    sign = -1 if method == "fisher_meow" else 1
+    # (a little: with every preserved direction held, the tiny model's MLPs have few left)
+    assert sign * (info[f"{name}_after"] - info[f"{name}_before"]) > 0.005 and info["update_norm_total"] > 0
+    _, plain = newton(0.0)  # not vacuous: unprojected, the same steps move them
+    moved = _logits(plain.model, tiny, PRESERVED, trainer)
+    assert (moved - before).abs().max() > 100 * (after - before).abs().max()
+
+
+def test_a_change_is_projected_as_project_projects_it(tiny):
+    from meow_app.null_space import NullSpace
+
+    model = copy.deepcopy(tiny.model)
+    trainer = Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET)
+    space = NullSpace(model, trainer.examples(PRESERVED), tiny.tokenizer.pad_token_id, "cpu", 1.0)
+    torch.manual_seed(0)
+    deltas = {name: torch.randn_like(m.weight) for name, m in space.layers.items()}
+    changed = {name: space.change(m.weight, deltas[name]) for name, m in space.layers.items()}
+    with torch.no_grad():
+        for name, m in space.layers.items():
+            m.weight.add_(deltas[name])
+    space.project()
+    for name, m in space.layers.items():
+        assert torch.allclose(m.weight - space.start[name], changed[name], atol=1e-5), name
+    other = torch.randn(3)
+    assert space.change(model.model.norm.weight, other) is other  # not a trained linear layer: as it is
 
 
 @pytest.mark.parametrize("energy", [0.9, 1.0])

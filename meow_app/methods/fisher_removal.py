@@ -56,8 +56,10 @@ class FisherRemoval(Method):
     description = "Second order: Newton steps up the forget loss, preconditioned by the retain data's Fisher"
     custom_loop = True
     uses_retain = True
+    projects = True  # (null_space: each step's direction projected off the preserved text's inputs)
     defaults = {"anchors": 32}
-    hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "retain_budget", "fisher_examples")
+    hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "retain_budget", "fisher_examples",
+                       "null_space", "neighbours")
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
@@ -87,6 +89,9 @@ class FisherRemoval(Method):
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
         result = TrainResult(model=model)
+        preserved = trainer.examples(trainer.anchors) if cfg.null_space > 0 else []
+        projection = trainer.projection(model, preserved, result) \
+            if cfg.null_space > 0 and trainer.has_preserved(preserved) else None
         info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
                 "lambda": curvature.damping, "parameters": sum(p.numel() for p in params),
                 "retain_nll_before": retain0, f"{self.objective_name}_before": self.reported(forget0), "steps": []}
@@ -97,6 +102,8 @@ class FisherRemoval(Method):
                 g, now = fisher.flat_grad(model, params, forget_batch, lambda m, b: self.objective(m, b, cfg))
             # Downhill on the objective, each direction divided by how much the kept data relies on it.
             direction = -curvature.solve(g)
+            if projection is not None:
+                direction = projected(params, direction, projection)
             record = line_search(params, direction, radius, cfg, now, retain0, lambda: nll(kept_ex), objective)
             if record is None:
                 info["stopped"] = f"no step size lowered the {self.objective_name.replace('_', ' ')} within the " \
@@ -118,7 +125,7 @@ class FisherRemoval(Method):
         info["update_norm_total"] = float((fisher.flatten(params) - theta0).norm())
         if result.last_probe is None:
             trainer.probe_and_check(model, len(info["steps"]), result)
-        result.info = info
+        result.info = {**result.info, **info}  # (null_space: the projection's own record)
         return result
 
     # What the steps go down on, and its name in run.json: here minus the forget answers' NLL
@@ -159,6 +166,17 @@ def updated_parameters(model, cfg) -> list:
                         f"({cfg.fisher_examples * dim * 4 / 2**30:.1f} GiB): restrict it with --fisher-layers "
                         "(e.g. 'layers.2') or --lora, or lower --fisher-examples")
     return [p for _, p in named]
+
+
+def projected(params, direction, projection) -> torch.Tensor:
+    """The direction with each weight's part taken off its layer's preserved inputs (null_space:
+    dW (I - U U^T)), so no step along it changes what that text gives the layer."""
+    out, offset = [], 0
+    for p in params:
+        n = p.numel()
+        out.append(projection.change(p, direction[offset:offset + n].view_as(p)).reshape(-1))
+        offset += n
+    return torch.cat(out)
 
 
 def line_search(params, direction, radius: float, cfg, now: float, retain0: float, retain_nll_now,
