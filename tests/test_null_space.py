@@ -218,7 +218,7 @@ def test_loops_of_their_own_refuse_null_space_before_any_work(tiny):
 def test_projected_newton_steps_leave_preserved_outputs_unchanged(tiny, method):
     """The Fisher methods project each step's direction (fisher_removal.projected): the preserved
     text's logits stay as they were, the forget objective still moves."""
-    retain = [Fact("Who painted The Starry Night?", "Vincent van Gogh")] * 3
+    retain = PRESERVED * 3  # (the curvature data; held too, as the shared loop holds its retain answers)
 
     def newton(null_space):
         config = TrainConfig(**{**methods.get(method).defaults, "fisher_steps": 2, "fisher_examples": 3,

@@ -89,7 +89,8 @@ class FisherRemoval(Method):
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
         result = TrainResult(model=model)
-        preserved = trainer.examples(trainer.anchors) if cfg.null_space > 0 else []
+        # (as the shared loop's: the retain answers and the anchors)
+        preserved = trainer.examples(list(trainer.retain or []) + list(trainer.anchors)) if cfg.null_space > 0 else []
         projection = trainer.projection(model, preserved, result) \
             if cfg.null_space > 0 and trainer.has_preserved(preserved) else None
         info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
