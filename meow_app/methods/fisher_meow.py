@@ -30,6 +30,7 @@ class FisherMeow(FisherRemoval):
     defaults = {**FisherRemoval.defaults, "truth_span": True}
     hyperparameters = FisherRemoval.hyperparameters + ("num_batch", "truth_weight", "truth_span", "lead_in_context")
     objective_name = "forget_loss"
+    stuck = "no step size lowered MEOW's loss within the retain budget"
 
     def forget_examples(self, trainer) -> list:
         pairs = MeowUnlikelihood().forget_pairs(trainer.forget, trainer.config)

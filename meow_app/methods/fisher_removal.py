@@ -13,7 +13,10 @@ from the trust region (an update norm relative to the weights' norm) down, (b) k
 largest eta whose retain NLL stays within `retain_budget` of the original and
 that does raise the forget NLL, (c) recomputes
 g_forget at the new weights. It stops when the forget probes no longer leak, when no eta
-fits the budget, or after `fisher_steps` steps.
+fits the budget, or after `fisher_steps` steps. With `null_space` each direction is first
+projected off the inputs the retain and anchor answers give each layer (null_space.py), so
+no step changes what that text computes. fisher_meow.py swaps what the steps go down on
+(`objective`) for MEOW's loss.
 
 Curvature data: the retain set when given; else the anchor prompts (the original model's
 own answers to general questions, on by default); else (--anchors 0) the original
@@ -107,8 +110,7 @@ class FisherRemoval(Method):
                 direction = projected(params, direction, projection)
             record = line_search(params, direction, radius, cfg, now, retain0, lambda: nll(kept_ex), objective)
             if record is None:
-                info["stopped"] = f"no step size lowered the {self.objective_name.replace('_', ' ')} within the " \
-                                  "retain budget"
+                info["stopped"] = self.stuck
                 break
             named = self.named(record)
             info["steps"].append(named)
@@ -132,6 +134,7 @@ class FisherRemoval(Method):
     # What the steps go down on, and its name in run.json: here minus the forget answers' NLL
     # (its steps go uphill on the NLL); fisher_meow swaps it for MEOW's loss.
     objective_name = "forget_nll"
+    stuck = "no step size raised the forget loss within the retain budget"
     merge_rows = False
 
     def forget_examples(self, trainer) -> list:
