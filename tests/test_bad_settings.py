@@ -41,7 +41,9 @@ def one_line_error(rc, err, text):
     (["--epochs", "0"], "epochs must be at least 1, got 0"),
     (["--top-k", "5", "--n", "3"], "top-k (5) is larger than the number of inverted facts per fact (3)"),
     (["--method", "no_such_method"], "no_such_method"),
-    (["--method", "fisher_removal", "--null-space", "0.5"], "null_space applies to the shared training loop"),
+    # (the Fisher methods and meow_edit project their own steps; meow_patch's loop has no place for it)
+    (["--method", "meow_patch", "--null-space", "0.5"], "--null-space sets the shared fine-tuning loop, which "
+                                                        "meow_patch does not run"),
     (["--model", "NOT_A_MODEL"], "holds no model"),
     (["--generator", "openai", "--base-url", "UNREACHABLE", "--api-model", "m"], "cannot reach http://127.0.0.1:"),
 ])
