@@ -124,8 +124,7 @@ PEER_FAILED = "another process of this run failed, so the run stopped and wrote 
 def check_method(method, size: int) -> None:
     """One-shot methods (second order, closed-form edit) and Sophia work on whole batches: one process only."""
     if size > 1 and (method.custom_loop or method.optimizer == "sophia"):
-        reason = method.one_process or ("it writes in closed form" if method.projects
-                                        else "its curvature is estimated from whole batches")
+        reason = method.one_process or "its curvature is estimated from whole batches"
         raise NotApplicable(f"method '{method.name}' runs in one process ({reason}): start it without "
                         "`accelerate launch`, or with --num_processes 1")
 

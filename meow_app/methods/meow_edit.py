@@ -28,6 +28,7 @@ class MeowEdit(Method):
     needs_inverted = True
     custom_loop = True
     projects = True
+    one_process = "it writes in closed form"
     # Measured on eval_a and demo_forget (docs/forgetting.md, fourth round): one round of 20 target
     # steps; a second round went no deeper and lost more neighbours.
     defaults = {"epochs": 1, "neighbours": 32, "null_space": 0.99, "stop_depth": 0.5}
