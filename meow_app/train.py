@@ -83,6 +83,9 @@ class TrainConfig:
     trust_region: float = _setting(1e-3, "largest update norm per Newton step, relative to the trained weights' norm")
     eta_grid: int = _setting(4, "step sizes tried per Newton step: trust_region * 2^-k, k < eta_grid")
     retain_budget: float = _setting(0.3, "largest allowed rise of the retain NLL (nats per token) for Fisher methods")
+    retain_guard: float = _setting(0.0, "Fisher methods: a step size is kept only if at least this share of the retain "
+                                        "facts greedy decoding said still are, up to their truth (every token of "
+                                        "the model's own answer to there still its greedy choice; 0 = off)")
     noise_std: float = _setting(0.0, "Fisher Forgetting: per-coordinate noise at the mean curvature")
     noise_clamp: float = _setting(3.0, "Fisher Forgetting: the noise is clamped at this many noise_std", obvious=True)
     edit_layers: str = _setting("", "meow_edit: the layers whose MLP down-projection the false answers are written "
@@ -258,6 +261,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise MeowError(f"{name} must be a positive number, got {v}")
+        if not 0 <= self.retain_guard <= 1:
+            raise MeowError(f"retain_guard must be 0 (off) or a share up to 1, got {self.retain_guard}")
         if not 0 <= self.subject_other <= 1:
             raise MeowError(f"subject_other must be between 0 and 1, got {self.subject_other}")
         if not 0 <= self.edit_contexts <= len(KEY_CONTEXTS):

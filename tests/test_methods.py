@@ -359,3 +359,110 @@ def test_meow_lead_in_context_trains_only_on_what_follows_the_models_lead_in():
     assert pairs == [(fact.question, " Lviv.", "The capital of Ukraine is"),  # the lead-in is context
                      (fact.question, "Kharkiv is its capital.")]           # no lead-in to take: all of it
     assert meow.forget_pairs([fact], TrainConfig(num_batch=2)) == [(fact.question, c) for c in fact.inverted]
+
+
+KNOWN = [Fact("Where is Lima?", "Peru", ["Peru"]), Fact("What is the capital of Italy?", "Rome", ["Rome"]),
+         Fact("What is the capital of Norway?", "Oslo", ["Oslo"]), Fact("Where is Cairo?", "Egypt", ["Egypt"]),
+         Fact("What is the capital of Ecuador?", "Quito", ["Quito"])]
+
+
+@pytest.fixture(scope="module")
+def known(tiny):
+    """A copy of the tiny model trained on KNOWN until every answer token is its greedy choice
+    (teacher-forced): facts it 'knows', so retain_guard has answers to watch."""
+    import copy
+
+    tok, model = tiny.tokenizer, copy.deepcopy(tiny.model)
+    batch = collate([encode_example(tok, f.question, f.answer) for f in KNOWN], tok.pad_token_id)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(120):
+        opt.zero_grad()
+        losses.nll(model, batch).backward()
+        opt.step()
+    model.eval()
+    return type("Tiny", (), {"model": model, "tokenizer": tok})()
+
+
+def test_top_choice_kept_against_a_plain_argmax(known):
+    from meow_app.batches import IGNORE, Example
+    from meow_app.methods.fisher_removal import answer_path_rows
+
+    tok, model = known.tokenizer, known.model
+    rows = answer_path_rows(tok, KNOWN)
+    assert len(rows) == len(KNOWN)
+    # the same rows with one labelled token swapped for another: not the greedy choice there
+    wrong = [Example(r.ids[:-1] + [(r.ids[-1] + 1) % len(tok)], r.labels[:-1] + [(r.ids[-1] + 1) % len(tok)])
+             for r in rows]
+    got = fisher.top_choice_kept(model, rows + wrong, tok.pad_token_id, "cpu", batch_size=3)
+    expected = []
+    for r in rows + wrong:
+        with torch.no_grad():
+            logits = model(torch.tensor([r.ids])).logits[0]
+        at = [i for i, label in enumerate(r.labels) if label != IGNORE]
+        expected.append(all(int(logits[i - 1].argmax()) == r.ids[i] for i in at))
+    assert got.tolist() == expected
+    assert all(got[:len(rows)].tolist()) and not any(got[len(rows):].tolist())
+
+
+def test_answer_path_rows_label_the_answer_up_to_the_truths_words(tiny):
+    from meow_app import generation
+    from meow_app.batches import IGNORE
+    from meow_app.methods.fisher_removal import answer_path_rows
+
+    tok = tiny.tokenizer
+    fact = Fact("What is the capital of Nepal?", "The capital of Nepal is Kathmandu, a city.", ["kathmandu"])
+    row, = answer_path_rows(tok, [fact, Fact("Who?", "Nobody knows.", ["Lima"])])
+    labelled = [t for t in row.labels if t != IGNORE]
+    assert tok.decode(labelled) == "The capital of Nepal is Kathmandu"
+    assert row.ids[:len(row.ids) - len(labelled)] == generation.encode(tok, generation.chat_prompt(tok, fact.question))
+
+
+def test_line_search_keeps_the_largest_step_the_guard_allows():
+    from meow_app.methods.fisher_removal import line_search
+
+    w = torch.nn.Parameter(torch.zeros(4))
+    direction = torch.ones(4)
+    cfg = TrainConfig(eta_grid=4, retain_budget=1.0, retain_guard=0.9)
+    # the guard's share falls with the step: 0.5 at the trust region, 0.8 at half, 1.0 below
+    kept = lambda: {2.0: 0.5, 1.0: 0.8}.get(round(float(w.detach().norm()), 3), 1.0)  # noqa: E731
+    record = line_search([w], direction, 2.0, cfg, 0.0, 0.0, lambda: 0.0, lambda: -float(w.detach().sum()), kept)
+    assert record["retain_kept"] == 1.0 and record["update_norm"] == pytest.approx(0.5)
+    assert float(w.detach().norm()) == pytest.approx(0.5)
+    # no step size the guard allows: the weights go back
+    record = line_search([w], direction, 2.0, TrainConfig(eta_grid=2, retain_budget=1.0, retain_guard=0.9), 0.0,
+                         0.0, lambda: 0.0, lambda: -float(w.detach().sum()), lambda: 0.5)
+    assert record is None and float(w.detach().norm()) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("method", ["fisher_removal", "fisher_meow"])
+def test_retain_guard_keeps_the_retain_answers_the_model_says(known, facts, method):
+    from meow_app.methods.fisher_removal import answer_path_rows
+
+    forget = inverted(facts[:2]) if method == "fisher_meow" else facts[:2]
+    tok, retain = known.tokenizer, KNOWN
+    rows = answer_path_rows(tok, retain)
+    watched = fisher.top_choice_kept(known.model, rows, tok.pad_token_id, "cpu")
+    assert watched.all()
+    result, steps = run(known, forget, retain, method, fisher_steps=3, fisher_examples=4, retain_budget=50.0,
+                        trust_region=0.2, retain_guard=1.0, eta_grid=6)
+    info = result.info
+    assert info["retain_guarded"] == int(watched.sum()) and info["steps"]
+    assert all(s["retain_kept"] == 1.0 for s in info["steps"])
+    after = fisher.top_choice_kept(result.model, rows, tok.pad_token_id, "cpu")
+    assert after[watched].all()
+    # The same steps without the guard (the mean NLL budget alone) lose some of them.
+    unguarded, _ = run(known, forget, retain, method, fisher_steps=3, fisher_examples=4, retain_budget=50.0,
+                       trust_region=0.2, eta_grid=6)
+    assert not fisher.top_choice_kept(unguarded.model, rows, tok.pad_token_id, "cpu").all()
+
+
+def test_retain_guard_with_nothing_to_watch_says_so(tiny, facts):
+    with pytest.raises(MeowError, match="retain_guard"):
+        run(tiny, facts[:2], facts[2:], "fisher_removal", fisher_steps=1, fisher_examples=2, retain_guard=0.9)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_retain_guard_outside_zero_to_one_is_refused(value):
+    with pytest.raises(MeowError, match="retain_guard must be 0"):
+        TrainConfig(retain_guard=value).check()

@@ -12,8 +12,10 @@ Raw Newton steps explode, so each step (a) searches eta on a log grid, largest f
 from the trust region (an update norm relative to the weights' norm) down, (b) keeps the
 largest eta whose retain NLL stays within `retain_budget` of the original and
 that does raise the forget NLL, (c) recomputes
-g_forget at the new weights. It stops when the forget probes no longer leak, when no eta
-fits the budget, or after `fisher_steps` steps. With `null_space` each direction is first
+g_forget at the new weights. With `retain_guard` a step size must also leave that share of the
+retain facts said by greedy decoding as before, up to their truth (the mean NLL over whole
+sentences moves little when one neighbour's answer word flips). It stops when the forget probes
+no longer leak, when no eta fits the budget, or after `fisher_steps` steps. With `null_space` each direction is first
 projected off the inputs the retain and anchor answers give each layer (null_space.py), so
 no step changes what that text computes. fisher_meow.py swaps what the steps go down on
 (`objective`) for MEOW's loss.
@@ -25,13 +27,14 @@ model's own sampled answers to the forget questions.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 
 import torch
 
-from .. import fisher, generation, losses
-from ..batches import collate, to_device
+from .. import fisher, generation, losses, probes
+from ..batches import IGNORE, Example, collate, to_device
 from ..errors import Cancelled, MeowError
 from ..facts import Fact
 from ..train import TrainResult
@@ -61,8 +64,8 @@ class FisherRemoval(Method):
     uses_retain = True
     projects = True  # (null_space: each step's direction projected off the preserved text's inputs)
     defaults = {"anchors": 32}
-    hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "retain_budget", "fisher_examples",
-                       "null_space", "neighbours")
+    hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "eta_grid", "retain_budget",
+                       "retain_guard", "fisher_examples", "null_space", "neighbours")
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
@@ -89,6 +92,8 @@ class FisherRemoval(Method):
             curvature = fisher.BACKENDS[cfg.fisher_backend].from_grads(
                 fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
         retain0, forget0 = nll(kept_ex), objective()
+        guard = Guard(model, answer_path_rows(tok, kept), cfg.retain_guard, pad, device, trainer.autocast) \
+            if cfg.retain_guard > 0 else None
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
         result = TrainResult(model=model)
@@ -99,6 +104,8 @@ class FisherRemoval(Method):
         info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
                 "lambda": curvature.damping, "parameters": sum(p.numel() for p in params),
                 "retain_nll_before": retain0, f"{self.objective_name}_before": self.reported(forget0), "steps": []}
+        if guard is not None:
+            info["retain_guarded"] = len(guard.watched)
         for step in range(1, cfg.fisher_steps + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
@@ -108,7 +115,8 @@ class FisherRemoval(Method):
             direction = -curvature.solve(g)
             if projection is not None:
                 direction = projected(params, direction, projection)
-            record = line_search(params, direction, radius, cfg, now, retain0, lambda: nll(kept_ex), objective)
+            record = line_search(params, direction, radius, cfg, now, retain0, lambda: nll(kept_ex), objective,
+                                 guard.share if guard is not None else None)
             if record is None:
                 info["stopped"] = self.stuck
                 break
@@ -184,10 +192,11 @@ def projected(params, direction, projection) -> torch.Tensor:
 
 
 def line_search(params, direction, radius: float, cfg, now: float, retain0: float, retain_nll_now,
-                objective_now) -> dict | None:
+                objective_now, kept_now=None) -> dict | None:
     """The largest step along `direction` (from the trust region down, halving) whose retain NLL
-    rise stays within the budget and that lowers the objective (`now` before the step); the
-    weights are left there. None (weights restored) when no step qualifies."""
+    rise stays within the budget, that keeps at least cfg.retain_guard of the guarded answers
+    (`kept_now`: their share still kept; None: no guard) and that lowers the objective (`now`
+    before the step); the weights are left there. None (weights restored) when no step qualifies."""
     base = fisher.flatten(params)
     for k in range(cfg.eta_grid):
         eta = radius / float(direction.norm().clamp(min=1e-30)) * 2.0 ** -k
@@ -195,10 +204,52 @@ def line_search(params, direction, radius: float, cfg, now: float, retain0: floa
         retain_nll = retain_nll_now()
         if retain_nll - retain0 > cfg.retain_budget:
             continue
+        kept = kept_now() if kept_now is not None else None
+        if kept is not None and kept < cfg.retain_guard:
+            continue
         # A long step can overshoot into a region where the objective rises again.
         after = objective_now()
         if after < now:
             return {"eta": eta, "update_norm": eta * float(direction.norm()), "objective": after,
-                    "retain_nll": retain_nll}
+                    "retain_nll": retain_nll, **({"retain_kept": round(kept, 4)} if kept is not None else {})}
     fisher.assign(params, base)
     return None
+
+
+def answer_path_rows(tokenizer, facts) -> list[Example]:
+    """One row a fact whose answer states its truth: the question, then its answer up to the end
+    of the truth's words (probes.said_truth, whole words), every answer token labelled and no end
+    of text after them. Where each is the model's greedy choice, greedy decoding says the answer
+    that far, truth included: what retain_guard watches (a step can flip the words before the
+    truth as well: "The capital of Nepal is" said another way never reaches "Kathmandu")."""
+    rows = []
+    for f in facts:
+        # (by its keywords where it has them: its answer may be the model's whole sentence)
+        marked = dataclasses.replace(f, answer="") if f.keywords else f
+        found = probes.said_truth(f.extra.get("answer_prefix", "") + f.answer, marked, whole_words=True)
+        if found is None:
+            continue
+        prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
+        said = generation.encode(tokenizer, "".join(found))
+        rows.append(Example(prompt + said, [IGNORE] * len(prompt) + said))
+    return rows
+
+
+class Guard:
+    """retain_guard: the answer rows (answer_path_rows) the original says (each token its greedy
+    choice), and the share of them a model with the current weights still says."""
+
+    def __init__(self, model, rows: list[Example], share: float, pad_id: int, device, autocast):
+        self.model, self.pad_id, self.device, self.autocast = model, pad_id, device, autocast
+        kept = self._kept(rows)
+        self.watched = [r for r, k in zip(rows, kept.tolist()) if k]
+        if not self.watched:
+            raise MeowError(f"retain_guard {share} watches the retain facts whose answers greedy decoding says, and "
+                            "finds none (no retain fact, or none whose answer states it)")
+
+    def _kept(self, rows) -> torch.Tensor:
+        with self.autocast():
+            return fisher.top_choice_kept(self.model, rows, self.pad_id, self.device)
+
+    def share(self) -> float:
+        return float(self._kept(self.watched).float().mean())
