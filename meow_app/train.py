@@ -86,6 +86,9 @@ class TrainConfig:
     retain_guard: float = _setting(0.0, "Fisher methods: a step size is kept only if at least this share of the retain "
                                         "facts greedy decoding said still are, up to their truth (every token of "
                                         "the model's own answer to there still its greedy choice; 0 = off)")
+    guard_orthogonal: bool = _setting(False, "Fisher methods: each Newton direction is also made orthogonal to the NLL "
+                                             "gradients of the retain answers greedy decoding says (retain_guard's), "
+                                             "so to first order no step changes them")
     noise_std: float = _setting(0.0, "Fisher Forgetting: per-coordinate noise at the mean curvature")
     noise_clamp: float = _setting(3.0, "Fisher Forgetting: the noise is clamped at this many noise_std", obvious=True)
     edit_layers: str = _setting("", "meow_edit: the layers whose MLP down-projection the false answers are written "

@@ -2,6 +2,8 @@
 original weights stay untouched, a seed repeats a run; and the second-order maths
 (Woodbury solve, diagonal Fisher, the Sophia step) against direct computations."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -466,3 +468,38 @@ def test_retain_guard_with_nothing_to_watch_says_so(tiny, facts):
 def test_retain_guard_outside_zero_to_one_is_refused(value):
     with pytest.raises(MeowError, match="retain_guard must be 0"):
         TrainConfig(retain_guard=value).check()
+
+
+def test_guard_orthogonal_takes_the_watched_answers_gradients_out_of_a_direction(known):
+    from meow_app.methods.fisher_removal import Guard, answer_path_rows
+
+    tok, model = known.tokenizer, known.model
+    params = [p for n, p in model.named_parameters() if ".mlp." in n]
+    for p in params:
+        p.requires_grad_(True)
+    guard = Guard(model, answer_path_rows(tok, KNOWN), 0.9, tok.pad_token_id, "cpu", contextlib.nullcontext)
+    torch.manual_seed(0)
+    direction = torch.randn(sum(p.numel() for p in params))
+    grads = list(fisher.per_example_grads(model, params, guard.watched, tok.pad_token_id, "cpu"))
+    direction += 3 * grads[0] / grads[0].norm() * direction.norm()  # (a direction that moves the first answer)
+    out = guard.orthogonal(params, direction)
+
+    def cosines(d):
+        return [abs(float(g @ d)) / float(g.norm() * d.norm()) for g in grads]
+
+    assert max(cosines(direction)) > 0.5
+    assert max(cosines(out)) < 1e-2  # (G is kept in bf16: orthogonal to its rounding)
+    assert float(out.norm()) > 0.1 * float(direction.norm())
+
+
+def test_guard_orthogonal_lets_the_guarded_steps_go_further(known, facts):
+    from meow_app.methods.fisher_removal import answer_path_rows
+
+    tok = known.tokenizer
+    rows = answer_path_rows(tok, KNOWN)
+    runs = [run(known, facts[:2], KNOWN, "fisher_removal", fisher_steps=3, fisher_examples=4, retain_budget=50.0,
+                trust_region=0.2, eta_grid=6, retain_guard=1.0, guard_orthogonal=o)[0] for o in (False, True)]
+    plain, ortho = (r.info for r in runs)
+    assert ortho["forget_nll_after"] > plain["forget_nll_after"] + 0.5
+    assert len(ortho["steps"]) > len(plain["steps"])
+    assert fisher.top_choice_kept(runs[1].model, rows, tok.pad_token_id, "cpu").all()

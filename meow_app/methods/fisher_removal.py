@@ -65,7 +65,7 @@ class FisherRemoval(Method):
     projects = True  # (null_space: each step's direction projected off the preserved text's inputs)
     defaults = {"anchors": 32}
     hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "eta_grid", "retain_budget",
-                       "retain_guard", "fisher_examples", "null_space", "neighbours")
+                       "retain_guard", "guard_orthogonal", "fisher_examples", "null_space", "neighbours")
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
@@ -93,7 +93,7 @@ class FisherRemoval(Method):
                 fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
         retain0, forget0 = nll(kept_ex), objective()
         guard = Guard(model, answer_path_rows(tok, kept), cfg.retain_guard, pad, device, trainer.autocast) \
-            if cfg.retain_guard > 0 else None
+            if cfg.retain_guard > 0 or cfg.guard_orthogonal else None
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
         result = TrainResult(model=model)
@@ -115,6 +115,8 @@ class FisherRemoval(Method):
             direction = -curvature.solve(g)
             if projection is not None:
                 direction = projected(params, direction, projection)
+            if cfg.guard_orthogonal:
+                direction = guard.orthogonal(params, direction)
             record = line_search(params, direction, radius, cfg, now, retain0, lambda: nll(kept_ex), objective,
                                  guard.share if guard is not None else None)
             if record is None:
@@ -244,8 +246,8 @@ class Guard:
         kept = self._kept(rows)
         self.watched = [r for r, k in zip(rows, kept.tolist()) if k]
         if not self.watched:
-            raise MeowError(f"retain_guard {share} watches the retain facts whose answers greedy decoding says, and "
-                            "finds none (no retain fact, or none whose answer states it)")
+            raise MeowError("retain_guard / guard_orthogonal watch the retain facts greedy decoding says, "
+                            "and find none (no retain fact, or none whose answer states it)")
 
     def _kept(self, rows) -> torch.Tensor:
         with self.autocast():
@@ -253,3 +255,26 @@ class Guard:
 
     def share(self) -> float:
         return float(self._kept(self.watched).float().mean())
+
+    def orthogonal(self, params, direction: torch.Tensor) -> torch.Tensor:
+        """guard_orthogonal: the direction less its part in the span of the watched answers' NLL
+        gradients at the current weights, d - G^T (G G^T)^-1 G d, so to first order a step along
+        it changes none of them (orthogonal gradient descent's constraint). G is kept in bf16
+        (k rows of the trained weights' size); the guard checks what the step really does."""
+        with self.autocast():
+            grads = [g.to(torch.bfloat16) for g in
+                     fisher.per_example_grads(self.model, params, self.watched, self.pad_id, self.device)]
+        k = len(grads)
+        gram = torch.zeros(k, k, dtype=torch.float64)
+        along = torch.zeros(k, dtype=torch.float64)
+        for i in range(k):
+            gi = grads[i].float()
+            along[i] = float(gi @ direction)
+            for j in range(i + 1):
+                gram[i, j] = gram[j, i] = float(gi @ grads[j].float())
+        # (a relative ridge: two watched answers can share most of their gradient)
+        x = torch.linalg.solve(gram + 1e-6 * gram.diagonal().mean() * torch.eye(k, dtype=gram.dtype), along)
+        out = direction.clone()
+        for i in range(k):
+            out -= float(x[i]) * grads[i].float()
+        return out
