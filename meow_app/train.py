@@ -86,6 +86,9 @@ class TrainConfig:
     retain_guard: float = _setting(0.0, "Fisher methods: a step size is kept only if at least this share of the retain "
                                         "facts greedy decoding said still are, up to their truth (every token of "
                                         "the model's own answer to there still its greedy choice; 0 = off)")
+    guard_greedy: bool = _setting(False, "Fisher methods: retain_guard counts a retain fact kept where greedy decoding "
+                                         "still states its truth (the evaluation's test, decoded for each step size "
+                                         "tried) instead of where its own answer is still every token's greedy choice")
     guard_orthogonal: bool = _setting(False, "Fisher methods: each Newton direction is also made orthogonal to the NLL "
                                              "gradients of the retain answers greedy decoding says (retain_guard's), "
                                              "so to first order no step changes them")

@@ -471,13 +471,13 @@ def test_retain_guard_outside_zero_to_one_is_refused(value):
 
 
 def test_guard_orthogonal_takes_the_watched_answers_gradients_out_of_a_direction(known):
-    from meow_app.methods.fisher_removal import Guard, answer_path_rows
+    from meow_app.methods.fisher_removal import Guard
 
     tok, model = known.tokenizer, known.model
     params = [p for n, p in model.named_parameters() if ".mlp." in n]
     for p in params:
         p.requires_grad_(True)
-    guard = Guard(model, answer_path_rows(tok, KNOWN), 0.9, tok.pad_token_id, "cpu", contextlib.nullcontext)
+    guard = Guard(model, tok, KNOWN, "cpu", contextlib.nullcontext)
     torch.manual_seed(0)
     direction = torch.randn(sum(p.numel() for p in params))
     grads = list(fisher.per_example_grads(model, params, guard.watched, tok.pad_token_id, "cpu"))
@@ -503,3 +503,19 @@ def test_guard_orthogonal_lets_the_guarded_steps_go_further(known, facts):
     assert ortho["forget_nll_after"] > plain["forget_nll_after"] + 0.5
     assert len(ortho["steps"]) > len(plain["steps"])
     assert fisher.top_choice_kept(runs[1].model, rows, tok.pad_token_id, "cpu").all()
+
+
+def test_guard_greedy_keeps_the_retain_facts_greedy_decoding_states(known, facts):
+    from meow_app import probes
+
+    tok = known.tokenizer
+    said = probes.probe(known.model, tok, KNOWN, paraphrases=False)
+    assert said["hit_rate"] == 1.0
+    result, _ = run(known, facts[:2], KNOWN, "fisher_removal", fisher_steps=3, fisher_examples=4, retain_budget=50.0,
+                    trust_region=0.2, eta_grid=6, retain_guard=1.0, guard_greedy=True)
+    assert result.info["retain_guarded"] == len(KNOWN) and result.info["steps"]
+    assert all(s["retain_kept"] == 1.0 for s in result.info["steps"])
+    assert probes.probe(result.model, tok, KNOWN, paraphrases=False)["hit_rate"] == 1.0
+    unguarded, _ = run(known, facts[:2], KNOWN, "fisher_removal", fisher_steps=3, fisher_examples=4,
+                       retain_budget=50.0, trust_region=0.2, eta_grid=6)
+    assert probes.probe(unguarded.model, tok, KNOWN, paraphrases=False)["hit_rate"] < 1.0

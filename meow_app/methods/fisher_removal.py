@@ -65,7 +65,8 @@ class FisherRemoval(Method):
     projects = True  # (null_space: each step's direction projected off the preserved text's inputs)
     defaults = {"anchors": 32}
     hyperparameters = ("fisher_backend", "damping", "fisher_steps", "trust_region", "eta_grid", "retain_budget",
-                       "retain_guard", "guard_orthogonal", "fisher_examples", "null_space", "neighbours")
+                       "retain_guard", "guard_greedy", "guard_orthogonal", "fisher_examples", "null_space",
+                       "neighbours")
 
     def run(self, trainer, model) -> TrainResult:
         cfg, tok, device = trainer.config, trainer.tokenizer, trainer.device
@@ -92,7 +93,7 @@ class FisherRemoval(Method):
             curvature = fisher.BACKENDS[cfg.fisher_backend].from_grads(
                 fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
         retain0, forget0 = nll(kept_ex), objective()
-        guard = Guard(model, answer_path_rows(tok, kept), cfg.retain_guard, pad, device, trainer.autocast) \
+        guard = Guard(model, tok, kept, device, trainer.autocast, cfg.guard_greedy) \
             if cfg.retain_guard > 0 or cfg.guard_orthogonal else None
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
@@ -105,7 +106,7 @@ class FisherRemoval(Method):
                 "lambda": curvature.damping, "parameters": sum(p.numel() for p in params),
                 "retain_nll_before": retain0, f"{self.objective_name}_before": self.reported(forget0), "steps": []}
         if guard is not None:
-            info["retain_guarded"] = len(guard.watched)
+            info["retain_guarded"] = len(guard.facts if guard.greedy else guard.watched)
         for step in range(1, cfg.fisher_steps + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
@@ -238,14 +239,20 @@ def answer_path_rows(tokenizer, facts) -> list[Example]:
 
 
 class Guard:
-    """retain_guard: the answer rows (answer_path_rows) the original says (each token its greedy
-    choice), and the share of them a model with the current weights still says."""
+    """retain_guard: the retain answers the original says, and the share of them a model with
+    the current weights still says. By default each answer is teacher-forced up to its truth
+    (answer_path_rows: said where every token is the greedy choice); with `greedy` (guard_greedy)
+    each question is answered by greedy decoding and kept where the answer states the truth, the
+    evaluation's own test (a reworded start that still says it counts; it costs a decoding pass
+    for each step size tried)."""
 
-    def __init__(self, model, rows: list[Example], share: float, pad_id: int, device, autocast):
-        self.model, self.pad_id, self.device, self.autocast = model, pad_id, device, autocast
-        kept = self._kept(rows)
-        self.watched = [r for r, k in zip(rows, kept.tolist()) if k]
-        if not self.watched:
+    def __init__(self, model, tokenizer, facts, device, autocast, greedy: bool = False):
+        self.model, self.tokenizer, self.device, self.autocast = model, tokenizer, device, autocast
+        self.pad_id, self.greedy = tokenizer.pad_token_id, greedy
+        rows = answer_path_rows(tokenizer, facts)
+        self.watched = [r for r, k in zip(rows, self._kept(rows).tolist()) if k]
+        self.facts = [f for f, k in zip(facts, self._said(facts)) if k] if greedy else []
+        if not (self.facts if greedy else self.watched):
             raise MeowError("retain_guard / guard_orthogonal watch the retain facts greedy decoding says, "
                             "and find none (no retain fact, or none whose answer states it)")
 
@@ -253,7 +260,15 @@ class Guard:
         with self.autocast():
             return fisher.top_choice_kept(self.model, rows, self.pad_id, self.device)
 
+    def _said(self, facts) -> list[bool]:
+        with self.autocast():
+            rows = probes.probe(self.model, self.tokenizer, facts, paraphrases=False,
+                                stop_once_leaked=probes.KINDS)["rows"]
+        return [bool(r["leak"]) for r in rows]
+
     def share(self) -> float:
+        if self.greedy:
+            return sum(self._said(self.facts)) / len(self.facts)
         return float(self._kept(self.watched).float().mean())
 
     def orthogonal(self, params, direction: torch.Tensor) -> torch.Tensor:
