@@ -67,8 +67,9 @@ def mean_nll(model, examples, pad_id: int, device, batch_size: int = 16) -> floa
 
 def top_choice_kept(model, examples, pad_id: int, device, batch_size: int = 16) -> torch.Tensor:
     """Per example, whether every labelled token is the model's greedy choice there
-    (teacher-forced): on rows labelled on a fact's answer words alone, whether greedy
-    decoding along the sentence still says them. A bool tensor, one per example."""
+    (teacher-forced): on a fact's answer labelled up to its truth (fisher_removal's
+    answer_path_rows), whether greedy decoding still says it that far. A bool tensor, one per
+    example."""
     out = []
     for start in range(0, len(examples), batch_size):
         batch = to_device(collate(examples[start:start + batch_size], pad_id), device)

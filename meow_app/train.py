@@ -269,6 +269,9 @@ class TrainConfig:
                 raise MeowError(f"{name} must be a positive number, got {v}")
         if not 0 <= self.retain_guard <= 1:
             raise MeowError(f"retain_guard must be 0 (off) or a share up to 1, got {self.retain_guard}")
+        if self.guard_greedy and not self.retain_guard:
+            raise MeowError("guard_greedy sets how retain_guard counts the retain facts kept, and retain_guard is 0 "
+                            "(off): set retain_guard, e.g. 0.9")
         if not 0 <= self.subject_other <= 1:
             raise MeowError(f"subject_other must be between 0 and 1, got {self.subject_other}")
         if not 0 <= self.edit_contexts <= len(KEY_CONTEXTS):

@@ -468,6 +468,8 @@ def test_retain_guard_with_nothing_to_watch_says_so(tiny, facts):
 def test_retain_guard_outside_zero_to_one_is_refused(value):
     with pytest.raises(MeowError, match="retain_guard must be 0"):
         TrainConfig(retain_guard=value).check()
+    with pytest.raises(MeowError, match="guard_greedy sets how retain_guard counts"):
+        TrainConfig(guard_greedy=True).check()
 
 
 def test_guard_orthogonal_takes_the_watched_answers_gradients_out_of_a_direction(known):

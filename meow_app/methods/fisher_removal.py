@@ -15,8 +15,8 @@ that does raise the forget NLL, (c) recomputes
 g_forget at the new weights. With `retain_guard` a step size must also leave that share of the
 retain facts said by greedy decoding as before, up to their truth (the mean NLL over whole
 sentences moves little when one neighbour's answer word flips). It stops when the forget probes
-no longer leak, when no eta fits the budget, or after `fisher_steps` steps. With `null_space` each direction is first
-projected off the inputs the retain and anchor answers give each layer (null_space.py), so
+no longer leak, when no eta fits the budget, or after `fisher_steps` steps. With `null_space`
+each direction is first projected off the inputs the retain and anchor answers give each layer (null_space.py), so
 no step changes what that text computes. fisher_meow.py swaps what the steps go down on
 (`objective`) for MEOW's loss.
 
@@ -121,7 +121,7 @@ class FisherRemoval(Method):
             record = line_search(params, direction, radius, cfg, now, retain0, lambda: nll(kept_ex), objective,
                                  guard.share if guard is not None else None)
             if record is None:
-                info["stopped"] = self.stuck
+                info["stopped"] = self.stuck + (" and guard" if cfg.retain_guard > 0 else "")
                 break
             named = self.named(record)
             info["steps"].append(named)
@@ -276,6 +276,8 @@ class Guard:
         gradients at the current weights, d - G^T (G G^T)^-1 G d, so to first order a step along
         it changes none of them (orthogonal gradient descent's constraint). G is kept in bf16
         (k rows of the trained weights' size); the guard checks what the step really does."""
+        if not self.watched:  # (guard_greedy: facts decoding says whose own answer is not teacher-forced so)
+            return direction
         with self.autocast():
             grads = [g.to(torch.bfloat16) for g in
                      fisher.per_example_grads(self.model, params, self.watched, self.pad_id, self.device)]
