@@ -468,8 +468,12 @@ def test_retain_guard_with_nothing_to_watch_says_so(tiny, facts):
 def test_retain_guard_outside_zero_to_one_is_refused(value):
     with pytest.raises(MeowError, match="retain_guard must be 0"):
         TrainConfig(retain_guard=value).check()
+
+
+def test_guard_greedy_without_a_guard_is_refused():
     with pytest.raises(MeowError, match="guard_greedy sets how retain_guard counts"):
         TrainConfig(guard_greedy=True).check()
+    TrainConfig(guard_greedy=True, retain_guard=0.9).check()
 
 
 def test_guard_orthogonal_takes_the_watched_answers_gradients_out_of_a_direction(known):
