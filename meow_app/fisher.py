@@ -65,22 +65,6 @@ def mean_nll(model, examples, pad_id: int, device, batch_size: int = 16) -> floa
     return total / max(1, count)
 
 
-def top_choice_kept(model, examples, pad_id: int, device, batch_size: int = 16) -> torch.Tensor:
-    """Per example, whether every labelled token is the model's greedy choice there
-    (teacher-forced): on a fact's answer labelled up to its truth (fisher_removal's
-    answer_path_rows), whether greedy decoding still says it that far. A bool tensor, one per
-    example."""
-    out = []
-    for start in range(0, len(examples), batch_size):
-        batch = to_device(collate(examples[start:start + batch_size], pad_id), device)
-        with torch.no_grad():
-            logits, labels, mask = losses.labelled_logits(model, batch)
-        wrong = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
-        wrong = wrong.masked_scatter(mask, logits.argmax(-1) != labels)
-        out.append(~wrong.any(-1))
-    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
-
-
 class Diagonal:
     def __init__(self, squared_mean: torch.Tensor, damping: float):
         self.fisher = squared_mean                        # (1/m) sum g_i^2

@@ -36,7 +36,8 @@ class Scored:
     hit: list[bool]
 
 
-def _example(tokenizer, question: str, answer: str, prefix: str = "") -> Example:
+def answer_example(tokenizer, question: str, answer: str, prefix: str = "") -> Example:
+    """teacher_forced's row for one answer: the answer's tokens labelled, no end of turn."""
     if prefix:
         # The answer's tokens as they are in the whole text prefix + answer: that text is
         # tokenised whole and the tokens it starts with as the prefix alone does are the
@@ -55,7 +56,7 @@ def teacher_forced(model, tokenizer, pairs: list[tuple[str, ...]], batch_size: i
     batches. A pair may carry a third item, text the answer follows, given as context (not
     scored; computed once for the rows that share it, see batches.collate)."""
     device = next(model.parameters()).device
-    examples = [_example(tokenizer, *pair) for pair in pairs]
+    examples = [answer_example(tokenizer, *pair) for pair in pairs]
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].ids))
     out: list[Scored | None] = [None] * len(examples)
     for start in range(0, len(order), batch_size):

@@ -314,7 +314,7 @@ def test_an_answer_after_a_prefix_keeps_its_tokens_of_the_whole_text():
     enc = lambda text: generation.encode(tok, text)  # noqa: E731
     for lead, cand in (("It is", "Paris"), ("the capital of Ukraine is", "Lviv")):
         assert enc(" " + cand) != enc(lead + " " + cand)[len(enc(lead)):]  # (the trap)
-        ex = metrics._example(tok, "Where?", " " + cand, lead)
+        ex = metrics.answer_example(tok, "Where?", " " + cand, lead)
         answer = [t for t, label in zip(ex.ids, ex.labels) if label != IGNORE]
         assert answer == enc(lead + " " + cand)[len(enc(lead)):] and ex.ids[-len(answer):] == answer
 

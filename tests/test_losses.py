@@ -136,7 +136,7 @@ def test_labelled_logits_project_only_the_labelled_positions_and_give_the_dense_
 
     scored = metrics.teacher_forced(model, tok, list(pairs))
     for (q, a), s in zip(pairs, scored):
-        one = batches.collate([metrics._example(tok, q, a)], tok.pad_token_id)
+        one = batches.collate([metrics.answer_example(tok, q, a)], tok.pad_token_id)
         logits, lab = losses.answer_logits(model, one)
         m = lab != -100
         assert torch.allclose(torch.tensor(s.nll), losses.token_nll(logits, lab)[0][m], atol=1e-4)

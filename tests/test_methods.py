@@ -386,38 +386,22 @@ def known(tiny):
     return type("Tiny", (), {"model": model, "tokenizer": tok})()
 
 
-def test_top_choice_kept_against_a_plain_argmax(known):
-    from meow_app.batches import IGNORE, Example
-    from meow_app.methods.fisher_removal import answer_path_rows
+def test_answer_paths_end_with_the_truths_words(tiny):
+    from meow_app.methods.fisher_removal import answer_paths
 
-    tok, model = known.tokenizer, known.model
-    rows = answer_path_rows(tok, KNOWN)
-    assert len(rows) == len(KNOWN)
-    # the same rows with one labelled token swapped for another: not the greedy choice there
-    wrong = [Example(r.ids[:-1] + [(r.ids[-1] + 1) % len(tok)], r.labels[:-1] + [(r.ids[-1] + 1) % len(tok)])
-             for r in rows]
-    got = fisher.top_choice_kept(model, rows + wrong, tok.pad_token_id, "cpu", batch_size=3)
-    expected = []
-    for r in rows + wrong:
-        with torch.no_grad():
-            logits = model(torch.tensor([r.ids])).logits[0]
-        at = [i for i, label in enumerate(r.labels) if label != IGNORE]
-        expected.append(all(int(logits[i - 1].argmax()) == r.ids[i] for i in at))
-    assert got.tolist() == expected
-    assert all(got[:len(rows)].tolist()) and not any(got[len(rows):].tolist())
-
-
-def test_answer_path_rows_label_the_answer_up_to_the_truths_words(tiny):
-    from meow_app import generation
-    from meow_app.batches import IGNORE
-    from meow_app.methods.fisher_removal import answer_path_rows
-
-    tok = tiny.tokenizer
     fact = Fact("What is the capital of Nepal?", "The capital of Nepal is Kathmandu, a city.", ["kathmandu"])
-    row, = answer_path_rows(tok, [fact, Fact("Who?", "Nobody knows.", ["Lima"])])
-    labelled = [t for t in row.labels if t != IGNORE]
-    assert tok.decode(labelled) == "The capital of Nepal is Kathmandu"
-    assert row.ids[:len(row.ids) - len(labelled)] == generation.encode(tok, generation.chat_prompt(tok, fact.question))
+    split = Fact("What is the capital of Peru?", " Lima, on the coast.", ["lima"],
+                 extra={"answer_prefix": "The capital of Peru is"})
+    assert answer_paths([fact, Fact("Who?", "Nobody knows.", ["Lima"]), split]) == [
+        (fact.question, "The capital of Nepal is Kathmandu"), (split.question, "The capital of Peru is Lima")]
+
+
+def kept_paths(model, tok, facts) -> list[bool]:
+    """Whether each answer path is still the greedy choice all along (the guard's own test)."""
+    from meow_app import metrics
+    from meow_app.methods.fisher_removal import answer_paths
+
+    return [all(s.hit) for s in metrics.teacher_forced(model, tok, answer_paths(facts))]
 
 
 def test_line_search_keeps_the_largest_step_the_guard_allows():
@@ -439,24 +423,20 @@ def test_line_search_keeps_the_largest_step_the_guard_allows():
 
 @pytest.mark.parametrize("method", ["fisher_removal", "fisher_meow"])
 def test_retain_guard_keeps_the_retain_answers_the_model_says(known, facts, method):
-    from meow_app.methods.fisher_removal import answer_path_rows
-
     forget = inverted(facts[:2]) if method == "fisher_meow" else facts[:2]
     tok, retain = known.tokenizer, KNOWN
-    rows = answer_path_rows(tok, retain)
-    watched = fisher.top_choice_kept(known.model, rows, tok.pad_token_id, "cpu")
-    assert watched.all()
+    watched = kept_paths(known.model, tok, retain)
+    assert all(watched) and len(watched) == len(retain)
     result, steps = run(known, forget, retain, method, fisher_steps=3, fisher_examples=4, retain_budget=50.0,
                         trust_region=0.2, retain_guard=1.0, eta_grid=6)
     info = result.info
-    assert info["retain_guarded"] == int(watched.sum()) and info["steps"]
+    assert info["retain_guarded"] == len(watched) and info["steps"]
     assert all(s["retain_kept"] == 1.0 for s in info["steps"])
-    after = fisher.top_choice_kept(result.model, rows, tok.pad_token_id, "cpu")
-    assert after[watched].all()
+    assert all(kept_paths(result.model, tok, retain))
     # The same steps without the guard (the mean NLL budget alone) lose some of them.
     unguarded, _ = run(known, forget, retain, method, fisher_steps=3, fisher_examples=4, retain_budget=50.0,
                        trust_region=0.2, eta_grid=6)
-    assert not fisher.top_choice_kept(unguarded.model, rows, tok.pad_token_id, "cpu").all()
+    assert not all(kept_paths(unguarded.model, tok, retain))
 
 
 def test_retain_guard_with_nothing_to_watch_says_so(tiny, facts):
@@ -484,6 +464,7 @@ def test_guard_orthogonal_takes_the_watched_answers_gradients_out_of_a_direction
     for p in params:
         p.requires_grad_(True)
     guard = Guard(model, tok, KNOWN, "cpu", contextlib.nullcontext)
+    assert len(guard.watched) == len(KNOWN)
     torch.manual_seed(0)
     direction = torch.randn(sum(p.numel() for p in params))
     grads = list(fisher.per_example_grads(model, params, guard.watched, tok.pad_token_id, "cpu"))
@@ -499,16 +480,13 @@ def test_guard_orthogonal_takes_the_watched_answers_gradients_out_of_a_direction
 
 
 def test_guard_orthogonal_lets_the_guarded_steps_go_further(known, facts):
-    from meow_app.methods.fisher_removal import answer_path_rows
-
     tok = known.tokenizer
-    rows = answer_path_rows(tok, KNOWN)
     runs = [run(known, facts[:2], KNOWN, "fisher_removal", fisher_steps=3, fisher_examples=4, retain_budget=50.0,
                 trust_region=0.2, eta_grid=6, retain_guard=1.0, guard_orthogonal=o)[0] for o in (False, True)]
     plain, ortho = (r.info for r in runs)
     assert ortho["forget_nll_after"] > plain["forget_nll_after"] + 0.5
     assert len(ortho["steps"]) > len(plain["steps"])
-    assert fisher.top_choice_kept(runs[1].model, rows, tok.pad_token_id, "cpu").all()
+    assert all(kept_paths(runs[1].model, tok, KNOWN))
 
 
 def test_guard_greedy_keeps_the_retain_facts_greedy_decoding_states(known, facts):

@@ -33,8 +33,8 @@ import time
 
 import torch
 
-from .. import fisher, generation, losses, probes
-from ..batches import IGNORE, Example, collate, to_device
+from .. import fisher, generation, losses, metrics, probes
+from ..batches import collate, to_device
 from ..errors import Cancelled, MeowError
 from ..facts import Fact
 from ..train import TrainResult
@@ -93,7 +93,7 @@ class FisherRemoval(Method):
             curvature = fisher.BACKENDS[cfg.fisher_backend].from_grads(
                 fisher.per_example_grads(model, params, sample, pad, device), cfg.damping)
         retain0, forget0 = nll(kept_ex), objective()
-        guard = Guard(model, tok, kept, device, trainer.autocast, cfg.guard_greedy) \
+        guard = Guard(model, tok, kept, device, trainer.autocast, cfg.guard_greedy, cfg.guard_orthogonal) \
             if cfg.retain_guard > 0 or cfg.guard_orthogonal else None
         theta0 = fisher.flatten(params)
         radius = cfg.trust_region * float(theta0.norm())
@@ -106,7 +106,7 @@ class FisherRemoval(Method):
                 "lambda": curvature.damping, "parameters": sum(p.numel() for p in params),
                 "retain_nll_before": retain0, f"{self.objective_name}_before": self.reported(forget0), "steps": []}
         if guard is not None:
-            info["retain_guarded"] = len(guard.facts if guard.greedy else guard.watched)
+            info["retain_guarded"] = len(guard.facts if guard.greedy else guard.paths)
         for step in range(1, cfg.fisher_steps + 1):
             if trainer.should_stop():
                 raise Cancelled("cancelled by the user")
@@ -219,46 +219,45 @@ def line_search(params, direction, radius: float, cfg, now: float, retain0: floa
     return None
 
 
-def answer_path_rows(tokenizer, facts) -> list[Example]:
-    """One row a fact whose answer states its truth: the question, then its answer up to the end
-    of the truth's words (probes.said_truth, whole words), every answer token labelled and no end
-    of text after them. Where each is the model's greedy choice, greedy decoding says the answer
-    that far, truth included: what retain_guard watches (a step can flip the words before the
-    truth as well: "The capital of Nepal is" said another way never reaches "Kathmandu")."""
-    rows = []
+def answer_paths(facts) -> list[tuple[str, str]]:
+    """(question, answer up to the end of the truth's words) for each fact whose answer states
+    its truth (probes.said_truth, whole words). Where every token of it is the model's greedy
+    choice (metrics.teacher_forced's argmax hits), greedy decoding says the answer that far,
+    truth included: what retain_guard watches (a step can flip the words before the truth as
+    well: "The capital of Nepal is" said another way never reaches "Kathmandu")."""
+    out = []
     for f in facts:
         # (by its keywords where it has them: its answer may be the model's whole sentence)
         marked = dataclasses.replace(f, answer="") if f.keywords else f
         found = probes.said_truth(f.extra.get("answer_prefix", "") + f.answer, marked, whole_words=True)
-        if found is None:
-            continue
-        prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
-        said = generation.encode(tokenizer, "".join(found))
-        rows.append(Example(prompt + said, [IGNORE] * len(prompt) + said))
-    return rows
+        if found is not None:
+            out.append((f.question, "".join(found)))
+    return out
 
 
 class Guard:
     """retain_guard: the retain answers the original says, and the share of them a model with
     the current weights still says. By default each answer is teacher-forced up to its truth
-    (answer_path_rows: said where every token is the greedy choice); with `greedy` (guard_greedy)
+    (answer_paths: said where every token is the greedy choice); with `greedy` (guard_greedy)
     each question is answered by greedy decoding and kept where the answer states the truth, the
     evaluation's own test (a reworded start that still says it counts; it costs a decoding pass
-    for each step size tried)."""
+    for each step size tried). `orthogonal` (guard_orthogonal) needs the teacher-forced answers'
+    rows for their gradients."""
 
-    def __init__(self, model, tokenizer, facts, device, autocast, greedy: bool = False):
+    def __init__(self, model, tokenizer, facts, device, autocast, greedy: bool = False, orthogonal: bool = False):
         self.model, self.tokenizer, self.device, self.autocast = model, tokenizer, device, autocast
         self.pad_id, self.greedy = tokenizer.pad_token_id, greedy
-        rows = answer_path_rows(tokenizer, facts)
-        self.watched = [r for r, k in zip(rows, self._kept(rows).tolist()) if k]
+        paths = answer_paths(facts) if orthogonal or not greedy else []
+        self.paths = [p for p, k in zip(paths, self._kept(paths)) if k]
+        self.watched = [metrics.answer_example(tokenizer, *p) for p in self.paths]  # (guard_orthogonal's rows)
         self.facts = [f for f, k in zip(facts, self._said(facts)) if k] if greedy else []
-        if not (self.facts if greedy else self.watched):
+        if not (self.facts if greedy else self.paths):
             raise MeowError("retain_guard / guard_orthogonal watch the retain facts greedy decoding says, "
                             "and find none (no retain fact, or none whose answer states it)")
 
-    def _kept(self, rows) -> torch.Tensor:
+    def _kept(self, paths) -> list[bool]:
         with self.autocast():
-            return fisher.top_choice_kept(self.model, rows, self.pad_id, self.device)
+            return [all(s.hit) for s in metrics.teacher_forced(self.model, self.tokenizer, paths)]
 
     def _said(self, facts) -> list[bool]:
         with self.autocast():
@@ -269,7 +268,7 @@ class Guard:
     def share(self) -> float:
         if self.greedy:
             return sum(self._said(self.facts)) / len(self.facts)
-        return float(self._kept(self.watched).float().mean())
+        return sum(self._kept(self.paths)) / len(self.paths)
 
     def orthogonal(self, params, direction: torch.Tensor) -> torch.Tensor:
         """guard_orthogonal: the direction less its part in the span of the watched answers' NLL
