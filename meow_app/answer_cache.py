@@ -16,7 +16,9 @@ MEOW_HOME/answers/<key>.<name>.pt, computed once per model state instead of ever
 
 Only shipped questions go in (pipeline.py decides): never a user's facts, so nothing of
 what a user asks to forget is written outside the run folder. MEOW_ANSWER_CACHE=0 turns it
-off; a cache that cannot be written is skipped, never an error.
+off; a cache that cannot be written is skipped, never an error. Each new model state, library
+version or decoding code makes a new key, so only the files of the KEEP model states used most
+recently stay (prune).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from . import generation
 
 ENV = "MEOW_ANSWER_CACHE"
 VERSION = 1  # of what the cache holds and how it is keyed: a new one starts afresh
+KEEP = 4  # model states whose files stay (the most recently used): a code upgrade orphans the old ones
 
 
 @torch.no_grad()
@@ -79,7 +83,14 @@ class AnswerCache:
             return None
         from .models import meow_home
 
-        return cls(Path(home or meow_home()) / "answers" / f"{model_key(model, tokenizer)}.json", model)
+        key = model_key(model, tokenizer)
+        folder = Path(home or meow_home()) / "answers"
+        try:  # (used now: its files are the last a prune deletes)
+            os.utime(folder / f"{key}.json")
+        except OSError:
+            pass
+        prune(folder, key)
+        return cls(folder / f"{key}.json", model)
 
     def _read(self) -> dict[str, str]:
         try:
@@ -153,6 +164,39 @@ class AnswerCache:
             return {k: x for k, x in rows.items() if isinstance(k, str) and torch.is_tensor(x) and x.ndim == 2}
         except Exception:  # none yet, or unreadable (a torn or foreign file): computed afresh
             return {}
+
+
+def prune(folder: Path, current: str, keep: int = KEEP) -> list[str]:
+    """Deletes the files (<key>.json, <key>.<name>.pt) of all but the `keep` model states used
+    most recently, by their newest file's time, `current` counted as in use. Only files named
+    by a key are touched; a file being written (.tmp) is not one. The keys deleted."""
+    last: dict[str, float] = {}
+    files: dict[str, list[Path]] = {}
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        key = p.name.split(".", 1)[0]
+        if not _KEY.fullmatch(key) or p.name.endswith(".tmp") or not p.is_file():
+            continue
+        try:
+            last[key] = max(last.get(key, 0.0), p.stat().st_mtime)
+        except OSError:
+            continue
+        files.setdefault(key, []).append(p)
+    last[current] = float("inf")
+    gone = sorted(last, key=last.get, reverse=True)[keep:]
+    for key in gone:
+        for p in files.get(key, []):
+            try:
+                p.unlink()
+            except OSError:  # (another run deleted it first, or a read-only folder)
+                pass
+    return gone
+
+
+_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 def _row_key(ids: list[int]) -> str:

@@ -149,3 +149,34 @@ def test_states_are_computed_once_per_row_and_again_when_their_code_changes(tiny
     (tmp_path / "answers" / "m.layer.pt").write_bytes(b"torn")  # unreadable: computed afresh, no error
     assert torch.equal(AnswerCache(path, tiny.model).states("layer", rows[:1], compute, b"v2")[0], first[0])
     assert len(calls) == 4
+
+
+def test_only_the_most_recently_used_model_states_files_stay(tiny, tmp_path, monkeypatch):
+    import os
+
+    from meow_app import answer_cache
+
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    keys = [f"{i:032x}" for i in range(6)]
+    for age, key in enumerate(keys):  # keys[0] used last, keys[5] first
+        for name in (f"{key}.json", f"{key}.vectors.pt"):
+            (folder / name).write_text("{}")
+            os.utime(folder / name, (1e9 - age, 1e9 - age))
+    (folder / "notes.txt").write_text("mine")  # not a cache file: left alone
+    (folder / "tmpab12.tmp").write_text("")  # another run's file being written: left alone
+    assert answer_cache.prune(folder, keys[5], keep=3) == keys[2:5]
+    kept = [f"{k}.{s}" for k in (keys[0], keys[1], keys[5]) for s in ("json", "vectors.pt")]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept + ["notes.txt", "tmpab12.tmp"])
+
+    # A run's cache counts as the newest and prunes the rest down to KEEP; its answers stay.
+    oldest = "c" * 32
+    (folder / f"{oldest}.json").write_text("{}")
+    os.utime(folder / f"{oldest}.json", (1e9 - 10, 1e9 - 10))
+    monkeypatch.setenv("MEOW_ANSWER_CACHE", "1")
+    cache = AnswerCache.for_model(tiny.model, tiny.tokenizer, tmp_path)
+    cache.answer(tiny.model, tiny.tokenizer, QUESTIONS[:1], 4)
+    assert answer_cache.KEEP == 4
+    left = {p.name.split(".")[0] for p in folder.iterdir() if p.suffix in (".json", ".pt")}
+    assert left == {keys[0], keys[1], keys[5], cache.path.stem}
+    assert AnswerCache.for_model(tiny.model, tiny.tokenizer, tmp_path).saved == cache.saved
