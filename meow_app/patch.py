@@ -230,7 +230,7 @@ class Patch(torch.nn.Module):
     """K gated neurons added to `mlp`'s output (a forward hook), in the place of `slots`."""
 
     def __init__(self, mlp, slots: list[int], positives: list[torch.Tensor], preserved: torch.Tensor,
-                 margin: float, fit_steps: int = 200, rows: torch.Tensor | None = None):
+                 margin: float, fit_steps: int = 200, rows: torch.Tensor | None = None, tied: bool = False):
         super().__init__()
         object.__setattr__(self, "mlp", mlp)  # (not a submodule: its weights are not the patch's parameters)
         self.slots, self.positives, self.rows = list(slots), positives, rows
@@ -244,7 +244,13 @@ class Patch(torch.nn.Module):
         self.fit_gates(preserved, margin, fit_steps)
         # up starts as the gate, each neuron a little apart (seeded by the caller): a fact's
         # neurons would otherwise get the same gradients and stay one neuron.
-        self.up = torch.nn.Parameter(self.gate.detach() * (1 + 0.1 * torch.randn_like(self.gate)))
+        # `tied` (patch_tied_up): up is the gate itself, act(g . x) * (g . x) >= 0 wherever it opens; a
+        # fact's neurons are set apart on the gate instead.
+        if tied:
+            with torch.no_grad():
+                self.gate.mul_(1 + 0.1 * torch.randn_like(self.gate))
+        self.tied = tied
+        self.up = None if tied else torch.nn.Parameter(self.gate.detach() * (1 + 0.1 * torch.randn_like(self.gate)))
         self.down = torch.nn.Parameter(torch.zeros(d, len(slots), device=preserved.device))
         with torch.no_grad():  # the replaced neurons off (added ones are zero already)
             mlp.down_proj.weight[:, self.slots] = 0
@@ -260,7 +266,8 @@ class Patch(torch.nn.Module):
 
     def _add(self, module, args, output):
         x = args[0]
-        act = self.mlp.act_fn(x @ self.gate.to(x.dtype).T) * (x @ self.up.to(x.dtype).T)
+        z = x @ self.gate.to(x.dtype).T
+        act = self.mlp.act_fn(z) * (z if self.tied else x @ self.up.to(x.dtype).T)
         return output + act @ self.down.to(x.dtype).T
 
     def gate_hinge(self, inputs: torch.Tensor, margin: float, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -290,7 +297,7 @@ class Patch(torch.nn.Module):
         """The neurons into the replaced slots of the MLP's weights; the hook removed."""
         m = self.mlp
         m.gate_proj.weight[self.slots] = self.gate.to(m.gate_proj.weight.dtype)
-        m.up_proj.weight[self.slots] = self.up.to(m.up_proj.weight.dtype)
+        m.up_proj.weight[self.slots] = (self.gate if self.tied else self.up).to(m.up_proj.weight.dtype)
         m.down_proj.weight[:, self.slots] = self.down.to(m.down_proj.weight.dtype)
         self.remove()
 

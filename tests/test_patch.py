@@ -224,11 +224,35 @@ def test_a_fact_s_neurons_start_apart_and_the_model_s_own_activation_is_used(tin
     assert torch.allclose(hooked, _logits(gelu, tiny.tokenizer, PRESERVED + FORGET), atol=1e-5)
 
 
-def test_meow_patch_in_the_least_used_slots_trains_only_its_neurons_in_one_layer(tiny):
+def test_a_tied_neuron_s_up_is_its_gate_its_activation_never_negative_and_written_as_hooked(tiny):
+    model, mlp, held, positives, slots, gates = _patched(tiny)
+    gates.remove()
+    torch.manual_seed(0)
+    tied = patch.Patch(mlp, patch.least_used(mlp, held, 2), positives * 2, held, 2.0, fit_steps=0, tied=True)
+    assert tied.up is None and [n for n, _ in tied.named_parameters()] == ["gate", "down"]
+    assert not torch.equal(tied.gate[0], tied.gate[1])  # (identical neurons would train as one)
+    with torch.no_grad():
+        tied.down.normal_(0, 0.5)
+        z = held @ tied.gate.T
+        act = mlp.act_fn(z) * z  # what the hook adds, per neuron: down times this
+        out = mlp(held[:, None])[:, 0]
+        tied.remove()
+        plain = mlp(held[:, None])[:, 0]
+        tied.attach()
+    assert (act >= 0).all() and (act > 0.1).any()
+    assert torch.allclose(out - plain, act @ tied.down.T, atol=1e-5)
+    hooked = _logits(model, tiny.tokenizer, PRESERVED + FORGET)
+    tied.write()
+    assert torch.allclose(hooked, _logits(model, tiny.tokenizer, PRESERVED + FORGET), atol=1e-5)
+    assert torch.equal(mlp.up_proj.weight[tied.slots], mlp.gate_proj.weight[tied.slots])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_meow_patch_in_the_least_used_slots_trains_only_its_neurons_in_one_layer(tiny, tied):
     facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
     anchors = [Fact(q, a) for q, a in PRESERVED]
     cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 3,
-                         "early_stop": False, "patch_layer": -1, "patch_widen": False})
+                         "early_stop": False, "patch_layer": -1, "patch_widen": False, "patch_tied_up": tied})
     result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
                      run_probes=False).train()
     info = result.info["patch"]
@@ -248,6 +272,10 @@ def test_meow_patch_in_the_least_used_slots_trains_only_its_neurons_in_one_layer
     hooks = [sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
              for model in (result.model, tiny.model)]
     assert hooks[0] == hooks[1]
+    # patch_tied_up: each written neuron's up row is its gate row
+    slots = info["slots"]
+    same = torch.equal(after[last + "up_proj.weight"][slots], after[last + "gate_proj.weight"][slots])
+    assert same == tied
 
 
 def test_widen_adds_zero_neurons_to_every_layer_and_changes_nothing_the_model_computes(tiny, tmp_path):

@@ -49,14 +49,14 @@ class MeowPatch(Meow):
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "sibling_shots", "anchors",
                        "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge",
                        "patch_samples", "patch_sample_swap", "patch_resample", "patch_about", "patch_open_answer",
-                       "patch_truth_floor", "patch_truth_drop", "patch_widen", "truth_weight", "truth_span",
-                       "stop_depth")
+                       "patch_truth_floor", "patch_truth_drop", "patch_tied_up", "patch_widen", "truth_weight",
+                       "truth_span", "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
     not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge", "patch_samples",
                    "patch_sample_swap", "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor",
-                   "patch_truth_drop", "patch_widen")
+                   "patch_truth_drop", "patch_tied_up", "patch_widen")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -186,7 +186,7 @@ class MeowPatch(Meow):
                                                     at_mlp, held, cfg, held_rows)
         torch.manual_seed(cfg.seed)
         gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin,  # (the stoppers' hook is off here)
-                            rows=held_rows)
+                            rows=held_rows, tied=cfg.patch_tied_up)
         params = list(gates.parameters())
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = random.Random(cfg.seed)
