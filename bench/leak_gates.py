@@ -6,9 +6,11 @@
 For each forget fact, `--samples` answers sampled at T=1 from the unlearned model (the
 evaluation's own sampling check, `extraction.sampling`, with its seed). For each one that
 states the truth, at the token where the truth begins: the largest gate pre-activation
-(g . x) of the fact's patch neurons, and the truth token's probability under the unlearned
+(g . x) of the fact's patch neurons, that neuron's up (u . x), the largest activation
+act(g . x) * (u . x), and the truth token's probability under the unlearned
 model, under it with the fact's neurons switched off (their down columns zeroed) and under
-the original. A leak through a shut gate
+the original. The same reading first on each fact's own question answered as the original
+answers it (rows "own": a context the neurons were trained in). A leak through a shut gate
 (g . x < 0) would need gates that open more widely; one through an open gate whose neurons
 barely move the truth's probability needs a value that acts there.
 
@@ -49,51 +51,74 @@ def token_at(tokenizer, ids: list[int], char: int) -> int:
 
 @torch.no_grad()
 def read(model, ids: list[int], layer: int, slots: list[int]):
-    """(the slots' gate pre-activations at every position, or None for no slots (the original, which
-    may not have them: patch_widen adds them); the log-probabilities of every next token)."""
-    got = {"g": None}
+    """(the slots' gate and up pre-activations at every position, each None for no slots (the
+    original, which may not have them: patch_widen adds them); the log-probabilities of every next token)."""
+    got = {"g": None, "u": None}
     mlp = model.model.layers[layer].mlp
-    handle = mlp.gate_proj.register_forward_hook(lambda m, i, o: got.__setitem__("g", o[0][:, slots])) \
-        if slots else None
+    handles = [mlp.gate_proj.register_forward_hook(lambda m, i, o: got.__setitem__("g", o[0][:, slots])),
+               mlp.up_proj.register_forward_hook(lambda m, i, o: got.__setitem__("u", o[0][:, slots]))] \
+        if slots else []
     try:
         logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
-    return got["g"], logits.log_softmax(-1)
+    return got["g"], got["u"], logits.log_softmax(-1)
+
+
+@torch.no_grad()
+def truth_row(original, unlearned, tokenizer, fact, i: int, text: str, layer: int, own: list[int]) -> dict:
+    """`text` as the answer to fact i's question, read at the token where its truth begins: the
+    fact's neurons' largest gate pre-activation (g . x), their up (u . x) and activation
+    (act(g . x) * (u . x)) there, and p(truth) with the neurons, without them and in the original."""
+    at = probes.first_mention(text, fact)
+    prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, fact.question))
+    said = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = prompt + said
+    k = len(prompt) + token_at(tokenizer, said, at)  # the truth's first token
+    gates, ups, logp = read(unlearned, ids, layer, own)
+    _, _, logp_original = read(original, ids, layer, [])
+    mlp = unlearned.model.layers[layer].mlp
+    down = mlp.down_proj.weight
+    saved = down[:, own].clone()
+    down[:, own] = 0
+    try:
+        _, _, logp_off = read(unlearned, ids, layer, own)
+    finally:
+        down[:, own] = saved
+    g, u = gates[k - 1].float(), ups[k - 1].float()
+    return {"fact": i, "text": text, "token": tokenizer.decode([ids[k]]),
+            "gate": round(float(g.max()), 2), "up": round(float(u[g.argmax()]), 2),
+            "activation": round(float((mlp.act_fn(g) * u).max()), 2),
+            "p": round(float(logp[k - 1, ids[k]].exp()), 4),
+            "p_neurons_off": round(float(logp_off[k - 1, ids[k]].exp()), 4),
+            "p_original": round(float(logp_original[k - 1, ids[k]].exp()), 4)}
+
+
+def own_slots(slots: list[int], facts, i: int) -> list[int]:
+    per = len(slots) // len(facts)
+    return [slots[j] for j in range(i * per, (i + 1) * per)]
 
 
 @torch.no_grad()
 def leak_rows(original, unlearned, tokenizer, facts, layer: int, slots: list[int], n: int) -> list[dict]:
     """Each answer of the evaluation's sampling check (extraction.sampling: n a fact, T=1, seed 0)
     that states the truth, read at the token where the truth begins."""
-    per = len(slots) // len(facts)
-    down = unlearned.model.layers[layer].mlp.down_proj.weight
     rows = []
     for r in extraction.sampling(unlearned, tokenizer, facts, samples=n)["rows"]:
         i, f, text = r["fact"], facts[r["fact"]], r["answer"]
-        at = probes.first_mention(text, f)
-        if not r["leak"] or at < 0:
-            continue
-        own = [slots[j] for j in range(i * per, (i + 1) * per)]
-        prompt = generation.encode(tokenizer, generation.chat_prompt(tokenizer, f.question))
-        said = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = prompt + said
-        k = len(prompt) + token_at(tokenizer, said, at)  # the truth's first token
-        gates, logp = read(unlearned, ids, layer, own)
-        _, logp_original = read(original, ids, layer, [])
-        saved = down[:, own].clone()
-        down[:, own] = 0
-        try:
-            _, logp_off = read(unlearned, ids, layer, own)
-        finally:
-            down[:, own] = saved
-        rows.append({"fact": i, "text": text, "token": tokenizer.decode([ids[k]]),
-                     "gate": round(float(gates[k - 1].max()), 2),
-                     "p": round(float(logp[k - 1, ids[k]].exp()), 4),
-                     "p_neurons_off": round(float(logp_off[k - 1, ids[k]].exp()), 4),
-                     "p_original": round(float(logp_original[k - 1, ids[k]].exp()), 4)})
+        if r["leak"] and probes.first_mention(text, f) >= 0:
+            rows.append(truth_row(original, unlearned, tokenizer, f, i, text, layer, own_slots(slots, facts, i)))
     return rows
+
+
+@torch.no_grad()
+def own_rows(original, unlearned, tokenizer, facts, layer: int, slots: list[int]) -> list[dict]:
+    """The same reading on each fact's own question answered as the original answers it (greedy):
+    a context the neurons were trained in, to set the leaks' readings against."""
+    answers = generation.answer(original, tokenizer, [f.question for f in facts])
+    return [truth_row(original, unlearned, tokenizer, f, i, a, layer, own_slots(slots, facts, i))
+            for i, (f, a) in enumerate(zip(facts, answers)) if probes.first_mention(a, f) >= 0]
 
 
 def first_truth_ids(tokenizer, fact) -> list[int]:
@@ -180,14 +205,17 @@ def main() -> None:
     original = models.load(None if run["model"] == models.EMBEDDED_NAME else run["model"])
     unlearned = models.load(str(Path(args.run_dir) / "model"))
     tok = unlearned.tokenizer
+    own = own_rows(original.model, unlearned.model, tok, facts, info["layer"], info["slots"])
     rows = leak_rows(original.model, unlearned.model, tok, facts, info["layer"], info["slots"], args.samples)
-    for r in rows:
-        print(f"[{r['fact']}] gate {r['gate']:+.2f}  p(truth) {r['p']:.3f}, neurons off {r['p_neurons_off']:.3f}, "
-              f"original {r['p_original']:.3f}  {r['token']!r} :: {r['text'][:100]!r}")
+    for kind, found in (("own", own), ("leak", rows)):
+        for r in found:
+            print(f"{kind:4} [{r['fact']}] gate {r['gate']:+.2f} up {r['up']:+.2f} activation {r['activation']:+.1f}  "
+                  f"p(truth) {r['p']:.3f}, neurons off {r['p_neurons_off']:.3f}, original {r['p_original']:.3f}  "
+                  f"{r['token']!r} :: {r['text'][:100]!r}")
     opened = sum(r["gate"] > 0 for r in rows)
     print(f"{len(rows)} of {args.samples * len(facts)} samples state the truth; a fact's gate open at {opened} of them")
     out = {"run_dir": args.run_dir, "facts": args.facts, "samples": args.samples, "layer": info["layer"],
-           "leaks": rows, "truth_neurons": []}
+           "own": own, "leaks": rows, "truth_neurons": []}
     if args.truth_neurons:
         sets = {name: load_facts(p) for name, p in (("retain", args.retain), ("unseen", args.unseen)) if p}
         neurons = TruthNeurons(unlearned.model, tok, facts, info["layer"], info["slots"], info.get("added", False))

@@ -56,12 +56,43 @@ def test_after_a_run_that_added_its_neurons_the_original_is_read_without_them_an
     width = model.config.intermediate_size
     slots = patch.widen(model, model.model.layers, 2)  # (as patch_widen leaves a checkpoint)
     ids = generation.encode(tiny.tokenizer, "Who painted the Mona Lisa? Leonardo")
-    gates, logp = leak_gates.read(model, ids, 1, slots)
-    none, logp_original = leak_gates.read(original, ids, 1, [])  # (its MLPs have no such slots)
-    assert gates.shape == (len(ids), 2) and none is None and torch.allclose(logp, logp_original, atol=1e-5)
+    gates, ups, logp = leak_gates.read(model, ids, 1, slots)
+    none, no_up, logp_original = leak_gates.read(original, ids, 1, [])  # (its MLPs have no such slots)
+    assert gates.shape == ups.shape == (len(ids), 2) and none is None is no_up
+    assert torch.allclose(logp, logp_original, atol=1e-5)
     neurons = leak_gates.TruthNeurons(model, tiny.tokenizer, [fact], layer=1, slots=slots, added=True)
     assert neurons.slots[0] >= width + 2  # (new ones: none of the original's taken out)
     neurons.drop(0.0)
     with torch.no_grad():
         assert torch.allclose(model(input_ids=torch.tensor([ids])).logits,
                               original(input_ids=torch.tensor([ids])).logits, atol=1e-5)
+
+
+def test_a_truth_row_reads_the_fact_s_neurons_where_its_truth_begins_as_a_direct_computation_does(tiny):
+    from meow_app import patch
+
+    fact = Fact("What is the capital of Peru?", "Lima", ["Lima"])
+    original, model = copy.deepcopy(tiny.model).float(), copy.deepcopy(tiny.model).float()
+    slots = patch.widen(model, model.model.layers, 2)
+    mlp = model.model.layers[1].mlp
+    torch.manual_seed(0)
+    with torch.no_grad():  # two trained-looking neurons for the fact
+        mlp.gate_proj.weight[slots] = torch.randn(2, mlp.gate_proj.weight.shape[1])
+        mlp.up_proj.weight[slots] = torch.randn(2, mlp.up_proj.weight.shape[1])
+        mlp.down_proj.weight[:, slots] = torch.randn(mlp.down_proj.weight.shape[0], 2)
+    text = "The capital of Peru is Lima."
+    row = leak_gates.truth_row(original, model, tiny.tokenizer, fact, 0, text, 1, slots)
+    prompt = generation.encode(tiny.tokenizer, generation.chat_prompt(tiny.tokenizer, fact.question))
+    said = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+    k = len(prompt) + leak_gates.token_at(tiny.tokenizer, said, text.index("Lima"))
+    got = {}
+    hook = mlp.register_forward_hook(lambda m, i, o: got.__setitem__("x", i[0][0, k - 1]))
+    with torch.no_grad():
+        model(input_ids=torch.tensor([prompt + said]))
+        g, u = mlp.gate_proj.weight[slots] @ got["x"], mlp.up_proj.weight[slots] @ got["x"]
+    hook.remove()
+    assert row["token"].strip() == tiny.tokenizer.decode([(prompt + said)[k]]).strip()
+    assert row["gate"] == round(float(g.max()), 2) and row["up"] == round(float(u[g.argmax()]), 2)
+    assert row["activation"] == round(float((mlp.act_fn(g) * u).max()), 2)
+    assert row["p"] != row["p_neurons_off"]  # (the neurons write: switching them off changes p)
+    assert abs(row["p_neurons_off"] - row["p_original"]) < 1e-3  # (added neurons off: the original)
