@@ -151,12 +151,15 @@ class NullSpace:
     """The projection of one run: built before the first step, applied after every step."""
 
     def __init__(self, model, examples, pad_id: int, device, energy: float, unit: bool = False,
-                 outliers: float = 0.0):
+                 outliers: float = 0.0, keep_start: bool = True):
         covs = input_covariances(model, examples, pad_id, device, unit=unit)
         self.layers = trained_linears(model)
         self._names = {id(m.weight): name for name, m in self.layers.items()}
-        self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()}
-        dtype = next(iter(self.start.values())).dtype if self.start else torch.float32
+        # project() needs the weights as they start; a caller that only projects changes (`change`,
+        # `bases`: the Fisher steps, the closed-form edit) does without that copy of every layer.
+        self.start = {name: m.weight.detach().clone() for name, m in self.layers.items()} if keep_start else None
+        first = next(iter(self.layers.values()), None)
+        dtype = first.weight.dtype if first is not None else torch.float32
         shared: dict[int, list[str]] = {}  # layers that share their inputs share their directions
         for name, cov in covs.items():
             shared.setdefault(id(cov), []).append(name)
@@ -202,6 +205,8 @@ class NullSpace:
     def project(self) -> None:
         """W <- W0 + (W - W0)(I - U U^T) for every trained linear layer, as W - (W - W0) U U^T
         or, where the free directions V are fewer, as W0 + (W - W0) V V^T."""
+        if self.start is None:
+            raise RuntimeError("this NullSpace was built without its start weights (keep_start=False)")
         for name, m in self.layers.items():
             basis, free = self.bases[name]
             if self.held[name] == 0:

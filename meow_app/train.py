@@ -740,11 +740,13 @@ class Trainer:
                                       "answers): training without the projection"))
         return bool(examples)
 
-    def projection(self, model, preserved, result: TrainResult) -> NullSpace:
+    def projection(self, model, preserved, result: TrainResult, keep_start: bool = True) -> NullSpace:
+        """keep_start=False: for a caller that projects changes only, never the weights (NullSpace.project)."""
         start = time.perf_counter()
         with self.autocast():
             projection = NullSpace(model, preserved, self.tokenizer.pad_token_id, self.device, self.config.null_space,
-                                   unit=self.config.null_space_unit, outliers=self.config.null_space_outliers)
+                                   unit=self.config.null_space_unit, outliers=self.config.null_space_outliers,
+                                   keep_start=keep_start)
         result.info["null_space"] = {"held_directions": projection.info(),
                                      "seconds": round(time.perf_counter() - start, 1)}
         return projection

@@ -248,9 +248,17 @@ def test_a_change_is_projected_as_project_projects_it(tiny):
     model = copy.deepcopy(tiny.model)
     trainer = Trainer(methods.get("meow"), model, tiny.tokenizer, TrainConfig(), FORGET)
     space = NullSpace(model, trainer.examples(PRESERVED), tiny.tokenizer.pad_token_id, "cpu", 1.0)
+    # Without its start weights (the Fisher steps, the closed-form edit): the same changes, no copy
+    # of every layer, and project() refused rather than wrong.
+    light = NullSpace(model, trainer.examples(PRESERVED), tiny.tokenizer.pad_token_id, "cpu", 1.0, keep_start=False)
     torch.manual_seed(0)
     deltas = {name: torch.randn_like(m.weight) for name, m in space.layers.items()}
     changed = {name: space.change(m.weight, deltas[name]) for name, m in space.layers.items()}
+    assert light.start is None
+    for name, m in light.layers.items():
+        assert torch.equal(light.change(m.weight, deltas[name]), changed[name]), name
+    with pytest.raises(RuntimeError, match="keep_start"):
+        light.project()
     with torch.no_grad():
         for name, m in space.layers.items():
             m.weight.add_(deltas[name])
@@ -259,6 +267,29 @@ def test_a_change_is_projected_as_project_projects_it(tiny):
         assert torch.allclose(m.weight - space.start[name], changed[name], atol=1e-5), name
     other = torch.randn(3)
     assert space.change(model.model.norm.weight, other) is other  # not a trained linear layer: as it is
+
+
+def test_the_fisher_steps_and_the_edit_build_their_projection_without_the_start_weights(tiny, monkeypatch):
+    from meow_app import null_space
+
+    built = []
+    real = null_space.NullSpace.__init__
+
+    def record(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        built.append(self.start is None)
+
+    monkeypatch.setattr(null_space.NullSpace, "__init__", record)
+    for method, extra in (("fisher_removal", {"fisher_steps": 1, "fisher_examples": 2}),
+                          ("meow_edit", {"epochs": 1})):
+        cfg = TrainConfig(**{**methods.REGISTRY[method].defaults, "null_space": 0.9, "early_stop": False, **extra})
+        Trainer(methods.get(method), copy.deepcopy(tiny.model), tiny.tokenizer, cfg, FORGET, retain=PRESERVED * 3,
+                anchors=PRESERVED, run_probes=False).train()
+    assert built == [True, True]
+    Trainer(methods.get("meow"), copy.deepcopy(tiny.model), tiny.tokenizer,
+            TrainConfig(null_space=0.9, epochs=1, early_stop=False), FORGET, anchors=PRESERVED,
+            run_probes=False).train()
+    assert built[-1] is False  # (the shared loop projects its weights: it keeps them)
 
 
 @pytest.mark.parametrize("energy", [0.9, 1.0])

@@ -100,7 +100,7 @@ class FisherRemoval(Method):
         result = TrainResult(model=model)
         # (as the shared loop's: the retain answers and the anchors)
         preserved = trainer.examples(list(trainer.retain or []) + list(trainer.anchors)) if cfg.null_space > 0 else []
-        projection = trainer.projection(model, preserved, result) \
+        projection = trainer.projection(model, preserved, result, keep_start=False) \
             if cfg.null_space > 0 and trainer.has_preserved(preserved) else None
         info = {"curvature_data": source, "curvature_examples": len(sample), "backend": cfg.fisher_backend,
                 "lambda": curvature.damping, "parameters": sum(p.numel() for p in params),

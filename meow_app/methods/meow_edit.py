@@ -59,7 +59,7 @@ class MeowEdit(Method):
         bases = None
         preserved = trainer.examples(trainer.anchors)
         if cfg.null_space > 0 and trainer.has_preserved(preserved):
-            bases = down_proj_bases(trainer.projection(model, preserved, result))
+            bases = down_proj_bases(trainer.projection(model, preserved, result, keep_start=False))
         rounds = []
         for epoch in range(1, cfg.epochs + 1):
             if trainer.should_stop():
