@@ -200,8 +200,8 @@ class TrainConfig:
                                               "answers (a sampled answer's words before the truth too), not only "
                                               "where an answer token trained on is predicted")
     patch_tied_up: bool = _setting(False, "yes/no: meow_patch: each neuron's up vector is its gate, so its "
-                                          "activation act(g.x)(g.x) has one sign wherever the gate opens and its "
-                                          "value acts the same way in any context (not only where it was trained)")
+                                          "activation act(g.x)(g.x) never turns or vanishes where the gate opens "
+                                          "(docs/forgetting.md, thirty-fourth round: more facts leak when sampled)")
     patch_truth_floor: float = _setting(0.0, "meow_patch: at every answer position of a fact's rows (its false "
                                              "answers' words included), the truth's tokens held below this "
                                              "probability (a hinge on its log; losses.truth_floor), against a "
