@@ -85,10 +85,11 @@ class AnswerCache:
 
         key = model_key(model, tokenizer)
         folder = Path(home or meow_home()) / "answers"
-        try:  # (used now: its files are the last a prune deletes)
-            os.utime(folder / f"{key}.json")
-        except OSError:
-            pass
+        for p in folder.glob(f"{key}.*"):  # (used now: its files are the last a prune deletes)
+            try:
+                os.utime(p)
+            except OSError:
+                pass
         prune(folder, key)
         return cls(folder / f"{key}.json", model)
 
@@ -168,8 +169,9 @@ class AnswerCache:
 
 def prune(folder: Path, current: str, keep: int = KEEP) -> list[str]:
     """Deletes the files (<key>.json, <key>.<name>.pt) of all but the `keep` model states used
-    most recently, by their newest file's time, `current` counted as in use. Only files named
-    by a key are touched; a file being written (.tmp) is not one. The keys deleted."""
+    most recently (at least the current one), by their newest file's time, `current` counted as
+    in use. Only files named so are touched (not a file being written, nor one of the user's).
+    The keys deleted."""
     last: dict[str, float] = {}
     files: dict[str, list[Path]] = {}
     try:
@@ -177,16 +179,17 @@ def prune(folder: Path, current: str, keep: int = KEEP) -> list[str]:
     except OSError:
         return []
     for p in entries:
-        key = p.name.split(".", 1)[0]
-        if not _KEY.fullmatch(key) or p.name.endswith(".tmp") or not p.is_file():
+        named = _FILE.fullmatch(p.name)
+        if named is None or not p.is_file():
             continue
+        key = named.group(1)
         try:
             last[key] = max(last.get(key, 0.0), p.stat().st_mtime)
         except OSError:
             continue
         files.setdefault(key, []).append(p)
     last[current] = float("inf")
-    gone = sorted(last, key=last.get, reverse=True)[keep:]
+    gone = sorted(last, key=last.get, reverse=True)[max(1, keep):]
     for key in gone:
         for p in files.get(key, []):
             try:
@@ -196,7 +199,7 @@ def prune(folder: Path, current: str, keep: int = KEEP) -> list[str]:
     return gone
 
 
-_KEY = re.compile(r"[0-9a-f]{32}")
+_FILE = re.compile(r"([0-9a-f]{32})(?:\.json|\.[A-Za-z0-9_.-]+\.pt)")
 
 
 def _row_key(ids: list[int]) -> str:

@@ -245,7 +245,7 @@ class Patch(torch.nn.Module):
         # up starts as the gate, each neuron a little apart (seeded by the caller): a fact's
         # neurons would otherwise get the same gradients and stay one neuron.
         # `tied` (patch_tied_up): up is the gate itself, act(g . x) * (g . x) >= 0 wherever it opens; a
-        # fact's neurons are set apart on the gate instead.
+        # fact's neurons are set apart on the gate instead (after its fit: the training's hinge holds it).
         if tied:
             with torch.no_grad():
                 self.gate.mul_(1 + 0.1 * torch.randn_like(self.gate))

@@ -163,11 +163,20 @@ def test_only_the_most_recently_used_model_states_files_stay(tiny, tmp_path, mon
         for name in (f"{key}.json", f"{key}.vectors.pt"):
             (folder / name).write_text("{}")
             os.utime(folder / name, (1e9 - age, 1e9 - age))
-    (folder / "notes.txt").write_text("mine")  # not a cache file: left alone
-    (folder / "tmpab12.tmp").write_text("")  # another run's file being written: left alone
+    # not cache files, though an old key's name starts two of them: left alone
+    others = ["notes.txt", f"{keys[4]}.json.bak", f"{keys[4]}.json.tmp"]
+    for name in others:
+        (folder / name).write_text("mine")
+        os.utime(folder / name, (1e9 - 20, 1e9 - 20))
     assert answer_cache.prune(folder, keys[5], keep=3) == keys[2:5]
     kept = [f"{k}.{s}" for k in (keys[0], keys[1], keys[5]) for s in ("json", "vectors.pt")]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(kept + ["notes.txt", "tmpab12.tmp"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept + others)
+    assert answer_cache.prune(folder, keys[5], keep=0) == [keys[0], keys[1]]  # (the current one always stays)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept[4:] + others)
+    for age, key in enumerate(keys[:2]):  # (back as they were, for what follows)
+        for name in (f"{key}.json", f"{key}.vectors.pt"):
+            (folder / name).write_text("{}")
+            os.utime(folder / name, (1e9 - age, 1e9 - age))
 
     # A run's cache counts as the newest and prunes the rest down to KEEP; its answers stay.
     oldest = "c" * 32
