@@ -132,8 +132,8 @@ class TruthNeurons:
     def __init__(self, model, tokenizer, facts, layer: int, slots: list[int], added: bool = False):
         self.model, self.tokenizer, self.facts = model, tokenizer, facts
         self.mlp = model.model.layers[layer].mlp
-        per = len(slots) // len(facts)
-        self.gates = [self.mlp.gate_proj.weight[slots[i * per]].detach().clone() for i in range(len(facts))]
+        self.gates = [self.mlp.gate_proj.weight[own_slots(slots, facts, i)[0]].detach().clone()
+                      for i in range(len(facts))]
         if added:  # (a run that added its neurons: these are added too, and the drop 0 row removes nothing)
             self.slots = patch.widen(model, model.model.layers, len(facts))
         else:  # (the smallest down columns; their removal alone: the drop 0 row)

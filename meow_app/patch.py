@@ -249,7 +249,6 @@ class Patch(torch.nn.Module):
         if tied:
             with torch.no_grad():
                 self.gate.mul_(1 + 0.1 * torch.randn_like(self.gate))
-        self.tied = tied
         self.up = None if tied else torch.nn.Parameter(self.gate.detach() * (1 + 0.1 * torch.randn_like(self.gate)))
         self.down = torch.nn.Parameter(torch.zeros(d, len(slots), device=preserved.device))
         with torch.no_grad():  # the replaced neurons off (added ones are zero already)
@@ -267,7 +266,7 @@ class Patch(torch.nn.Module):
     def _add(self, module, args, output):
         x = args[0]
         z = x @ self.gate.to(x.dtype).T
-        act = self.mlp.act_fn(z) * (z if self.tied else x @ self.up.to(x.dtype).T)
+        act = self.mlp.act_fn(z) * (z if self.up is None else x @ self.up.to(x.dtype).T)
         return output + act @ self.down.to(x.dtype).T
 
     def gate_hinge(self, inputs: torch.Tensor, margin: float, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -297,7 +296,7 @@ class Patch(torch.nn.Module):
         """The neurons into the replaced slots of the MLP's weights; the hook removed."""
         m = self.mlp
         m.gate_proj.weight[self.slots] = self.gate.to(m.gate_proj.weight.dtype)
-        m.up_proj.weight[self.slots] = (self.gate if self.tied else self.up).to(m.up_proj.weight.dtype)
+        m.up_proj.weight[self.slots] = (self.gate if self.up is None else self.up).to(m.up_proj.weight.dtype)
         m.down_proj.weight[:, self.slots] = self.down.to(m.down_proj.weight.dtype)
         self.remove()
 
