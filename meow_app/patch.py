@@ -292,6 +292,12 @@ class Patch(torch.nn.Module):
             return float(torch.cat([(p @ g) > 0 for p, g in zip(self.positives, self.gate)]).float().mean())
 
     @torch.no_grad()
+    def scale(self, factor: float) -> None:
+        """The neurons' value (down) multiplied by `factor` (patch_scale; 1 changes nothing)."""
+        if factor != 1:
+            self.down.mul_(factor)
+
+    @torch.no_grad()
     def write(self) -> None:
         """The neurons into the replaced slots of the MLP's weights; the hook removed."""
         m = self.mlp

@@ -202,6 +202,10 @@ class TrainConfig:
     patch_tied_up: bool = _setting(False, "yes/no: meow_patch: each neuron's up vector is its gate, so its "
                                           "activation act(g.x)(g.x) never turns or vanishes where the gate opens "
                                           "(docs/forgetting.md, thirty-fourth round: more facts leak when sampled)")
+    patch_scale: float = _setting(1.0, "meow_patch: the trained neurons' value (their down vectors) multiplied by "
+                                       "this before each probe and in the model returned: a larger push where a "
+                                       "fact's gate opens, for the contexts the training saw less of (a gate held "
+                                       "shut on preserved text scales nothing there). 1: off")
     patch_truth_floor: float = _setting(0.0, "meow_patch: at every answer position of a fact's rows (its false "
                                              "answers' words included), the truth's tokens held below this "
                                              "probability (a hinge on its log; losses.truth_floor), against a "
@@ -287,6 +291,8 @@ class TrainConfig:
         if not (math.isfinite(self.patch_truth_drop) and self.patch_truth_drop >= 0):
             raise MeowError(f"patch_truth_drop must be 0 (off) or a positive number of nats, "
                             f"got {self.patch_truth_drop}")
+        if not (math.isfinite(self.patch_scale) and self.patch_scale > 0):
+            raise MeowError(f"patch_scale must be a positive number (1: off), got {self.patch_scale}")
         if self.patch_neurons < 1:
             raise MeowError(f"patch_neurons must be at least 1, got {self.patch_neurons}")
         for name in ("weight_decay", "retain_weight", "kl_weight", "max_grad_norm", "anchor_weight", "truth_weight",

@@ -916,3 +916,32 @@ def test_the_shipped_anchors_inputs_come_back_from_the_cache_and_no_sibling_s_ar
     result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
                      run_probes=False, cache=AnswerCache(path, tiny.model)).train()
     assert result.info["patch"]["preserved_rows_kept"] == 2
+
+
+def test_patch_scale_multiplies_the_value_probed_and_written_and_leaves_the_training_as_it_was(tiny, monkeypatch):
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    probed = []
+
+    def probe(self, model, epoch, result, final=True, deferred=False):  # never stops: every epoch probes
+        mlp = model.model.layers[-1].mlp
+        probed.append(mlp._forward_hooks and next(iter(mlp._forward_hooks.values())).__self__.down.clone())
+        return False
+
+    monkeypatch.setattr(Trainer, "probe_and_check", probe)
+    written = {}
+    for scale in (1.0, 2.5):
+        cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 3, "min_steps": 3,
+                             "early_stop": True, "patch_layer": -1, "patch_samples": 0, "patch_scale": scale})
+        result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
+                         run_probes=False).train()
+        slots, layer = result.info["patch"]["slots"], result.info["patch"]["layer"]
+        written[scale] = result.model.model.layers[layer].mlp.down_proj.weight[:, slots].detach().clone()
+    assert written[1.0].abs().sum() > 0
+    # the model returned carries 2.5 times the value, and the training between probes was the same
+    assert torch.allclose(written[2.5], 2.5 * written[1.0], rtol=1e-4, atol=1e-6)
+    # each probe saw the scaled value: the second run's probes at 2.5 times the first's
+    first, second = probed[:3], probed[3:]
+    assert len(first) == len(second) == 3
+    for a, b in zip(first, second):
+        assert torch.allclose(b, 2.5 * a, rtol=1e-4, atol=1e-6)
