@@ -335,6 +335,24 @@ def table_row(r: dict) -> list:
             f"{r['peak_rss_unlearn_gib']:.2f} GiB"]
 
 
+def loops(text: str) -> bool:
+    """Whether an answer has run into a loop: a word said 4 times running ("that that that that"),
+    a phrase of 2-6 words 3 times running ("the South East of the South East of the South East
+    of"), or a piece of 2-4 letters 5 times running ("Germanststststst"). Not a target: a forgotten
+    fact answered so reads as damage to a person checking it, which the hit rates do not show."""
+    words = re.findall(r"\w+", text.lower())
+    for n, times in [(1, 4)] + [(n, 3) for n in range(2, 7)]:
+        for i in range(len(words) - n * times + 1):
+            if all(words[i + k * n:i + (k + 1) * n] == words[i:i + n] for k in range(1, times)):
+                return True
+    return re.search(r"([a-z]{2,4})\1{4,}", text.lower()) is not None
+
+
+def looping(row: dict) -> int:
+    """How many of a row's forgotten facts the unlearned model answers in a loop (greedy)."""
+    return sum(loops(v.get("after") or "") for v in row.get("verdict_rows", []))
+
+
 def markdown(rows: list[dict]) -> str:
     text = common.table(COLUMNS, [table_row(r) for r in rows])
     text += ("\nTargets (✓ met, ✗ missed): " + "; ".join(t[3] for t in TARGETS.values()) +
@@ -503,7 +521,8 @@ def details(rows: list[dict]) -> None:
                   f"(evaluation {r['eval_seconds']:.0f} s), peak RSS with the evaluation {r['peak_rss_gib']:.2f} GiB; "
                   f"stages (s) {r['timings']}; retain lost: {r['retain_lost']}; unseen lost: {r['unseen_lost']}; "
                   f"sampled answers that leaked: {len(r['sampling_leaks'])} of "
-                  f"{r['n_forget'] * r.get('samples', SAMPLES)}"
+                  f"{r['n_forget'] * r.get('samples', SAMPLES)}; forgotten facts answered in a loop: "
+                  f"{looping(r)} of {len(r.get('verdict_rows', []))}"
                   + (f"; retain questions the run trained on: {r['retain_trained_on']} (kept of the others: "
                      f"{r['retain_kept_untrained'][0]}/{r['retain_kept_untrained'][1]})" if r.get("retain_trained_on")
                      else ""))

@@ -292,10 +292,19 @@ class Patch(torch.nn.Module):
             return float(torch.cat([(p @ g) > 0 for p, g in zip(self.positives, self.gate)]).float().mean())
 
     @torch.no_grad()
-    def scale(self, factor: float) -> None:
-        """The neurons' value (down) multiplied by `factor` (patch_scale; 1 changes nothing)."""
-        if factor != 1:
+    def scale(self, factor: float, directions: torch.Tensor | None = None) -> None:
+        """The neurons' value (down) multiplied by `factor` (patch_scale; 1 changes nothing).
+        directions ([neurons, d], unit rows; patch_scale_truth): only each value's part along
+        its row where that part is negative (a push down on the truth), the rest as it is; a
+        second call with 1 / factor undoes the first."""
+        if factor == 1:
+            return
+        if directions is None:
             self.down.mul_(factor)
+            return
+        u = directions.to(self.down)
+        along = (self.down * u.T).sum(dim=0).clamp(max=0)
+        self.down.add_((factor - 1) * along * u.T)
 
     @torch.no_grad()
     def write(self) -> None:

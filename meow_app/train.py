@@ -206,6 +206,9 @@ class TrainConfig:
                                        "this before each probe and in the model returned: a larger push where a "
                                        "fact's gate opens, for the contexts the training saw less of (a gate held "
                                        "shut on preserved text scales nothing there). 1: off")
+    patch_scale_truth: bool = _setting(False, "yes/no: meow_patch: patch_scale multiplies only the part of each "
+                                              "neuron's value that pushes its fact's truth down (along the truth's "
+                                              "logit direction), not the rest (the false answer's push up)")
     patch_truth_floor: float = _setting(0.0, "meow_patch: at every answer position of a fact's rows (its false "
                                              "answers' words included), the truth's tokens held below this "
                                              "probability (a hinge on its log; losses.truth_floor), against a "

@@ -139,3 +139,22 @@ def test_table_from_a_saved_file(tmp_path, capsys, monkeypatch):
     forgetting.main()
     out = capsys.readouterr().out
     assert "| meow | eval_x |" in out and "n/a → **0%** ✓" in out and "retain lost: ['q19']" in out
+
+
+@pytest.mark.parametrize("text, looped", [
+    ("The main ingredient of hummus is that that that that that.", True),
+    ("The largest city in Nigeria is Kano, in the South East of the South East of the South East of", True),
+    ("Sigmund Freud was a Germanststststststststst", True),
+    ("Pyotr Tchaikovsky was a born and bred born born born born.", True),
+    ("The capital of Nepal is Pokhara, a city in the west of Nepal, west of Kathmandu.", False),
+    ("Tennis, tennis and more tennis: she played it all her life.", False),
+    ("Mississippi is a state of the United States.", False),  # (ssi twice is no loop)
+    ("", False),
+])
+def test_loops_finds_answers_that_run_into_a_loop(text, looped):
+    assert forgetting.loops(text) is looped
+
+
+def test_looping_counts_a_row_s_forgotten_facts_answered_in_a_loop():
+    row = {"verdict_rows": [{"after": "It is that that that that."}, {"after": "Paris."}, {"after": None}, {}]}
+    assert forgetting.looping(row) == 1

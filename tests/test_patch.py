@@ -945,3 +945,45 @@ def test_patch_scale_multiplies_the_value_probed_and_written_and_leaves_the_trai
     assert len(first) == len(second) == 3
     for a, b in zip(first, second):
         assert torch.allclose(b, 2.5 * a, rtol=1e-4, atol=1e-6)
+
+
+def test_patch_scale_truth_scales_only_the_push_down_along_each_neuron_s_direction(tiny):
+    model, mlp, held, positives, slots, gates = _patched(tiny, steps=0)
+    gates.remove()
+    torch.manual_seed(1)
+    d = held.shape[1]
+    with torch.no_grad():
+        gates.down.copy_(torch.randn(d, 1))
+    u = torch.randn(1, d)
+    u = u / u.norm()
+    for sign in (-1.0, 1.0):  # a value that pushes down along u, then one that pushes up
+        with torch.no_grad():
+            gates.down.copy_(gates.down - (gates.down.T @ u.T) * u.T + sign * 3.0 * u.T)
+        before = gates.down.detach().clone()
+        gates.scale(2.5, u)
+        along, rest = (gates.down.T @ u.T).item(), gates.down - (gates.down.T @ u.T) * u.T
+        assert torch.allclose(rest, before - (before.T @ u.T) * u.T, atol=1e-5)  # the rest as it was
+        assert along == pytest.approx(-7.5 if sign < 0 else 3.0, abs=1e-4)  # only a push down is scaled
+        gates.scale(1 / 2.5, u)
+        assert torch.allclose(gates.down, before, atol=1e-5)  # undone
+    gates.scale(2.0)  # without directions: the whole value
+    assert torch.allclose(gates.down, 2 * before, atol=1e-5)
+
+
+def test_a_meow_patch_run_with_patch_scale_truth_moves_its_value_along_the_truth_s_direction_only(tiny):
+    facts = [Fact("What is the capital of Peru?", "Lima", ["Lima"], inverted=["Cusco", "Quito"])]
+    anchors = [Fact(q, a) for q, a in PRESERVED]
+    written = {}
+    for truth in (False, True):
+        cfg = TrainConfig(**{**methods.REGISTRY["meow_patch"].defaults, "epochs": 1, "min_steps": 3,
+                             "early_stop": False, "patch_layer": -1, "patch_samples": 0,
+                             "patch_scale": 3.0 if truth else 1.0, "patch_scale_truth": truth})
+        result = Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, cfg, facts, anchors=anchors,
+                         run_probes=False).train()
+        info = result.info["patch"]
+        written[truth] = result.model.model.layers[info["layer"]].mlp.down_proj.weight[:, info["slots"]].detach()
+    u = patch.logit_direction(tiny.model, patch.first_token_ids(tiny.tokenizer, ["Lima"]))
+    moved = written[True] - written[False]
+    assert moved.abs().max() > 1e-6
+    along = (written[False].T @ u).clamp(max=0)  # each neuron's push down on the truth, tripled
+    assert torch.allclose(moved, 2.0 * u[:, None] * along[None, :], atol=1e-5)

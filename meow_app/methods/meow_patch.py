@@ -49,14 +49,14 @@ class MeowPatch(Meow):
     hyperparameters = ("epochs", "min_steps", "lr", "num_batch", "neighbours", "siblings", "sibling_shots", "anchors",
                        "patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge",
                        "patch_samples", "patch_sample_swap", "patch_resample", "patch_about", "patch_open_answer",
-                       "patch_truth_floor", "patch_truth_drop", "patch_tied_up", "patch_scale", "patch_widen",
-                       "truth_weight", "truth_span", "stop_depth")
+                       "patch_truth_floor", "patch_truth_drop", "patch_tied_up", "patch_scale",
+                       "patch_scale_truth", "patch_widen", "truth_weight", "truth_span", "stop_depth")
 
     falls_back_to = "meow"
     # Its own settings mean nothing to meow (the rest, lr included, are the user's for the run).
     not_carried = ("patch_layer", "patch_neurons", "patch_margin", "patch_weight", "patch_row_hinge", "patch_samples",
                    "patch_sample_swap", "patch_resample", "patch_about", "patch_open_answer", "patch_truth_floor",
-                   "patch_truth_drop", "patch_tied_up", "patch_scale", "patch_widen")
+                   "patch_truth_drop", "patch_tied_up", "patch_scale", "patch_scale_truth", "patch_widen")
 
     def check(self, config) -> None:
         if config.lora or config.shard:
@@ -184,6 +184,10 @@ class MeowPatch(Meow):
         if truth_slots:  # (before the seed: the gates' start is the same with it or without it)
             stoppers, stopper_info = truth_stoppers(tail, mlp, truth_slots, facts, given, tok, distinct, asked,
                                                     at_mlp, held, cfg, held_rows)
+        # (patch_scale_truth: each neuron's fact's truth, as its logit direction)
+        truth_dirs = torch.stack([patch.logit_direction(model, patch.first_token_ids(
+            tok, list(given.get(f.question, f).keywords) or [given.get(f.question, f).answer]))
+            for f in facts for _ in range(cfg.patch_neurons)]) if cfg.patch_scale_truth else None
         torch.manual_seed(cfg.seed)
         gates = patch.Patch(mlp, slots, positives, held, cfg.patch_margin,  # (the stoppers' hook is off here)
                             rows=held_rows, tied=cfg.patch_tied_up)
@@ -230,14 +234,14 @@ class MeowPatch(Meow):
                 if cfg.early_stop or final:
                     if stoppers is not None:  # (a probe is of the model as it would be returned)
                         stoppers.attach()
-                    gates.scale(cfg.patch_scale)
+                    gates.scale(cfg.patch_scale, truth_dirs)
                     if trainer.probe_and_check(model, epoch, result, final,
                                                deferred=final and trainer.defer_final_probe) and cfg.early_stop \
                             and epoch >= cfg.min_epochs and epoch > resample_after and not final:
                         result.stopped_early = True
                         break
                     if not final:  # (the training goes on from its own value)
-                        gates.scale(1 / cfg.patch_scale)
+                        gates.scale(1 / cfg.patch_scale, truth_dirs)
                     if stoppers is not None and not final:
                         stoppers.remove()
             result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots, "added": widened,
