@@ -59,16 +59,16 @@ VARIANTS = {"default": {}, "bf16": {"bf16": True}, "lora": {"lora": True}, "low_
             "sibling_sentence": {"sibling_sentences": 1},
             # half the answers sampled from the original to find the truths (docs/forgetting.md round 31: not kept)
             "patch_samples4": {"patch_samples": 4},
-            # the neurons' value doubled before each probe and in the model returned (round 35)
-            "patch_scale2": {"patch_scale": 2.0}, "patch_scale1": {"patch_scale": 1.0}}
+            # the neurons' value scaled up before each probe and in the model returned (round 35: an option)
+            "patch_scale15": {"patch_scale": 1.5}, "patch_scale2": {"patch_scale": 2.0}}
 # variants that run another method than meow
 # (`default`, `warm` and the rest run the default method, meow_patch since the sixteenth round of
 # docs/forgetting.md; `meow` is the default before it, with its own defaults)
 VARIANTS["meow"] = {}
 VARIANT_METHODS = {"meow_edit": "meow_edit", "meow_patch": "meow_patch", "patch_resample": "meow_patch",
                    "patch_slots": "meow_patch", "round26": "meow_patch", "sibling_sentence": "meow_patch",
-                   "patch_samples4": "meow_patch", "patch_scale2": "meow_patch",
-                   "patch_scale1": "meow_patch", "meow": "meow", "previous": "meow", "ns_outliers": "meow",
+                   "patch_samples4": "meow_patch", "patch_scale15": "meow_patch",
+                   "patch_scale2": "meow_patch", "meow": "meow", "previous": "meow", "ns_outliers": "meow",
                    "lora": "meow", "low_memory": "meow"}
 INVERT_FIELDS = ("generator",)
 GOAL_SECONDS = 60
