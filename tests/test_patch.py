@@ -371,6 +371,12 @@ def test_meow_patch_refuses_what_it_cannot_do(tiny):
     for drop in (-1.0, float("nan")):
         with pytest.raises(MeowError, match="patch_truth_drop"):
             TrainConfig(**{**base, "patch_truth_drop": drop}).check()
+    for scale in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(MeowError, match="patch_scale must be a positive number"):
+            TrainConfig(**{**base, "patch_scale": scale}).check()
+    with pytest.raises(MeowError, match="set --patch-scale too"):  # (the truth's part of a scale of 1: nothing)
+        methods.get("meow_patch").check(TrainConfig(**{**base, "patch_scale_truth": True}))
+    methods.get("meow_patch").check(TrainConfig(**{**base, "patch_scale_truth": True, "patch_scale": 1.5}))
     with pytest.raises(MeowError, match="at most a quarter"):  # the tiny model's MLPs are 128 wide
         Trainer(methods.get("meow_patch"), tiny.model, tiny.tokenizer, TrainConfig(**{**base, "patch_neurons": 40}),
                 facts, anchors=[Fact(q, a) for q, a in PRESERVED], run_probes=False).train()

@@ -64,6 +64,9 @@ class MeowPatch(Meow):
         if not (config.neighbours or config.siblings or config.anchors):
             raise NotApplicable("meow_patch holds its neurons shut on preserved text, and --neighbours, --siblings "
                                 "and --anchors 0 leave it none")
+        if config.patch_scale_truth and config.patch_scale == 1:
+            raise MeowError("patch_scale_truth says which part of the value patch_scale multiplies, and patch_scale "
+                            "1 multiplies nothing: set --patch-scale too (1.5, say)")
         if config.patch_truth_drop and config.truth_weight <= 0:
             raise MeowError("patch_truth_drop fits its neurons where the truth is said in the rows that push it "
                             "down, and truth_weight 0 leaves none")
