@@ -340,7 +340,7 @@ def loops(text: str) -> bool:
     a phrase of 2-6 words 3 times running ("the South East of the South East of the South East
     of"), or a piece of 2-4 letters 5 times running ("Germanststststst"). Not a target: a forgotten
     fact answered so reads as damage to a person checking it, which the hit rates do not show."""
-    words = re.findall(r"\w+", text.lower())
+    words = re.findall(r"[^\W\d_]+", text.lower())  # (not numbers: "1,000,000" is no loop)
     for n, times in [(1, 4)] + [(n, 3) for n in range(2, 7)]:
         for i in range(len(words) - n * times + 1):
             if all(words[i + k * n:i + (k + 1) * n] == words[i:i + n] for k in range(1, times)):

@@ -149,6 +149,7 @@ def test_table_from_a_saved_file(tmp_path, capsys, monkeypatch):
     ("The capital of Nepal is Pokhara, a city in the west of Nepal, west of Kathmandu.", False),
     ("Tennis, tennis and more tennis: she played it all her life.", False),
     ("Mississippi is a state of the United States.", False),  # (ssi twice is no loop)
+    ("It cost $1,000,000,000,000 in 2000.", False),
     ("", False),
 ])
 def test_loops_finds_answers_that_run_into_a_loop(text, looped):

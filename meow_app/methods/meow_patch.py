@@ -237,16 +237,19 @@ class MeowPatch(Meow):
                 if cfg.early_stop or final:
                     if stoppers is not None:  # (a probe is of the model as it would be returned)
                         stoppers.attach()
+                    trained = gates.down.detach().clone() if cfg.patch_scale != 1 else None
                     gates.scale(cfg.patch_scale, truth_dirs)
                     if trainer.probe_and_check(model, epoch, result, final,
                                                deferred=final and trainer.defer_final_probe) and cfg.early_stop \
                             and epoch >= cfg.min_epochs and epoch > resample_after and not final:
                         result.stopped_early = True
                         break
-                    if not final:  # (the training goes on from its own value)
-                        gates.scale(1 / cfg.patch_scale, truth_dirs)
-                    if stoppers is not None and not final:
-                        stoppers.remove()
+                    if not final:
+                        if trained is not None:  # (the training goes on from its own value, exactly)
+                            with torch.no_grad():
+                                gates.down.copy_(trained)
+                        if stoppers is not None:
+                            stoppers.remove()
             result.info["patch"] = {"layer": layer, "neurons": len(slots), "slots": slots, "added": widened,
                                     "preserved_tokens": int(held.shape[0]), "preserved_rows_kept": kept,
                                     "frozen_layers_cached": tail is not model,
